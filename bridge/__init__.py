@@ -1,0 +1,1 @@
+"""The Matrix-facing runtime: the homeserver client and the event bot."""

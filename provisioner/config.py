@@ -1,0 +1,437 @@
+"""The configuration file, parsed once into frozen objects.
+
+Loading has no side effects: it reads the YAML file and the secret files it names, validates every key and
+returns a :class:`Config`. Any problem raises :class:`ConfigError` naming the file and the dotted key, so an
+operator can fix it without reading code. Secrets come only from ``*_file`` keys or environment variables.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+Preset = Literal["openldap", "active_directory"]
+DepartmentFrom = Literal["dn", "attribute"]
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the file and the dotted key it concerns."""
+
+    def __init__(self, message: str, path: str | None = None, key: str | None = None) -> None:
+        self.message = message
+        self.path = path
+        self.key = key
+        where = ":".join(x for x in (path, key) if x)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeMap:
+    """Which LDAP attribute carries each field of a person; ``None`` means "not read"."""
+
+    anchor: str
+    login: str
+    display_name: str | None
+    title: str | None
+    department: str | None
+    phone: str | None
+    email: str | None
+    given_name: str | None
+    surname: str | None
+    common_name: str | None
+    manager: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryConfig:
+    uri: str
+    bind_dn: str
+    bind_password: str = field(repr=False)
+    base_dn: str
+    preset: Preset
+    filter: str
+    attributes: AttributeMap
+    department_from: DepartmentFrom
+    department_separator: str
+    disabled_filter: str | None
+    unit_filter: str | None
+    start_tls: bool
+    page_size: int
+    timeout_seconds: float
+    ca_file: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class HomeserverConfig:
+    url: str
+    server_name: str
+    admin_token: str | None = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutConfig:
+    max_room_size: int
+    org_name: str
+    alias_prefix: str
+    head_title_pattern: str | None
+    room_encryption: bool
+    moderator_power_level: int
+
+
+@dataclass(frozen=True, slots=True)
+class SafetyConfig:
+    max_removals: int
+    max_removal_percent: float
+    min_directory_fraction: float
+    deactivate_after_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    concurrency: int
+    state_dir: str
+    audit_log: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str
+    homeserver: HomeserverConfig
+    directory: DirectoryConfig
+    layout: LayoutConfig
+    safety: SafetyConfig
+    sync: SyncConfig
+    exclude: frozenset[str]
+    raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "openldap": {
+        "filter": "(objectClass=inetOrgPerson)",
+        "department_from": "dn",
+        "disabled_filter": None,
+        "unit_filter": "(objectClass=organizationalUnit)",
+        "attributes": {
+            "anchor": "entryUUID",
+            "login": "uid",
+            "display_name": "displayName",
+            "title": "title",
+            "department": None,
+            "phone": "telephoneNumber",
+            "email": "mail",
+            "given_name": "givenName",
+            "surname": "sn",
+            "common_name": "cn",
+            "manager": "manager",
+        },
+    },
+    "active_directory": {
+        # Computers are also objectClass=user in AD; objectCategory=person keeps them out.
+        "filter": "(&(objectCategory=person)(objectClass=user))",
+        "department_from": "attribute",
+        # userAccountControl bit 2 (ACCOUNTDISABLE), via the LDAP_MATCHING_RULE_BIT_AND rule.
+        "disabled_filter": "(userAccountControl:1.2.840.113556.1.4.803:=2)",
+        "unit_filter": None,
+        "attributes": {
+            "anchor": "objectGUID",
+            "login": "sAMAccountName",
+            "display_name": "displayName",
+            "title": "title",
+            "department": "department",
+            "phone": "telephoneNumber",
+            "email": "mail",
+            "given_name": "givenName",
+            "surname": "sn",
+            "common_name": "cn",
+            "manager": "manager",
+        },
+    },
+}
+
+_TOP_KEYS = {"homeserver", "directory", "layout", "safety", "sync", "exclude", "bot", "server", "demo"}
+_USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+$")
+
+
+class _Reader:
+    """Typed access to one mapping of the YAML file, naming the dotted key in every error."""
+
+    def __init__(self, data: Any, path: str, prefix: str, base_dir: Path) -> None:
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError("must be a mapping", path, prefix or None)
+        self.data: dict[str, Any] = data
+        self.path = path
+        self.prefix = prefix
+        self.base_dir = base_dir
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}.{name}" if self.prefix else name
+
+    def section(self, name: str) -> _Reader:
+        return _Reader(self.data.get(name), self.path, self.key(name), self.base_dir)
+
+    def check_known(self, known: set[str]) -> None:
+        for k in self.data:
+            if k not in known:
+                raise ConfigError(f"unknown key (known: {', '.join(sorted(known))})", self.path, self.key(k))
+
+    def fail(self, name: str, message: str) -> ConfigError:
+        return ConfigError(message, self.path, self.key(name))
+
+    def str_(self, name: str, default: str | None = None, *, required: bool = False) -> str:
+        value = self.data.get(name, default)
+        if value is None:
+            if required:
+                raise self.fail(name, "is required")
+            raise self.fail(name, "must be a string")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise self.fail(name, f"must be a string, not {type(value).__name__}")
+        text = str(value).strip()
+        if required and not text:
+            raise self.fail(name, "must not be empty")
+        return text
+
+    def opt_str(self, name: str, default: str | None = None) -> str | None:
+        if name in self.data and self.data[name] is None:
+            return None
+        if name not in self.data:
+            return default
+        text = self.str_(name)
+        return text or None
+
+    def int_(self, name: str, default: int, lo: int, hi: int) -> int:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(name, f"must be a whole number, not {value!r}")
+        if not lo <= value <= hi:
+            raise self.fail(name, f"must be between {lo} and {hi}, not {value}")
+        return value
+
+    def float_(self, name: str, default: float, lo: float, hi: float) -> float:
+        value = self.data.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(name, f"must be a number, not {value!r}")
+        if not lo <= float(value) <= hi:
+            raise self.fail(name, f"must be between {lo} and {hi}, not {value}")
+        return float(value)
+
+    def bool_(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise self.fail(name, f"must be true or false, not {value!r}")
+        return value
+
+    def choice(self, name: str, default: str, choices: tuple[str, ...]) -> str:
+        value = self.str_(name, default)
+        if value not in choices:
+            raise self.fail(name, f"must be one of {', '.join(choices)}, not {value!r}")
+        return value
+
+    def path_(self, name: str, default: str) -> str:
+        """A filesystem path, relative ones taken from the config file's directory."""
+        value = self.str_(name, default)
+        p = Path(os.path.expanduser(value))
+        return str(p if p.is_absolute() else (self.base_dir / p))
+
+    def secret(self, name: str, *, required: bool) -> str | None:
+        """A secret from ``<name>_file`` or ``<name>_env``; a plain ``<name>`` key is refused."""
+        if name in self.data:
+            raise self.fail(name, f"secrets are never written in the config: use {name}_file or {name}_env")
+        file_key, env_key = f"{name}_file", f"{name}_env"
+        if self.data.get(file_key):
+            p = Path(os.path.expanduser(self.str_(file_key)))
+            p = p if p.is_absolute() else self.base_dir / p
+            try:
+                text = p.read_text(encoding="utf-8").strip()
+            except OSError as e:
+                raise self.fail(file_key, f"cannot read {p}: {e.strerror or e}") from None
+            if not text:
+                raise self.fail(file_key, f"{p} is empty")
+            return text
+        if self.data.get(env_key):
+            var = self.str_(env_key)
+            env_value = os.environ.get(var)
+            if not env_value:
+                raise self.fail(env_key, f"environment variable {var} is not set")
+            return env_value
+        if required:
+            raise self.fail(file_key, f"is required (or {env_key})")
+        return None
+
+
+def _attribute_map(r: _Reader, preset: dict[str, Any]) -> AttributeMap:
+    fields = preset["attributes"]
+    r.check_known(set(fields))
+    values: dict[str, str | None] = {}
+    for name, default in fields.items():
+        values[name] = r.opt_str(name, default) if name in r.data else default
+    for required in ("anchor", "login"):
+        if not values[required]:
+            raise r.fail(required, "is required: people are keyed on it")
+    return AttributeMap(**values)  # type: ignore[arg-type]
+
+
+def _check_filter(r: _Reader, name: str, value: str | None) -> None:
+    if value is None:
+        return
+    if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(")"):
+        raise r.fail(name, f"is not an LDAP filter (RFC 4515): {value!r}")
+
+
+def _directory(r: _Reader) -> DirectoryConfig:
+    r.check_known(
+        {
+            "uri", "bind_dn", "bind_password_file", "bind_password_env", "bind_password", "base_dn",
+            "preset", "filter", "attributes", "department_from", "department_separator",
+            "disabled_filter", "unit_filter", "start_tls", "page_size", "timeout_seconds", "ca_file",
+        }
+    )  # fmt: skip
+    preset_name = r.choice("preset", "openldap", tuple(PRESETS))
+    preset = PRESETS[preset_name]
+    uri = r.str_("uri", required=True)
+    if not re.match(r"^ldaps?://[^/\s]+/?$", uri):
+        raise r.fail("uri", f"must look like ldap://host:port or ldaps://host:port, not {uri!r}")
+    base_dn = r.str_("base_dn", required=True)
+    from provisioner.dn import DNError, parse_dn
+
+    try:
+        parse_dn(base_dn)
+    except DNError as e:
+        raise r.fail("base_dn", str(e)) from None
+    flt = r.str_("filter", preset["filter"])
+    _check_filter(r, "filter", flt)
+    disabled = r.opt_str("disabled_filter", preset["disabled_filter"])
+    _check_filter(r, "disabled_filter", disabled)
+    unit_filter = r.opt_str("unit_filter", preset["unit_filter"])
+    _check_filter(r, "unit_filter", unit_filter)
+    attrs = _attribute_map(r.section("attributes"), preset)
+    dep_from = r.choice("department_from", preset["department_from"], ("dn", "attribute"))
+    if dep_from == "attribute" and not attrs.department:
+        raise r.fail("department_from", "is 'attribute' but attributes.department is not set")
+    ca_file = r.opt_str("ca_file")
+    return DirectoryConfig(
+        uri=uri,
+        bind_dn=r.str_("bind_dn", required=True),
+        bind_password=r.secret("bind_password", required=True) or "",
+        base_dn=base_dn,
+        preset=preset_name,  # type: ignore[arg-type]
+        filter=flt,
+        attributes=attrs,
+        department_from=dep_from,  # type: ignore[arg-type]
+        department_separator=r.data.get("department_separator", " / ") or " / ",
+        disabled_filter=disabled,
+        unit_filter=unit_filter,
+        start_tls=r.bool_("start_tls", False),
+        # 1000 is AD's MaxPageSize and keeps ldap3's per-page overhead low (FACTS.md).
+        page_size=r.int_("page_size", 1000, 1, 100_000),
+        timeout_seconds=r.float_("timeout_seconds", 30.0, 1.0, 3600.0),
+        ca_file=r.path_("ca_file", ca_file) if ca_file else None,
+    )
+
+
+def _homeserver(r: _Reader, *, token_required: bool) -> HomeserverConfig:
+    r.check_known({"url", "server_name", "admin_token_file", "admin_token_env", "admin_token"})
+    url = r.str_("url", required=True).rstrip("/")
+    if not re.match(r"^https?://[^/\s]+(/.*)?$", url):
+        raise r.fail("url", f"must be an http:// or https:// URL, not {url!r}")
+    server_name = r.str_("server_name", required=True)
+    if not re.match(r"^[A-Za-z0-9.\-]+(:\d+)?$", server_name):
+        raise r.fail("server_name", f"is not a valid Matrix server name: {server_name!r}")
+    return HomeserverConfig(
+        url=url, server_name=server_name, admin_token=r.secret("admin_token", required=token_required)
+    )
+
+
+def _layout(r: _Reader, server_name: str) -> LayoutConfig:
+    r.check_known(
+        {"max_room_size", "org_name", "alias_prefix", "head_title_pattern", "room_encryption",
+         "moderator_power_level"}
+    )  # fmt: skip
+    pattern = r.opt_str("head_title_pattern")
+    if pattern:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise r.fail("head_title_pattern", f"is not a valid regular expression: {e}") from None
+    prefix = r.str_("alias_prefix", "")
+    if prefix and not re.fullmatch(r"[a-z0-9][a-z0-9\-]*", prefix):
+        raise r.fail("alias_prefix", "must be lowercase ASCII letters, digits and '-'")
+    return LayoutConfig(
+        # Below 2 a "room" is a DM; above 10,000 presence and state resolution become the bottleneck.
+        max_room_size=r.int_("max_room_size", 200, 2, 10_000),
+        org_name=r.str_("org_name", server_name) or server_name,
+        alias_prefix=prefix,
+        head_title_pattern=pattern,
+        room_encryption=r.bool_("room_encryption", True),
+        moderator_power_level=r.int_("moderator_power_level", 50, 1, 99),
+    )
+
+
+def _safety(r: _Reader) -> SafetyConfig:
+    r.check_known({"max_removals", "max_removal_percent", "min_directory_fraction", "deactivate_after_days"})
+    return SafetyConfig(
+        max_removals=r.int_("max_removals", 500, 0, 10_000_000),
+        max_removal_percent=r.float_("max_removal_percent", 5.0, 0.0, 100.0),
+        min_directory_fraction=r.float_("min_directory_fraction", 0.9, 0.0, 1.0),
+        deactivate_after_days=r.int_("deactivate_after_days", 30, 0, 36_500),
+    )
+
+
+def _sync(r: _Reader) -> SyncConfig:
+    r.check_known({"concurrency", "state_dir", "audit_log"})
+    state_dir = r.path_("state_dir", "./state")
+    return SyncConfig(
+        concurrency=r.int_("concurrency", 8, 1, 256),
+        state_dir=state_dir,
+        audit_log=r.path_("audit_log", os.path.join(state_dir, "audit.jsonl")),
+    )
+
+
+def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = None,
+                 token_required: bool = False) -> Config:  # fmt: skip
+    """Validate an already-loaded YAML document into a :class:`Config`."""
+    root = _Reader(data, path, "", base_dir or Path.cwd())
+    for k in root.data:
+        if k not in _TOP_KEYS:
+            raise ConfigError(f"unknown section (known: {', '.join(sorted(_TOP_KEYS))})", path, k)
+    hs = _homeserver(root.section("homeserver"), token_required=token_required)
+    exclude_raw = root.data.get("exclude", []) or []
+    if not isinstance(exclude_raw, list):
+        raise ConfigError("must be a list of Matrix user IDs", path, "exclude")
+    exclude: set[str] = set()
+    for i, item in enumerate(exclude_raw):
+        if not isinstance(item, str) or not _USER_ID.match(item):
+            raise ConfigError(f"is not a Matrix user ID like @admin:{hs.server_name}: {item!r}", path,
+                              f"exclude[{i}]")  # fmt: skip
+        exclude.add(item)
+    return Config(
+        path=path,
+        homeserver=hs,
+        directory=_directory(root.section("directory")),
+        layout=_layout(root.section("layout"), hs.server_name),
+        safety=_safety(root.section("safety")),
+        sync=_sync(root.section("sync")),
+        exclude=frozenset(exclude),
+        raw=root.data,
+    )
+
+
+def load_config(path: str | os.PathLike[str], *, token_required: bool = False) -> Config:
+    """Read and validate the YAML file at ``path``."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read: {e.strerror or e}", str(p)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"is not valid YAML: {e}", str(p)) from None
+    return parse_config(data, str(p), base_dir=p.resolve().parent, token_required=token_required)

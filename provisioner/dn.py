@@ -1,0 +1,163 @@
+"""Distinguished names per RFC 4514, with the Cyrillic and escaping that real directories contain.
+
+``ou=Отдел ЖКХ\\, благоустройства,ou=Управа+l=Москва,dc=mos,dc=test`` must come apart into the right
+pieces: escaped commas and plus signs, hex-escaped UTF-8 (``\\D0\\9E``), quoted values from older servers and
+multi-valued RDNs. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+_SPECIAL = set(',+"\\<>;=# ')
+
+
+class DNError(ValueError):
+    """A string that is not a distinguished name."""
+
+
+@dataclass(frozen=True, slots=True)
+class AVA:
+    """One ``type=value`` pair; ``type`` lowercased (attribute types are case-insensitive)."""
+
+    type: str
+    value: str
+
+
+RDN = tuple[AVA, ...]
+DN = tuple[RDN, ...]
+
+
+def _hexval(s: str, i: int, dn: str) -> int:
+    pair = s[i : i + 2]
+    if len(pair) != 2 or any(c not in "0123456789abcdefABCDEF" for c in pair):
+        raise DNError(f"bad escape at position {i} in DN {dn!r}")
+    return int(pair, 16)
+
+
+def _parse_value(dn: str, i: int) -> tuple[str, int]:
+    """Parse one attribute value starting at ``i``; return it and the index after it."""
+    n = len(dn)
+    if i < n and dn[i] == "#":
+        # BER-encoded value: keep it as its hex text, which is unique and stable.
+        j = i + 1
+        while j < n and dn[j] not in ",+;":
+            j += 1
+        return dn[i:j].strip(), j
+    if i < n and dn[i] == '"':
+        # RFC 2253 section 4 allows quoted values from older servers.
+        j = i + 1
+        out: list[str] = []
+        while j < n and dn[j] != '"':
+            if dn[j] == "\\" and j + 1 < n:
+                j += 1
+            out.append(dn[j])
+            j += 1
+        if j >= n:
+            raise DNError(f"unterminated quote in DN {dn!r}")
+        j += 1
+        while j < n and dn[j] == " ":
+            j += 1
+        return "".join(out), j
+    raw = bytearray()
+    trailing_unescaped_spaces = 0
+    j = i
+    while j < n and dn[j] == " ":  # unescaped leading spaces are insignificant
+        j += 1
+    while j < n:
+        c = dn[j]
+        if c in ",+;":
+            break
+        if c == "\\":
+            if j + 1 >= n:
+                raise DNError(f"DN ends with a lone backslash: {dn!r}")
+            nxt = dn[j + 1]
+            if nxt in _SPECIAL or nxt == "\\":
+                raw += nxt.encode()
+                j += 2
+            else:
+                raw.append(_hexval(dn, j + 1, dn))
+                j += 3
+            trailing_unescaped_spaces = 0
+            continue
+        raw += c.encode("utf-8")
+        trailing_unescaped_spaces = trailing_unescaped_spaces + 1 if c == " " else 0
+        j += 1
+    if trailing_unescaped_spaces:
+        raw = raw[: len(raw) - trailing_unescaped_spaces]
+    try:
+        value = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise DNError(f"escaped bytes are not UTF-8 in DN {dn!r}") from None
+    return value, j
+
+
+def parse_dn(dn: str) -> DN:
+    """Split a DN into RDNs, most specific first, each a tuple of :class:`AVA`."""
+    if not isinstance(dn, str) or not dn.strip():
+        raise DNError("empty DN")
+    rdns: list[RDN] = []
+    avas: list[AVA] = []
+    i, n = 0, len(dn)
+    while True:
+        while i < n and dn[i] == " ":
+            i += 1
+        eq = dn.find("=", i)
+        if eq < 0:
+            raise DNError(f"missing '=' after position {i} in DN {dn!r}")
+        attr = dn[i:eq].strip()
+        if not attr or any(c in attr for c in ',+"\\<>;'):
+            raise DNError(f"bad attribute type {attr!r} in DN {dn!r}")
+        value, i = _parse_value(dn, eq + 1)
+        avas.append(AVA(attr.lower(), value))
+        if i >= n:
+            rdns.append(tuple(avas))
+            break
+        sep = dn[i]
+        i += 1
+        if sep == "+":
+            continue
+        rdns.append(tuple(avas))
+        avas = []
+        if i >= n:
+            raise DNError(f"DN ends with a separator: {dn!r}")
+    return tuple(rdns)
+
+
+def _escape_value(value: str) -> str:
+    out = []
+    for k, c in enumerate(value):
+        if c in ',+"\\<>;=' or (c == "#" and k == 0) or (c == " " and k in (0, len(value) - 1)):
+            out.append("\\" + c)
+        elif c == "\0":
+            out.append("\\00")
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def format_dn(dn: DN) -> str:
+    """The RFC 4514 string of a parsed DN (escaping only what must be escaped)."""
+    return ",".join("+".join(f"{a.type}={_escape_value(a.value)}" for a in rdn) for rdn in dn)
+
+
+def normalize_dn(dn: str) -> str:
+    """A comparison key: types and values casefolded, whitespace collapsed, escapes resolved."""
+    parsed = parse_dn(dn)
+    return ",".join(
+        "+".join(sorted(f"{a.type}={' '.join(a.value.casefold().split())}" for a in rdn)) for rdn in parsed
+    )
+
+
+def relative_to(dn: DN, base: DN) -> DN | None:
+    """The RDNs of ``dn`` below ``base`` (most specific first), or ``None`` if ``dn`` is not under ``base``."""
+    if len(dn) < len(base):
+        return None
+
+    def key(rdn: RDN) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((a.type, " ".join(a.value.casefold().split())) for a in rdn))
+
+    tail = dn[len(dn) - len(base) :]
+    if any(key(x) != key(y) for x, y in zip(tail, base, strict=True)):
+        return None
+    return dn[: len(dn) - len(base)]

@@ -1,0 +1,1 @@
+"""Real servers started on loopback with their own config and data directories (demo and tests)."""
