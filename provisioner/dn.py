@@ -150,7 +150,7 @@ def normalize_dn(dn: str) -> str:
 
 
 def relative_to(dn: DN, base: DN) -> DN | None:
-    """The RDNs of ``dn`` below ``base`` (most specific first), or ``None`` if ``dn`` is not under ``base``."""
+    """The RDNs of ``dn`` below ``base`` (most specific first); ``None`` if ``dn`` is not under it."""
     if len(dn) < len(base):
         return None
 

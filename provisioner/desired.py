@@ -1,0 +1,54 @@
+"""From a directory snapshot to the desired server state: IDs, profiles and layout. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from provisioner.config import Config
+from provisioner.identity import assign_localparts
+from provisioner.layout import Layout, LayoutPolicy, plan_layout
+from provisioner.model import DirectorySnapshot, Person
+
+
+@dataclass(frozen=True, slots=True)
+class Desired:
+    localparts: Mapping[str, str]  # anchor → localpart, for every person read (disabled ones too)
+    people: Mapping[str, Person]  # user ID → person
+    layout: Layout
+
+
+def layout_policy(cfg: Config, *, reserved_seats: int = 1) -> LayoutPolicy:
+    return LayoutPolicy(
+        server_name=cfg.homeserver.server_name,
+        max_room_size=cfg.layout.max_room_size,
+        org_name=cfg.layout.org_name,
+        alias_prefix=cfg.layout.alias_prefix,
+        head_title_pattern=cfg.layout.head_title_pattern,
+        reserved_seats=reserved_seats,
+    )
+
+
+def desired_state(
+    snapshot: DirectorySnapshot,
+    cfg: Config,
+    *,
+    previous_localparts: Mapping[str, str] | None = None,
+    taken: Iterable[str] = (),
+    previous_rooms: Mapping[str, str] | None = None,
+    reserved_seats: int = 1,
+) -> Desired:
+    """IDs for everyone read, and the layout of the enabled people."""
+    localparts = assign_localparts(
+        ((p.anchor, p.login) for p in snapshot.people), previous=previous_localparts, taken=taken
+    )
+    server = cfg.homeserver.server_name
+    people = {f"@{localparts[p.anchor]}:{server}": p for p in snapshot.people}
+    layout = plan_layout(
+        snapshot.enabled,
+        snapshot.units,
+        localparts,
+        layout_policy(cfg, reserved_seats=reserved_seats),
+        previous_rooms,
+    )
+    return Desired(localparts=localparts, people=people, layout=layout)

@@ -1,0 +1,178 @@
+"""Raw LDAP entries → people and units. Pure: the reader does the I/O, this decides what the entries mean."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from provisioner.config import DirectoryConfig
+from provisioner.dn import DN, DNError, normalize_dn, parse_dn, relative_to
+from provisioner.identity import clean_text, display_name
+from provisioner.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, Skipped, Unit
+
+log = logging.getLogger(__name__)
+
+# RDN types that make up an organisational path. ``cn`` containers (AD's CN=Users) and ``dc`` are structure,
+# not departments.
+_UNIT_RDN_TYPES = frozenset({"ou", "o", "organizationalunitname", "organizationname"})
+MAX_UNIT_NAME = 255
+
+
+@dataclass(frozen=True, slots=True)
+class ReadResult:
+    """What the reader hands over: entries plus whether the read was complete."""
+
+    people: Sequence[RawEntry]
+    units: Sequence[RawEntry]
+    disabled_dns: frozenset[str]
+    complete: bool
+    stop_reason: str | None
+
+
+def path_key(path: Sequence[str]) -> str:
+    return "path:" + "/".join(" ".join(p.casefold().split()) for p in path)
+
+
+def _unit_path_from_dn(dn: DN, base: DN) -> tuple[str, ...] | None:
+    rel = relative_to(dn, base)
+    if rel is None:
+        return None
+    names: list[str] = []
+    for rdn in reversed(rel):
+        for ava in rdn:
+            if ava.type in _UNIT_RDN_TYPES:
+                name = clean_text(ava.value, max_len=MAX_UNIT_NAME)
+                if name:
+                    names.append(name)
+                break
+    return tuple(names)
+
+
+def _split_department(value: str | None, separator: str) -> tuple[str, ...]:
+    if not value:
+        return ()
+    parts = value.split(separator) if separator.strip() else [value]
+    out: list[str] = []
+    for part in parts:
+        name = clean_text(part, max_len=MAX_UNIT_NAME)
+        if name:
+            out.append(name)
+    return tuple(out)
+
+
+class _UnitIndex:
+    """Builds the unit tree: every prefix of every path is a unit; keys from OU anchors when known."""
+
+    def __init__(self, anchors_by_path: dict[str, str]) -> None:
+        self.anchors_by_path = anchors_by_path
+        self.units: dict[tuple[str, ...], Unit] = {}
+
+    def key_for(self, path: tuple[str, ...]) -> str:
+        if not path:
+            return ROOT_UNIT
+        unit = self.units.get(path)
+        if unit is not None:
+            return unit.key
+        parent = self.key_for(path[:-1])
+        anchor = self.anchors_by_path.get(path_key(path))
+        key = f"ou:{anchor}" if anchor else path_key(path)
+        self.units[path] = Unit(key=key, path=path, parent_key=parent)
+        return key
+
+
+def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True) -> DirectorySnapshot:
+    """Turn a read into people and units; every entry that cannot be used is skipped with its reason."""
+    attrs = cfg.attributes
+    base = parse_dn(cfg.base_dn)
+    skipped: list[Skipped] = []
+
+    def skip(dn: str, reason: str) -> None:
+        skipped.append(Skipped(dn, reason))
+        if skip_log:
+            log.warning("skipped %s: %s", dn, reason)
+
+    anchors_by_path: dict[str, str] = {}
+    if cfg.department_from == "dn":
+        for entry in result.units:
+            try:
+                path = _unit_path_from_dn(parse_dn(entry.dn), base)
+            except DNError:
+                continue
+            anchor = entry.first(attrs.anchor)
+            if path and anchor:
+                anchors_by_path.setdefault(path_key(path), anchor)
+    index = _UnitIndex(anchors_by_path)
+    disabled = {normalize_dn(d) for d in result.disabled_dns}
+
+    people: list[Person] = []
+    seen_anchor: dict[str, str] = {}
+    # Sorted by DN so that "which of two duplicates is kept" does not depend on the server's order.
+    for entry in sorted(result.people, key=lambda e: e.dn.casefold()):
+        try:
+            parsed = parse_dn(entry.dn)
+        except DNError as e:
+            skip(entry.dn, f"unparseable DN: {e}")
+            continue
+        anchor = entry.first(attrs.anchor)
+        if not anchor or not anchor.strip():
+            skip(entry.dn, f"no {attrs.anchor} (anchor)")
+            continue
+        if anchor in seen_anchor:
+            skip(entry.dn, f"duplicate {attrs.anchor} {anchor} (also on {seen_anchor[anchor]})")
+            continue
+        login = clean_text(entry.first(attrs.login), max_len=255)
+        if not login:
+            skip(entry.dn, f"no usable {attrs.login} (login)")
+            continue
+        name, why = display_name(
+            entry.first(attrs.display_name),
+            entry.first(attrs.common_name),
+            entry.first(attrs.surname),
+            entry.first(attrs.given_name),
+        )
+        if name is None:
+            skip(entry.dn, f"no usable name: {why}")
+            continue
+        if cfg.department_from == "dn":
+            path = _unit_path_from_dn(parsed, base)
+            if path is None:
+                skip(entry.dn, f"not under base DN {cfg.base_dn}")
+                continue
+        else:
+            path = _split_department(entry.first(attrs.department), cfg.department_separator)
+        seen_anchor[anchor] = entry.dn
+        manager = entry.first(attrs.manager)
+        try:
+            manager_dn = normalize_dn(manager) if manager else None
+        except DNError:
+            manager_dn = None
+        people.append(
+            Person(
+                anchor=anchor,
+                login=login,
+                dn=entry.dn,
+                display_name=name,
+                unit_key=index.key_for(path),
+                title=clean_text(entry.first(attrs.title)),
+                department=" / ".join(path) or None,
+                phone=clean_text(entry.first(attrs.phone), max_len=64),
+                email=clean_text(entry.first(attrs.email), max_len=254),
+                manager_dn=manager_dn,
+                disabled=normalize_dn(entry.dn) in disabled,
+                sort_name=name.casefold(),
+            )
+        )
+    units = tuple(sorted(index.units.values(), key=lambda u: u.path))
+    return DirectorySnapshot(
+        people=tuple(people),
+        units=units,
+        skipped=tuple(skipped),
+        complete=result.complete,
+        stop_reason=result.stop_reason,
+        entries_read=len(result.people),
+    )
+
+
+def units_by_key(units: Iterable[Unit]) -> dict[str, Unit]:
+    return {u.key: u for u in units}

@@ -1,0 +1,322 @@
+"""The layout planner: people and units → spaces and size-capped rooms. Pure functions, no I/O.
+
+Invariants (tested as properties):
+1. No room holds more than ``max_room_size`` members, service accounts included (``reserved`` seats).
+2. Every enabled person is in exactly one department room: a shard of their own unit.
+3. Stability: a person already in a shard of their unit stays there unless that shard is over the limit;
+   adding or removing one person moves nobody else. Shards are never merged (that would move people).
+4. Names keep the directory's spelling; aliases are ASCII, unique and stable for a unit while its path stays.
+5. No space is joined by more people than fit in a room: people join their unit's space only when the
+   unit's direct members fit in one room, so presence never fans out beyond a room's size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from provisioner.identity import transliterate
+from provisioner.model import ROOT_UNIT, Person, Unit
+
+MAX_NAME = 120
+MAX_ALIAS_LOCALPART = 180  # the whole alias, '#' and ':server' included, must stay under 255 bytes
+MAX_SLUG_PART = 40
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutPolicy:
+    server_name: str
+    max_room_size: int
+    org_name: str
+    alias_prefix: str = ""
+    head_title_pattern: str | None = None
+    reserved_seats: int = 1  # the provisioner stays in every room it manages
+
+
+@dataclass(frozen=True, slots=True)
+class SpacePlan:
+    unit_key: str
+    name: str
+    alias: str  # localpart of the alias, without '#' and server
+    parent_key: str | None
+    topic: str
+    members: tuple[str, ...]  # user IDs that join the space
+    moderators: tuple[str, ...]
+    children: tuple[str, ...]  # keys of child spaces and rooms (rooms as "unit#shard")
+
+
+@dataclass(frozen=True, slots=True)
+class RoomPlan:
+    key: str  # "<unit key>#<shard>"
+    unit_key: str
+    shard: int  # 1-based
+    shard_count: int
+    name: str
+    alias: str
+    topic: str
+    members: tuple[str, ...]
+    moderators: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    spaces: tuple[SpacePlan, ...]
+    rooms: tuple[RoomPlan, ...]
+
+    def room_of(self) -> dict[str, str]:
+        """User ID → key of their department room."""
+        return {m: r.key for r in self.rooms for m in r.members}
+
+
+def room_key(unit_key: str, shard: int) -> str:
+    return f"{unit_key}#{shard}"
+
+
+def split_room_key(key: str) -> tuple[str, int]:
+    unit, _, shard = key.rpartition("#")
+    return unit, int(shard)
+
+
+def _hash(text: str, n: int = 6) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def slugify(text: str) -> str:
+    """ASCII slug of a unit name: transliterated, lowercase, words joined with '-', capped in length."""
+    slug = re.sub(r"[^a-z0-9]+", "-", transliterate(text)).strip("-")
+    if not slug:
+        return "u" + _hash(text, 6)
+    if len(slug) > MAX_SLUG_PART:
+        slug = slug[: MAX_SLUG_PART - 7].rstrip("-") + "-" + _hash(text, 6)
+    return slug
+
+
+def shorten(name: str, limit: int = MAX_NAME) -> str:
+    return name if len(name) <= limit else name[: limit - 1].rstrip() + "…"
+
+
+# --- shard assignment -------------------------------------------------------------------------------------
+
+
+def assign_shards(
+    members: Sequence[str],
+    capacity: int,
+    previous: Mapping[str, int],
+    sort_key: Mapping[str, str] | None = None,
+) -> list[list[str]]:
+    """Split ``members`` into shards of at most ``capacity``, keeping everyone in ``previous`` where possible.
+
+    ``previous`` maps a member to the 1-based shard they are in now. Returns shards in order (index 0 is
+    shard 1); a shard may be empty when people left it (it is kept so nobody is renumbered).
+    """
+    if capacity < 1:
+        raise ValueError("capacity must be at least 1")
+    key = sort_key or {}
+    ordered = sorted(members, key=lambda m: (key.get(m, ""), m))
+    n = len(ordered)
+    kept_indexes = [previous[m] for m in ordered if m in previous and previous[m] >= 1]
+    count = max(math.ceil(n / capacity), max(kept_indexes, default=0), 1)
+    # Never keep more shards than needed to hold everyone at one member each: guards absurd history.
+    count = min(count, max(n, 1))
+    if not kept_indexes:
+        # First placement: balanced contiguous ranges in name order, so shard 1 holds "А–К" and so on.
+        base, extra = divmod(n, count)
+        shards: list[list[str]] = []
+        i = 0
+        for s in range(count):
+            size = base + (1 if s < extra else 0)
+            shards.append(ordered[i : i + size])
+            i += size
+        return shards
+    shards = [[] for _ in range(count)]
+    unplaced: list[str] = []
+    for m in ordered:
+        idx = previous.get(m)
+        if idx is not None and 1 <= idx <= count and len(shards[idx - 1]) < capacity:
+            shards[idx - 1].append(m)
+        else:
+            unplaced.append(m)
+    for m in unplaced:
+        target = min(range(count), key=lambda s: (len(shards[s]), s))
+        if len(shards[target]) >= capacity:
+            shards.append([])
+            target = len(shards) - 1
+        shards[target].append(m)
+    return shards
+
+
+# --- the planner ------------------------------------------------------------------------------------------
+
+
+def _heads(people: Iterable[Person], by_user: Mapping[str, str], pattern: str | None) -> dict[str, set[str]]:
+    """Unit key → user IDs of its heads: the ``manager`` of the unit's people, or a title matching pattern."""
+    plist = list(people)
+    by_dn = {_norm_dn(p.dn): p for p in plist}
+    regex = re.compile(pattern, re.IGNORECASE) if pattern else None
+    heads: dict[str, set[str]] = defaultdict(set)
+    for p in plist:
+        if p.manager_dn:
+            head = by_dn.get(p.manager_dn)
+            if head is not None and head.anchor in by_user and head.anchor != p.anchor:
+                heads[p.unit_key].add(by_user[head.anchor])
+        if regex and p.title and regex.search(p.title) and p.anchor in by_user:
+            heads[p.unit_key].add(by_user[p.anchor])
+    return heads
+
+
+def _norm_dn(dn: str) -> str:
+    from provisioner.dn import DNError, normalize_dn
+
+    try:
+        return normalize_dn(dn)
+    except DNError:
+        return dn.casefold()
+
+
+def _aliases(units: Mapping[str, Unit], prefix: str) -> dict[str, str]:
+    """Unit key → alias localpart; path slugs joined by '.', disambiguated by a hash where slugs collide."""
+    raw: dict[str, str] = {}
+    for key, unit in units.items():
+        parts = [slugify(p) for p in unit.path] or ["org"]
+        alias = ".".join(parts)
+        if len(alias) > MAX_ALIAS_LOCALPART - 20:
+            # Keep the most specific parts readable; the hash keeps the alias unique.
+            alias = _hash(key, 8) + "." + ".".join(parts[-2:])
+            alias = alias[: MAX_ALIAS_LOCALPART - 20]
+        raw[key] = f"{prefix}.{alias}" if prefix else alias
+    counts: dict[str, int] = defaultdict(int)
+    for alias in raw.values():
+        counts[alias] += 1
+    return {k: (a if counts[a] == 1 else f"{a}-{_hash(k, 6)}") for k, a in raw.items()}
+
+
+def _names(units: Mapping[str, Unit], org_name: str) -> dict[str, str]:
+    """Unit key → display name, shortened; shortened names that would collide get a distinguishing hash.
+
+    Units that are *named* alike in the directory (every district council has an "Отдел ЖКХ") keep their
+    common name: only the shortening must not create new collisions.
+    """
+    out: dict[str, str] = {}
+    by_short: dict[tuple[str | None, str], set[str]] = defaultdict(set)
+    for key, unit in units.items():
+        full = unit.name or org_name
+        out[key] = shorten(full)
+        by_short[(unit.parent_key, out[key])].add(full)
+    for key, unit in units.items():
+        full = unit.name or org_name
+        if out[key] != full and len(by_short[(unit.parent_key, out[key])]) > 1:
+            out[key] = shorten(full, MAX_NAME - 7) + " " + _hash(full, 6)
+    return out
+
+
+def plan_layout(
+    people: Sequence[Person],
+    units: Sequence[Unit],
+    localparts: Mapping[str, str],
+    policy: LayoutPolicy,
+    previous_rooms: Mapping[str, str] | None = None,
+) -> Layout:
+    """The desired spaces and rooms.
+
+    ``people`` are the enabled people; ``localparts`` maps their anchors to localparts; ``previous_rooms``
+    maps user IDs to the room key they are in now (read from the server), for stable assignment.
+    """
+    previous_rooms = previous_rooms or {}
+    capacity = policy.max_room_size - policy.reserved_seats
+    if capacity < 1:
+        raise ValueError(
+            f"layout.max_room_size {policy.max_room_size} leaves no seat after {policy.reserved_seats} "
+            "service accounts"
+        )
+    user_of = {a: f"@{lp}:{policy.server_name}" for a, lp in localparts.items()}
+    all_units: dict[str, Unit] = {ROOT_UNIT: Unit(ROOT_UNIT, (), None)}
+    for u in units:
+        all_units[u.key] = u
+    members_by_unit: dict[str, list[str]] = defaultdict(list)
+    sort_key: dict[str, str] = {}
+    for p in people:
+        uid = user_of.get(p.anchor)
+        if uid is None:
+            continue
+        unit_key = p.unit_key if p.unit_key in all_units else ROOT_UNIT
+        members_by_unit[unit_key].append(uid)
+        sort_key[uid] = p.sort_name or p.display_name.casefold()
+    heads = _heads(people, user_of, policy.head_title_pattern)
+    aliases = _aliases(all_units, policy.alias_prefix)
+    names = _names(all_units, policy.org_name)
+
+    # Units that matter: those with members, and all their ancestors.
+    live: set[str] = set()
+    for key in members_by_unit:
+        k: str | None = key
+        while k is not None and k not in live:
+            live.add(k)
+            k = all_units[k].parent_key if k in all_units else None
+    live.add(ROOT_UNIT)
+
+    rooms: list[RoomPlan] = []
+    rooms_by_unit: dict[str, list[str]] = defaultdict(list)
+    for key in sorted(live, key=lambda k: (all_units[k].path, k)):
+        members = members_by_unit.get(key, [])
+        if not members:
+            continue
+        prev = {}
+        for uid in members:
+            prev_key = previous_rooms.get(uid)
+            if prev_key:
+                prev_unit, shard = split_room_key(prev_key)
+                if prev_unit == key:
+                    prev[uid] = shard
+        shards = assign_shards(members, capacity, prev, sort_key)
+        unit = all_units[key]
+        base_name = names[key]
+        mods = tuple(sorted(heads.get(key, ())))
+        for i, shard_members in enumerate(shards, start=1):
+            name = base_name if len(shards) == 1 else f"{base_name} ({i}/{len(shards)})"
+            alias = aliases[key] if i == 1 else f"{aliases[key]}-{i}"
+            topic = " / ".join(unit.path) or policy.org_name
+            rk = room_key(key, i)
+            rooms.append(
+                RoomPlan(
+                    key=rk,
+                    unit_key=key,
+                    shard=i,
+                    shard_count=len(shards),
+                    name=name,
+                    alias=alias,
+                    topic=topic,
+                    members=tuple(sorted(shard_members)),
+                    moderators=mods,
+                )
+            )
+            rooms_by_unit[key].append(rk)
+
+    children: dict[str, list[str]] = defaultdict(list)
+    for key in live:
+        parent = all_units[key].parent_key
+        if key != ROOT_UNIT and parent is not None:
+            children[parent].append(key)
+    spaces: list[SpacePlan] = []
+    for key in sorted(live, key=lambda k: (all_units[k].path, k)):
+        unit = all_units[key]
+        direct = members_by_unit.get(key, [])
+        # Joining the space adds no presence fan-out only when its members are exactly one room's.
+        space_members = tuple(sorted(direct)) if 0 < len(direct) <= capacity else ()
+        spaces.append(
+            SpacePlan(
+                unit_key=key,
+                name=names[key],
+                alias=f"{aliases[key]}.space",
+                parent_key=unit.parent_key if key != ROOT_UNIT else None,
+                topic=" / ".join(unit.path) or policy.org_name,
+                members=space_members,
+                moderators=tuple(sorted(heads.get(key, ()))),
+                children=tuple(sorted(children.get(key, []), key=lambda k: all_units[k].path))
+                + tuple(rooms_by_unit.get(key, [])),
+            )
+        )
+    return Layout(spaces=tuple(spaces), rooms=tuple(rooms))

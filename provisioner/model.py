@@ -1,0 +1,85 @@
+"""Plain data shared by the reader, the planner and the sync. No I/O here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+ROOT_UNIT = "root"
+"""Key of the organisation itself: people directly under the base DN (or with no department) sit here."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawEntry:
+    """One LDAP entry as read: attribute names lowercased, every value a string.
+
+    Binary values (AD ``objectGUID``) are already turned into their canonical text by the reader.
+    """
+
+    dn: str
+    attrs: Mapping[str, tuple[str, ...]]
+
+    def first(self, name: str | None) -> str | None:
+        if not name:
+            return None
+        values = self.attrs.get(name.lower())
+        return values[0] if values else None
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """An organisational unit. ``key`` is stable across renames where the directory allows it."""
+
+    key: str
+    path: tuple[str, ...]
+    parent_key: str | None
+
+    @property
+    def name(self) -> str:
+        return self.path[-1] if self.path else ""
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    anchor: str
+    login: str
+    dn: str
+    display_name: str
+    unit_key: str
+    title: str | None = None
+    department: str | None = None
+    phone: str | None = None
+    email: str | None = None
+    manager_dn: str | None = None
+    disabled: bool = False
+    sort_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Skipped:
+    dn: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DirectorySnapshot:
+    """Everything one directory read produced.
+
+    ``complete`` is False when the read stopped early (size or time limit, lost connection): such a snapshot
+    must never be taken as "the missing people left".
+    """
+
+    people: tuple[Person, ...]
+    units: tuple[Unit, ...]
+    skipped: tuple[Skipped, ...]
+    complete: bool
+    stop_reason: str | None
+    entries_read: int
+
+    @property
+    def enabled(self) -> tuple[Person, ...]:
+        return tuple(p for p in self.people if not p.disabled)
+
+    @property
+    def disabled(self) -> tuple[Person, ...]:
+        return tuple(p for p in self.people if p.disabled)
