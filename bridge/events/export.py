@@ -1,0 +1,113 @@
+"""Attendance CSV and an iCalendar (RFC 5545) file for one event; pure, bytes out."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from bridge.events.model import Event, Rsvp, attendance
+from bridge.events.render import ANSWER_LABELS
+
+CSV_HEADER = ("name", "user_id", "title", "department", "answer", "status", "answered_at", "source")
+
+
+def attendance_csv(event: Event, answers: Sequence[Rsvp], tz: ZoneInfo) -> bytes:
+    """One row per person who answered, confirmed first, then waitlist, maybe, not going.
+
+    UTF-8 with a BOM because Excel, which most of the staff open it in, otherwise shows Cyrillic as mojibake.
+    ``title`` is the person's job title; the event is in the file name.
+    """
+    att = attendance(event.capacity, answers)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\r\n")
+    w.writerow(CSV_HEADER)
+    labels = ANSWER_LABELS[event.lang]
+    groups = (
+        ("confirmed", att.confirmed),
+        ("waitlisted", att.waitlist),
+        ("maybe", att.maybe),
+        ("not_going", att.not_going),
+    )
+    for status, rows in groups:
+        for r in rows:
+            w.writerow(
+                (
+                    _cell(r.display_name or r.user_id),
+                    r.user_id,
+                    _cell(r.job_title),
+                    _cell(r.department),
+                    labels[r.answer],
+                    status,
+                    r.answered_at.astimezone(tz).isoformat(timespec="seconds"),
+                    r.source.value,
+                )
+            )
+    return ("\ufeff" + buf.getvalue()).encode("utf-8")
+
+
+def _cell(s: str) -> str:
+    # A cell starting with = + - @ is run as a formula by spreadsheets (CSV injection); a quote disarms it.
+    return "'" + s if s[:1] in ("=", "+", "-", "@", "\t", "\r") else s
+
+
+def ics_escape(s: str) -> str:
+    """TEXT value escaping of RFC 5545 §3.3.11."""
+    return (
+        s.replace("\\", "\\\\")
+        .replace(";", "\\;")
+        .replace(",", "\\,")
+        .replace("\r\n", "\\n")
+        .replace("\n", "\\n")
+    )
+
+
+def fold(line: str) -> str:
+    """Fold a content line at 75 octets (RFC 5545 §3.1) without splitting a UTF-8 character."""
+    out: list[str] = []
+    cur = ""
+    size = 0
+    limit = 75
+    for ch in line:
+        n = len(ch.encode("utf-8"))
+        if size + n > limit:
+            out.append(cur)
+            cur, size, limit = " ", 1, 75
+        cur += ch
+        size += n
+    out.append(cur)
+    return "\r\n".join(out)
+
+
+def _utc(dt: datetime) -> str:
+    return dt.astimezone(ZoneInfo("UTC")).strftime("%Y%m%dT%H%M%SZ")
+
+
+def uid(event: Event, domain: str) -> str:
+    """Stable across exports and edits, so a calendar updates the entry instead of adding a second one."""
+    return f"{event.id}-{int(event.created_at.timestamp())}@{domain}"
+
+
+def event_ics(event: Event, now: datetime, domain: str) -> bytes:
+    lines = [
+        "BEGIN:VCALENDAR",
+        "VERSION:2.0",
+        "PRODID:-//civmatrix//event bot//RU",
+        "CALSCALE:GREGORIAN",
+        "METHOD:PUBLISH",
+        "BEGIN:VEVENT",
+        f"UID:{uid(event, domain)}",
+        f"DTSTAMP:{_utc(now)}",
+        f"DTSTART:{_utc(event.starts_at)}",
+        f"DTEND:{_utc(event.ends_at)}",
+        f"SEQUENCE:{event.sequence}",
+        f"SUMMARY:{ics_escape(event.title)}",
+        "STATUS:" + ("CANCELLED" if event.cancelled else "CONFIRMED"),
+    ]
+    if event.place:
+        lines.append(f"LOCATION:{ics_escape(event.place)}")
+    lines.append(f"DESCRIPTION:{ics_escape(f'{event.title} ({event.id}), {event.organiser}')}")
+    lines += ["END:VEVENT", "END:VCALENDAR"]
+    return ("\r\n".join(fold(x) for x in lines) + "\r\n").encode("utf-8")

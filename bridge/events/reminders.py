@@ -1,0 +1,101 @@
+"""Which reminders are due at time ``now``: a pure function of events, answers and what was already sent.
+
+Rule 1. A reminder is identified by (event, slot, offset, target); ``slot`` is the start time in epoch
+        seconds, so moving an event re-arms its reminders and nothing else does.
+Rule 2. A person gets at most one reminder per due moment: if the bot was down through the 24 h mark and
+        it is now past the 1 h mark, only the 1 h reminder is sent and the 24 h one is marked as sent
+        without sending.
+Rule 3. Nothing is due for a cancelled event, or at or after its start.
+Rule 4. One room reminder per audience room, at the largest offset (or late, once, if the bot was down then).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bridge.events import render
+from bridge.events.model import (
+    DirectMessage,
+    Event,
+    EventID,
+    RoomID,
+    RoomNotice,
+    Rsvp,
+    attendance,
+)
+
+DEFAULT_OFFSETS = (timedelta(hours=24), timedelta(hours=1))
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ReminderKey:
+    event_id: EventID
+    slot: int
+    offset_s: int
+    target: str  # a user id for a DM, a room id for the room reminder
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    marks: tuple[ReminderKey, ...]  # all to be recorded as sent once ``effect`` is done
+    effect: DirectMessage | RoomNotice
+
+
+def slot(event: Event) -> int:
+    return int(event.starts_at.timestamp())
+
+
+def due(
+    events: Iterable[Event],
+    answers: Mapping[EventID, Sequence[Rsvp]],
+    rooms: Mapping[EventID, Sequence[RoomID]],
+    sent: set[ReminderKey] | frozenset[ReminderKey],
+    now: datetime,
+    tz: ZoneInfo,
+    offsets: Sequence[timedelta] = DEFAULT_OFFSETS,
+    remind_maybe: bool = False,
+) -> list[Due]:
+    if not offsets:
+        return []
+    out: list[Due] = []
+    largest = max(offsets)
+    for ev in events:
+        if ev.cancelled or now >= ev.starts_at:
+            continue
+        passed = sorted((o for o in offsets if ev.starts_at - o <= now), reverse=True)
+        if not passed:
+            continue
+        latest = passed[-1]
+        s = slot(ev)
+        att = attendance(ev.capacity, answers.get(ev.id, ()))
+        people: list[Rsvp] = list(att.confirmed) + (list(att.maybe) if remind_maybe else [])
+        for r in people:
+            key = ReminderKey(ev.id, s, int(latest.total_seconds()), r.user_id)
+            if key in sent:
+                continue
+            marks = tuple(ReminderKey(ev.id, s, int(o.total_seconds()), r.user_id) for o in passed)
+            out.append(Due(marks, DirectMessage(r.user_id, render.reminder_dm(ev, tz, latest, r.answer))))
+        if largest in passed:
+            for room in rooms.get(ev.id, ()):
+                key = ReminderKey(ev.id, s, int(largest.total_seconds()), room)
+                if key not in sent:
+                    out.append(
+                        Due((key,), RoomNotice(room, render.room_reminder(ev, tz, len(att.confirmed))))
+                    )
+    return out
+
+
+def next_due(events: Iterable[Event], now: datetime, offsets: Sequence[timedelta]) -> datetime | None:
+    """The earliest moment after ``now`` at which some reminder may become due (for the scheduler's sleep)."""
+    best: datetime | None = None
+    for ev in events:
+        if ev.cancelled:
+            continue
+        for o in offsets:
+            at = ev.starts_at - o
+            if at > now and at < ev.starts_at and (best is None or at < best):
+                best = at
+    return best

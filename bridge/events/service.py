@@ -1,0 +1,508 @@
+"""The bot's application layer: decoded Matrix input in, effects out, state written through the store.
+
+Decisions are made by the pure modules (``commands``, ``rsvp``, ``reminders``, ``render``, ``export``); this
+module only loads what they need, stores what they decided and hands the effects back to the transport. Every
+handler writes its state changes *and* the "processed" mark of the Matrix event in one transaction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
+
+from bridge.events import export, render
+from bridge.events.clock import Clock
+from bridge.events.commands import (
+    CancelEvent,
+    Command,
+    CreateEvent,
+    EditEvent,
+    ExportEvent,
+    Help,
+    ListEvents,
+    ParseError,
+    RsvpCommand,
+    ShowEvent,
+    parse_command,
+    validate,
+)
+from bridge.events.model import (
+    Announce,
+    Answer,
+    Attachment,
+    DirectMessage,
+    DirectUpload,
+    Effect,
+    EndPoll,
+    Event,
+    EventID,
+    Lang,
+    MatrixEventID,
+    Reply,
+    RoomID,
+    RoomNotice,
+    Source,
+    Text,
+    Upload,
+    UserID,
+    attendance,
+    new_event_id,
+)
+from bridge.events.reminders import DEFAULT_OFFSETS, Due, due, next_due
+from bridge.events.rsvp import Accepted, RsvpRequest, decide, recompute_after_edit
+from bridge.events.store import (
+    MarkProcessed,
+    MarkReminder,
+    PutAnswer,
+    PutAudience,
+    PutEvent,
+    SetPoll,
+    Store,
+    Write,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_ANSWER_IDS: dict[str, Answer] = {
+    "going": Answer.GOING,
+    "maybe": Answer.MAYBE,
+    "not_going": Answer.NOT_GOING,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    tz: ZoneInfo
+    moderator_level: int = 50
+    reminder_offsets: tuple[timedelta, ...] = DEFAULT_OFFSETS
+    remind_maybe: bool = False
+    uid_domain: str = "civmatrix.local"
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    display_name: str
+    department: str
+    job_title: str
+
+
+class Directory(Protocol):
+    """What the service needs to know about Matrix; the transport implements it."""
+
+    async def power_level(self, room: RoomID, user: UserID) -> int: ...
+
+    async def person(self, user: UserID, room: RoomID) -> Person: ...
+
+    async def unit_rooms(self, unit: str) -> list[RoomID]: ...
+
+
+def _t(lang: Lang, ru: str, en: str) -> Text:
+    return render.plain(ru if lang == "ru" else en)
+
+
+class EventService:
+    def __init__(self, store: Store, clock: Clock, settings: Settings, directory: Directory) -> None:
+        self.store = store
+        self.clock = clock
+        self.settings = settings
+        self.directory = directory
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return self.settings.tz
+
+    async def _is_moderator(self, room: RoomID, user: UserID) -> bool:
+        return await self.directory.power_level(room, user) >= self.settings.moderator_level
+
+    async def _done(self, mid: MatrixEventID, room: RoomID, writes: Sequence[Write] = ()) -> None:
+        await self.store.write([*writes, MarkProcessed(mid, room, self.clock.now())])
+
+    # --- messages -------------------------------------------------------------------------------------------
+
+    async def handle_message(
+        self, room: RoomID, sender: UserID, mid: MatrixEventID, body: str
+    ) -> list[Effect]:
+        """Handle one text message; returns no effects for messages that are not bot commands."""
+        cmd = parse_command(body, self.clock.now(), self.tz)
+        if cmd is None:
+            return []
+
+        def reply(text: Text) -> Reply:
+            return Reply(room, mid, text)
+
+        if isinstance(cmd, ParseError):
+            await self._done(mid, room)
+            return [reply(render.plain(cmd.message))]
+        effects, writes = await self._dispatch(cmd, room, sender, mid, reply)
+        await self._done(mid, room, writes)
+        return effects
+
+    async def _dispatch(
+        self, cmd: Command, room: RoomID, sender: UserID, mid: MatrixEventID, reply: _ReplyFn
+    ) -> tuple[list[Effect], list[Write]]:
+        match cmd:
+            case Help(lang, unknown):
+                return [reply(render.help_text(lang, unknown))], []
+            case ListEvents(lang):
+                events = await self.store.upcoming_in_room(room, self.clock.now())
+                answers = await self.store.answers_for([e.id for e in events])
+                going = {e.id: len(attendance(e.capacity, answers[e.id]).confirmed) for e in events}
+                return [reply(render.event_list(events, going, self.tz, lang))], []
+            case CreateEvent():
+                return await self._create(cmd, room, sender, reply)
+            case EditEvent():
+                return await self._edit(cmd, room, sender, reply)
+            case CancelEvent():
+                return await self._cancel(cmd, room, sender, reply)
+            case ShowEvent(lang, eid) | ExportEvent(lang, eid):
+                ev, err = await self._resolve(eid, room, lang)
+                if ev is None:
+                    return [reply(err)], []
+                return await self._show_or_export(cmd, ev, room, sender, reply)
+            case RsvpCommand(lang, eid, answer):
+                ev, err = await self._resolve(eid, room, lang)
+                if ev is None:
+                    return [reply(err)], []
+                return await self._rsvp(ev, room, sender, mid, answer, Source.COMMAND, lang, reply)
+
+    async def _resolve(self, eid: EventID | None, room: RoomID, lang: Lang) -> tuple[Event | None, Text]:
+        if eid is not None:
+            ev = await self.store.get_event(eid)
+            if ev is None:
+                return None, _t(lang, f"Нет события с ID {eid}. Список: !событие список", f"No event {eid}. "
+                                "See !event list")  # fmt: skip
+            return ev, render.plain("")
+        upcoming = await self.store.upcoming_in_room(room, self.clock.now())
+        if len(upcoming) == 1:
+            return upcoming[0], render.plain("")
+        if not upcoming:
+            return None, _t(lang, "Здесь нет предстоящих событий.", "There are no upcoming events here.")
+        ids = ", ".join(e.id for e in upcoming)
+        return None, _t(lang, f"Укажите ID события: {ids}", f"Which event? Give its ID: {ids}")
+
+    async def _create(
+        self, cmd: CreateEvent, room: RoomID, sender: UserID, reply: _ReplyFn
+    ) -> tuple[list[Effect], list[Write]]:
+        lang = cmd.lang
+        if not await self._is_moderator(room, sender):
+            return [reply(self._not_allowed(lang))], []
+        rooms = [room]
+        skipped: list[RoomID] = []
+        if cmd.audience_unit is not None:
+            found = await self.directory.unit_rooms(cmd.audience_unit)
+            if not found:
+                return [
+                    reply(
+                        _t(
+                            lang,
+                            f"Не нашёл комнат подразделения «{cmd.audience_unit}», где есть бот. "
+                            "Ничего не создано.",
+                            f"Found no rooms of unit “{cmd.audience_unit}” that the bot is in. "
+                            "Nothing was created.",
+                        )
+                    )
+                ], []
+            rooms = []
+            for r in found:
+                # Announcing pings everyone in a room, so the organiser must be allowed to do that in each.
+                if r == room or await self._is_moderator(r, sender):
+                    rooms.append(r)
+                else:
+                    skipped.append(r)
+            if not rooms:
+                return [reply(self._not_allowed(lang))], []
+        now = self.clock.now()
+        ev = Event(
+            id=new_event_id(await self.store.event_ids()),
+            title=cmd.title,
+            starts_at=cmd.starts_at,
+            place=cmd.place,
+            capacity=cmd.capacity,
+            deadline=cmd.deadline,
+            organiser=sender,
+            origin_room=room,
+            audience_unit=cmd.audience_unit,
+            private=cmd.private,
+            lang=lang,
+            created_at=now,
+            timezone=self.tz.key,
+        )
+        writes: list[Write] = [PutEvent(ev), *(PutAudience(ev.id, r) for r in rooms)]
+        effects: list[Effect] = [self._announce(ev, r) for r in rooms]
+        if room not in rooms or skipped or len(rooms) > 1:
+            note = _t(
+                lang,
+                f"Событие {ev.id} создано и объявлено в {len(rooms)} комнатах."
+                + (f" Пропущены (вы там не модератор): {len(skipped)}." if skipped else ""),
+                f"Event {ev.id} created and announced in {len(rooms)} rooms."
+                + (f" Skipped (you are not a moderator there): {len(skipped)}." if skipped else ""),
+            )
+            effects.append(reply(note))
+        log.info("event %s created by %s in %s for %d rooms", ev.id, sender, room, len(rooms))
+        return effects, writes
+
+    def _announce(self, ev: Event, room: RoomID) -> Announce:
+        labels = render.ANSWER_LABELS[ev.lang]
+        return Announce(
+            ev.id,
+            room,
+            render.announcement(ev, self.tz),
+            render.poll_question(ev, self.tz),
+            tuple((a, labels[a]) for a in Answer),
+        )
+
+    def _not_allowed(self, lang: Lang) -> Text:
+        lvl = self.settings.moderator_level
+        return _t(
+            lang,
+            f"Создавать, менять и отменять события могут модераторы комнаты (уровень ≥ {lvl}) и организатор.",
+            f"Only room moderators (power level ≥ {lvl}) and the organiser can create, edit or cancel "
+            "events.",
+        )
+
+    async def _may_manage(self, ev: Event, room: RoomID, sender: UserID) -> bool:
+        if sender == ev.organiser:
+            return True
+        return await self._is_moderator(ev.origin_room, sender) or (
+            room != ev.origin_room
+            and await self._is_moderator(room, sender)
+            and room in await self._rooms(ev)
+        )
+
+    async def _rooms(self, ev: Event) -> list[RoomID]:
+        return [r for r, _ in await self.store.audience(ev.id)]
+
+    async def _edit(
+        self, cmd: EditEvent, room: RoomID, sender: UserID, reply: _ReplyFn
+    ) -> tuple[list[Effect], list[Write]]:
+        lang = cmd.lang
+        ev = await self.store.get_event(cmd.event_id)
+        if ev is None:
+            return [reply(_t(lang, f"Нет события с ID {cmd.event_id}.", f"No event {cmd.event_id}."))], []
+        if not await self._may_manage(ev, room, sender):
+            return [reply(self._not_allowed(lang))], []
+        if ev.cancelled:
+            return [reply(_t(lang, "Событие отменено, менять нечего.", "The event is cancelled."))], []
+        new = replace(
+            ev,
+            title=cmd.title if cmd.title is not None else ev.title,
+            starts_at=cmd.starts_at or ev.starts_at,
+            place=cmd.place if cmd.place is not None else ev.place,
+            capacity=cmd.capacity if cmd.capacity is not None else ev.capacity,
+            deadline=cmd.deadline or ev.deadline,
+            sequence=ev.sequence + 1,
+        )
+        now = self.clock.now()
+        err = validate(
+            lang,
+            now,
+            title=new.title,
+            starts_at=new.starts_at if cmd.starts_at else None,
+            capacity=new.capacity,
+            deadline=cmd.deadline,
+        )
+        if err is None and new.deadline is not None and new.deadline > new.starts_at:
+            err = ParseError(
+                lang, render.t(lang, "Срок записи позже начала события.", "The deadline is after the start.")
+            )
+        answers = await self.store.answers(ev.id)
+        going = len(attendance(ev.capacity, answers).confirmed)
+        if err is None and new.capacity is not None and new.capacity < going:
+            err = ParseError(
+                lang,
+                render.t(
+                    lang,
+                    f"Уже идут {going} человек — вместимость не может быть меньше.",
+                    f"{going} people are already going; the capacity cannot be lower.",
+                ),
+            )
+        if err is not None:
+            return [reply(render.plain(err.message))], []
+        notice = render.changed(ev, new, self.tz)
+        effects: list[Effect] = [RoomNotice(r, notice) for r in await self._rooms(ev)]
+        effects += [DirectMessage(a.user_id, notice) for a in answers if a.user_id != sender]
+        effects += [
+            DirectMessage(p.user_id, render.promoted_dm(new, self.tz))
+            for p in recompute_after_edit(ev, new, answers)
+        ]
+        if room not in await self._rooms(ev):
+            effects.append(reply(notice))
+        return effects, [PutEvent(new)]
+
+    async def _cancel(
+        self, cmd: CancelEvent, room: RoomID, sender: UserID, reply: _ReplyFn
+    ) -> tuple[list[Effect], list[Write]]:
+        lang = cmd.lang
+        ev = await self.store.get_event(cmd.event_id)
+        if ev is None:
+            return [reply(_t(lang, f"Нет события с ID {cmd.event_id}.", f"No event {cmd.event_id}."))], []
+        if not await self._may_manage(ev, room, sender):
+            return [reply(self._not_allowed(lang))], []
+        if ev.cancelled:
+            return [reply(_t(lang, "Событие уже отменено.", "The event is already cancelled."))], []
+        new = replace(ev, cancelled=True, sequence=ev.sequence + 1)
+        notice = render.cancelled(new, self.tz)
+        audience = await self.store.audience(ev.id)
+        effects: list[Effect] = [RoomNotice(r, notice) for r, _ in audience]
+        effects += [EndPoll(ev.id, r, notice.body) for r, poll in audience if poll is not None]
+        effects += [
+            DirectMessage(a.user_id, notice) for a in await self.store.answers(ev.id) if a.user_id != sender
+        ]
+        if room not in [r for r, _ in audience]:
+            effects.append(reply(notice))
+        return effects, [PutEvent(new)]
+
+    async def _show_or_export(
+        self, cmd: ShowEvent | ExportEvent, ev: Event, room: RoomID, sender: UserID, reply: _ReplyFn
+    ) -> tuple[list[Effect], list[Write]]:
+        lang = cmd.lang
+        answers = await self.store.answers(ev.id)
+        privileged = sender == ev.organiser or await self._is_moderator(room, sender)
+        if isinstance(cmd, ShowEvent):
+            text = render.show(
+                ev,
+                attendance(ev.capacity, answers),
+                self.tz,
+                lang,
+                names_visible=privileged or not ev.private,
+            )
+            return [reply(text)], []
+        if ev.private and not privileged:
+            refusal = _t(
+                lang,
+                "Список закрыт: выгрузка только для организатора и модераторов.",
+                "The list is private: only the organiser and moderators can export it.",
+            )
+            return [reply(refusal)], []
+        files = (
+            Attachment(f"{ev.id}-attendance.csv", "text/csv", export.attendance_csv(ev, answers, self.tz)),
+            Attachment(
+                f"{ev.id}.ics",
+                "text/calendar",
+                export.event_ics(ev, self.clock.now(), self.settings.uid_domain),
+            ),
+        )
+        if ev.private:
+            # A file posted in a room is visible to all its members; a private list goes to the requester.
+            sent = _t(lang, "Отправил выгрузку вам в личные сообщения.", "I sent the export to you directly.")
+            caption = _t(lang, f"Выгрузка {ev.id}", f"Export of {ev.id}")
+            return [reply(sent), DirectUpload(sender, caption, files)], []
+        return [
+            reply(
+                _t(
+                    lang,
+                    f"Выгрузка {ev.id}: {len(answers)} ответов.",
+                    f"Export of {ev.id}: {len(answers)} answers.",
+                )
+            ),
+            Upload(room, files),
+        ], []
+
+    # --- RSVP from any source -------------------------------------------------------------------------------
+
+    async def _rsvp(
+        self,
+        ev: Event,
+        room: RoomID,
+        sender: UserID,
+        mid: MatrixEventID,
+        answer: Answer,
+        source: Source,
+        lang: Lang,
+        reply: _ReplyFn | None,
+    ) -> tuple[list[Effect], list[Write]]:
+        answers = await self.store.answers(ev.id)
+        person = await self.directory.person(sender, room)
+        req = RsvpRequest(
+            sender, answer, source, mid, room, person.display_name, person.department, person.job_title
+        )
+        outcome = decide(ev, answers, req, self.clock.now(), await self.store.next_seq(ev.id))
+        effects: list[Effect] = []
+        if not isinstance(outcome, Accepted):
+            text = render.refused(ev, lang, outcome.reason, self.tz)
+            effects.append(reply(text) if reply else DirectMessage(sender, text))
+            return effects, []
+        text = render.rsvp_reply(
+            ev, lang, outcome.status, outcome.waitlist_position, outcome.unchanged, self.tz
+        )
+        if reply is not None:
+            effects.append(reply(text))
+        elif outcome.status == "waitlisted" and not outcome.unchanged:
+            # A poll click shows nothing about the waitlist; the person must learn they are not confirmed.
+            effects.append(DirectMessage(sender, text))
+        effects += [DirectMessage(p.user_id, render.promoted_dm(ev, self.tz)) for p in outcome.promoted]
+        writes: list[Write] = [] if outcome.unchanged else [PutAnswer(outcome.rsvp)]
+        log.info("rsvp %s %s %s via %s (%s)", ev.id, sender, answer.value, source.value, outcome.status)
+        return effects, writes
+
+    async def handle_poll_response(
+        self, room: RoomID, sender: UserID, mid: MatrixEventID, poll_event_id: str, answer_ids: Sequence[str]
+    ) -> list[Effect]:
+        return await self._handle_annotation(room, sender, mid, poll_event_id,
+                                             POLL_ANSWER_IDS.get(answer_ids[0]) if answer_ids else None,
+                                             Source.POLL)  # fmt: skip
+
+    async def handle_reaction(
+        self, room: RoomID, sender: UserID, mid: MatrixEventID, target: str, key: str
+    ) -> list[Effect]:
+        return await self._handle_annotation(
+            room, sender, mid, target, render.REACTIONS.get(key.strip("\ufe0f")), Source.REACTION
+        )
+
+    async def _handle_annotation(
+        self,
+        room: RoomID,
+        sender: UserID,
+        mid: MatrixEventID,
+        target: str,
+        answer: Answer | None,
+        source: Source,
+    ) -> list[Effect]:
+        eid = await self.store.event_by_poll(target)
+        if eid is None or answer is None:
+            await self._done(mid, room)
+            return []
+        ev = await self.store.get_event(eid)
+        if ev is None:  # pragma: no cover - audience rows are written with their event
+            await self._done(mid, room)
+            return []
+        effects, writes = await self._rsvp(ev, room, sender, mid, answer, source, ev.lang, None)
+        await self._done(mid, room, writes)
+        return effects
+
+    async def poll_posted(self, eid: EventID, room: RoomID, poll_event_id: MatrixEventID) -> None:
+        await self.store.write([SetPoll(eid, room, poll_event_id)])
+
+    # --- reminders ------------------------------------------------------------------------------------------
+
+    async def due_reminders(self) -> list[Due]:
+        now = self.clock.now()
+        horizon = now + max(self.settings.reminder_offsets, default=timedelta(0))
+        events = await self.store.starting_between(now, horizon)
+        ids = [e.id for e in events]
+        return due(
+            events,
+            await self.store.answers_for(ids),
+            await self.store.audiences_for(ids),
+            await self.store.reminders_sent(ids),
+            now,
+            self.tz,
+            self.settings.reminder_offsets,
+            self.settings.remind_maybe,
+        )
+
+    async def mark_sent(self, item: Due) -> None:
+        now = self.clock.now()
+        await self.store.write([MarkReminder(k, now) for k in item.marks])
+
+    async def next_reminder_at(self) -> datetime | None:
+        events = await self.store.next_start_after(self.clock.now())
+        return next_due(events, self.clock.now(), self.settings.reminder_offsets)
+
+
+class _ReplyFn(Protocol):
+    def __call__(self, text: Text, /) -> Reply: ...

@@ -1,0 +1,487 @@
+"""Persistence of the event bot: SQLite by default (one file, WAL), PostgreSQL as an option.
+
+Both speak the same SQL through DB-API; every call runs in a worker thread (``asyncio.to_thread``) behind one
+lock, because a DB-API connection must not be used by two threads at once. Writes are grouped: the caller
+passes a list of small write operations and they commit in **one** transaction, so "answer stored" and
+"Matrix event marked processed" can never be separated by a crash (no replay, no loss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol, TypeVar
+
+from bridge.events.model import (
+    Answer,
+    Event,
+    EventID,
+    Lang,
+    MatrixEventID,
+    RoomID,
+    Rsvp,
+    Source,
+    UserID,
+)
+from bridge.events.reminders import ReminderKey
+
+T = TypeVar("T")
+
+SCHEMA = [
+    """CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY, title TEXT NOT NULL, starts_at BIGINT NOT NULL, place TEXT, capacity INTEGER,
+        deadline BIGINT, organiser TEXT NOT NULL, origin_room TEXT NOT NULL, audience_unit TEXT,
+        private INTEGER NOT NULL, lang TEXT NOT NULL, created_at BIGINT NOT NULL, cancelled INTEGER NOT NULL,
+        sequence INTEGER NOT NULL, timezone TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS events_start ON events (starts_at)",
+    """CREATE TABLE IF NOT EXISTS audience (
+        event_id TEXT NOT NULL, room_id TEXT NOT NULL, poll_event_id TEXT,
+        PRIMARY KEY (event_id, room_id))""",
+    "CREATE INDEX IF NOT EXISTS audience_poll ON audience (poll_event_id)",
+    "CREATE INDEX IF NOT EXISTS audience_room ON audience (room_id)",
+    """CREATE TABLE IF NOT EXISTS answers (
+        event_id TEXT NOT NULL, user_id TEXT NOT NULL, answer TEXT NOT NULL, answered_at BIGINT NOT NULL,
+        seq BIGINT NOT NULL, source TEXT NOT NULL, source_event_id TEXT, room_id TEXT,
+        display_name TEXT NOT NULL, department TEXT NOT NULL, job_title TEXT NOT NULL,
+        PRIMARY KEY (event_id, user_id))""",
+    """CREATE TABLE IF NOT EXISTS reminders_sent (
+        event_id TEXT NOT NULL, slot BIGINT NOT NULL, offset_s INTEGER NOT NULL, target TEXT NOT NULL,
+        sent_at BIGINT NOT NULL, PRIMARY KEY (event_id, slot, offset_s, target))""",
+    """CREATE TABLE IF NOT EXISTS processed (
+        matrix_event_id TEXT PRIMARY KEY, room_id TEXT NOT NULL, processed_at BIGINT NOT NULL)""",
+    "CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY, since_ts BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS dm_rooms (user_id TEXT PRIMARY KEY, room_id TEXT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+]
+
+
+# --- write operations --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PutEvent:
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class PutAudience:
+    event_id: EventID
+    room_id: RoomID
+
+
+@dataclass(frozen=True, slots=True)
+class SetPoll:
+    event_id: EventID
+    room_id: RoomID
+    poll_event_id: MatrixEventID
+
+
+@dataclass(frozen=True, slots=True)
+class PutAnswer:
+    rsvp: Rsvp
+
+
+@dataclass(frozen=True, slots=True)
+class MarkProcessed:
+    matrix_event_id: MatrixEventID
+    room_id: RoomID
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class MarkReminder:
+    key: ReminderKey
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SetRoomSince:
+    room_id: RoomID
+    since_ts: int  # origin_server_ts in ms; earlier events in this room are history and ignored
+
+
+@dataclass(frozen=True, slots=True)
+class SetDmRoom:
+    user_id: UserID
+    room_id: RoomID
+
+
+@dataclass(frozen=True, slots=True)
+class SetValue:
+    key: str
+    value: str
+
+
+Write = (
+    PutEvent
+    | PutAudience
+    | SetPoll
+    | PutAnswer
+    | MarkProcessed
+    | MarkReminder
+    | SetRoomSince
+    | SetDmRoom
+    | SetValue
+)
+
+
+def _ms(dt: datetime) -> int:
+    return round(dt.timestamp() * 1000)
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _dt1(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
+    match w:
+        case PutEvent(e):
+            return (
+                """INSERT INTO events (id, title, starts_at, place, capacity, deadline, organiser,
+                    origin_room, audience_unit, private, lang, created_at, cancelled, sequence, timezone)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (id) DO UPDATE SET title = excluded.title, starts_at = excluded.starts_at,
+                    place = excluded.place, capacity = excluded.capacity, deadline = excluded.deadline,
+                    audience_unit = excluded.audience_unit, private = excluded.private,
+                    cancelled = excluded.cancelled, sequence = excluded.sequence""",
+                (
+                    e.id, e.title, _ms(e.starts_at), e.place, e.capacity,
+                    None if e.deadline is None else _ms(e.deadline), e.organiser, e.origin_room,
+                    e.audience_unit, int(e.private), e.lang, _ms(e.created_at), int(e.cancelled), e.sequence,
+                    e.timezone,
+                ),
+            )  # fmt: skip
+        case PutAudience(eid, room):
+            return (
+                "INSERT INTO audience (event_id, room_id) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                (eid, room),
+            )
+        case SetPoll(eid, room, poll):
+            return (
+                """INSERT INTO audience (event_id, room_id, poll_event_id) VALUES (?, ?, ?)
+                   ON CONFLICT (event_id, room_id) DO UPDATE SET poll_event_id = excluded.poll_event_id""",
+                (eid, room, poll),
+            )
+        case PutAnswer(r):
+            return (
+                """INSERT INTO answers (event_id, user_id, answer, answered_at, seq, source, source_event_id,
+                    room_id, display_name, department, job_title) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                   ON CONFLICT (event_id, user_id) DO UPDATE SET answer = excluded.answer,
+                    answered_at = excluded.answered_at, seq = excluded.seq, source = excluded.source,
+                    source_event_id = excluded.source_event_id, room_id = excluded.room_id,
+                    display_name = excluded.display_name, department = excluded.department,
+                    job_title = excluded.job_title""",
+                (
+                    r.event_id, r.user_id, r.answer.value, _ms(r.answered_at), r.seq, r.source.value,
+                    r.source_event_id, r.room_id, r.display_name, r.department, r.job_title,
+                ),
+            )  # fmt: skip
+        case MarkProcessed(mid, room, at):
+            return (
+                "INSERT INTO processed (matrix_event_id, room_id, processed_at) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (mid, room, _ms(at)),
+            )
+        case MarkReminder(k, at):
+            return (
+                "INSERT INTO reminders_sent (event_id, slot, offset_s, target, sent_at) "
+                "VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (k.event_id, k.slot, k.offset_s, k.target, _ms(at)),
+            )
+        case SetRoomSince(room, ts):
+            return ("INSERT INTO rooms (room_id, since_ts) VALUES (?, ?) ON CONFLICT DO NOTHING", (room, ts))
+        case SetDmRoom(user, room):
+            return (
+                "INSERT INTO dm_rooms (user_id, room_id) VALUES (?, ?) "
+                "ON CONFLICT (user_id) DO UPDATE SET room_id = excluded.room_id",
+                (user, room),
+            )
+        case SetValue(k, v):
+            return (
+                "INSERT INTO kv (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (k, v),
+            )
+    raise AssertionError(w)  # pragma: no cover - mypy checks the match is exhaustive
+
+
+_EVENT_COLS = (
+    "id, title, starts_at, place, capacity, deadline, organiser, origin_room, audience_unit, private, lang, "
+    "created_at, cancelled, sequence, timezone"
+)
+_ANSWER_COLS = (
+    "event_id, user_id, answer, answered_at, seq, source, source_event_id, room_id, display_name, "
+    "department, job_title"
+)
+
+
+def _event(row: Sequence[Any]) -> Event:
+    lang: Lang = "ru" if row[10] == "ru" else "en"
+    return Event(
+        id=EventID(row[0]),
+        title=row[1],
+        starts_at=_dt1(row[2]),
+        place=row[3],
+        capacity=row[4],
+        deadline=_dt(row[5]),
+        organiser=UserID(row[6]),
+        origin_room=RoomID(row[7]),
+        audience_unit=row[8],
+        private=bool(row[9]),
+        lang=lang,
+        created_at=_dt1(row[11]),
+        cancelled=bool(row[12]),
+        sequence=row[13],
+        timezone=row[14],
+    )
+
+
+def _answer(row: Sequence[Any]) -> Rsvp:
+    return Rsvp(
+        event_id=EventID(row[0]),
+        user_id=UserID(row[1]),
+        answer=Answer(row[2]),
+        answered_at=_dt1(row[3]),
+        seq=row[4],
+        source=Source(row[5]),
+        source_event_id=None if row[6] is None else MatrixEventID(row[6]),
+        room_id=None if row[7] is None else RoomID(row[7]),
+        display_name=row[8],
+        department=row[9],
+        job_title=row[10],
+    )
+
+
+class _Conn(Protocol):
+    def cursor(self) -> Any: ...
+    def commit(self) -> None: ...
+    def rollback(self) -> None: ...
+    def close(self) -> None: ...
+
+
+class Store:
+    """The bot's database. Use :func:`open_store`; call :meth:`close` when done."""
+
+    def __init__(self, connect: Callable[[], _Conn], placeholder: str, setup: Sequence[str] = ()) -> None:
+        self._connect = connect
+        self._ph = placeholder
+        self._setup = setup
+        self._conn: _Conn | None = None
+        self._lock = threading.Lock()
+
+    # -- plumbing --
+
+    def _sql(self, sql: str) -> str:
+        return sql if self._ph == "?" else re.sub(r"\?", self._ph, sql)
+
+    def _run(self, fn: Callable[[Any], T]) -> T:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("store is closed")
+            cur = self._conn.cursor()
+            try:
+                result = fn(cur)
+                self._conn.commit()
+                return result
+            except BaseException:
+                self._conn.rollback()
+                raise
+            finally:
+                cur.close()
+
+    async def _call(self, fn: Callable[[Any], T]) -> T:
+        return await asyncio.to_thread(self._run, fn)
+
+    async def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        q = self._sql(sql)
+
+        def go(cur: Any) -> list[tuple[Any, ...]]:
+            cur.execute(q, tuple(args))
+            return [tuple(r) for r in cur.fetchall()]
+
+        return await self._call(go)
+
+    async def open(self) -> None:
+        def go() -> None:
+            conn = self._connect()
+            cur = conn.cursor()
+            for s in [*self._setup, *SCHEMA]:
+                cur.execute(s)
+            conn.commit()
+            cur.close()
+            self._conn = conn
+
+        await asyncio.to_thread(go)
+
+    async def close(self) -> None:
+        def go() -> None:
+            with self._lock:
+                if self._conn is not None:
+                    self._conn.close()
+                    self._conn = None
+
+        await asyncio.to_thread(go)
+
+    # -- writes --
+
+    async def write(self, ops: Iterable[Write]) -> None:
+        """Apply all ``ops`` in one transaction."""
+        stmts = [(self._sql(q), a) for q, a in map(_sql_for, ops)]
+
+        def go(cur: Any) -> None:
+            for q, a in stmts:
+                cur.execute(q, a)
+
+        await self._call(go)
+
+    # -- reads --
+
+    async def get_event(self, eid: EventID) -> Event | None:
+        rows = await self._rows(f"SELECT {_EVENT_COLS} FROM events WHERE id = ?", (eid,))
+        return _event(rows[0]) if rows else None
+
+    async def event_ids(self) -> frozenset[str]:
+        return frozenset(r[0] for r in await self._rows("SELECT id FROM events"))
+
+    async def upcoming_in_room(self, room: RoomID, now: datetime) -> list[Event]:
+        rows = await self._rows(
+            f"""SELECT {_EVENT_COLS} FROM events WHERE cancelled = 0 AND starts_at > ?
+                AND (origin_room = ? OR id IN (SELECT event_id FROM audience WHERE room_id = ?))
+                ORDER BY starts_at, id""",
+            (_ms(now), room, room),
+        )
+        return [_event(r) for r in rows]
+
+    async def starting_between(self, start: datetime, end: datetime) -> list[Event]:
+        rows = await self._rows(
+            f"SELECT {_EVENT_COLS} FROM events WHERE cancelled = 0 AND starts_at > ? AND starts_at <= ? "
+            "ORDER BY starts_at",
+            (_ms(start), _ms(end)),
+        )
+        return [_event(r) for r in rows]
+
+    async def next_start_after(self, after: datetime) -> list[Event]:
+        """Events not yet started, earliest first (the reminder scheduler needs only the next due one)."""
+        rows = await self._rows(
+            f"SELECT {_EVENT_COLS} FROM events WHERE cancelled = 0 AND starts_at > ? "
+            "ORDER BY starts_at LIMIT 200",
+            (_ms(after),),
+        )
+        return [_event(r) for r in rows]
+
+    async def answers(self, eid: EventID) -> list[Rsvp]:
+        rows = await self._rows(
+            f"SELECT {_ANSWER_COLS} FROM answers WHERE event_id = ? ORDER BY answered_at, seq", (eid,)
+        )
+        return [_answer(r) for r in rows]
+
+    async def answers_for(self, eids: Sequence[EventID]) -> dict[EventID, list[Rsvp]]:
+        out: dict[EventID, list[Rsvp]] = {e: [] for e in eids}
+        if not eids:
+            return out
+        marks = ", ".join("?" for _ in eids)
+        rows = await self._rows(
+            f"SELECT {_ANSWER_COLS} FROM answers WHERE event_id IN ({marks}) ORDER BY answered_at, seq",
+            tuple(eids),
+        )
+        for r in rows:
+            a = _answer(r)
+            out[a.event_id].append(a)
+        return out
+
+    async def next_seq(self, eid: EventID) -> int:
+        rows = await self._rows("SELECT COALESCE(MAX(seq), 0) FROM answers WHERE event_id = ?", (eid,))
+        return int(rows[0][0]) + 1
+
+    async def audience(self, eid: EventID) -> list[tuple[RoomID, MatrixEventID | None]]:
+        rows = await self._rows(
+            "SELECT room_id, poll_event_id FROM audience WHERE event_id = ? ORDER BY room_id", (eid,)
+        )
+        return [(RoomID(r[0]), None if r[1] is None else MatrixEventID(r[1])) for r in rows]
+
+    async def audiences_for(self, eids: Sequence[EventID]) -> dict[EventID, list[RoomID]]:
+        out: dict[EventID, list[RoomID]] = {e: [] for e in eids}
+        if not eids:
+            return out
+        marks = ", ".join("?" for _ in eids)
+        for eid, room in await self._rows(
+            f"SELECT event_id, room_id FROM audience WHERE event_id IN ({marks})", tuple(eids)
+        ):
+            out[EventID(eid)].append(RoomID(room))
+        return out
+
+    async def event_by_poll(self, poll_event_id: str) -> EventID | None:
+        rows = await self._rows("SELECT event_id FROM audience WHERE poll_event_id = ?", (poll_event_id,))
+        return EventID(rows[0][0]) if rows else None
+
+    async def reminders_sent(self, eids: Sequence[EventID]) -> set[ReminderKey]:
+        if not eids:
+            return set()
+        marks = ", ".join("?" for _ in eids)
+        rows = await self._rows(
+            f"SELECT event_id, slot, offset_s, target FROM reminders_sent WHERE event_id IN ({marks})",
+            tuple(eids),
+        )
+        return {ReminderKey(EventID(r[0]), int(r[1]), int(r[2]), r[3]) for r in rows}
+
+    async def is_processed(self, mid: str) -> bool:
+        return bool(await self._rows("SELECT 1 FROM processed WHERE matrix_event_id = ?", (mid,)))
+
+    async def room_since(self, room: RoomID) -> int | None:
+        rows = await self._rows("SELECT since_ts FROM rooms WHERE room_id = ?", (room,))
+        return int(rows[0][0]) if rows else None
+
+    async def dm_room(self, user: UserID) -> RoomID | None:
+        rows = await self._rows("SELECT room_id FROM dm_rooms WHERE user_id = ?", (user,))
+        return RoomID(rows[0][0]) if rows else None
+
+    async def get_value(self, key: str) -> str | None:
+        rows = await self._rows("SELECT value FROM kv WHERE key = ?", (key,))
+        return str(rows[0][0]) if rows else None
+
+
+def is_postgres(target: str) -> bool:
+    return target.startswith(("postgres://", "postgresql://")) or "host=" in target or "dbname=" in target
+
+
+def open_sqlite(path: str) -> Store:
+    def connect() -> _Conn:
+        conn = sqlite3.connect(path, check_same_thread=False)
+        # WAL lets a reader (an operator's sqlite3 shell) look while the bot writes; NORMAL sync is durable
+        # against process crashes, which is the failure mode that matters for "no replay, no loss".
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    return Store(connect, "?")
+
+
+def open_postgres(dsn: str, schema: str | None = None) -> Store:
+    """``schema`` keeps the bot's tables apart when the database is shared (and gives tests a clean slate)."""
+    import psycopg2  # type: ignore[import-untyped]  # optional: only needed for PostgreSQL
+
+    def connect() -> _Conn:
+        conn: _Conn = psycopg2.connect(dsn)
+        return conn
+
+    setup: list[str] = []
+    if schema is not None:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
+            raise ValueError(f"bad schema name {schema!r}")
+        setup = [f"CREATE SCHEMA IF NOT EXISTS {schema}", f"SET search_path TO {schema}"]
+    return Store(connect, "%s", setup)
+
+
+def open_store(target: str) -> Store:
+    return open_postgres(target) if is_postgres(target) else open_sqlite(target)
