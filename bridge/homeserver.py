@@ -49,6 +49,7 @@ import aiohttp
 
 from bridge.errors import (
     MatrixError,
+    MForbidden,
     MLimitExceeded,
     MNotFound,
     MRoomInUse,
@@ -911,7 +912,9 @@ class HomeserverClient:
     async def admin_join(self, room_id_or_alias: str, user_id: str) -> str:
         """Join a local user to a room the admin is in (invite+join for non-public rooms); returns room id.
 
-        Joining a member again is accepted and writes no new event, so the call is replayable.
+        Idempotent, so it is replayable: in a ``public`` room Synapse accepts a second join and writes no
+        event; in any other room its invite step refuses a member with ``403 M_FORBIDDEN "... is already in
+        the room"``, so on M_FORBIDDEN this reads the user's membership and succeeds if it is ``join``.
         """
         req = Request(
             "POST",
@@ -920,7 +923,19 @@ class HomeserverClient:
             body={"user_id": user_id},
             idempotent=True,
         )
-        body = await self._call(req)
+        try:
+            body = await self._call(req)
+        except MForbidden:
+            room_id = room_id_or_alias
+            if not room_id.startswith("!"):
+                room_id = await self.resolve_alias(room_id_or_alias)
+            try:
+                membership = await self.get_state(room_id, "m.room.member", user_id)
+            except MatrixError:
+                membership = None
+            if membership is not None and membership.get("membership") == "join":
+                return room_id
+            raise
         try:
             return _str(body, "room_id")
         except _Shape as exc:
