@@ -112,8 +112,8 @@ class SampleDirectory:
 
     base_dn: str
     seed: int
-    entries: tuple[LdifEntry, ...]
-    units: tuple[SampleUnit, ...]
+    entries: tuple[LdifEntry, ...] = field(repr=False)
+    units: tuple[SampleUnit, ...] = field(repr=False)
     people: int
     disabled: int
     big_unit_dn: str
@@ -124,6 +124,9 @@ class SampleDirectory:
     samples: tuple[SamplePerson, ...]
     service_dn: str
     service_password: str = field(repr=False)
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def to_ldif(self) -> str:
         """The whole directory as LDIF (RFC 2849), ready for ``slapadd``."""
@@ -428,9 +431,11 @@ NAME_WITH_QUOTES = 'Отдел "Мои документы"'
 NAME_WITH_PLUS = "Отдел закупок (44-ФЗ + 223-ФЗ)"
 NAME_WITH_HASH = "#МыВместе — штаб волонтёров"
 NAME_WITH_TRAILING_SPACE = "Сектор архива "
+# Over 120 characters but under slapd's limit: back-mdb refuses an RDN longer than about 240 bytes of UTF-8
+# (MDB_BAD_VALSIZE), i.e. about 120 Cyrillic letters, so a real directory cannot hold much longer unit names.
 NAME_LONG = (
-    "Отдел организации предоставления государственных услуг в сфере охраны здоровья граждан и взаимодействия "
-    "с многофункциональными центрами предоставления государственных услуг города Москвы"
+    "Отдел организации предоставления госуслуг в сфере здравоохранения и взаимодействия с МФЦ "
+    "(приказ ДЗМ № 1234 от 15.03.2024)"
 )
 MFC = "ГБУ МФЦ города Москвы"
 BIG_UNIT = "Единый контакт-центр"
