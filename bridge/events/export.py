@@ -35,7 +35,7 @@ def attendance_csv(event: Event, answers: Sequence[Rsvp], tz: ZoneInfo) -> bytes
         for r in rows:
             w.writerow(
                 (
-                    _cell(r.display_name or r.user_id),
+                    _cell(r.display_name or r.user_id[1:].split(":")[0]),
                     r.user_id,
                     _cell(r.job_title),
                     _cell(r.department),

@@ -77,7 +77,8 @@ def due(
             if key in sent:
                 continue
             marks = tuple(ReminderKey(ev.id, s, int(o.total_seconds()), r.user_id) for o in passed)
-            out.append(Due(marks, DirectMessage(r.user_id, render.reminder_dm(ev, tz, latest, r.answer))))
+            text = render.reminder_dm(ev, tz, ev.starts_at - now, r.answer)
+            out.append(Due(marks, DirectMessage(r.user_id, text)))
         if largest in passed:
             for room in rooms.get(ev.id, ()):
                 key = ReminderKey(ev.id, s, int(largest.total_seconds()), room)

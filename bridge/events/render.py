@@ -220,14 +220,13 @@ def promoted_dm(event: Event, tz: ZoneInfo) -> Text:
     )
 
 
-def reminder_dm(event: Event, tz: ZoneInfo, offset: timedelta, answer: Answer) -> Text:
+def reminder_dm(event: Event, tz: ZoneInfo, remaining: timedelta, answer: Answer) -> Text:
     lang = event.lang
-    hours = int(offset.total_seconds() // 3600)
-    minutes = int(offset.total_seconds() % 3600 // 60)
+    minutes = max(1, round(remaining.total_seconds() / 60))
     span = (
-        t(lang, f"через {hours} ч", f"in {hours} h")
-        if hours and not minutes
-        else t(lang, f"через {hours * 60 + minutes} мин", f"in {hours * 60 + minutes} min")
+        t(lang, f"через {round(minutes / 60)} ч", f"in {round(minutes / 60)} h")
+        if minutes >= 120
+        else t(lang, f"через {minutes} мин", f"in {minutes} min")
     )
     maybe = t(lang, " Вы ответили «возможно».", " You answered 'maybe'.") if answer is Answer.MAYBE else ""
     place = f" — {event.place}" if event.place else ""

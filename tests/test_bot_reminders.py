@@ -1,0 +1,105 @@
+"""Which reminders are due: an injected time, never twice, none when cancelled, late ones collapse."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+from bridge.events.model import (
+    Answer,
+    DirectMessage,
+    Event,
+    EventID,
+    RoomID,
+    RoomNotice,
+    Rsvp,
+    Source,
+    UserID,
+)
+from bridge.events.reminders import Due, ReminderKey, due, next_due
+
+MSK = ZoneInfo("Europe/Moscow")
+START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+OFFSETS = (timedelta(hours=24), timedelta(hours=1))
+
+
+def ev(**kw: object) -> Event:
+    base: dict[str, object] = dict(
+        id=EventID("ab3cd"), title="Совещание", starts_at=START, place="каб. 301", capacity=2, deadline=None,
+        organiser=UserID("@org:x"), origin_room=RoomID("!r:x"), audience_unit=None, private=False, lang="ru",
+        created_at=START - timedelta(days=5),
+    )  # fmt: skip
+    base.update(kw)
+    return Event(**base)  # type: ignore[arg-type]
+
+
+def r(user: str, a: Answer, n: int) -> Rsvp:
+    return Rsvp(
+        EventID("ab3cd"), UserID(user), a, START - timedelta(days=4, seconds=-n), n, Source.POLL, None, None
+    )
+
+
+ANSWERS = [
+    r("@a:x", Answer.GOING, 1),
+    r("@b:x", Answer.MAYBE, 2),
+    r("@c:x", Answer.GOING, 3),
+    r("@d:x", Answer.GOING, 4),  # waitlisted: capacity 2
+    r("@e:x", Answer.NOT_GOING, 5),
+]
+ROOMS = {EventID("ab3cd"): [RoomID("!r:x"), RoomID("!s:x")]}
+
+
+def run(now: datetime, sent: set[ReminderKey], event: Event | None = None, maybe: bool = False) -> list[Due]:
+    e = event or ev()
+    return due([e], {e.id: ANSWERS}, ROOMS, sent, now, MSK, OFFSETS, maybe)
+
+
+def dms(items: list[Due]) -> list[str]:
+    return sorted(d.effect.user_id for d in items if isinstance(d.effect, DirectMessage))
+
+
+def test_schedule_over_time() -> None:
+    sent: set[ReminderKey] = set()
+    assert run(START - timedelta(hours=25), sent) == []
+    first = run(START - timedelta(hours=24), sent)
+    assert dms(first) == ["@a:x", "@c:x"]  # going and confirmed only; waitlist and maybe are not reminded
+    assert sorted(d.effect.room_id for d in first if isinstance(d.effect, RoomNotice)) == ["!r:x", "!s:x"]
+    assert "через 24 ч" in first[0].effect.text.body
+    for d in first:
+        sent.update(d.marks)
+    assert run(START - timedelta(hours=23), sent) == []  # never twice
+    second = run(START - timedelta(minutes=59), sent)
+    assert dms(second) == ["@a:x", "@c:x"] and all(isinstance(d.effect, DirectMessage) for d in second)
+    for d in second:
+        sent.update(d.marks)
+    assert run(START - timedelta(minutes=1), sent) == []
+    assert run(START, set()) == []  # nothing at or after the start
+
+
+def test_late_start_sends_only_the_latest() -> None:
+    items = run(START - timedelta(minutes=30), set())
+    assert dms(items) == ["@a:x", "@c:x"]
+    d = next(d for d in items if isinstance(d.effect, DirectMessage))
+    assert {k.offset_s for k in d.marks} == {86400, 3600}  # the missed 24 h one is marked, not sent
+    assert "через 30 мин" in d.effect.text.body
+
+
+def test_maybe_optional_and_cancelled_never() -> None:
+    assert dms(run(START - timedelta(hours=1), set(), maybe=True)) == ["@a:x", "@b:x", "@c:x"]
+    assert run(START - timedelta(hours=1), set(), event=ev(cancelled=True)) == []
+
+
+def test_moving_the_event_rearms() -> None:
+    sent: set[ReminderKey] = set()
+    for d in run(START - timedelta(hours=1), sent):
+        sent.update(d.marks)
+    moved = ev(starts_at=START + timedelta(days=1))
+    assert dms(run(START + timedelta(days=1) - timedelta(hours=1), sent, event=moved)) == ["@a:x", "@c:x"]
+
+
+def test_next_due() -> None:
+    e = ev()
+    assert next_due([e], START - timedelta(days=3), OFFSETS) == START - timedelta(hours=24)
+    assert next_due([e], START - timedelta(hours=24), OFFSETS) == START - timedelta(hours=1)
+    assert next_due([e], START - timedelta(minutes=1), OFFSETS) is None
+    assert next_due([ev(cancelled=True)], START - timedelta(days=3), OFFSETS) is None

@@ -1,0 +1,234 @@
+"""The service over a real store (SQLite file and the local PostgreSQL), with a manual clock and a fake directory.
+
+The directory is the only fake: it stands in for power levels and profiles, which the live test reads from Synapse.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bridge.events.clock import ManualClock
+from bridge.events.model import (
+    Announce,
+    DirectMessage,
+    DirectUpload,
+    EndPoll,
+    MatrixEventID,
+    Reply,
+    RoomID,
+    RoomNotice,
+    Upload,
+    UserID,
+)
+from bridge.events.service import EventService, Person, Settings
+from bridge.events.store import SetPoll, Store, open_postgres, open_sqlite
+
+MSK = ZoneInfo("Europe/Moscow")
+T0 = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
+ROOM = RoomID("!dept:x")
+ROOM2 = RoomID("!dept2:x")
+MOD = UserID("@boss:x")
+PG_DSN = "host=127.0.0.1 user=postgres dbname=test"
+
+
+def _pg_available() -> bool:
+    try:
+        import psycopg2  # type: ignore[import-untyped]
+
+        psycopg2.connect(PG_DSN).close()
+        return True
+    except Exception:
+        return False
+
+
+class FakeDirectory:
+    def __init__(self) -> None:
+        self.levels: dict[tuple[RoomID, UserID], int] = {(ROOM, MOD): 100, (ROOM2, MOD): 50}
+        self.units: dict[str, list[RoomID]] = {"fin": [ROOM, ROOM2]}
+
+    async def power_level(self, room: RoomID, user: UserID) -> int:
+        return self.levels.get((room, user), 0)
+
+    async def person(self, user: UserID, room: RoomID) -> Person:
+        return Person(user[1:].split(":")[0].title(), "dept" if room == ROOM else "dept2", "")
+
+    async def unit_rooms(self, unit: str) -> list[RoomID]:
+        return self.units.get(unit, [])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+    if request.param == "sqlite":
+        s = open_sqlite(str(tmp_path / "bot.db"))
+    else:
+        if not _pg_available():
+            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+        schema = "t_" + uuid.uuid4().hex[:12]
+        s = open_postgres(PG_DSN, schema=schema)
+    await s.open()
+    yield s
+    await s.close()
+    if request.param == "postgres":
+        import psycopg2
+
+        conn = psycopg2.connect(PG_DSN)
+        conn.autocommit = True
+        conn.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
+        conn.close()
+
+
+_n = 0
+
+
+def mid() -> MatrixEventID:
+    global _n
+    _n += 1
+    return MatrixEventID(f"$e{_n}")
+
+
+async def make(store: Store, **kw: object) -> tuple[EventService, ManualClock]:
+    clock = ManualClock(T0)
+    return EventService(store, clock, Settings(MSK, **kw), FakeDirectory()), clock  # type: ignore[arg-type]
+
+
+def only(effects: list[object], kind: type) -> list[object]:
+    return [e for e in effects if isinstance(e, kind)]
+
+
+async def create(svc: EventService, text: str, room: RoomID = ROOM) -> str:
+    effects = await svc.handle_message(room, MOD, mid(), text)
+    ann = only(effects, Announce)
+    assert ann, effects
+    for a in ann:
+        assert isinstance(a, Announce)
+        await svc.poll_posted(a.event_id, a.room_id, MatrixEventID(f"$poll-{a.event_id}-{a.room_id}"))
+    assert isinstance(ann[0], Announce)
+    return ann[0].event_id
+
+
+async def test_full_flow(store: Store) -> None:
+    svc, clock = await make(store)
+    eid = await create(svc, '!событие создать "Совещание <b>" завтра 15:00 место "каб. 301" вместимость 2')
+    ev = await store.get_event(eid)  # type: ignore[arg-type]
+    assert ev is not None and ev.title == "Совещание <b>" and ev.capacity == 2 and len(eid) == 5
+    poll = f"$poll-{eid}-{ROOM}"
+    # Poll, reaction and command all feed one list.
+    assert await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), poll, ["going"]) == []
+    assert await svc.handle_reaction(ROOM, UserID("@b:x"), mid(), poll, "✅️") == []
+    eff = await svc.handle_message(ROOM, UserID("@c:x"), mid(), f"!иду {eid}")
+    assert "листе ожидания" in eff[0].text.body  # type: ignore[union-attr]
+    # A waitlisted poll voter is told by DM, since the poll cannot show it.
+    eff = await svc.handle_poll_response(ROOM, UserID("@d:x"), mid(), poll, ["going"])
+    assert [type(e) for e in eff] == [DirectMessage]
+    # @a cancels: @c (first on the waitlist) is promoted and told.
+    eff = await svc.handle_reaction(ROOM, UserID("@a:x"), mid(), poll, "❌")
+    assert [(type(e), getattr(e, "user_id", None)) for e in eff] == [(DirectMessage, "@c:x")]
+    eff = await svc.handle_message(ROOM, UserID("@e:x"), mid(), "!event show")
+    body = eff[0].text.body  # type: ignore[union-attr]
+    assert "Going: 2 — B, C" in body and "Waitlist: 1 — D" in body and "Not going: 1 — A" in body
+    # Export: CSV + ICS uploaded to the room.
+    eff = await svc.handle_message(ROOM, MOD, mid(), f"!event export {eid}")
+    up = only(eff, Upload)[0]
+    assert isinstance(up, Upload) and [a.filename for a in up.attachments] == [
+        f"{eid}-attendance.csv",
+        f"{eid}.ics",
+    ]
+    csv_text = up.attachments[0].data.decode("utf-8-sig")
+    assert csv_text.count("\r\n") == 5 and "@c:x" in csv_text
+    # Reminders at 24 h and 1 h, once each, survive a new service instance (restart).
+    clock.set(ev.starts_at - timedelta(hours=24))
+    items = await svc.due_reminders()
+    assert sorted(d.effect.user_id for d in items if isinstance(d.effect, DirectMessage)) == ["@b:x", "@c:x"]
+    assert len([d for d in items if isinstance(d.effect, RoomNotice)]) == 1
+    for d in items:
+        await svc.mark_sent(d)
+    svc2 = EventService(store, clock, svc.settings, svc.directory)
+    assert await svc2.due_reminders() == []
+    assert await svc2.next_reminder_at() == ev.starts_at - timedelta(hours=1)
+    # Cancel: everyone who answered is told, the poll is closed, reminders stop.
+    eff = await svc2.handle_message(ROOM, MOD, mid(), f"!событие отменить {eid}")
+    told = sorted(e.user_id for e in eff if isinstance(e, DirectMessage))
+    assert told == ["@a:x", "@b:x", "@c:x", "@d:x"]
+    assert only(eff, EndPoll) and only(eff, RoomNotice)
+    clock.set(ev.starts_at - timedelta(minutes=30))
+    assert await svc2.due_reminders() == []
+    eff = await svc2.handle_message(ROOM, UserID("@f:x"), mid(), f"!going {eid}")
+    assert "cancelled" in eff[0].text.body  # type: ignore[union-attr]
+
+
+async def test_unprivileged_and_bad_input_store_nothing(store: Store) -> None:
+    svc, _ = await make(store)
+    eff = await svc.handle_message(ROOM, UserID("@nobody:x"), mid(), '!event create "X" tomorrow 3pm')
+    assert len(eff) == 1 and isinstance(eff[0], Reply) and "moderators" in eff[0].text.body
+    for bad in ['!event create "X" 2020-01-01 10:00', '!event create "X" tomorrow 3pm capacity 0',
+                '!event create "' + "a" * 201 + '" tomorrow 3pm', '!event create "X" tomorrow 3pm deadline 2026-12-31']:  # fmt: skip
+        eff = await svc.handle_message(ROOM, MOD, mid(), bad)
+        assert len(eff) == 1 and isinstance(eff[0], Reply)
+    assert await store.event_ids() == frozenset()
+    eff = await svc.handle_message(ROOM, MOD, mid(), "!event nonsense")
+    assert "Unknown command" in eff[0].text.body  # type: ignore[union-attr]
+    assert await svc.handle_message(ROOM, MOD, mid(), "just chatting") == []
+
+
+async def test_deadline_refuses(store: Store) -> None:
+    svc, clock = await make(store)
+    eid = await create(svc, '!event create "X" 2026-12-03 15:00 deadline 2026-12-01 18:00')
+    clock.set(datetime(2026, 12, 1, 18, 0, tzinfo=MSK))
+    eff = await svc.handle_message(ROOM, UserID("@a:x"), mid(), f"!going {eid}")
+    assert "closed" in eff[0].text.body  # type: ignore[union-attr]
+    eff = await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
+    assert isinstance(eff[0], DirectMessage) and "closed" in eff[0].text.body
+    assert await store.answers(eid) == []  # type: ignore[arg-type]
+
+
+async def test_unit_audience_one_list(store: Store) -> None:
+    svc, _ = await make(store)
+    eid = await create(svc, '!event create "Unit day" tomorrow 3pm audience fin private')
+    assert sorted(r for r, _ in await store.audience(eid)) == sorted([ROOM, ROOM2])  # type: ignore[arg-type]
+    await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
+    await svc.handle_reaction(ROOM2, UserID("@b:x"), mid(), f"$poll-{eid}-{ROOM2}", "❔")
+    answers = await store.answers(eid)  # type: ignore[arg-type]
+    assert [(a.user_id, a.department, a.source.value) for a in answers] == [
+        ("@a:x", "dept", "poll"), ("@b:x", "dept2", "reaction")]  # fmt: skip
+    # Private list: an ordinary member sees counts only; an export goes to the moderator's DM.
+    eff = await svc.handle_message(ROOM, UserID("@a:x"), mid(), f"!event show {eid}")
+    assert "A" not in eff[0].text.body.split("Going: 1")[1].split("\n")[0]  # type: ignore[union-attr]
+    eff = await svc.handle_message(ROOM, UserID("@a:x"), mid(), f"!event export {eid}")
+    assert "private" in eff[0].text.body and not only(eff, Upload)  # type: ignore[union-attr]
+    eff = await svc.handle_message(ROOM, MOD, mid(), f"!event export {eid}")
+    assert only(eff, DirectUpload) and not only(eff, Upload)
+
+
+async def test_edit_announces_and_promotes(store: Store) -> None:
+    svc, _ = await make(store)
+    eid = await create(svc, '!event create "X" tomorrow 3pm capacity 1')
+    poll = f"$poll-{eid}-{ROOM}"
+    await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), poll, ["going"])
+    await svc.handle_poll_response(ROOM, UserID("@b:x"), mid(), poll, ["going"])
+    eff = await svc.handle_message(ROOM, UserID("@a:x"), mid(), f"!event edit {eid} capacity 5")
+    assert "moderators" in eff[0].text.body  # type: ignore[union-attr]
+    eff = await svc.handle_message(
+        ROOM, MOD, mid(), f'!event edit {eid} capacity 2 when tomorrow 4pm place "<i>"'
+    )
+    dms = [(e.user_id, e.text.body) for e in eff if isinstance(e, DirectMessage)]
+    assert ("@a:x", dms[0][1]) in dms and any(u == "@b:x" and "freed up" in b for u, b in dms)
+    ev = await store.get_event(eid)  # type: ignore[arg-type]
+    assert ev is not None and ev.capacity == 2 and ev.sequence == 1 and ev.place == "<i>"
+    notice = only(eff, RoomNotice)[0]
+    assert isinstance(notice, RoomNotice) and "&lt;i&gt;" in notice.text.html
+
+
+async def test_processed_marks_and_values(store: Store) -> None:
+    svc, _ = await make(store)
+    m = mid()
+    await svc.handle_message(ROOM, MOD, m, "!event list")
+    assert await store.is_processed(m)
+    assert not await store.is_processed("$other")
+    await store.write([SetPoll("ev1", ROOM, MatrixEventID("$p"))])  # type: ignore[arg-type]
+    assert await store.event_by_poll("$p") == "ev1"
