@@ -1,0 +1,356 @@
+"""Issue 4 item 1: the generated Synapse config is closed, checked from the outside as an outsider would.
+
+Every request here goes over HTTP to a real Synapse started with the generated config; nothing reads its
+internals. The last part checks the embedded server's own lifecycle (restart keeps state, clear errors).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from provisioner.embedded.ports import free_port
+from provisioner.embedded.synapse import (
+    REGISTRATION_SECRET_FILE,
+    EmbeddedSynapse,
+    SynapseError,
+    check_config,
+    render_homeserver_config,
+    write_homeserver_config,
+)
+from tests.fixtures.synapse import SynapseHandle, unique_localpart
+
+pytestmark = pytest.mark.synapse
+
+
+def http(
+    method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """One raw request, the way an outsider would send it; returns (status, JSON body or {})."""
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode() if body is not None else None, method=method
+    )
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as err:
+        status, raw = err.code, err.read()
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = {}
+    return status, parsed if isinstance(parsed, dict) else {}
+
+
+# --- federation -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_matrix/federation/v1/version",
+        "/_matrix/key/v2/server",
+        "/_matrix/federation/v1/query/profile?user_id=@admin:example.test",
+        "/_matrix/federation/v1/publicRooms",
+        "/_matrix/federation/v1/openid/userinfo?access_token=x",
+    ],
+)
+def test_federation_endpoints_unreachable_on_both_listeners(synapse: SynapseHandle, path: str) -> None:
+    for base in (synapse.public_url, synapse.admin_url):
+        status, body = http("GET", base + path)
+        assert status == 404, (base, path, status, body)
+        assert body.get("errcode") == "M_UNRECOGNIZED"
+
+
+def test_server_does_not_federate_outwards(synapse: SynapseHandle) -> None:
+    # A remote profile lookup would make Synapse contact other.example; the empty whitelist refuses it.
+    status, body = http(
+        "GET",
+        synapse.public_url + "/_matrix/client/v3/profile/@someone:matrix.org",
+        token=synapse.admin_token,
+    )
+    assert status in (403, 404), (status, body)
+
+
+# --- registration and guests -----------------------------------------------------------------------------
+
+
+def test_registration_refused(synapse: SynapseHandle) -> None:
+    status, body = http(
+        "POST",
+        synapse.public_url + "/_matrix/client/v3/register",
+        {
+            "username": unique_localpart("intruder"),
+            "password": "p4ssw0rd-long",
+            "auth": {"type": "m.login.dummy"},
+        },
+    )
+    assert status == 403 and body["errcode"] == "M_FORBIDDEN"
+    status, body = http("GET", synapse.public_url + "/_matrix/client/v3/register/available?username=anyone")
+    assert status == 403 or body.get("available") is not True
+
+
+def test_guest_registration_refused(synapse: SynapseHandle) -> None:
+    status, body = http("POST", synapse.public_url + "/_matrix/client/v3/register?kind=guest", {})
+    assert status == 403, body
+    assert "access_token" not in body
+
+
+# --- room directory --------------------------------------------------------------------------------------
+
+
+def test_public_rooms_need_a_token(synapse: SynapseHandle) -> None:
+    for method, body in (("GET", None), ("POST", {})):
+        status, reply = http(method, synapse.public_url + "/_matrix/client/v3/publicRooms", body)
+        assert status == 401 and reply["errcode"] == "M_MISSING_TOKEN", (method, status, reply)
+    status, _ = http("GET", synapse.public_url + "/_matrix/client/v3/publicRooms", token=synapse.admin_token)
+    assert status == 200
+
+
+# --- admin API -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [
+        ("GET", "/_synapse/admin/v1/server_version"),
+        ("GET", "/_synapse/admin/v2/users"),
+        ("GET", "/_synapse/admin/v1/rooms"),
+        # The shared-secret registration endpoint is admin API too: no nonce for outsiders.
+        ("GET", "/_synapse/admin/v1/register"),
+        ("PUT", "/_synapse/admin/v2/users/@evil:example.test"),
+        ("GET", "/_synapse/admin"),
+        ("GET", "/_synapse/admin/"),
+        ("GET", "/_synapse/admin/v1/../v1/server_version"),
+        ("GET", "/_synapse//admin/v1/server_version"),
+        ("GET", "/_synapse/./admin/v1/server_version"),
+        ("GET", "/_synapse/%61dmin/v1/server_version"),
+    ],
+)
+def test_admin_api_refused_on_public_listener(synapse: SynapseHandle, method: str, path: str) -> None:
+    body = {} if method == "PUT" else None
+    status, reply = http(method, synapse.public_url + path, body, token=synapse.admin_token)
+    assert status == 404, (path, status, reply)
+    assert "server_version" not in reply and "users" not in reply and "nonce" not in reply
+
+
+def test_admin_api_works_on_loopback_listener(synapse: SynapseHandle) -> None:
+    status, reply = http(
+        "GET", synapse.admin_url + "/_synapse/admin/v1/server_version", token=synapse.admin_token
+    )
+    assert status == 200 and reply["server_version"]
+    status, reply = http(
+        "GET", synapse.admin_url + "/_synapse/admin/v2/users?limit=1", token=synapse.admin_token
+    )
+    assert status == 200 and "users" in reply
+    assert synapse.server.config["listeners"][1]["bind_addresses"] == ["127.0.0.1"]
+
+
+def test_public_listener_serves_the_client_api(synapse: SynapseHandle) -> None:
+    status, reply = http("GET", synapse.public_url + "/_matrix/client/versions")
+    assert status == 200 and reply["versions"]
+    status, reply = http(
+        "GET", synapse.public_url + "/_matrix/client/v3/account/whoami", token=synapse.admin_token
+    )
+    assert status == 200 and reply["user_id"] == synapse.admin_user_id
+
+
+# --- profiles, directory, encryption ---------------------------------------------------------------------
+
+
+def test_profile_requires_auth_but_colleagues_may_look_up(synapse: SynapseHandle) -> None:
+    colleague = synapse.register(unique_localpart("colleague"), "secret-pass-2", displayname="Смирнова Ольга")
+    other = synapse.register(unique_localpart("other"), "secret-pass-3", displayname="Кузнецов Иван")
+    url = f"{synapse.public_url}/_matrix/client/v3/profile/{colleague.user_id}"
+
+    status, reply = http("GET", url)
+    assert status == 401 and reply["errcode"] == "M_MISSING_TOKEN"
+    # They share no room, and still see each other (limit_profile_requests_to_users_who_share_rooms: false).
+    status, reply = http("GET", url, token=other.access_token)
+    assert status == 200 and reply["displayname"] == "Смирнова Ольга"
+
+    status, reply = http(
+        "POST",
+        f"{synapse.public_url}/_matrix/client/v3/user_directory/search",
+        {"search_term": "Смирнова", "limit": 10},
+        token=other.access_token,
+    )
+    assert status == 200
+    assert colleague.user_id in {r["user_id"] for r in reply["results"]}
+
+
+def test_private_rooms_and_dms_are_encrypted_by_default(synapse: SynapseHandle) -> None:
+    person = synapse.register(unique_localpart("enc"), "secret-pass-4")
+    for preset, encrypted in (("private_chat", True), ("trusted_private_chat", True), ("public_chat", False)):
+        status, reply = http(
+            "POST",
+            synapse.public_url + "/_matrix/client/v3/createRoom",
+            {"preset": preset, "is_direct": preset == "trusted_private_chat"},
+            token=person.access_token,
+        )
+        assert status == 200, reply
+        status, _ = http(
+            "GET",
+            f"{synapse.public_url}/_matrix/client/v3/rooms/{reply['room_id']}/state/m.room.encryption/",
+            token=person.access_token,
+        )
+        assert (status == 200) is encrypted, preset
+
+
+def test_url_previews_off(synapse: SynapseHandle) -> None:
+    status, _ = http(
+        "GET",
+        synapse.public_url + "/_matrix/client/v1/media/preview_url?url=https://example.org",
+        token=synapse.admin_token,
+    )
+    assert status in (403, 404)
+
+
+# --- the config itself ------------------------------------------------------------------------------------
+
+
+def test_generated_config_passes_synapse_check(synapse: SynapseHandle) -> None:
+    check_config(synapse.server.config_path)
+
+
+def _render(tmp_path: Path, **kwargs: Any) -> dict[str, Any]:
+    return render_homeserver_config(
+        server_name="city.example", data_dir=tmp_path, public_port=8008, admin_port=8009, **kwargs
+    )
+
+
+def test_production_config_is_closed(tmp_path: Path) -> None:
+    config = _render(tmp_path)
+    expected = {
+        "federation_domain_whitelist": [],
+        "trusted_key_servers": [],
+        "enable_registration": False,
+        "allow_guest_access": False,
+        "allow_public_rooms_without_auth": False,
+        "allow_public_rooms_over_federation": False,
+        "url_preview_enabled": False,
+        "push": {"include_content": False},
+        "require_auth_for_profile_requests": True,
+        "limit_profile_requests_to_users_who_share_rooms": False,
+        "encryption_enabled_by_default_for_room_type": "invite",
+        "report_stats": False,
+        "suppress_key_server_warning": True,
+    }
+    assert {k: config[k] for k in expected} == expected
+    assert config["user_directory"]["search_all_users"] is True
+    assert config["presence"]["enabled"] is True
+    # Shared-secret registration is a dev/test switch; without it no one can mint accounts with a secret.
+    assert "registration_shared_secret" not in config and "registration_shared_secret_path" not in config
+    # Rate limits stay at Synapse's defaults in production.
+    assert not [k for k in config if k.startswith("rc_")]
+    resources = [
+        name for listener in config["listeners"] for r in listener["resources"] for name in r["names"]
+    ]
+    assert set(resources) == {"client"}
+    # No secret is inlined: they are files.
+    assert "macaroon_secret_key" not in config and "form_secret" not in config
+
+
+def test_production_config_with_postgres_passes_synapse_check(tmp_path: Path) -> None:
+    config = _render(
+        tmp_path,
+        database={"host": "127.0.0.1", "port": 5432, "user": "synapse", "database": "synapse"},
+    )
+    assert config["database"]["name"] == "psycopg2"
+    assert config["database"]["args"]["database"] == "synapse"
+    check_config(write_homeserver_config(tmp_path, config))
+
+
+def test_overrides_merge_last_and_deep(tmp_path: Path) -> None:
+    config = _render(
+        tmp_path, rate_limits={"rc_joins": {"local": {"per_second": 5}}}, overrides={"push": {"x": 1}}
+    )
+    assert config["rc_joins"] == {"local": {"per_second": 5}}
+    assert config["push"] == {"include_content": False, "x": 1}
+
+
+def test_admin_listener_must_stay_on_loopback(tmp_path: Path) -> None:
+    with pytest.raises(SynapseError, match="loopback"):
+        _render(tmp_path, admin_bind_host="0.0.0.0")
+
+
+def test_check_config_reports_synapse_message(tmp_path: Path) -> None:
+    config = _render(
+        tmp_path, overrides={"listeners": [{"port": 1, "type": "http", "resources": [{"names": ["nope"]}]}]}
+    )
+    path = write_homeserver_config(tmp_path, config)
+    with pytest.raises(SynapseError, match="Unknown listener resource"):
+        check_config(path)
+
+
+def test_written_files_keep_secrets_out_of_the_config(tmp_path: Path) -> None:
+    config = _render(tmp_path, shared_secret_registration=True)
+    path = write_homeserver_config(tmp_path, config)
+    secret = (tmp_path / REGISTRATION_SECRET_FILE).read_text()
+    assert secret not in path.read_text()
+    assert (tmp_path / REGISTRATION_SECRET_FILE).stat().st_mode & 0o077 == 0
+    assert yaml.safe_load(path.read_text())["registration_shared_secret_path"].endswith(
+        REGISTRATION_SECRET_FILE
+    )
+
+
+# --- the embedded server's lifecycle ----------------------------------------------------------------------
+
+
+def test_restart_after_kill_keeps_state(fresh_synapse: Callable[..., SynapseHandle]) -> None:
+    handle = fresh_synapse()
+    server = handle.server
+    assert server.last_start_seconds is not None and server.last_start_seconds < 30
+    person = handle.register("survivor", "secret-pass-5")
+
+    server.kill()
+    assert not server.is_running()
+    began = time.monotonic()
+    server.start()
+    restart_seconds = time.monotonic() - began
+
+    status, reply = http(
+        "GET", server.public_url + "/_matrix/client/v3/account/whoami", token=person.access_token
+    )
+    assert status == 200 and reply["user_id"] == person.user_id
+    status, _ = http("GET", server.admin_url + "/_synapse/admin/v1/server_version", token=handle.admin_token)
+    assert status == 200
+    server.stop()
+    assert not server.is_running()
+    assert restart_seconds < 30
+
+
+def test_second_server_on_same_directory_is_refused(synapse: SynapseHandle) -> None:
+    twin = EmbeddedSynapse(synapse.server.data_dir, public_port=free_port(), admin_port=free_port())
+    with pytest.raises(SynapseError, match="already runs"):
+        twin.start()
+    assert synapse.server.is_running()
+
+
+def test_port_in_use_is_reported(synapse: SynapseHandle, tmp_path: Path) -> None:
+    clash = EmbeddedSynapse(
+        tmp_path / "clash", public_port=synapse.server.public_port, admin_port=free_port()
+    )
+    with pytest.raises(SynapseError, match=f"port 127.0.0.1:{synapse.server.public_port} is already in use"):
+        clash.start()
+
+
+def test_failed_start_quotes_the_log(tmp_path: Path) -> None:
+    broken = EmbeddedSynapse(
+        tmp_path / "broken", overrides={"database": {"name": "psycopg2", "args": {"port": 1}}}
+    )
+    with pytest.raises(SynapseError, match="exited with code") as err:
+        broken.start()
+    assert "homeserver.log (tail)" in str(err.value)
+    assert not broken.is_running()
