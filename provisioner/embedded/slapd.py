@@ -46,6 +46,8 @@ SCHEMA_DIR = Path("/etc/ldap/schema")
 SCHEMAS = ("core", "cosine", "inetorgperson", "nis")
 MODULE_DIR = Path("/usr/lib/ldap")
 INSTALL_HINT = "apt-get install slapd ldap-utils"
+#: Where the Debian packages put the binaries when they are not on PATH (/usr/sbin often is not).
+SEARCH_DIRS: tuple[Path, ...] = (Path("/usr/sbin"), Path("/usr/bin"))
 
 #: ldapsearch/ldapmodify exit codes we interpret (they are the LDAP result codes).
 LDAP_SUCCESS = 0
@@ -64,9 +66,7 @@ class SlapdNotInstalled(SlapdError):
 
 
 def _find_binary(name: str) -> str:
-    found = shutil.which(name) or next(
-        (str(p) for p in (Path("/usr/sbin") / name, Path("/usr/bin") / name) if p.exists()), None
-    )
+    found = shutil.which(name) or next((str(d / name) for d in SEARCH_DIRS if (d / name).exists()), None)
     if found is None:
         raise SlapdNotInstalled(f"{name} not found: {INSTALL_HINT}")
     return found
@@ -151,7 +151,8 @@ class EmbeddedSlapd:
 
     @property
     def uri(self) -> str:
-        return f"ldap://{self.host}:{self.port}/"
+        """``ldap://127.0.0.1:<port>``, without the trailing slash ldap3 refuses."""
+        return f"ldap://{self.host}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -275,7 +276,7 @@ class EmbeddedSlapd:
         try:
             # -d keeps slapd in the foreground (we own its pid) and sends its stats log to slapd.log.
             self._proc = subprocess.Popen(
-                [slapd, "-h", self.uri, "-f", str(self.conf_path), "-d", "stats"],
+                [slapd, "-h", f"{self.uri}/", "-f", str(self.conf_path), "-d", "stats"],
                 stdin=subprocess.DEVNULL,
                 stdout=logfile,
                 stderr=subprocess.STDOUT,
@@ -377,7 +378,15 @@ class EmbeddedSlapd:
         from a file (``-y``), never passed on the command line. Benches time this C client side by side
         with the Python reader.
         """
-        args = [_find_binary("ldapsearch"), "-LLL", *self._bind_args(root=as_root), "-b", base or self.suffix]
+        args = [
+            _find_binary("ldapsearch"),
+            "-LLL",
+            "-o",
+            "ldif-wrap=no",
+            *self._bind_args(root=as_root),
+            "-b",
+            base or self.suffix,
+        ]
         if page_size is not None:
             args += ["-E", f"pr={page_size}/noprompt"]
         return [*args, filter_, *attributes]
