@@ -19,7 +19,7 @@ existing room.
 Rule 2. 502/503/504, a timeout or a broken connection: retry with capped exponential backoff and jitter
 (``min(cap, base * multiplier**n) * uniform(0.8, 1.4)``, as Synapse's ``util/retryutils.py``) — but only
 idempotent requests. GET, PUT and DELETE are idempotent; a POST only when its builder marks it so (e.g.
-admin join, deactivate, override_ratelimit, whose repetition is a no-op).
+admin join, invite, kick, deactivate, override_ratelimit, which treat "already so" as success).
 
 Rule 3. A connection that could not even be opened (refused, DNS) sent nothing, so any request is retried.
 
@@ -713,20 +713,51 @@ class HomeserverClient:
         except MNotFound:
             return None
 
+    async def membership(self, room_id: str, user_id: str) -> str | None:
+        """``user_id``'s membership in a room the token owner is in (join, invite, leave, ban), or None."""
+        try:
+            content = await self.get_state(room_id, "m.room.member", user_id)
+        except MForbidden:
+            return None
+        value = content.get("membership") if content is not None else None
+        return value if isinstance(value, str) else None
+
     async def invite(self, room_id: str, user_id: str, reason: str | None = None) -> None:
+        """Invite ``user_id``; idempotent: an already invited or joined user counts as success.
+
+        Synapse refuses to invite a member (``403 M_FORBIDDEN``); on that answer this reads the membership
+        and succeeds when it is ``invite`` or ``join``, so a replay after a lost answer is harmless.
+        """
         body: dict[str, Any] = {"user_id": user_id}
         if reason:
             body["reason"] = reason
-        await self._call(
-            Request("POST", f"{CLIENT_V3}/rooms/{_seg(room_id)}/invite", "client.invite", body=body)
+        req = Request(
+            "POST", f"{CLIENT_V3}/rooms/{_seg(room_id)}/invite", "client.invite", body=body, idempotent=True
         )
+        try:
+            await self._call(req)
+        except MForbidden:
+            if await self.membership(room_id, user_id) not in ("invite", "join"):
+                raise
 
     async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
-        """Kick ``user_id``. Not replayed on an ambiguous failure: a second kick fails with MForbidden."""
+        """Remove ``user_id`` from a room; idempotent: someone already out (left, kicked, banned) is success.
+
+        Synapse answers ``403 M_FORBIDDEN`` for a target not in the room; on that answer this reads the
+        membership and succeeds unless the person is still joined or invited (then the 403 was about
+        power levels and is raised).
+        """
         body: dict[str, Any] = {"user_id": user_id}
         if reason:
             body["reason"] = reason
-        await self._call(Request("POST", f"{CLIENT_V3}/rooms/{_seg(room_id)}/kick", "client.kick", body=body))
+        req = Request(
+            "POST", f"{CLIENT_V3}/rooms/{_seg(room_id)}/kick", "client.kick", body=body, idempotent=True
+        )
+        try:
+            await self._call(req)
+        except MForbidden:
+            if await self.membership(room_id, user_id) in ("join", "invite"):
+                raise
 
     async def send_message(
         self, room_id: str, content: Mapping[str, Any], txn_id: str, event_type: str = "m.room.message"
@@ -929,11 +960,7 @@ class HomeserverClient:
             room_id = room_id_or_alias
             if not room_id.startswith("!"):
                 room_id = await self.resolve_alias(room_id_or_alias)
-            try:
-                membership = await self.get_state(room_id, "m.room.member", user_id)
-            except MatrixError:
-                membership = None
-            if membership is not None and membership.get("membership") == "join":
+            if await self.membership(room_id, user_id) == "join":
                 return room_id
             raise
         try:

@@ -146,8 +146,32 @@ async def test_room_create_state_members_join_kick(admin: HomeserverClient, syna
 
     await admin.kick(room_id, member, "moved to another unit")
     assert set(await admin.room_members(room_id)) == {synapse.admin_user_id}
+    # Kicking someone already out is success (Synapse says 403; the client checks the membership).
+    before = admin.stats
+    await admin.kick(room_id, member, "again")
+    assert await admin.membership(room_id, member) == "leave"
+    assert (admin.stats - before).writes == 1
+
+    await admin.invite(room_id, member)
+    await admin.invite(room_id, member)
+    assert await admin.membership(room_id, member) == "invite"
+    await admin.admin_join(room_id, member)
+    await admin.invite(room_id, member)
+    assert await admin.membership(room_id, member) == "join"
+
+
+@pytest.mark.synapse
+async def test_forbidden_is_still_raised_when_not_already_done(
+    admin: HomeserverClient, synapse: SynapseHandle
+) -> None:
+    owner = synapse.register(unique_localpart("owner"), "secret-pass-6")
+    target = synapse.user_id(unique_localpart("target"))
+    await admin.put_user(target, displayname="Target")
+    async with HomeserverClient(synapse.public_url, owner.access_token) as person:
+        room_id = await person.create_room({"preset": "public_chat"})
+    # The admin is not in that room: its invite is refused and the target is not invited.
     with pytest.raises(MForbidden):
-        await admin.kick(room_id, member, "again")
+        await admin.invite(room_id, target)
 
 
 @pytest.mark.synapse
@@ -409,7 +433,7 @@ async def test_post_is_not_replayed_after_503(fake: MakeFake) -> None:
 async def test_post_is_not_replayed_after_a_dropped_connection(fake: MakeFake) -> None:
     server, client, _ = await fake(drop_connection(), ok({"room_id": "!dup:example.test"}))
     with pytest.raises(ServerUnavailable) as err:
-        await client.kick("!r:example.test", "@u:example.test")
+        await client.create_room({"name": "no alias"})
     assert err.value.maybe_applied
     assert len(server.seen) == 1
 
@@ -499,7 +523,7 @@ async def test_token_not_in_logs_or_errors_on_faults(
     caplog.set_level(logging.DEBUG)
     _, client, _ = await fake(error(429, "M_LIMIT_EXCEEDED", retry_after_ms=5), error(503, "M_UNKNOWN"))
     with pytest.raises(ServerUnavailable) as err:
-        await client.kick("!r:example.test", "@u:example.test")
+        await client.create_room({"room_alias_name": "hr"})
     messages = caplog.text + str(err.value) + repr(err.value.__cause__)
     assert "#1 POST" in caplog.text
     assert "syt_secret_token_value" not in messages

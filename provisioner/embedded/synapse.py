@@ -114,19 +114,25 @@ def _database_section(database: str | Path | Mapping[str, Any]) -> dict[str, Any
     return {"name": "psycopg2", "args": args}
 
 
-def _listener(port: int, host: str, *, refuse_admin: bool) -> dict[str, Any]:
+def _listener(port: int, host: str, *, refuse_admin: bool, x_forwarded: bool) -> dict[str, Any]:
     listener: dict[str, Any] = {
         "port": port,
         "bind_addresses": [host],
         "type": "http",
         "tls": False,
-        # Behind the reverse proxy the client address comes from X-Forwarded-For; on loopback it is direct.
-        "x_forwarded": host not in (LOOPBACK, "::1", "localhost"),
+        # Only behind the reverse proxy: a listener reached directly would let clients spoof their address
+        # (and with it the per-address login rate limit).
+        "x_forwarded": x_forwarded,
         "resources": [{"names": ["client"], "compress": False}],
     }
     if refuse_admin:
         listener["additional_resources"] = {"/_synapse/admin": {"module": ADMIN_REFUSER_MODULE, "config": {}}}
     return listener
+
+
+def _reachable(host: str) -> str:
+    """An address a client on this machine can use for a listener bound to ``host``."""
+    return LOOPBACK if host in ("0.0.0.0", "::", "") else host
 
 
 def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -150,6 +156,8 @@ def render_homeserver_config(
     bind_host: str = LOOPBACK,
     admin_bind_host: str = LOOPBACK,
     public_baseurl: str | None = None,
+    behind_proxy: bool = False,
+    refuse_admin_on_public: bool = True,
     database: str | Path | Mapping[str, Any] | None = None,
     password_providers: Sequence[Mapping[str, Any]] = (),
     modules: Sequence[Mapping[str, Any]] = (),
@@ -166,6 +174,9 @@ def render_homeserver_config(
     create admins even with registration off, so it is for the demo and the tests only.
     ``rate_limits`` (``rc_*`` keys) and then ``overrides`` are merged last; production keeps Synapse's rate
     limits and exempts only the provisioning account (``override_ratelimit``).
+    ``behind_proxy`` trusts ``X-Forwarded-For`` on the public listener. ``refuse_admin_on_public=False``
+    drops Rule 2 for a Synapse that cannot import civmatrix (a stock image): then the reverse proxy alone
+    must block ``/_synapse/admin``.
     """
     if admin_bind_host not in (LOOPBACK, "::1", "localhost"):
         raise SynapseError(
@@ -177,12 +188,12 @@ def render_homeserver_config(
     data_dir = Path(data_dir)
     config: dict[str, Any] = {
         "server_name": server_name,
-        "public_baseurl": public_baseurl or f"http://{bind_host}:{public_port}/",
+        "public_baseurl": public_baseurl or f"http://{_reachable(bind_host)}:{public_port}/",
         "pid_file": str(data_dir / "homeserver.pid"),
         "report_stats": False,
         "listeners": [
-            _listener(public_port, bind_host, refuse_admin=True),
-            _listener(admin_port, admin_bind_host, refuse_admin=False),
+            _listener(public_port, bind_host, refuse_admin=refuse_admin_on_public, x_forwarded=behind_proxy),
+            _listener(admin_port, admin_bind_host, refuse_admin=False, x_forwarded=False),
         ],
         "database": _database_section(database if database is not None else data_dir / SQLITE_FILE),
         "log_config": str(data_dir / LOG_CONFIG_FILE),
@@ -409,6 +420,8 @@ class EmbeddedSynapse:
         server_name: str = "example.test",
         public_port: int | None = None,
         admin_port: int | None = None,
+        bind_host: str = LOOPBACK,
+        public_baseurl: str | None = None,
         database: str | Path | Mapping[str, Any] | None = None,
         password_providers: Sequence[Mapping[str, Any]] = (),
         modules: Sequence[Mapping[str, Any]] = (),
@@ -427,11 +440,14 @@ class EmbeddedSynapse:
             admin_port = admin_port or picked[1]
         self.public_port = public_port
         self.admin_port = admin_port
+        self.bind_host = bind_host
         self.config: dict[str, Any] = render_homeserver_config(
             server_name=server_name,
             data_dir=self.data_dir,
             public_port=public_port,
             admin_port=admin_port,
+            bind_host=bind_host,
+            public_baseurl=public_baseurl,
             database=database,
             password_providers=password_providers,
             modules=modules,
@@ -517,10 +533,10 @@ class EmbeddedSynapse:
         """
         if self.is_running():
             return
-        for port in (self.public_port, self.admin_port):
-            if not port_is_free(port):
+        for host, port in ((self.bind_host, self.public_port), (LOOPBACK, self.admin_port)):
+            if not port_is_free(port, host):
                 raise SynapseError(
-                    f"port {LOOPBACK}:{port} is already in use; stop what listens there or choose other ports"
+                    f"port {host}:{port} is already in use; stop what listens there or choose other ports"
                 )
         self._take_lock()
         try:
