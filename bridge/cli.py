@@ -1,0 +1,208 @@
+"""``bridge --config FILE run``: the event bot's command line.
+
+The shared YAML file is read once; this module parses its ``bot:`` section (and ``homeserver.url``) into a
+frozen :class:`~bridge.bot.BotConfig`. Errors name the file and the dotted key. The token is read from
+``bot.access_token_file`` or the ``CIVMATRIX_BOT_TOKEN`` variable, never from the command line.
+
+``bot:`` keys:
+
+* ``user_id`` (required): the bot's Matrix id, e.g. ``@events:city.example``.
+* ``access_token_file``: file with the bot's own access token (not the provisioner's, not an admin's).
+* ``device_id``: the device of that token; it keys the persistent crypto store.
+* ``store``: SQLite file path (default ``civmatrix-bot.db``) or a PostgreSQL DSN (``postgresql://...``).
+* ``crypto_store_dir``: where the end-to-end keys live (default ``bot-crypto``); back it up with the store.
+* ``timezone``: the organisation's zone for dates people type (default ``Europe/Moscow``).
+* ``moderator_level``: power level needed to create, edit and cancel events (default 50).
+* ``reminder_offsets``: list like ``["24h", "1h"]`` (units ``d``, ``h``, ``m``, ``s``; default 24h and 1h).
+* ``remind_maybe``: also remind people who answered "maybe" (default false).
+
+Relative paths are relative to the config file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import logging
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+import yaml
+
+from bridge.bot import TOKEN_ENV, BotConfig, open_bot, read_token
+from bridge.events.reminders import DEFAULT_OFFSETS
+
+log = logging.getLogger(__name__)
+
+BOT_KEYS = {
+    "user_id",
+    "access_token_file",
+    "device_id",
+    "store",
+    "timezone",
+    "moderator_level",
+    "reminder_offsets",
+    "remind_maybe",
+    "crypto_store_dir",
+}
+
+
+class BotConfigError(Exception):
+    """A problem in the config file: ``path:key: message``."""
+
+    def __init__(self, message: str, path: str, key: str | None = None) -> None:
+        self.message, self.path, self.key = message, path, key
+        super().__init__(f"{path}:{key}: {message}" if key else f"{path}: {message}")
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([dhms])\s*$")
+_UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(value: object) -> timedelta:
+    if isinstance(value, bool):
+        raise ValueError("not a duration")
+    if isinstance(value, int):
+        return timedelta(seconds=value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return timedelta(seconds=int(m[1]) * _UNIT[m[2]])
+    raise ValueError(f"{value!r} is not a duration like 24h, 90m or 3600")
+
+
+def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | None = None) -> BotConfig:
+    """Validate the ``bot:`` section; read the token file. No other side effects."""
+    base = Path(path).parent
+
+    def err(msg: str, key: str | None = None) -> BotConfigError:
+        return BotConfigError(msg, path, key)
+
+    hs = raw.get("homeserver")
+    if not isinstance(hs, Mapping) or not isinstance(hs.get("url"), str) or not hs["url"]:
+        raise err("the homeserver URL is required", "homeserver.url")
+    bot = raw.get("bot")
+    if not isinstance(bot, Mapping):
+        raise err("a bot: section is required to run the event bot", "bot")
+    unknown = sorted(set(map(str, bot)) - BOT_KEYS)
+    if unknown:
+        raise err(f"unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(BOT_KEYS))}", "bot")
+
+    def opt_str(key: str, default: str | None) -> str | None:
+        v = bot.get(key, default)
+        if v is not None and (not isinstance(v, str) or not v.strip()):
+            raise err("must be a non-empty string", f"bot.{key}")
+        return v
+
+    user_id = opt_str("user_id", None)
+    if user_id is None or not re.fullmatch(r"@[^:\s]+:\S+", user_id):
+        raise err("must be a Matrix user id like @events:city.example", "bot.user_id")
+    token_file = opt_str("access_token_file", None)
+    token_path = None if token_file is None else base / token_file
+    environ = env if env is not None else os.environ
+    try:
+        if token_path is not None:
+            token = read_token(token_path)
+        else:
+            token = str(environ.get(TOKEN_ENV, "")).strip()
+            if not token:
+                raise ValueError(f"set bot.access_token_file or the {TOKEN_ENV} environment variable")
+    except OSError as e:
+        raise err(f"cannot read the token file: {e.strerror}", "bot.access_token_file") from None
+    except ValueError as e:
+        raise err(str(e), "bot.access_token_file") from None
+    if not token:
+        raise err("the token file is empty", "bot.access_token_file")
+    tz_name = opt_str("timezone", "Europe/Moscow")
+    assert tz_name is not None
+    try:
+        ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise err(
+            f"unknown time zone {tz_name!r} (use an IANA name like Europe/Moscow)", "bot.timezone"
+        ) from None
+    level = bot.get("moderator_level", 50)
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
+        raise err("must be a whole number from 0 to 100", "bot.moderator_level")
+    offsets_raw = bot.get("reminder_offsets")
+    offsets = DEFAULT_OFFSETS
+    if offsets_raw is not None:
+        if not isinstance(offsets_raw, list):
+            raise err("must be a list like [24h, 1h]", "bot.reminder_offsets")
+        try:
+            offsets = tuple(sorted({parse_duration(v) for v in offsets_raw}, reverse=True))
+        except ValueError as e:
+            raise err(str(e), "bot.reminder_offsets") from None
+        if any(o <= timedelta(0) for o in offsets):
+            raise err("offsets must be positive", "bot.reminder_offsets")
+    remind_maybe = bot.get("remind_maybe", False)
+    if not isinstance(remind_maybe, bool):
+        raise err("must be true or false", "bot.remind_maybe")
+    store = opt_str("store", "civmatrix-bot.db")
+    assert store is not None
+    if "://" not in store and "=" not in store:
+        store = str(base / store)
+    crypto = opt_str("crypto_store_dir", "bot-crypto")
+    assert crypto is not None
+    return BotConfig(
+        homeserver_url=str(hs["url"]).rstrip("/"),
+        user_id=user_id,
+        access_token=token,
+        device_id=opt_str("device_id", None),
+        store=store,
+        crypto_store_dir=base / crypto,
+        timezone=tz_name,
+        moderator_level=level,
+        reminder_offsets=offsets,
+        remind_maybe=remind_maybe,
+    )
+
+
+def load_config(path: str) -> BotConfig:
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise BotConfigError(f"cannot read: {e.strerror}", path) from None
+    except yaml.YAMLError as e:
+        raise BotConfigError(f"not valid YAML: {e}", path) from None
+    if not isinstance(raw, Mapping):
+        raise BotConfigError("the file must hold a mapping of sections", path)
+    return parse_config(raw, path)
+
+
+@click.group()
+@click.option(
+    "--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML config file"
+)
+@click.option("-v", "--verbose", is_flag=True, help="debug logging")
+@click.pass_context
+def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
+    """The civmatrix event bot."""
+    ctx.obj = {"config": config_path, "verbose": verbose}
+
+
+@main.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Connect and serve until interrupted."""
+    logging.basicConfig(
+        level=logging.DEBUG if ctx.obj["verbose"] else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        cfg = load_config(ctx.obj["config"])
+    except BotConfigError as e:
+        raise click.ClickException(str(e)) from None
+
+    async def go() -> None:
+        bot = await open_bot(cfg)
+        await bot.run_forever()
+
+    try:
+        asyncio.run(go())
+    except KeyboardInterrupt:
+        log.info("stopped")
