@@ -22,8 +22,8 @@ Relative paths are relative to the config file.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -128,7 +128,7 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
     if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
         raise err("must be a whole number from 0 to 100", "bot.moderator_level")
     offsets_raw = bot.get("reminder_offsets")
-    offsets = DEFAULT_OFFSETS
+    offsets: tuple[timedelta, ...] = DEFAULT_OFFSETS
     if offsets_raw is not None:
         if not isinstance(offsets_raw, list):
             raise err("must be a list like [24h, 1h]", "bot.reminder_offsets")
