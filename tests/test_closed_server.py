@@ -166,6 +166,22 @@ def test_public_listener_serves_the_client_api(synapse: SynapseHandle) -> None:
     assert status == 200 and reply["user_id"] == synapse.admin_user_id
 
 
+def test_people_log_in_on_the_public_listener(synapse: SynapseHandle) -> None:
+    person = synapse.register(unique_localpart("login"), "secret-pass-8")
+    status, reply = http(
+        "POST",
+        synapse.public_url + "/_matrix/client/v3/login",
+        {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": person.user_id},
+            "password": "secret-pass-8",
+        },
+    )
+    assert status == 200 and reply["user_id"] == person.user_id
+    status, reply = http("GET", synapse.public_url + "/_matrix/client/v3/login")
+    assert status == 200 and "m.login.password" in {f["type"] for f in reply["flows"]}
+
+
 # --- profiles, directory, encryption ---------------------------------------------------------------------
 
 

@@ -276,6 +276,28 @@ async def test_token_never_logged(synapse: SynapseHandle, caplog: pytest.LogCapt
     assert synapse.admin_token not in str(err.value) and synapse.admin_token not in repr(client)
 
 
+@pytest.mark.synapse
+async def test_real_429_is_waited_out_and_the_exempt_admin_never_sees_one(
+    fresh_synapse: Callable[..., SynapseHandle],
+) -> None:
+    # Tight message limits so Synapse's own 429 (with retry_after_ms) shows up within a second.
+    handle = fresh_synapse(rate_limits={"rc_message": {"per_second": 10, "burst_count": 2}})
+    person = handle.register(unique_localpart("chatty"), "secret-pass-7")
+    async with (
+        HomeserverClient(handle.public_url, person.access_token) as client,
+        HomeserverClient(handle.url, handle.admin_token) as admin,
+    ):
+        room_id = await client.create_room({"preset": "public_chat"})
+        for i in range(6):
+            await client.send_message(room_id, {"msgtype": "m.text", "body": str(i)}, f"t{i}")
+        assert client.stats.retries >= 1
+
+        await admin.admin_join(room_id, handle.admin_user_id)
+        for i in range(6):
+            await admin.send_message(room_id, {"msgtype": "m.notice", "body": str(i)}, f"a{i}")
+        assert admin.stats.retries == 0
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Retry rules against a fault-injecting fake (a real HTTP server on loopback, scripted answers)
 # ---------------------------------------------------------------------------------------------------------
