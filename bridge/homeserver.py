@@ -71,9 +71,12 @@ IDEMPOTENT_METHODS: Final = frozenset({"GET", "PUT", "DELETE", "HEAD", "OPTIONS"
 RETRY_STATUSES: Final = frozenset({502, 503, 504})
 
 
-def _seg(value: str) -> str:
+def path_segment(value: str) -> str:
     """Quote one path segment: user ids, room ids and aliases carry ``@ ! # :``."""
     return urllib.parse.quote(value, safe="")
+
+
+_seg = path_segment
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -658,6 +661,31 @@ class HomeserverClient:
             return _str(body, "room_id")
         except _Shape as exc:
             raise self._unexpected(req, exc) from None
+
+    async def set_alias(self, alias: str, room_id: str) -> None:
+        """Point ``alias`` (``#local:server``) at ``room_id``; idempotent.
+
+        Synapse answers ``409`` (errcode M_UNKNOWN, "Room alias ... already exists") for a taken alias, not
+        M_ROOM_IN_USE; this resolves it and succeeds if it already points at ``room_id``, otherwise raises
+        :class:`~bridge.errors.MRoomInUse` naming the room that holds it.
+        """
+        req = Request(
+            "PUT", f"{CLIENT_V3}/directory/room/{_seg(alias)}", "client.set_alias", body={"room_id": room_id}
+        )
+        try:
+            await self._call(req)
+        except MatrixError as exc:
+            if exc.status != 409 and not isinstance(exc, MRoomInUse):
+                raise
+            holder = await self.resolve_alias(alias)
+            if holder != room_id:
+                raise MRoomInUse(
+                    exc.status,
+                    "M_ROOM_IN_USE",
+                    f"alias {alias} already points at {holder}",
+                    method=req.method,
+                    path=req.path,
+                ) from None
 
     async def create_room(self, body: Mapping[str, Any], *, existing_alias_ok: bool = False) -> str:
         """``POST /createRoom`` with everything in one call; returns the room id.

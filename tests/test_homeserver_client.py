@@ -187,6 +187,18 @@ async def test_create_room_with_taken_alias(admin: HomeserverClient) -> None:
 
 
 @pytest.mark.synapse
+async def test_set_alias_is_idempotent(admin: HomeserverClient, synapse: SynapseHandle) -> None:
+    first = await admin.create_room({"name": "a"})
+    second = await admin.create_room({"name": "b"})
+    alias = f"#{unique_localpart('alias')}:{synapse.server_name}"
+    await admin.set_alias(alias, first)
+    await admin.set_alias(alias, first)
+    assert await admin.resolve_alias(alias) == first
+    with pytest.raises(MRoomInUse, match=first):
+        await admin.set_alias(alias, second)
+
+
+@pytest.mark.synapse
 async def test_errcodes_map_to_exceptions(admin: HomeserverClient, synapse: SynapseHandle) -> None:
     with pytest.raises(MNotFound) as missing:
         await admin.get_user(synapse.user_id(unique_localpart("nobody")))
