@@ -5,19 +5,26 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections import Counter
 from dataclasses import asdict
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 import click
 
-from provisioner import exitcodes
+from bridge.errors import HomeserverError
+from bridge.homeserver import HomeserverClient
+from provisioner import exitcodes, sync
+from provisioner.actions import Plan, describe
 from provisioner.config import Config, ConfigError, load_config
 from provisioner.desired import Desired, desired_state
 from provisioner.directory import interpret
 from provisioner.ldap_reader import DirectoryError, read_directory
 from provisioner.model import DirectorySnapshot
+from provisioner.observe import observe
+from provisioner.reconcile import RemovalCheck
 
 log = logging.getLogger("provisioner")
 
@@ -50,7 +57,7 @@ class Context:
         return self._config
 
 
-def read_snapshot(cfg: Config) -> DirectorySnapshot:
+def read_snapshot(cfg: Config, *, fatal_incomplete: bool = False) -> DirectorySnapshot:
     try:
         result = asyncio.run(read_directory(cfg.directory))
     except DirectoryError as e:
@@ -165,6 +172,138 @@ def _excluded_localparts(cfg: Config) -> set[str]:
     return {uid[1:].split(":", 1)[0] for uid in cfg.exclude}
 
 
+def _print_plan(plan: Plan, check: RemovalCheck, *, lines: int = 5) -> None:
+    counts = plan.counts()
+    click.echo(f"plan: {len(plan.actions)} actions" + (" (nothing to do)" if not plan.actions else ""))
+    by_kind: dict[str, list[str]] = {}
+    for a in plan.actions:
+        by_kind.setdefault(a.kind, []).append(describe(a))
+    for kind, n in counts.items():
+        click.echo(f"  {kind:<16} {n}")
+        for line in by_kind[kind][:lines]:
+            click.echo(f"      {line}")
+        if n > lines:
+            click.echo(f"      … {n - lines} more")
+    for note in plan.notes:
+        click.echo(f"  note: {note}")
+    if plan.held_removals:
+        click.echo(f"  held removals  {plan.held_removals} (the directory read is not trusted)")
+    click.echo(f"  removals       {check.people} people of {check.managed} managed lose access")
+
+
+def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, allow: int | None,
+         quiet: bool) -> None:  # fmt: skip
+    cfg = obj.config(token_required=True)
+    saved = None
+    if plan_path:
+        try:
+            with open(plan_path, encoding="utf-8") as fh:
+                saved = Plan.from_json(fh.read())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            fail(f"cannot use the saved plan {plan_path}: {e}", exitcodes.CONFIG)
+    snapshot = read_snapshot(cfg, fatal_incomplete=False)
+    if not snapshot.complete:
+        click.echo(f"warning: directory read incomplete ({snapshot.stop_reason}): no removals", err=True)
+    try:
+        result = asyncio.run(
+            sync.run(cfg, apply=apply, saved_plan=saved, allow_removals=allow, progress=not quiet,
+                     snapshot=snapshot)
+        )  # fmt: skip
+    except HomeserverError as e:
+        fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
+    except OSError as e:
+        fail(f"cannot reach the homeserver at {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
+    _print_plan(result.plan, result.removal_check)
+    if out:
+        with open(out, "w", encoding="utf-8") as fh:
+            fh.write(result.plan.to_json())
+        click.echo(f"plan saved to {out}")
+    if result.report is not None:
+        r = result.report
+        click.echo(
+            f"applied in {r.seconds:.1f}s: " + ", ".join(f"{k} {v}" for k, v in sorted(r.done.items()))
+        )
+        click.echo(f"requests: {result.stats}")
+        for kind, err in r.failed[:20]:
+            click.echo(f"  failed {kind}: {err}", err=True)
+    if result.message:
+        click.echo(("error: " if result.exit_code else "") + result.message, err=True)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.option("--out", type=click.Path(dir_okay=False), help="Save the plan as JSON for `sync --plan`.")
+@click.option("--allow-removals", type=click.IntRange(0), default=None, help="Accept up to N removals.")
+@click.pass_obj
+def plan(obj: Context, out: str | None, allow_removals: int | None) -> None:
+    """Dry run: what a sync would do (nothing is written to the server)."""
+    _run(obj, apply=False, plan_path=None, out=out, allow=allow_removals, quiet=True)
+
+
+@main.command("sync")
+@click.option(
+    "--plan",
+    "plan_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Apply this saved plan; refused if the directory or the server changed since.",
+)
+@click.option(
+    "--allow-removals",
+    type=click.IntRange(0),
+    default=None,
+    help="Let this run lock or kick up to N people even above the safety threshold.",
+)
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.pass_obj
+def sync_cmd(obj: Context, plan_path: str | None, allow_removals: int | None, quiet: bool) -> None:
+    """Make the server match the directory."""
+    _run(obj, apply=True, plan_path=plan_path, out=None, allow=allow_removals, quiet=quiet)
+
+
+@main.command()
+@click.pass_obj
+def status(obj: Context) -> None:
+    """The last run, the managed people, and every managed room with its size against the limit."""
+    cfg = obj.config(token_required=True)
+    path = os.path.join(cfg.sync.state_dir, "last_run.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            last = json.load(fh)
+        when = datetime.fromtimestamp(last["finished_at"], UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        click.echo(f"last run {last['run']} at {when}: exit {last['exit_code']}, {last['seconds']:.1f}s")
+        click.echo(f"  directory: {last['directory']}")
+        click.echo(
+            f"  done: {last['done']}  failed: {len(last['failed'])}  held removals: {last['held_removals']}"
+        )
+        for kind, err in last["failed"][:10]:
+            click.echo(f"    {kind}: {err}")
+    except FileNotFoundError:
+        click.echo(f"no run recorded yet in {cfg.sync.state_dir}")
+    except (OSError, ValueError, KeyError) as e:
+        click.echo(f"cannot read {path}: {e}", err=True)
+
+    async def read() -> Any:
+        assert cfg.homeserver.admin_token is not None
+        async with HomeserverClient(cfg.homeserver.url, cfg.homeserver.admin_token) as client:
+            who = await client.whoami()
+            return await observe(client, who.user_id)
+
+    try:
+        observed = asyncio.run(read())
+    except (HomeserverError, OSError) as e:
+        fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
+    locked = sum(1 for e in observed.registry.values() if e.locked_since is not None)
+    click.echo(f"managed people: {len(observed.registry)} ({locked} locked by the provisioner)")
+    limit = cfg.layout.max_room_size
+    over = 0
+    for room in sorted(observed.rooms.values(), key=lambda r: (r.kind, r.name or "")):
+        size = len(room.members)
+        flag = "  OVER LIMIT" if size > limit else ""
+        over += size > limit
+        click.echo(f"  [{room.kind}] {room.name}  #{room.alias}  {size}/{limit}{flag}")
+    click.echo(f"{len(observed.rooms)} managed rooms and spaces, {over} over the limit")
+
+
 @main.command("sample-directory")
 @click.option("--people", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="LDIF file to write.")
@@ -174,8 +313,8 @@ def sample_directory(people: int, out_path: str, seed: int, base_dn: str) -> Non
     """Write a generated city-government directory as LDIF (realistic Russian names and units)."""
     from provisioner.sample import write_ldif
 
-    stats = write_ldif(out_path, people=people, seed=seed, base_dn=base_dn)
-    click.echo(f"wrote {out_path}: {stats}")
+    sample = write_ldif(out_path, people, seed=seed, base_dn=base_dn)
+    click.echo(f"wrote {out_path}: {sample.summary()}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -295,7 +295,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
     )  # fmt: skip
     preset_name = r.choice("preset", "openldap", tuple(PRESETS))
     preset = PRESETS[preset_name]
-    uri = r.str_("uri", required=True)
+    uri = r.str_("uri", required=True).rstrip("/")
     if not re.match(r"^ldaps?://[^/\s]+/?$", uri):
         raise r.fail("uri", f"must look like ldap://host:port or ldaps://host:port, not {uri!r}")
     base_dn = r.str_("base_dn", required=True)

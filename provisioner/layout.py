@@ -120,8 +120,6 @@ def assign_shards(
     n = len(ordered)
     kept_indexes = [previous[m] for m in ordered if m in previous and previous[m] >= 1]
     count = max(math.ceil(n / capacity), max(kept_indexes, default=0), 1)
-    # Never keep more shards than needed to hold everyone at one member each: guards absurd history.
-    count = min(count, max(n, 1))
     if not kept_indexes:
         # First placement: balanced contiguous ranges in name order, so shard 1 holds "А–К" and so on.
         base, extra = divmod(n, count)
@@ -178,20 +176,36 @@ def _norm_dn(dn: str) -> str:
 
 
 def _aliases(units: Mapping[str, Unit], prefix: str) -> dict[str, str]:
-    """Unit key → alias localpart; path slugs joined by '.', disambiguated by a hash where slugs collide."""
-    raw: dict[str, str] = {}
-    for key, unit in units.items():
+    """Unit key → alias localpart: the top unit and the unit itself ("prefektura-yuao.otdel-zhkkh"), with
+    intermediate levels added only where that is ambiguous, and a hash as the last resort."""
+
+    def candidate(unit: Unit, level: int) -> str:
         parts = [slugify(p) for p in unit.path] or ["org"]
+        if len(parts) > 2 and level < len(parts) - 2:
+            parts = [parts[0], *parts[len(parts) - 1 - level :]]
         alias = ".".join(parts)
         if len(alias) > MAX_ALIAS_LOCALPART - 20:
-            # Keep the most specific parts readable; the hash keeps the alias unique.
-            alias = _hash(key, 8) + "." + ".".join(parts[-2:])
+            alias = _hash(unit.key, 8) + "." + ".".join(parts[-2:])
             alias = alias[: MAX_ALIAS_LOCALPART - 20]
-        raw[key] = f"{prefix}.{alias}" if prefix else alias
+        return f"{prefix}.{alias}" if prefix else alias
+
+    level = dict.fromkeys(units, 0)
+    out = {k: candidate(u, 0) for k, u in units.items()}
+    for _ in range(12):
+        groups: dict[str, list[str]] = defaultdict(list)
+        for k, a in out.items():
+            groups[a].append(k)
+        clashes = [ks for ks in groups.values() if len(ks) > 1]
+        if not clashes:
+            return out
+        for ks in clashes:
+            for k in ks:
+                level[k] += 1
+                out[k] = candidate(units[k], level[k])
     counts: dict[str, int] = defaultdict(int)
-    for alias in raw.values():
+    for alias in out.values():
         counts[alias] += 1
-    return {k: (a if counts[a] == 1 else f"{a}-{_hash(k, 6)}") for k, a in raw.items()}
+    return {k: (a if counts[a] == 1 else f"{a}-{_hash(k, 6)}") for k, a in out.items()}
 
 
 def _names(units: Mapping[str, Unit], org_name: str) -> dict[str, str]:

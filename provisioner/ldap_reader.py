@@ -109,7 +109,7 @@ class DirectoryReader:
             password=cfg.bind_password,
             read_only=True,
             raise_exceptions=False,
-            receive_timeout=cfg.timeout_seconds,
+            receive_timeout=int(cfg.timeout_seconds),  # ldap3 packs it into a C struct: whole seconds
             check_names=False,
             auto_range=True,
         )

@@ -1,0 +1,246 @@
+"""Typed actions: the plan is an ordered list of these, printed for review, saved as JSON, and applied.
+
+Rooms and spaces are referred to by their *key* (``<unit key>#<shard>`` for rooms, the unit key for spaces),
+not by room ID: a room created earlier in the same plan has no ID when the plan is made.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, TypeAlias
+
+RoomKind = Literal["room", "space"]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateUser:
+    kind: ClassVar[str] = "create_user"
+    user_id: str
+    anchor: str
+    displayname: str
+    profile: tuple[tuple[str, str | None], ...] = ()
+    cause: str = "new in the directory"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateUser:
+    """Display name and/or custom profile fields differ from the directory."""
+
+    kind: ClassVar[str] = "update_user"
+    user_id: str
+    displayname: str | None = None
+    profile: tuple[tuple[str, str | None], ...] = ()
+    cause: str = "changed in the directory"
+
+
+@dataclass(frozen=True, slots=True)
+class LockUser:
+    kind: ClassVar[str] = "lock_user"
+    user_id: str
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnlockUser:
+    kind: ClassVar[str] = "unlock_user"
+    user_id: str
+    cause: str = "back in the directory"
+
+
+@dataclass(frozen=True, slots=True)
+class DeactivateUser:
+    kind: ClassVar[str] = "deactivate_user"
+    user_id: str
+    locked_since: float
+    cause: str = "locked longer than the grace period"
+
+
+@dataclass(frozen=True, slots=True)
+class CreateRoom:
+    kind: ClassVar[str] = "create_room"
+    key: str
+    room_kind: RoomKind
+    unit_key: str
+    shard: int
+    name: str
+    alias: str
+    topic: str
+    parent_key: str | None
+    power_users: tuple[tuple[str, int], ...]
+    encrypted: bool
+    cause: str = "new unit or shard"
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRoom:
+    """Changed name, topic, alias or power levels; ``None`` means unchanged."""
+
+    kind: ClassVar[str] = "update_room"
+    key: str
+    name: str | None = None
+    topic: str | None = None
+    alias: str | None = None
+    power_users: tuple[tuple[str, int], ...] | None = None
+    join_rule: str | None = None
+    cause: str = "changed in the directory"
+
+
+@dataclass(frozen=True, slots=True)
+class LinkChild:
+    kind: ClassVar[str] = "link_child"
+    parent_key: str
+    child_key: str
+    child_kind: RoomKind
+    cause: str = "layout"
+
+
+@dataclass(frozen=True, slots=True)
+class UnlinkChild:
+    kind: ClassVar[str] = "unlink_child"
+    parent_key: str
+    child_room_id: str
+    cause: str = "no longer in this unit"
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    kind: ClassVar[str] = "join"
+    room_key: str
+    room_kind: RoomKind
+    user_id: str
+    cause: str = "member of the unit"
+
+
+@dataclass(frozen=True, slots=True)
+class Kick:
+    kind: ClassVar[str] = "kick"
+    room_key: str
+    room_kind: RoomKind
+    user_id: str
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
+class SaveRegistry:
+    """Record anchor → localpart (and lock dates) on the server, so IDs stay stable across runs."""
+
+    kind: ClassVar[str] = "save_registry"
+    entries: tuple[tuple[str, str, float | None, str | None], ...]  # anchor, localpart, locked_since, profile
+    cause: str = "bookkeeping"
+
+
+Action: TypeAlias = (
+    CreateUser | UpdateUser | LockUser | UnlockUser | DeactivateUser | CreateRoom | UpdateRoom | LinkChild
+    | UnlinkChild | Join | Kick | SaveRegistry
+)  # fmt: skip
+
+ACTION_TYPES: dict[str, type[Action]] = {
+    t.kind: t
+    for t in (CreateUser, UpdateUser, LockUser, UnlockUser, DeactivateUser, CreateRoom, UpdateRoom, LinkChild,
+              UnlinkChild, Join, Kick, SaveRegistry)
+}  # fmt: skip
+
+REMOVALS = frozenset({"lock_user", "kick", "deactivate_user"})
+
+
+def _tuplify(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuplify(v) for v in value)
+    return value
+
+
+def action_to_dict(action: Action) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": action.kind}
+    out.update(dataclasses.asdict(action))
+    return out
+
+
+def action_from_dict(data: Mapping[str, Any]) -> Action:
+    kind = data.get("kind")
+    cls = ACTION_TYPES.get(str(kind))
+    if cls is None:
+        raise ValueError(f"unknown action kind {kind!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    args = {k: _tuplify(v) for k, v in data.items() if k in names}
+    return cls(**args)
+
+
+def describe(action: Action) -> str:
+    """One human line for the plan summary."""
+    match action:
+        case CreateUser(user_id=u, displayname=d):
+            return f"create {u} ({d})"
+        case UpdateUser(user_id=u, displayname=d, profile=p):
+            parts = ([f"name → {d}"] if d else []) + [f"{k} → {v or '∅'}" for k, v in p]
+            return f"update {u}: {', '.join(parts)}"
+        case LockUser(user_id=u, cause=c):
+            return f"lock {u} ({c})"
+        case UnlockUser(user_id=u, cause=c):
+            return f"unlock {u} ({c})"
+        case DeactivateUser(user_id=u):
+            return f"deactivate {u} (locked longer than the grace period)"
+        case CreateRoom(room_kind=k, name=n, alias=a):
+            return f"create {k} {n} #{a}"
+        case UpdateRoom(key=k, name=n, topic=t, alias=a, power_users=p, join_rule=j):
+            what = [x for x, v in (("name", n), ("topic", t), ("alias", a), ("power levels", p),
+                                   ("join rule", j)) if v is not None]  # fmt: skip
+            return f"update {k}: {', '.join(what)}"
+        case LinkChild(parent_key=p, child_key=c):
+            return f"link {c} under {p}"
+        case UnlinkChild(parent_key=p, child_room_id=c):
+            return f"unlink {c} from {p}"
+        case Join(room_key=r, user_id=u):
+            return f"join {u} → {r}"
+        case Kick(room_key=r, user_id=u, cause=c):
+            return f"kick {u} from {r} ({c})"
+        case SaveRegistry(entries=e):
+            return f"record {len(e)} identity entries"
+    raise AssertionError(action)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...]
+    fingerprint: str  # hash of the directory read and the observed server state the plan was made from
+    created_at: float
+    notes: tuple[str, ...] = field(default=())
+    held_removals: int = 0  # removals left out because the directory read was not trustworthy
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for a in self.actions:
+            out[a.kind] = out.get(a.kind, 0) + 1
+        return out
+
+    def removals(self) -> int:
+        return sum(1 for a in self.actions if a.kind in REMOVALS)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "version": 1,
+                "fingerprint": self.fingerprint,
+                "created_at": self.created_at,
+                "notes": list(self.notes),
+                "held_removals": self.held_removals,
+                "actions": [action_to_dict(a) for a in self.actions],
+            },
+            ensure_ascii=False,
+            indent=1,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Plan:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ValueError("not a civmatrix plan (version 1)")
+        return cls(
+            actions=tuple(action_from_dict(a) for a in data["actions"]),
+            fingerprint=str(data["fingerprint"]),
+            created_at=float(data["created_at"]),
+            notes=tuple(data.get("notes", ())),
+            held_removals=int(data.get("held_removals", 0)),
+        )

@@ -1,0 +1,127 @@
+"""Reading the server's current state in bulk: users, managed rooms, and the provisioner's registry.
+
+Never one GET per user: the user list is paged (1,000 a page), rooms are listed once and only rooms the
+provisioner created are read, and only those carrying the marker state event count as managed.
+The registry (anchor → localpart, lock dates, profile hashes) lives in the provisioner account's own account
+data, sharded so that one change rewrites ~1/64 of it; it is what keeps IDs stable without a local database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.errors import MNotFound
+from bridge.homeserver import HomeserverClient, StateEvent
+from provisioner.reconcile import MARKER_TYPE, Observed, ObservedRoom, ObservedUser, RegistryEntry
+
+log = logging.getLogger(__name__)
+
+REGISTRY_SHARDS = 64
+REGISTRY_TYPE = "org.civmatrix.registry"
+META_TYPE = "org.civmatrix.meta"
+
+
+def registry_shard(anchor: str) -> int:
+    return int(hashlib.sha256(anchor.encode()).hexdigest()[:8], 16) % REGISTRY_SHARDS
+
+
+def shard_type(n: int) -> str:
+    return f"{REGISTRY_TYPE}.{n:02d}"
+
+
+def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoom | None:
+    by_type: dict[tuple[str, str], Mapping[str, Any]] = {(e.type, e.state_key): e.content for e in state}
+    marker = by_type.get((MARKER_TYPE, ""))
+    if not marker or not isinstance(marker.get("unit"), str):
+        return None
+    kind = "space" if marker.get("kind") == "space" else "room"
+    unit = str(marker["unit"])
+    shard = marker.get("shard")
+    key = unit if kind == "space" else f"{unit}#{shard if isinstance(shard, int) else 1}"
+    pl = by_type.get(("m.room.power_levels", ""), {})
+    users_pl = pl.get("users") if isinstance(pl.get("users"), dict) else {}
+    assert isinstance(users_pl, dict)
+    alias = by_type.get(("m.room.canonical_alias", ""), {}).get("alias")
+    members = frozenset(
+        e.state_key
+        for e in state
+        if e.type == "m.room.member" and e.content.get("membership") in ("join", "invite")
+    )
+    children = frozenset(e.state_key for e in state if e.type == "m.space.child" and e.content.get("via"))
+    name = by_type.get(("m.room.name", ""), {}).get("name")
+    topic = by_type.get(("m.room.topic", ""), {}).get("topic")
+    join_rule = by_type.get(("m.room.join_rules", ""), {}).get("join_rule")
+    return ObservedRoom(
+        room_id=room_id,
+        kind=kind,
+        key=key,
+        name=name if isinstance(name, str) else None,
+        topic=topic if isinstance(topic, str) else None,
+        alias=alias[1:].split(":", 1)[0] if isinstance(alias, str) and alias.startswith("#") else None,
+        join_rule=join_rule if isinstance(join_rule, str) else None,
+        power_users={str(k): int(v) for k, v in users_pl.items() if isinstance(v, int)},
+        members=members,
+        children=children,
+    )
+
+
+async def read_registry(
+    client: HomeserverClient, provisioner: str
+) -> tuple[dict[str, RegistryEntry], int | None]:
+    async def one(n: int) -> Mapping[str, Any] | None:
+        return await client.get_account_data(provisioner, shard_type(n))
+
+    shards = await asyncio.gather(*(one(n) for n in range(REGISTRY_SHARDS)))
+    registry: dict[str, RegistryEntry] = {}
+    for content in shards:
+        entries = (content or {}).get("e")
+        if not isinstance(entries, dict):
+            continue
+        for anchor, value in entries.items():
+            if isinstance(value, list) and value and isinstance(value[0], str):
+                locked = value[1] if len(value) > 1 and isinstance(value[1], int | float) else None
+                prof = value[2] if len(value) > 2 and isinstance(value[2], str) else None
+                registry[str(anchor)] = RegistryEntry(value[0], locked, prof)
+    meta = await client.get_account_data(provisioner, META_TYPE)
+    last = (meta or {}).get("last_good_count")
+    return registry, last if isinstance(last, int) else None
+
+
+def registry_content(entries: Mapping[str, RegistryEntry]) -> dict[str, Any]:
+    return {"v": 1, "e": {a: [e.localpart, e.locked_since, e.profile] for a, e in sorted(entries.items())}}
+
+
+async def observe(client: HomeserverClient, provisioner: str, *, concurrency: int = 8) -> Observed:
+    """The server as the provisioner sees it; rooms it did not create are never read."""
+    users: dict[str, ObservedUser] = {}
+    async for u in client.list_users():
+        users[u.user_id] = ObservedUser(u.user_id, u.displayname, u.admin, u.deactivated, u.locked)
+    candidates = [r.room_id async for r in client.list_rooms() if r.creator == provisioner]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def read(room_id: str) -> ObservedRoom | None:
+        async with sem:
+            try:
+                return _room_from_state(room_id, await client.room_state(room_id))
+            except MNotFound:
+                return None  # purged between the list and the read
+
+    rooms: dict[str, ObservedRoom] = {}
+    for room in await asyncio.gather(*(read(r) for r in candidates)):
+        if room is None:
+            continue
+        other = rooms.get(room.key)
+        if other is not None:
+            # Two rooms claim one key only after a crash between createRoom and its alias; keep the one
+            # with the alias (deterministic: then the smaller room ID) and leave the other alone.
+            keep = min((other, room), key=lambda r: (r.alias is None, r.room_id))
+            log.warning("two managed rooms for %s: %s and %s; using %s", room.key, other.room_id,
+                        room.room_id, keep.room_id)  # fmt: skip
+            room = keep
+        rooms[room.key] = room
+    registry, last = await read_registry(client, provisioner)
+    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=last)

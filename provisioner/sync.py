@@ -1,0 +1,224 @@
+"""One sync run: read the directory, read the server, plan, check the safety rails, apply, record.
+
+The I/O shell around the pure core (``desired``, ``reconcile``): it owns the clients and the clock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge.homeserver import HomeserverClient
+from provisioner import exitcodes
+from provisioner.actions import Plan
+from provisioner.apply import AuditLog, Executor, Progress, Report
+from provisioner.config import Config
+from provisioner.desired import Desired, desired_state
+from provisioner.directory import interpret
+from provisioner.ldap_reader import read_directory
+from provisioner.model import DirectorySnapshot
+from provisioner.observe import META_TYPE, observe
+from provisioner.reconcile import (
+    Observed,
+    RemovalCheck,
+    SyncPolicy,
+    check_removals,
+    fingerprint,
+    previous_identities,
+    reconcile,
+    trusted,
+)
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+@dataclass
+class RunResult:
+    plan: Plan
+    snapshot: DirectorySnapshot
+    observed: Observed
+    desired: Desired
+    removal_check: RemovalCheck
+    report: Report | None = None
+    exit_code: int = exitcodes.OK
+    message: str | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+def bot_user_id(cfg: Config) -> str | None:
+    bot = cfg.raw.get("bot")
+    if isinstance(bot, dict) and isinstance(bot.get("user_id"), str):
+        return str(bot["user_id"])
+    return None
+
+
+# Room versions whose creators hold unlimited power outside power_levels (MSC4289).
+CREATOR_POWER_VERSIONS = frozenset({"12", "org.matrix.hydra.11"})
+
+
+def sync_policy(
+    cfg: Config, provisioner: str, *, profile_fields: bool, room_version: str | None = None
+) -> SyncPolicy:
+    return SyncPolicy(
+        server_name=cfg.homeserver.server_name,
+        provisioner=provisioner,
+        bot=bot_user_id(cfg),
+        exclude=cfg.exclude,
+        encrypted=cfg.layout.room_encryption,
+        moderator_level=cfg.layout.moderator_power_level,
+        profile_fields=profile_fields,
+        deactivate_after_seconds=cfg.safety.deactivate_after_days * 86400.0,
+        min_directory_fraction=cfg.safety.min_directory_fraction,
+        creator_in_power_levels=room_version not in CREATOR_POWER_VERSIONS,
+    )
+
+
+async def make_plan(
+    cfg: Config, client: HomeserverClient, snapshot: DirectorySnapshot, *, now: float
+) -> tuple[Plan, Observed, Desired, SyncPolicy]:
+    who = await client.whoami()
+    caps = await client.capabilities()
+    observed = await observe(client, who.user_id, concurrency=cfg.sync.concurrency)
+    policy = sync_policy(
+        cfg,
+        who.user_id,
+        profile_fields=caps.can_set_profile_field("org.civmatrix.title"),
+        room_version=caps.default_room_version,
+    )
+    previous, taken = previous_identities(snapshot, observed, cfg.homeserver.server_name)
+    taken |= {u[1:].split(":", 1)[0] for u in (*cfg.exclude, who.user_id, policy.bot or "@:")} - {""}
+    previous_rooms = {
+        m: key for key, room in observed.rooms.items() if room.kind == "room" for m in room.members
+    }
+    desired = desired_state(
+        snapshot,
+        cfg,
+        previous_localparts=previous,
+        taken=taken,
+        previous_rooms=previous_rooms,
+        reserved_seats=1 + (1 if policy.bot else 0),
+    )
+    plan = reconcile(desired, observed, snapshot, policy, now=now)
+    return plan, observed, desired, policy
+
+
+def managed_count(observed: Observed, snapshot: DirectorySnapshot) -> int:
+    return max(len(observed.registry), len(snapshot.people))
+
+
+async def run(
+    cfg: Config,
+    *,
+    apply: bool,
+    saved_plan: Plan | None = None,
+    allow_removals: int | None = None,
+    clock: Clock = time.time,
+    progress: bool = True,
+    snapshot: DirectorySnapshot | None = None,
+) -> RunResult:
+    """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI."""
+    if snapshot is None:
+        snapshot = interpret(await read_directory(cfg.directory), cfg.directory)
+    token = cfg.homeserver.admin_token
+    assert token is not None, "load the config with token_required=True"
+    async with HomeserverClient(
+        cfg.homeserver.url, token, pool_limit=max(8, cfg.sync.concurrency * 2)
+    ) as client:
+        before = client.stats
+        now = clock()
+        plan, observed, desired, policy = await make_plan(cfg, client, snapshot, now=now)
+        check = check_removals(
+            plan,
+            managed_count(observed, snapshot),
+            max_removals=cfg.safety.max_removals,
+            max_percent=cfg.safety.max_removal_percent,
+            allow=allow_removals,
+        )
+        result = RunResult(plan, snapshot, observed, desired, check)
+        if saved_plan is not None:
+            if saved_plan.fingerprint != plan.fingerprint:
+                result.exit_code = exitcodes.STALE_PLAN
+                result.message = (
+                    "the saved plan is stale: the directory or the server changed since it was made; "
+                    "nothing was applied. Make a new plan with `provisioner plan --out FILE`."
+                )
+                return result
+            plan = saved_plan
+            result.plan = plan
+        if not check.allowed:
+            result.exit_code = exitcodes.REMOVALS_HELD
+            result.message = check.reason
+            return result
+        if not apply:
+            return result
+        run_id = uuid.uuid4().hex[:12]
+        audit = AuditLog(cfg.sync.audit_log, run_id)
+        bar = Progress(len(plan.actions), enabled=progress) if plan.actions else None
+        executor = Executor(
+            client,
+            observed,
+            server_name=cfg.homeserver.server_name,
+            provisioner=policy.provisioner,
+            concurrency=cfg.sync.concurrency,
+            audit=audit,
+            progress=bar,
+        )
+        try:
+            report = await executor.run(plan)
+        finally:
+            audit.close()
+        result.report = report
+        is_trusted, _ = trusted(snapshot, observed, policy)
+        if is_trusted and report.ok and observed.last_good_count != len(snapshot.people):
+            await client.put_account_data(
+                policy.provisioner, META_TYPE, {"last_good_count": len(snapshot.people)}
+            )
+        if report.stopped:
+            result.exit_code = exitcodes.HOMESERVER
+            result.message = report.stopped
+        elif not report.ok:
+            result.exit_code = exitcodes.PARTIAL
+            result.message = (
+                f"{len(report.failed)} actions failed, {len(report.skipped)} skipped (see the audit log)"
+            )
+        spent = client.stats - before
+        result.stats = {"reads": spent.reads, "writes": spent.writes, "retries": spent.retries}
+        write_last_run(cfg, result, run_id)
+        return result
+
+
+def write_last_run(cfg: Config, result: RunResult, run_id: str) -> None:
+    os.makedirs(cfg.sync.state_dir, exist_ok=True)
+    report = result.report
+    data = {
+        "run": run_id,
+        "finished_at": time.time(),
+        "exit_code": result.exit_code,
+        "message": result.message,
+        "directory": {
+            "people": len(result.snapshot.people),
+            "enabled": len(result.snapshot.enabled),
+            "skipped": len(result.snapshot.skipped),
+            "complete": result.snapshot.complete,
+        },
+        "planned": result.plan.counts(),
+        "held_removals": result.plan.held_removals,
+        "done": dict(report.done) if report else {},
+        "failed": report.failed[:100] if report else [],
+        "seconds": report.seconds if report else 0.0,
+        "requests": result.stats,
+        "fingerprint": fingerprint(result.snapshot, result.observed),
+    }
+    path = os.path.join(cfg.sync.state_dir, "last_run.json")
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=1)
+    os.replace(tmp, path)
