@@ -248,8 +248,11 @@ _TRANSLIT = {
 }  # fmt: skip
 
 
+_TRANSLIT_TABLE = str.maketrans(_TRANSLIT)
+
+
 def _translit(text: str) -> str:
-    return "".join(_TRANSLIT.get(c, c) for c in text.lower())
+    return text.lower().translate(_TRANSLIT_TABLE)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -563,7 +566,12 @@ class _Unit:
     head_dn: str | None = None
 
 
+_RDN_SPECIAL = frozenset(',+"\\<>;=\0')
+
+
 def _rdn(attr: str, value: str) -> str:
+    if value and value[0] not in " #" and value[-1] != " " and _RDN_SPECIAL.isdisjoint(value):
+        return f"{attr}={value}"  # nothing to escape: skip the general formatter (most of 250,000 logins)
     return format_dn(((AVA(attr, value),),))
 
 
