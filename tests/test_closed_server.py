@@ -288,6 +288,21 @@ def test_production_config_with_postgres_passes_synapse_check(tmp_path: Path) ->
     check_config(write_homeserver_config(tmp_path, config))
 
 
+def test_config_with_a_login_module_passes_synapse_check(tmp_path: Path) -> None:
+    ldap = {
+        "module": "ldap_auth_provider.LdapAuthProviderModule",
+        "config": {
+            "enabled": True,
+            "uri": "ldap://127.0.0.1:389",
+            "base": "ou=people,dc=city,dc=example",
+            "attributes": {"uid": "uid", "mail": "mail", "name": "cn"},
+        },
+    }
+    config = _render(tmp_path, modules=[ldap])
+    assert config["modules"] == [ldap]
+    check_config(write_homeserver_config(tmp_path, config))
+
+
 def test_overrides_merge_last_and_deep(tmp_path: Path) -> None:
     config = _render(
         tmp_path, rate_limits={"rc_joins": {"local": {"per_second": 5}}}, overrides={"push": {"x": 1}}
