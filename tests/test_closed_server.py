@@ -139,7 +139,7 @@ def test_public_rooms_need_a_token(synapse: SynapseHandle) -> None:
     ],
 )
 def test_admin_api_refused_on_public_listener(synapse: SynapseHandle, method: str, path: str) -> None:
-    body = {} if method == "PUT" else None
+    body: dict[str, Any] | None = {} if method == "PUT" else None
     status, reply = http(method, synapse.public_url + path, body, token=synapse.admin_token)
     assert status == 404, (path, status, reply)
     assert "server_version" not in reply and "users" not in reply and "nonce" not in reply

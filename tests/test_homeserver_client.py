@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import pytest
@@ -330,7 +330,7 @@ class FakeHomeserver:
         return await reply(request)
 
 
-def ok(body: dict[str, object], status: int = 200) -> Reply:
+def ok(body: Mapping[str, object], status: int = 200) -> Reply:
     async def reply(request: web.Request) -> web.StreamResponse:
         return web.json_response(body, status=status)
 
