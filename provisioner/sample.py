@@ -1025,12 +1025,16 @@ def _broken_entries(
                ("entryUUID", entry_uuid(seed, "broken", 1))),
         "displayName, cn and sn are whitespace only",
     )  # fmt: skip
-    long_name = "Сидорова Мария Ивановна " + "(временно исполняющая обязанности начальника отдела) " * 6
+    # An import script pasted a job description into every name attribute: no fallback (cn, "sn givenName")
+    # rescues it, so any reader policy must skip it.
+    long_name = (
+        "Сидорова Мария Ивановна " + "(временно исполняющая обязанности начальника отдела) " * 6
+    ).strip()
     add(
         _entry(f"{_rdn('uid', 'sidorova.mi.dlinnoe')},{other.dn}", person, ("uid", "sidorova.mi.dlinnoe"),
-               ("cn", "Сидорова Мария Ивановна"), ("sn", "Сидорова"), ("displayName", long_name.strip()),
+               ("cn", long_name), ("sn", long_name), ("displayName", long_name),
                ("entryUUID", entry_uuid(seed, "broken", 2))),
-        f"displayName is {len(long_name.strip())} characters long",
+        f"displayName, cn and sn are {len(long_name)} characters long",
     )  # fmt: skip
     shared = entry_uuid(seed, "broken", 3)
     for n, (u, surname, given) in enumerate(

@@ -398,3 +398,14 @@ def test_missing_slapd_says_how_to_install(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(slapd_module, "SEARCH_DIRS", ())
     with pytest.raises(SlapdNotInstalled, match=r"slapd not found: apt-get install slapd ldap-utils"):
         EmbeddedSlapd(tmp_path).start()
+
+
+def test_loading_twice_needs_replace(make_slapd: MakeSlapd) -> None:
+    directory = generate_directory(20, seed=4, broken=False)
+    server = make_slapd(directory=directory, start=False)
+    with pytest.raises(SlapdError, match="replace=True"):
+        server.load_ldif(directory.to_ldif())
+    server.load_ldif(directory.to_ldif(), replace=True)
+    server.start()
+    found = server.ldapsearch(f"(objectClass={PERSON})", ["1.1"])
+    assert found.returncode == 0 and len(dns_in(found.stdout)) == 20

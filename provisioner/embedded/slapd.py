@@ -228,14 +228,17 @@ class EmbeddedSlapd:
 
     # -- offline loading -------------------------------------------------------------------------------
 
-    def load_ldif(self, source: str | Path) -> float:
+    def load_ldif(self, source: str | Path, *, replace: bool = False) -> float:
         """Load LDIF offline with ``slapadd -q``; a ``Path`` (or a one-line str) is a file, else LDIF text.
 
-        Must run before :meth:`start`. Returns the seconds slapadd took.
+        Must run before :meth:`start`. Entries are added to what the database holds; ``replace=True`` empties
+        it first. Returns the seconds slapadd took.
         """
         if self.running:
             raise SlapdError(f"load_ldif needs slapd stopped ({self.uri}); use modify() for live changes")
         slapadd = _find_binary("slapadd")
+        if replace and self.db_dir.exists():
+            shutil.rmtree(self.db_dir)
         self.write_config()
         if isinstance(source, str) and "\n" in source:
             self._loads += 1
@@ -254,8 +257,13 @@ class EmbeddedSlapd:
         )
         took = time.perf_counter() - started
         if result.returncode != 0:
+            hint = (
+                f" (the database in {self.db_dir} already holds it; replace=True starts afresh)"
+                if "MDB_KEYEXIST" in result.stderr
+                else ""
+            )
             raise SlapdError(
-                f"slapadd failed loading {path} (exit {result.returncode}): {_tail(result.stderr)}"
+                f"slapadd failed loading {path} (exit {result.returncode}){hint}: {_tail(result.stderr, 4)}"
             )
         log.info("slapadd loaded %s in %.2f s", path, took)
         return took
