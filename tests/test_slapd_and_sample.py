@@ -409,3 +409,10 @@ def test_loading_twice_needs_replace(make_slapd: MakeSlapd) -> None:
     server.start()
     found = server.ldapsearch(f"(objectClass={PERSON})", ["1.1"])
     assert found.returncode == 0 and len(dns_in(found.stdout)) == 20
+
+
+def test_a_slapd_that_dies_on_start_shows_its_log(tmp_path: Path) -> None:
+    server = EmbeddedSlapd(tmp_path, sizelimit=-7)  # slapd refuses the limits line and exits
+    with pytest.raises(SlapdError, match=r"(?s)slapd exited with 1 while starting.*size\.soft=-7"):
+        server.start()
+    assert not server.running

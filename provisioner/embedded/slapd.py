@@ -84,7 +84,7 @@ def _conf_quote(value: str) -> str:
 
 
 class EmbeddedSlapd:
-    """One slapd process on ``ldap://127.0.0.1:<port>/`` with its own config and mdb database.
+    """One slapd process on ``ldap://127.0.0.1:<port>`` with its own config and mdb database.
 
     Nothing runs until :meth:`start`; :meth:`load_ldif` must come before it.
     """
