@@ -411,6 +411,7 @@ def test_loading_twice_needs_replace(make_slapd: MakeSlapd) -> None:
     assert found.returncode == 0 and len(dns_in(found.stdout)) == 20
 
 
+@pytest.mark.slapd
 def test_a_slapd_that_dies_on_start_shows_its_log(tmp_path: Path) -> None:
     server = EmbeddedSlapd(tmp_path, sizelimit=-7)  # slapd refuses the limits line and exits
     with pytest.raises(SlapdError, match=r"(?s)slapd exited with 1 while starting.*size\.soft=-7"):
