@@ -175,6 +175,23 @@ async def test_forbidden_is_still_raised_when_not_already_done(
 
 
 @pytest.mark.synapse
+async def test_admin_join_public_room_twice_writes_one_event(
+    admin: HomeserverClient, synapse: SynapseHandle
+) -> None:
+    member = synapse.user_id(unique_localpart("pub"))
+    await admin.put_user(member, displayname="Pub")
+    room_id = await admin.create_room({"preset": "public_chat"})
+    await admin.admin_join(room_id, member)
+    first = {e.state_key: e.event_id for e in await admin.room_state(room_id) if e.type == "m.room.member"}
+    before = admin.stats
+    await admin.admin_join(room_id, member)
+    again = {e.state_key: e.event_id for e in await admin.room_state(room_id) if e.type == "m.room.member"}
+    assert again == first
+    # Synapse accepted the second join itself: no 403, no membership read.
+    assert (admin.stats - before).by_kind == {"admin.join": 1, "admin.room_state": 1}
+
+
+@pytest.mark.synapse
 async def test_create_room_with_taken_alias(admin: HomeserverClient) -> None:
     alias_name = unique_localpart("space")
     body = {"name": "Space", "room_alias_name": alias_name, "creation_content": {"type": "m.space"}}
