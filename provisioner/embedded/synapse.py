@@ -488,6 +488,7 @@ class EmbeddedSynapse:
         return self._process.pid if self._process is not None else None
 
     def is_running(self) -> bool:
+        """True while the process this object started is alive."""
         return self._process is not None and self._process.poll() is None
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -624,6 +625,7 @@ class EmbeddedSynapse:
         self._terminate(signal.SIGKILL, timeout=10)
 
     def restart(self) -> None:
+        """Stop cleanly and start again on the same data (config re-rendered, state kept)."""
         self.stop()
         self.start()
 
