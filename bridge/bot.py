@@ -76,6 +76,7 @@ POLL_START = "m.poll.start"
 POLL_RESPONSE_TYPES = ("m.poll.response", "org.matrix.msc3381.poll.response")
 POLL_END = "m.poll.end"
 TOKEN_ENV = "CIVMATRIX_BOT_TOKEN"
+CREATOR_LEVEL = 2**53  # "infinitely high" for room creators in room version 12
 SYNC_TOKEN_KEY = "sync_token"
 # An event that could not be decrypted yet is retried for this long (its room key may still be on the way).
 UNDECRYPTED_TTL = 300.0
@@ -146,9 +147,12 @@ class MatrixDirectory:
         self.client = client
         self._markers: dict[str, _Marker | None] = {}
         self._people: dict[str, tuple[float, Person]] = {}
+        self._room_creators: dict[str, frozenset[str]] = {}
 
     async def power_level(self, room: RoomID, user: UserID) -> int:
         # Read at the moment of the command: a demoted moderator must lose the right at once.
+        if user in await self._creators(room):
+            return CREATOR_LEVEL
         resp = await self.client.room_get_state_event(room, "m.room.power_levels", "")
         if isinstance(resp, RoomGetStateEventResponse):
             content = cast(dict[str, Any], resp.content)
@@ -157,6 +161,24 @@ class MatrixDirectory:
             return int(level)
         nio_room = self.client.rooms.get(room)
         return int(nio_room.power_levels.get_user_level(user)) if nio_room is not None else 0
+
+    async def _creators(self, room: str) -> frozenset[str]:
+        """Creators of a room of version 12 or later: they outrank every power level and are not listed.
+
+        (MSC4289, the default room version of current Synapse.) The create event never changes: cached.
+        """
+        if room in self._room_creators:
+            return self._room_creators[room]
+        creators: frozenset[str] = frozenset()
+        for ev in await self._state(room):
+            if ev.get("type") == "m.room.create":
+                content = ev.get("content", {})
+                version = str(content.get("room_version", "1"))
+                if not version.isdigit() or int(version) >= 12:
+                    extra = content.get("additional_creators", [])
+                    creators = frozenset([str(ev.get("sender", "")), *map(str, extra)])
+                self._room_creators[room] = creators
+        return creators
 
     async def marker(self, room: str) -> _Marker | None:
         if room in self._markers:

@@ -224,6 +224,19 @@ async def test_edit_announces_and_promotes(store: Store) -> None:
     assert isinstance(notice, RoomNotice) and "&lt;i&gt;" in notice.text.html
 
 
+async def test_times_round_trip_exactly(store: Store) -> None:
+    # Answers at the same millisecond must keep their order after a reload (a rounded time once put a later
+    # answer before an earlier one).
+    svc, clock = await make(store)
+    clock.set(datetime(2026, 11, 29, 7, 0, 0, 999_600, tzinfo=UTC))
+    eid = await create(svc, '!event create "X" tomorrow 3pm capacity 1')
+    await svc.handle_message(ROOM, UserID("@a:x"), mid(), f"!going {eid}")
+    eff = await svc.handle_message(ROOM, UserID("@b:x"), mid(), f"!going {eid}")
+    assert "waitlist" in eff[0].text.body  # type: ignore[union-attr]
+    answers = await store.answers(eid)  # type: ignore[arg-type]
+    assert answers[0].answered_at == clock.now()
+
+
 async def test_processed_marks_and_values(store: Store) -> None:
     svc, _ = await make(store)
     m = mid()

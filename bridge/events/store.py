@@ -14,7 +14,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from bridge.events.model import (
@@ -130,16 +130,21 @@ Write = (
 )
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
 def _ms(dt: datetime) -> int:
-    return round(dt.timestamp() * 1000)
+    """Exact microseconds since the epoch: a rounded time read back could sort after a later answer."""
+    return (dt - _EPOCH) // _US
 
 
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+def _dt(us: int | None) -> datetime | None:
+    return None if us is None else _dt1(us)
 
 
-def _dt1(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, UTC)
+def _dt1(us: int) -> datetime:
+    return _EPOCH + us * _US
 
 
 def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
