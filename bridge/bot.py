@@ -591,6 +591,16 @@ class EventBot:
         await self._send(room, "m.room.message", content)
 
     async def _dm_room(self, user: UserID) -> str:
+        room = await self._open_dm(user)
+        await self._wait_room(room)
+        nio_room = self.client.rooms[room]
+        if user not in nio_room.users:
+            # nio sometimes builds a new room without the invite we sent with it, and shares the message key
+            # only with members it knows: the invitee could then never read the message.
+            nio_room.add_member(user, None, None, True)
+        return room
+
+    async def _open_dm(self, user: UserID) -> RoomID:
         known = await self.store.dm_room(user)
         if known is not None:
             return known

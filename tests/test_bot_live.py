@@ -1,0 +1,363 @@
+"""The event bot against a real Synapse, used by real matrix-nio clients (one room end-to-end encrypted).
+
+One story, in order, because each step depends on the state the previous one left:
+
+1. A command sent before the bot arrived in a room is history and is never answered.
+2. An unprivileged member's create is refused; nothing is announced.
+3. A moderator in the encrypted room announces an event to the whole unit "fin": the bot finds the unit's
+   rooms through the provisioner's markers and the space tree (the sub-unit's room has a different unit key,
+   so only the space walk can find it) and posts a native poll in both, but not in another unit's room.
+4. People answer by poll (encrypted), by reaction and by command; the third "going" lands on the waitlist.
+5. The bot is stopped; while it is down one person cancels by command. After a restart that answer is
+   handled exactly once, the waitlisted person is promoted and told by DM, and nothing earlier is replayed.
+6. The organiser exports: the CSV (downloaded and decrypted by the client) lists everyone with their source.
+7. The clock is moved to 24 h before the start: the going people get a reminder DM, others do not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from nio import (
+    AsyncClient,
+    AsyncClientConfig,
+    InviteMemberEvent,
+    RoomCreateResponse,
+    RoomEncryptedFile,
+    RoomSendResponse,
+)
+from nio.crypto.attachments import decrypt_attachment
+
+from bridge.bot import BotConfig, EventBot
+from bridge.events.clock import ManualClock
+from bridge.events.store import open_sqlite
+from tests.fixtures.synapse import SynapseHandle, unique_localpart
+
+pytestmark = pytest.mark.synapse
+
+MSK = ZoneInfo("Europe/Moscow")
+MARKER = "org.civmatrix.managed"
+ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+
+
+@dataclass
+class Seen:
+    room_id: str
+    sender: str
+    type: str
+    content: dict[str, Any]
+    event_id: str
+    raw: Any = field(repr=False)
+
+
+PEOPLE: list[Person] = []
+
+
+class Person:
+    """A real client: syncs in the background, accepts invitations, records every event it can read."""
+
+    def __init__(self, url: str, user_id: str, token: str, device: str, store: Path) -> None:
+        store.mkdir(parents=True, exist_ok=True)
+        self.client = AsyncClient(
+            url,
+            user_id,
+            device_id=device,
+            store_path=str(store),
+            config=AsyncClientConfig(encryption_enabled=True),
+        )
+        self.client.restore_login(user_id, device, token)
+        self.seen: list[Seen] = []
+        PEOPLE.append(self)
+        self.task: asyncio.Task[Any] | None = None
+        self.client.add_event_callback(self._on_event, object)  # type: ignore[arg-type]
+        self.client.add_event_callback(self._on_invite, InviteMemberEvent)  # type: ignore[arg-type]
+
+    @property
+    def user_id(self) -> str:
+        return str(self.client.user_id)
+
+    async def _on_event(self, room: Any, ev: Any) -> None:
+        src = getattr(ev, "source", None) or {}
+        etype = src.get("type", type(ev).__name__)
+        self.seen.append(
+            Seen(
+                room.room_id,
+                getattr(ev, "sender", ""),
+                etype,
+                src.get("content", {}),
+                src.get("event_id", ""),
+                ev,
+            )
+        )
+
+    async def _on_invite(self, room: Any, ev: Any) -> None:
+        if ev.membership == "invite" and ev.state_key == self.user_id:
+            await self.client.join(room.room_id)
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self.client.sync_forever(timeout=1000, full_state=True))
+
+    async def stop(self) -> None:
+        if self.task:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.task
+        await self.client.close()
+
+    async def send(self, room: str, etype: str, content: dict[str, Any]) -> str:
+        for _ in range(3):
+            if self.client.should_query_keys:
+                await self.client.keys_query()
+            resp = await self.client.room_send(room, etype, content, ignore_unverified_devices=True)
+            if isinstance(resp, RoomSendResponse):
+                return str(resp.event_id)
+            await asyncio.sleep(0.5)
+        raise AssertionError(f"send failed: {resp}")
+
+    async def say(self, room: str, text: str) -> str:
+        return await self.send(room, "m.room.message", {"msgtype": "m.text", "body": text})
+
+    def notices(self, room: str | None = None, sender: str | None = None) -> list[Seen]:
+        return [
+            s
+            for s in self.seen
+            if s.content.get("msgtype") == "m.notice"
+            and (room is None or s.room_id == room)
+            and (sender is None or s.sender == sender)
+        ]
+
+
+async def until(cond: Callable[[], Any], what: str, timeout: float = 45.0) -> Any:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while loop.time() < end:
+        value = cond()
+        if value:
+            return value
+        await asyncio.sleep(0.2)
+    seen = [(p.user_id, s.room_id, s.content.get("body")) for p in PEOPLE for s in p.notices()]
+    raise AssertionError(f"timed out waiting for {what}; notices seen: {seen}")
+
+
+async def quiet(seconds: float = 3.0) -> None:
+    """Give the bot time to (wrongly) do something, for the assertions that it did not."""
+    await asyncio.sleep(seconds)
+
+
+async def make_room(p: Person, *, encrypted: bool, marker: dict[str, Any], space: bool = False,
+                    invite: list[str]) -> str:  # fmt: skip
+    state = [{"type": MARKER, "state_key": "", "content": marker}]
+    if encrypted:
+        state.append(ENCRYPTION)
+    resp = await p.client.room_create(name=marker["unit"], invite=invite, initial_state=state, space=space)
+    assert isinstance(resp, RoomCreateResponse), resp
+    return str(resp.room_id)
+
+
+async def link(p: Person, parent: str, child: str, server: str) -> None:
+    await p.client.room_put_state(parent, "m.space.child", {"via": [server]}, state_key=child)
+    await p.client.room_put_state(child, "m.space.parent", {"via": [server]}, state_key=parent)
+
+
+@pytest.fixture
+async def people(synapse: SynapseHandle, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    made: list[Person] = []
+
+    def person(name: str) -> Person:
+        acct = synapse.register(unique_localpart(name), "pw-" + name, displayname=name.title())
+        p = Person(synapse.public_url, acct.user_id, acct.access_token, acct.device_id, tmp_path / name)
+        made.append(p)
+        return p
+
+    bot_acct = synapse.register(unique_localpart("eventbot"), "pw-bot", displayname="Events")
+    yield {"person": person, "bot": bot_acct}
+    for p in made:
+        await p.stop()
+
+
+async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path) -> None:
+    person = people["person"]
+    bot_acct = people["bot"]
+    mod, alice, bob, carol, dave = (person(n) for n in ("mod", "alice", "bob", "carol", "dave"))
+    bot_id = bot_acct.user_id
+    server = synapse.server_name
+    for p in (mod, alice, bob, carol, dave):
+        p.start()
+
+    # The provisioner's layout: space fin > (room fin #1 [encrypted], space fin-tax > room fin-tax #1); hr apart.
+    everyone = [alice.user_id, carol.user_id, bot_id]
+    s_fin = await make_room(mod, encrypted=False, marker={"kind": "space", "unit": "fin", "shard": 1, "version": 1},
+                            space=True, invite=[bot_id])  # fmt: skip
+    s_tax = await make_room(mod, encrypted=False, space=True, invite=[bot_id],
+                            marker={"kind": "space", "unit": "fin-tax", "shard": 1, "version": 1})  # fmt: skip
+    r_fin = await make_room(mod, encrypted=True, invite=everyone,
+                            marker={"kind": "room", "unit": "fin", "shard": 1, "version": 1})  # fmt: skip
+    r_tax = await make_room(mod, encrypted=False, invite=[bob.user_id, bot_id],
+                            marker={"kind": "room", "unit": "fin-tax", "shard": 1, "version": 1})  # fmt: skip
+    r_hr = await make_room(dave, encrypted=False, invite=[bot_id],
+                           marker={"kind": "room", "unit": "hr", "shard": 1, "version": 1})  # fmt: skip
+    await link(mod, s_fin, r_fin, server)
+    await link(mod, s_fin, s_tax, server)
+    await link(mod, s_tax, r_tax, server)
+    await until(lambda: r_fin in alice.client.rooms and r_fin in carol.client.rooms, "alice and carol joined")
+    await until(lambda: r_tax in bob.client.rooms, "bob joined")
+
+    # 1. Before the bot ever ran: this command is history.
+    early = await mod.say(r_tax, "!event help")
+
+    clock = ManualClock(datetime.now(UTC))
+    cfg = BotConfig(
+        homeserver_url=synapse.url,
+        user_id=bot_id,
+        access_token=bot_acct.access_token,
+        device_id=bot_acct.device_id,
+        store=str(tmp_path / "bot.db"),
+        crypto_store_dir=tmp_path / "bot-crypto",
+        sync_timeout_ms=1000,
+    )
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await until(
+            lambda: all(r in bot.client.rooms for r in (r_fin, r_tax, r_hr, s_fin, s_tax)), "bot joined"
+        )
+        # People's clients must know the bot's device before they encrypt for it.
+        await until(
+            lambda: all(list(p.client.device_store.active_user_devices(bot_id)) for p in (mod, alice, carol)),
+            "bot's device keys",
+        )
+
+        # 2. Unprivileged create: refused, nothing announced.
+        await carol.say(r_fin, '!event create "Carol party" tomorrow 3pm')
+        await until(lambda: any("moderators" in s.content.get("body", "") for s in carol.notices(r_fin, bot_id)),
+                    "refusal")  # fmt: skip
+
+        # 3. The moderator announces to the unit from the encrypted room.
+        day = (clock.now() + timedelta(days=3)).astimezone(MSK).strftime("%Y-%m-%d")
+        start = datetime.fromisoformat(f"{day}T15:00").replace(tzinfo=MSK)
+        await mod.say(r_fin, f'!событие создать "Совещание <script>x</script>" {day} 15:00 место "каб. 301" '
+                             "вместимость 2 подразделение fin")  # fmt: skip
+
+        def polls(p: Person, room: str) -> list[Seen]:
+            return [
+                s for s in p.seen if s.room_id == room and s.type == "m.poll.start" and s.sender == bot_id
+            ]
+
+        poll_fin = (await until(lambda: polls(alice, r_fin), "poll in the encrypted room"))[0]
+        poll_tax = (await until(lambda: polls(bob, r_tax), "poll in the sub-unit room"))[0]
+        poll = poll_fin.content["m.poll"]
+        assert [a["m.text"][0]["body"] for a in poll["answers"]] == ["Иду", "Возможно", "Не иду"]
+        html = next(t["body"] for t in poll_fin.content["m.text"] if t.get("mimetype") == "text/html")
+        assert "<script>" not in html and "&lt;script&gt;" in html
+        eid = poll["question"]["m.text"][0]["body"].rsplit("[", 1)[1].rstrip("]")
+        assert isinstance(poll_fin.raw, object) and poll_fin.event_id.startswith("$")
+
+        # 4. Answers: encrypted poll vote, reaction on the announcement, command.
+        await alice.send(r_fin, "m.poll.response", {
+            "m.relates_to": {"rel_type": "m.reference", "event_id": poll_fin.event_id}, "m.selections": ["going"]})  # fmt: skip
+        await bob.send(r_tax, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": poll_tax.event_id, "key": "✅"}})  # fmt: skip
+        await until(lambda: len(_answers(bot, eid)) == 2, "two answers stored")
+        await carol.say(r_fin, f"!иду {eid}")
+        await until(lambda: any("листе ожидания" in s.content.get("body", "") for s in carol.notices(r_fin, bot_id)),
+                    "waitlist reply")  # fmt: skip
+        await until(lambda: bot.idle.is_set(), "bot idle")
+    finally:
+        # 5. Down.
+        await bot.stop()
+    assert not polls(dave, r_hr) and not dave.notices(r_hr, bot_id)  # another unit's room is left alone
+
+    await bob.say(r_tax, f"!notgoing {eid}")
+    notices_before = {p.user_id: len(p.notices()) for p in (mod, alice, bob, carol)}
+
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await until(lambda: any("не идёте" in s.content.get("body", "") or "not going" in s.content.get("body", "")
+                                for s in bob.notices(r_tax, bot_id)), "bob's answer after the restart")  # fmt: skip
+        await until(lambda: any("Освободилось место" in s.content.get("body", "") for s in carol.notices()),
+                    "carol promoted by DM")  # fmt: skip
+        await quiet()
+        # Exactly once, and nothing before the restart was replayed.
+        assert len(bob.notices()) == notices_before[bob.user_id] + 1
+        assert len(carol.notices()) == notices_before[carol.user_id] + 1
+        assert len(alice.notices()) == notices_before[alice.user_id]
+        assert len(polls(alice, r_fin)) == 1 and len(polls(bob, r_tax)) == 1
+        refusals = [s for s in carol.notices(r_fin, bot_id) if "moderators" in s.content.get("body", "")]
+        assert len(refusals) == 1
+        assert not [s for s in bob.notices(r_tax, bot_id) if s.content.get("m.relates_to", {}).get(
+            "m.in_reply_to", {}).get("event_id") == early]  # fmt: skip
+        assert not [s for s in bob.notices(r_tax, bot_id) if "!event create" in s.content.get("body", "")]
+
+        # 6. Export from the encrypted room: one CSV with people from both rooms.
+        await mod.say(r_fin, f"!event export {eid}")
+        files = await until(lambda: [s for s in mod.seen if s.room_id == r_fin and isinstance(s.raw, RoomEncryptedFile)
+                                     and s.sender == bot_id] if len([s for s in mod.seen if isinstance(s.raw, RoomEncryptedFile)]) >= 2 else None,
+                            "export files")  # fmt: skip
+        by_name = {f.raw.body: f.raw for f in files}
+        assert set(by_name) == {f"{eid}-attendance.csv", f"{eid}.ics"}
+        rows = list(
+            csv.DictReader(
+                io.StringIO((await _download(mod, by_name[f"{eid}-attendance.csv"])).decode("utf-8-sig"))
+            )
+        )
+        got = {(r["user_id"], r["answer"], r["status"], r["source"]) for r in rows}
+        assert got == {
+            (alice.user_id, "Иду", "confirmed", "poll"),
+            (carol.user_id, "Иду", "confirmed", "command"),
+            (bob.user_id, "Не иду", "not_going", "command"),
+        }
+        assert {r["department"] for r in rows if r["user_id"] == bob.user_id} == {"fin-tax"}
+        ics = (await _download(mod, by_name[f"{eid}.ics"])).decode("utf-8")
+        assert (
+            ics.startswith("BEGIN:VCALENDAR\r\n") and f"DTSTART:{start.astimezone(UTC):%Y%m%dT%H%M%SZ}" in ics
+        )
+
+        # The attendance list matches the CSV.
+        await alice.say(r_fin, f"!событие показать {eid}")
+        show = await until(lambda: [s for s in alice.notices(r_fin, bot_id) if "Идут: 2" in s.content.get("body", "")],
+                           "attendance list")  # fmt: skip
+        assert "Alice" in show[0].content["body"] and "Carol" in show[0].content["body"]
+
+        # 7. Reminders: move the clock, the going people get a DM, Bob (not going) does not.
+        dm_before = {p.user_id: _reminders(p) for p in (alice, bob, carol)}
+        clock.set(start.astimezone(UTC) - timedelta(hours=24))
+        bot.wake_scheduler()
+        await until(lambda: _reminders(alice) > dm_before[alice.user_id] and _reminders(carol) > dm_before[carol.user_id],
+                    "reminder DMs")  # fmt: skip
+        await until(lambda: [s for s in bob.notices(r_tax, bot_id) if "Скоро" in s.content.get("body", "")],
+                    "room reminder")  # fmt: skip
+        await quiet(2)
+        assert _reminders(bob) == dm_before[bob.user_id]
+        assert _reminders(alice) == dm_before[alice.user_id] + 1
+    finally:
+        await bot.stop()
+
+
+def _reminders(p: Person) -> int:
+    return len([s for s in p.notices() if "Напоминание" in s.content.get("body", "")])
+
+
+def _answers(bot: EventBot, eid: str) -> list[tuple[str, str]]:
+    import sqlite3
+
+    conn = sqlite3.connect(bot.cfg.store)
+    try:
+        return list(conn.execute("SELECT user_id, answer FROM answers WHERE event_id = ?", (eid,)))
+    finally:
+        conn.close()
+
+
+async def _download(p: Person, f: RoomEncryptedFile) -> bytes:
+    resp = await p.client.download(f.url)
+    return bytes(decrypt_attachment(resp.body, f.key["k"], f.hashes["sha256"], f.iv))
