@@ -206,3 +206,7 @@ def run(ctx: click.Context) -> None:
         asyncio.run(go())
     except KeyboardInterrupt:
         log.info("stopped")
+
+
+if __name__ == "__main__":
+    main()

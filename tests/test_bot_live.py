@@ -260,7 +260,6 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         html = next(t["body"] for t in poll_fin.content["m.text"] if t.get("mimetype") == "text/html")
         assert "<script>" not in html and "&lt;script&gt;" in html
         eid = poll["question"]["m.text"][0]["body"].rsplit("[", 1)[1].rstrip("]")
-        assert isinstance(poll_fin.raw, object) and poll_fin.event_id.startswith("$")
 
         # 4. Answers: encrypted poll vote, reaction on the announcement, command.
         await alice.send(r_fin, "m.poll.response", {
