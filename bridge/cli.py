@@ -193,6 +193,10 @@ def run(ctx: click.Context) -> None:
         level=logging.DEBUG if ctx.obj["verbose"] else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not ctx.obj["verbose"]:
+        # nio logs every state event and key exchange at INFO; the bot's own lines are what operators need.
+        for noisy in ("nio", "peewee"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         cfg = load_config(ctx.obj["config"])
     except BotConfigError as e:

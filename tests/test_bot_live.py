@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import csv
 import io
+import sys
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -360,3 +361,93 @@ def _answers(bot: EventBot, eid: str) -> list[tuple[str, str]]:
 async def _download(p: Person, f: RoomEncryptedFile) -> bytes:
     resp = await p.client.download(f.url)
     return bytes(decrypt_attachment(resp.body, f.key["k"], f.hashes["sha256"], f.iv))
+
+
+async def test_bot_killed_with_sigkill_loses_and_repeats_nothing(
+    synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path
+) -> None:
+    """The real ``bridge --config FILE run`` process, killed with SIGKILL; commands sent while it is dead are
+    answered exactly once after the restart, and nothing handled before the kill is handled again."""
+    person = people["person"]
+    bot_acct = people["bot"]
+    mod, alice = person("mod"), person("alice")
+    bot_id = bot_acct.user_id
+    mod.start()
+    alice.start()
+    room = await make_room(mod, encrypted=True, invite=[alice.user_id, bot_id],
+                           marker={"kind": "room", "unit": "k", "shard": 1, "version": 1})  # fmt: skip
+    await until(lambda: room in alice.client.rooms, "alice joined")
+    (tmp_path / "bot.token").write_text(bot_acct.access_token, encoding="utf-8")
+    cfg = tmp_path / "civmatrix.yaml"
+    cfg.write_text(
+        f"homeserver: {{url: '{synapse.url}', server_name: {synapse.server_name}}}\n"
+        "bot:\n"
+        f"  user_id: '{bot_id}'\n"
+        "  access_token_file: bot.token\n"
+        f"  device_id: {bot_acct.device_id}\n"
+        "  store: bot.db\n"
+        "  crypto_store_dir: crypto\n"
+        "  reminder_offsets: [24h, 1h]\n",
+        encoding="utf-8",
+    )
+    log_file = (tmp_path / "bot.log").open("ab")
+
+    def spawn() -> asyncio.subprocess.Process:
+        return asyncio.create_subprocess_exec(  # type: ignore[return-value]
+            sys.executable, "-m", "bridge.cli", "--config", str(cfg), "run", stdout=log_file, stderr=log_file
+        )
+
+    def answers() -> list[tuple[str, str]]:
+        import sqlite3
+
+        if not (tmp_path / "bot.db").exists():
+            return []
+        conn = sqlite3.connect(tmp_path / "bot.db")
+        try:
+            return sorted(conn.execute("SELECT user_id, answer FROM answers"))
+        except sqlite3.OperationalError:
+            return []
+        finally:
+            conn.close()
+
+    def replies(p: Person, fragment: str) -> list[Seen]:
+        return [s for s in p.notices(room, bot_id) if fragment in s.content.get("body", "")]
+
+    proc = await spawn()
+    try:
+        await until(lambda: bot_id in mod.client.rooms[room].users and not mod.client.rooms[room].users[bot_id].invited,
+                    "bot joined")  # fmt: skip
+        await until(lambda: all(list(p.client.device_store.active_user_devices(bot_id)) for p in (mod, alice)),
+                    "bot's device keys")  # fmt: skip
+        await mod.say(room, '!event create "Kill test" tomorrow 3pm capacity 1')
+        poll = (await until(lambda: [s for s in alice.seen if s.type == "m.poll.start" and s.sender == bot_id],
+                            "poll"))[0]  # fmt: skip
+        eid = poll.content["m.poll"]["question"]["m.text"][0]["body"].rsplit("[", 1)[1].rstrip("]")
+        await alice.send(room, "m.poll.response", {
+            "m.relates_to": {"rel_type": "m.reference", "event_id": poll.event_id}, "m.selections": ["going"]})  # fmt: skip
+        await until(lambda: answers() == [(alice.user_id, "going")], "alice's vote stored")
+        await mod.say(room, f"!going {eid}")
+        await until(lambda: replies(mod, "waitlist"), "mod waitlisted")
+    finally:
+        proc.kill()  # SIGKILL: no clean-up of any kind
+        await proc.wait()
+
+    await alice.say(room, f"!notgoing {eid}")
+    await mod.say(room, f"!event show {eid}")
+    await asyncio.sleep(1)
+    proc = await spawn()
+    try:
+        await until(lambda: replies(alice, "not going"), "alice's answer after the restart")
+        await until(lambda: replies(mod, "Going: 1"), "show after the restart")
+        await asyncio.sleep(4)
+        assert answers() == sorted([(alice.user_id, "not_going"), (mod.user_id, "going")])
+        assert len(replies(alice, "not going")) == 1
+        assert len(replies(mod, "Going: 1")) == 1
+        assert len(replies(mod, "waitlist")) == 1  # the command before the kill was not replayed
+        assert len([s for s in alice.seen if s.type == "m.poll.start" and s.sender == bot_id]) == 1
+        show = replies(mod, "Going: 1")[0].content["body"]
+        assert "Mod" in show.split("Going: 1")[1].split("\n")[0]  # promoted from the waitlist when alice left
+    finally:
+        proc.terminate()
+        await proc.wait()
+        log_file.close()
