@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
+import aiohttp
 from nio import (
     AsyncClient,
     AsyncClientConfig,
@@ -65,9 +67,10 @@ from bridge.events.model import (
     Upload,
     UserID,
 )
+from bridge.events.outbox import decode
 from bridge.events.reminders import DEFAULT_OFFSETS
 from bridge.events.service import EventService, Person, Settings
-from bridge.events.store import SetDmRoom, SetRoomSince, SetValue, Store, open_store
+from bridge.events.store import DeleteOutbox, SetDmRoom, SetRoomSince, SetValue, Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -304,7 +307,7 @@ class EventBot:
             ),
             self.directory,
         )
-        self._queue: asyncio.Queue[tuple[str, Effect]] = asyncio.Queue()
+        self._outbox_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._wake = asyncio.Event()
         self._pending: list[_Pending] = []
@@ -478,10 +481,9 @@ class EventBot:
             return
         else:
             return
-        for e in effects:
-            self._queue.put_nowait((mid, e))
         if effects:
             self.idle.clear()
+            self._outbox_wake.set()
             # A new or moved event may have an earlier reminder than the one the scheduler sleeps towards.
             self._wake.set()
 
@@ -503,22 +505,40 @@ class EventBot:
     # --- effects --------------------------------------------------------------------------------------------
 
     async def _sender(self) -> None:
+        """Send what the outbox holds, oldest first; delete each entry once the homeserver has it."""
+        backoff = 1.0
         while True:
-            if self._queue.empty():
+            self._outbox_wake.clear()
+            batch = await self.store.outbox(100)
+            if not batch:
                 self.idle.set()
-            source, effect = await self._queue.get()
-            try:
-                await self._execute(effect)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("could not execute %s (from %s)", type(effect).__name__, source)
+                await self._outbox_wake.wait()
+                continue
+            self.idle.clear()
+            for oid, payload in batch:
+                try:
+                    await self._execute(decode(payload), _txn(oid))
+                except asyncio.CancelledError:
+                    raise
+                except (aiohttp.ClientError, TimeoutError, OSError) as e:
+                    # The homeserver is unreachable: keep the entry, try again later (the txn id dedups).
+                    log.warning("sending %s failed (%s); retrying in %.0f s", oid, e, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 60.0)
+                    break
+                except Exception:
+                    # Anything else would fail again forever; drop it so the queue keeps moving.
+                    log.exception("could not send %s; dropped", oid)
+                backoff = 1.0
+                await self.store.write([DeleteOutbox(oid)])
 
-    async def _send(self, room: str, etype: str, content: dict[str, Any]) -> str | None:
+    async def _send(
+        self, room: str, etype: str, content: dict[str, Any], txn: str | None = None
+    ) -> str | None:
         await self._wait_room(room)
         if self.client.rooms[room].encrypted and self.client.should_query_keys:
             await self.client.keys_query()
-        resp = await self.client.room_send(room, etype, content, ignore_unverified_devices=True)
+        resp = await self.client.room_send(room, etype, content, tx_id=txn, ignore_unverified_devices=True)
         if isinstance(resp, RoomSendResponse):
             return str(resp.event_id)
         log.warning("send %s to %s failed: %s", etype, room, getattr(resp, "message", resp))
@@ -528,44 +548,45 @@ class EventBot:
         if room in self.client.rooms:
             return
         waiter = self._room_waiters.setdefault(room, asyncio.Event())
-        await asyncio.wait_for(waiter.wait(), timeout)
+        try:
+            await asyncio.wait_for(waiter.wait(), timeout)
+        except TimeoutError:
+            # Not a network problem (that would be retried): the bot is not in this room, so never will be.
+            raise LookupError(f"the bot is not in {room}") from None
 
-    async def _execute(self, effect: Effect) -> None:
+    async def _execute(self, effect: Effect, txn: str) -> None:
         match effect:
             case Reply(room, in_reply_to, text):
                 content = _notice(text)
                 if in_reply_to:
                     content["m.relates_to"] = {"m.in_reply_to": {"event_id": in_reply_to}}
-                await self._send(room, "m.room.message", content)
+                await self._send(room, "m.room.message", content, txn)
             case RoomNotice(room, text):
-                await self._send(room, "m.room.message", _notice(text))
+                await self._send(room, "m.room.message", _notice(text), txn)
             case DirectMessage(user, text):
-                await self._send(await self._dm_room(user), "m.room.message", _notice(text))
+                await self._send(await self._dm_room(user), "m.room.message", _notice(text), txn)
             case Announce():
-                poll_id = await self._send(effect.room_id, POLL_START, poll_content(effect))
+                poll_id = await self._send(effect.room_id, POLL_START, poll_content(effect), txn)
                 if poll_id is not None:
                     await self.service.poll_posted(effect.event_id, effect.room_id, MatrixEventID(poll_id))
             case Upload(room, files):
-                for f in files:
-                    await self._upload(room, f)
+                for i, f in enumerate(files):
+                    await self._upload(room, f, f"{txn}.{i}")
             case DirectUpload(user, text, files):
                 dm = await self._dm_room(user)
-                await self._send(dm, "m.room.message", _notice(text))
-                for f in files:
-                    await self._upload(dm, f)
+                await self._send(dm, "m.room.message", _notice(text), txn)
+                for i, f in enumerate(files):
+                    await self._upload(dm, f, f"{txn}.{i}")
             case EndPoll(eid, room, text):
                 poll = dict(await self.store.audience(eid)).get(room)
                 if poll is not None:
-                    await self._send(
-                        room,
-                        POLL_END,
-                        {
-                            "m.relates_to": {"rel_type": "m.reference", "event_id": poll},
-                            "m.text": [{"body": text}],
-                        },
-                    )
+                    content = {
+                        "m.relates_to": {"rel_type": "m.reference", "event_id": poll},
+                        "m.text": [{"body": text}],
+                    }
+                    await self._send(room, POLL_END, content, txn)
 
-    async def _upload(self, room: str, f: Attachment) -> None:
+    async def _upload(self, room: str, f: Attachment, txn: str) -> None:
         await self._wait_room(room)
         encrypted = bool(self.client.rooms[room].encrypted)
         resp, keys = await self.client.upload(
@@ -588,7 +609,7 @@ class EventBot:
             content["file"] = {**keys, "url": resp.content_uri}
         else:
             content["url"] = resp.content_uri
-        await self._send(room, "m.room.message", content)
+        await self._send(room, "m.room.message", content, txn)
 
     async def _dm_room(self, user: UserID) -> str:
         room = await self._open_dm(user)
@@ -627,10 +648,9 @@ class EventBot:
     async def _reminders(self) -> None:
         await self.synced_once.wait()
         while True:
-            for item in await self.service.due_reminders():
-                await self._execute(item.effect)
-                # Marked after sending: a crash in between re-sends one reminder rather than losing it.
-                await self.service.mark_sent(item)
+            if await self.service.queue_due_reminders():
+                self.idle.clear()
+                self._outbox_wake.set()
             nxt = await self.service.next_reminder_at()
             wait = 300.0 if nxt is None else max(0.0, (nxt - self.clock.now()).total_seconds())
             await self._sleep_or_wake(min(wait, 300.0))
@@ -650,6 +670,11 @@ class EventBot:
     def wake_scheduler(self) -> None:
         """Re-check reminders now (tests call this after moving a manual clock)."""
         self._wake.set()
+
+
+def _txn(outbox_id: str) -> str:
+    """A Matrix transaction id from an outbox id: stable, so a re-send after a crash is deduplicated."""
+    return "cm" + hashlib.sha256(outbox_id.encode()).hexdigest()[:32]
 
 
 def _strip_reply_fallback(body: str) -> str:

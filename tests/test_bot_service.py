@@ -26,8 +26,9 @@ from bridge.events.model import (
     Upload,
     UserID,
 )
+from bridge.events.outbox import decode, encode
 from bridge.events.service import EventService, Person, Settings
-from bridge.events.store import SetPoll, Store, open_postgres, open_sqlite
+from bridge.events.store import DeleteOutbox, SetPoll, Store, open_postgres, open_sqlite
 
 MSK = ZoneInfo("Europe/Moscow")
 T0 = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
@@ -245,3 +246,37 @@ async def test_processed_marks_and_values(store: Store) -> None:
     assert not await store.is_processed("$other")
     await store.write([SetPoll("ev1", ROOM, MatrixEventID("$p"))])  # type: ignore[arg-type]
     assert await store.event_by_poll("$p") == "ev1"
+
+
+async def test_effects_wait_in_the_outbox(store: Store) -> None:
+    """Effects are committed with the state that produced them and survive in the outbox until sent."""
+    svc, clock = await make(store)
+    m = mid()
+    effects = await svc.handle_message(ROOM, MOD, m, '!event create "X" tomorrow 3pm capacity 5 place "<b>"')
+    pending = await store.outbox()
+    assert [oid for oid, _ in pending] == [f"{m}#0"]
+    assert [decode(p) for _, p in pending] == effects  # every kind round-trips, files included
+    eid = only(effects, Announce)[0].event_id  # type: ignore[attr-defined]
+    await svc.poll_posted(eid, ROOM, MatrixEventID("$poll"))
+    await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), "$poll", ["going"])
+    eff = await svc.handle_message(ROOM, MOD, mid(), f"!event export {eid}")
+    assert decode(encode(eff[1])) == eff[1]
+    eff = await svc.handle_message(ROOM, MOD, mid(), f"!event cancel {eid}")
+    for e in eff:
+        assert decode(encode(e)) == e
+    await store.write([DeleteOutbox(oid) for oid, _ in await store.outbox()])
+    assert await store.outbox() == []
+
+
+async def test_reminders_queue_once(store: Store) -> None:
+    svc, clock = await make(store)
+    eid = await create(svc, '!event create "X" 2026-12-03 15:00')
+    await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
+    await store.write([DeleteOutbox(oid) for oid, _ in await store.outbox()])
+    clock.set(datetime(2026, 12, 3, 14, 30, tzinfo=MSK))
+    items = await svc.queue_due_reminders()
+    assert len(items) == 2  # the DM (only the 1 h one: the 24 h one is past) and the room reminder
+    kinds = sorted(type(decode(p)).__name__ for _, p in await store.outbox())
+    assert kinds == ["DirectMessage", "RoomNotice"]
+    assert await svc.queue_due_reminders() == []
+    assert len(await store.outbox()) == 2

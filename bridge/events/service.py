@@ -52,6 +52,7 @@ from bridge.events.model import (
     attendance,
     new_event_id,
 )
+from bridge.events.outbox import encode
 from bridge.events.reminders import DEFAULT_OFFSETS, Due, due, next_due
 from bridge.events.rsvp import Accepted, RsvpRequest, decide, recompute_after_edit
 from bridge.events.store import (
@@ -60,6 +61,7 @@ from bridge.events.store import (
     PutAnswer,
     PutAudience,
     PutEvent,
+    PutOutbox,
     SetPoll,
     Store,
     Write,
@@ -118,8 +120,13 @@ class EventService:
     async def _is_moderator(self, room: RoomID, user: UserID) -> bool:
         return await self.directory.power_level(room, user) >= self.settings.moderator_level
 
-    async def _done(self, mid: MatrixEventID, room: RoomID, writes: Sequence[Write] = ()) -> None:
-        await self.store.write([*writes, MarkProcessed(mid, room, self.clock.now())])
+    async def _done(
+        self, mid: MatrixEventID, room: RoomID, writes: Sequence[Write] = (), effects: Sequence[Effect] = ()
+    ) -> None:
+        """Commit the state change, the effects to send and the "processed" mark in one transaction."""
+        now = self.clock.now()
+        outbox = [PutOutbox(f"{mid}#{i}", now, encode(e)) for i, e in enumerate(effects)]
+        await self.store.write([*writes, *outbox, MarkProcessed(mid, room, now)])
 
     # --- messages -------------------------------------------------------------------------------------------
 
@@ -135,10 +142,11 @@ class EventService:
             return Reply(room, mid, text)
 
         if isinstance(cmd, ParseError):
-            await self._done(mid, room)
-            return [reply(render.plain(cmd.message))]
+            effects: list[Effect] = [reply(render.plain(cmd.message))]
+            await self._done(mid, room, (), effects)
+            return effects
         effects, writes = await self._dispatch(cmd, room, sender, mid, reply)
-        await self._done(mid, room, writes)
+        await self._done(mid, room, writes, effects)
         return effects
 
     async def _dispatch(
@@ -471,7 +479,7 @@ class EventService:
             await self._done(mid, room)
             return []
         effects, writes = await self._rsvp(ev, room, sender, mid, answer, source, ev.lang, None)
-        await self._done(mid, room, writes)
+        await self._done(mid, room, writes, effects)
         return effects
 
     async def poll_posted(self, eid: EventID, room: RoomID, poll_event_id: MatrixEventID) -> None:
@@ -498,6 +506,21 @@ class EventService:
     async def mark_sent(self, item: Due) -> None:
         now = self.clock.now()
         await self.store.write([MarkReminder(k, now) for k in item.marks])
+
+    async def queue_due_reminders(self) -> list[Due]:
+        """Move every due reminder into the outbox and mark it sent, in one transaction."""
+        items = await self.due_reminders()
+        if items:
+            now = self.clock.now()
+            writes: list[Write] = []
+            for d in items:
+                k = d.marks[-1]
+                writes.append(
+                    PutOutbox(f"rem:{k.event_id}:{k.slot}:{k.offset_s}:{k.target}", now, encode(d.effect))
+                )
+                writes += [MarkReminder(m, now) for m in d.marks]
+            await self.store.write(writes)
+        return items
 
     async def next_reminder_at(self) -> datetime | None:
         events = await self.store.next_start_after(self.clock.now())

@@ -57,6 +57,9 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY, since_ts BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dm_rooms (user_id TEXT PRIMARY KEY, room_id TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS outbox (
+        id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, payload TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS outbox_order ON outbox (created_at, id)",
 ]
 
 
@@ -117,6 +120,20 @@ class SetValue:
     value: str
 
 
+@dataclass(frozen=True, slots=True)
+class PutOutbox:
+    """An effect to send; ``id`` doubles as the Matrix transaction id, so it must be unique and stable."""
+
+    id: str
+    at: datetime
+    payload: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutbox:
+    id: str
+
+
 Write = (
     PutEvent
     | PutAudience
@@ -127,6 +144,8 @@ Write = (
     | SetRoomSince
     | SetDmRoom
     | SetValue
+    | PutOutbox
+    | DeleteOutbox
 )
 
 
@@ -217,6 +236,13 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
                 (k, v),
             )
+        case PutOutbox(oid, at, payload):
+            return (
+                "INSERT INTO outbox (id, created_at, payload) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+                (oid, _ms(at), payload),
+            )
+        case DeleteOutbox(oid):
+            return ("DELETE FROM outbox WHERE id = ?", (oid,))
     raise AssertionError(w)  # pragma: no cover - mypy checks the match is exhaustive
 
 
@@ -449,6 +475,11 @@ class Store:
     async def dm_room(self, user: UserID) -> RoomID | None:
         rows = await self._rows("SELECT room_id FROM dm_rooms WHERE user_id = ?", (user,))
         return RoomID(rows[0][0]) if rows else None
+
+    async def outbox(self, limit: int = 100) -> list[tuple[str, str]]:
+        """Unsent effects, oldest first: (id, payload)."""
+        rows = await self._rows("SELECT id, payload FROM outbox ORDER BY created_at, id LIMIT ?", (limit,))
+        return [(str(r[0]), str(r[1])) for r in rows]
 
     async def get_value(self, key: str) -> str | None:
         rows = await self._rows("SELECT value FROM kv WHERE key = ?", (key,))
