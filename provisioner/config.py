@@ -65,6 +65,7 @@ class DirectoryConfig:
     page_size: int
     timeout_seconds: float
     ca_file: str | None
+    client: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +292,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
             "uri", "bind_dn", "bind_password_file", "bind_password_env", "bind_password", "base_dn",
             "preset", "filter", "attributes", "department_from", "department_separator",
             "disabled_filter", "unit_filter", "start_tls", "page_size", "timeout_seconds", "ca_file",
+            "client",
         }
     )  # fmt: skip
     preset_name = r.choice("preset", "openldap", tuple(PRESETS))
@@ -333,6 +335,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
         page_size=r.int_("page_size", 1000, 1, 100_000),
         timeout_seconds=r.float_("timeout_seconds", 30.0, 1.0, 3600.0),
         ca_file=r.path_("ca_file", ca_file) if ca_file else None,
+        client=r.choice("client", "auto", ("auto", "python-ldap", "ldap3")),
     )
 
 

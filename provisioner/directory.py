@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from provisioner.config import DirectoryConfig
-from provisioner.dn import DN, DNError, normalize_dn, parse_dn, relative_to
+from provisioner.dn import DN, DNError, normalize_dn, parse_dn, relative_to, split_first_rdn
 from provisioner.identity import clean_text, display_name
 from provisioner.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, Skipped, Unit
 
@@ -103,14 +103,25 @@ def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True
             if path and anchor:
                 anchors_by_path.setdefault(path_key(path), anchor)
     index = _UnitIndex(anchors_by_path)
-    disabled = {normalize_dn(d) for d in result.disabled_dns}
+    # The disabled search comes from the same server in the same session: its DNs are byte-identical.
+    disabled = result.disabled_dns
+    unit_paths: dict[str, tuple[str, ...] | None] = {}
+
+    def unit_path_of(parent_dn: str) -> tuple[str, ...] | None:
+        if parent_dn not in unit_paths:
+            try:
+                unit_paths[parent_dn] = _unit_path_from_dn(parse_dn(parent_dn), base) if parent_dn else None
+            except DNError:
+                unit_paths[parent_dn] = None
+        return unit_paths[parent_dn]
 
     people: list[Person] = []
     seen_anchor: dict[str, str] = {}
     # Sorted by DN so that "which of two duplicates is kept" does not depend on the server's order.
     for entry in sorted(result.people, key=lambda e: e.dn.casefold()):
         try:
-            parsed = parse_dn(entry.dn)
+            first_rdn, parent_dn = split_first_rdn(entry.dn)
+            parse_dn(first_rdn)
         except DNError as e:
             skip(entry.dn, f"unparseable DN: {e}")
             continue
@@ -135,7 +146,7 @@ def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True
             skip(entry.dn, f"no usable name: {why}")
             continue
         if cfg.department_from == "dn":
-            path = _unit_path_from_dn(parsed, base)
+            path = unit_path_of(parent_dn)
             if path is None:
                 skip(entry.dn, f"not under base DN {cfg.base_dn}")
                 continue
@@ -159,7 +170,7 @@ def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True
                 phone=clean_text(entry.first(attrs.phone), max_len=64),
                 email=clean_text(entry.first(attrs.email), max_len=254),
                 manager_dn=manager_dn,
-                disabled=normalize_dn(entry.dn) in disabled,
+                disabled=entry.dn in disabled,
                 sort_name=name.casefold(),
             )
         )

@@ -7,7 +7,9 @@ multi-valued RDNs. Pure functions, no I/O.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _SPECIAL = set(',+"\\<>;=# ')
 
@@ -92,10 +94,32 @@ def _parse_value(dn: str, i: int) -> tuple[str, int]:
     return value, j
 
 
+_NEEDS_FULL_PARSE = re.compile(r'[\\"+;]')
+_PLAIN_ATTR = re.compile(r"^[A-Za-z][A-Za-z0-9\-]*$|^[0-9]+(\.[0-9]+)*$")
+
+
+def _parse_plain(dn: str) -> DN | None:
+    """The common case without escapes, quotes or multi-valued RDNs, in one pass of str.split."""
+    rdns: list[RDN] = []
+    for part in dn.split(","):
+        attr, eq, value = part.partition("=")
+        attr = attr.strip()
+        value = value.strip(" ")
+        if not eq or not _PLAIN_ATTR.match(attr) or not value or value.startswith("#"):
+            return None
+        rdns.append((AVA(attr.lower(), value),))
+    return tuple(rdns)
+
+
+@lru_cache(maxsize=65536)
 def parse_dn(dn: str) -> DN:
     """Split a DN into RDNs, most specific first, each a tuple of :class:`AVA`."""
     if not isinstance(dn, str) or not dn.strip():
         raise DNError("empty DN")
+    if _NEEDS_FULL_PARSE.search(dn) is None:
+        plain = _parse_plain(dn)
+        if plain is not None:
+            return plain
     rdns: list[RDN] = []
     avas: list[AVA] = []
     i, n = 0, len(dn)
@@ -124,7 +148,12 @@ def parse_dn(dn: str) -> DN:
     return tuple(rdns)
 
 
+_ESCAPABLE = re.compile(r'[,+"\\<>;=#\0]|^ | $')
+
+
 def _escape_value(value: str) -> str:
+    if _ESCAPABLE.search(value) is None:
+        return value
     out = []
     for k, c in enumerate(value):
         if c in ',+"\\<>;=' or (c == "#" and k == 0) or (c == " " and k in (0, len(value) - 1)):
@@ -141,12 +170,38 @@ def format_dn(dn: DN) -> str:
     return ",".join("+".join(f"{a.type}={_escape_value(a.value)}" for a in rdn) for rdn in dn)
 
 
+def split_first_rdn(dn: str) -> tuple[str, str]:
+    """``"uid=a,ou=B,dc=x"`` → ``("uid=a", "ou=B,dc=x")``, honouring escapes and quotes."""
+    if "\\" not in dn and '"' not in dn:
+        first, _, rest = dn.partition(",")
+        return first, rest
+    quoted = False
+    i = 0
+    while i < len(dn):
+        c = dn[i]
+        if c == "\\":
+            i += 2
+            continue
+        if c == '"':
+            quoted = not quoted
+        elif c == "," and not quoted:
+            return dn[:i], dn[i + 1 :]
+        i += 1
+    return dn, ""
+
+
+def _normalize_rdn(rdn: RDN) -> str:
+    return "+".join(sorted(f"{a.type}={_escape_value(' '.join(a.value.casefold().split()))}" for a in rdn))
+
+
+@lru_cache(maxsize=131072)
 def normalize_dn(dn: str) -> str:
-    """A comparison key: types and values casefolded, whitespace collapsed, escapes resolved."""
-    parsed = parse_dn(dn)
-    return ",".join(
-        "+".join(sorted(f"{a.type}={' '.join(a.value.casefold().split())}" for a in rdn)) for rdn in parsed
-    )
+    """A comparison key: types and values casefolded, whitespace collapsed, escapes resolved then re-applied
+    (so splitting the key on unescaped commas still gives the RDNs). Parents are cached: a directory has
+    25,000 people but only a few thousand distinct parent DNs."""
+    first, rest = split_first_rdn(dn)
+    head = ",".join(_normalize_rdn(r) for r in parse_dn(first))
+    return f"{head},{normalize_dn(rest)}" if rest.strip() else head
 
 
 def relative_to(dn: DN, base: DN) -> DN | None:

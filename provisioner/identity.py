@@ -34,8 +34,18 @@ _TRANSLIT = {
 }  # fmt: skip
 
 
+_TRANSLIT_TABLE = str.maketrans(_TRANSLIT)
+
+
 def transliterate(text: str) -> str:
     """Lowercase Latin text for ``text``: Cyrillic transliterated, accents dropped, other scripts kept."""
+    folded = text.casefold()
+    if folded.isascii():
+        return folded
+    # One C-level pass handles Cyrillic; only what is left non-ASCII (accents, other scripts) goes slowly.
+    fast = unicodedata.normalize("NFKC", folded).translate(_TRANSLIT_TABLE)
+    if fast.isascii():
+        return fast
     out: list[str] = []
     for ch in unicodedata.normalize("NFKC", text).casefold():
         if ch in _TRANSLIT:
@@ -113,7 +123,9 @@ def clean_text(value: str | None, *, max_len: int = 255) -> str | None:
     """Whitespace collapsed, control characters dropped; ``None`` for empty or over-long text."""
     if value is None:
         return None
-    text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C" or ch in "\t\n")
+    text = value
+    if not text.isprintable():
+        text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C" or ch in "\t\n")
     text = " ".join(text.split())
     if not text or len(text) > max_len:
         return None

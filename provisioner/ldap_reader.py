@@ -56,6 +56,37 @@ class _Page:
     stop_reason: str | None
 
 
+def _lean_entries(conn: ldap3.Connection) -> None:
+    """Make this connection hand over search entries as raw bytes, skipping ldap3's per-value conversion.
+
+    ldap3 turns every value into text twice (``attributes`` through its config-driven ``to_unicode`` and
+    ``raw_attributes`` into a case-insensitive dict): at 25,000 entries that costs several times what the C
+    client ``ldapsearch`` needs for the whole read. Only the raw bytes are used here, so entries are built
+    from the BER structure ldap3's fast decoder already produced; every other message keeps ldap3's path.
+    The override is per connection (an instance attribute), never a global patch.
+    """
+    strategy = conn.strategy
+    original = strategy.decode_response_fast
+
+    def decode(message: dict[str, Any]) -> dict[str, Any]:
+        if message.get("protocolOp") != 4 or message.get("controls"):
+            return original(message)  # type: ignore[no-any-return]
+        payload = message["payload"]
+        attrs: dict[str, list[bytes]] = {}
+        for attribute in payload[1][3]:
+            values = attribute[3][1][3]
+            if values:
+                attrs[bytes(attribute[3][0][3]).decode("utf-8").lower()] = [bytes(v[3]) for v in values]
+        return {
+            "type": "searchResEntry",
+            "dn": bytes(payload[0][3]).decode("utf-8"),
+            "raw_attributes": attrs,
+            "attributes": {},
+        }
+
+    strategy.decode_response_fast = decode
+
+
 def login_filter(cfg: DirectoryConfig, login: str) -> str:
     """The filter that finds one person by login, the value escaped per RFC 4515."""
     return f"(&{cfg.filter}({cfg.attributes.login}={escape_filter_chars(login)}))"
@@ -80,8 +111,8 @@ def _person_attributes(cfg: DirectoryConfig) -> list[str]:
     return sorted({n for n in names if n})
 
 
-class DirectoryReader:
-    """One connection to the directory. Use as a context manager; every method blocks."""
+class _Ldap3Backend:
+    """The pure-Python client: works everywhere ldap3 installs; about 3x slower than libldap on big reads."""
 
     def __init__(self, cfg: DirectoryConfig) -> None:
         self.cfg = cfg
@@ -92,13 +123,6 @@ class DirectoryReader:
             )
         self.server = ldap3.Server(cfg.uri, get_info=ldap3.NONE, connect_timeout=cfg.timeout_seconds, tls=tls)
         self.conn: ldap3.Connection | None = None
-
-    def __enter__(self) -> DirectoryReader:
-        self.open()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def open(self) -> None:
         cfg = self.cfg
@@ -132,6 +156,7 @@ class DirectoryReader:
                     "(check directory.bind_dn and directory.bind_password_file)"
                 )
             raise DirectoryAuthError(f"the directory refused the bind as {cfg.bind_dn}: {desc} ({code})")
+        _lean_entries(conn)
         self.conn = conn
         self._check_base()
 
@@ -156,7 +181,7 @@ class DirectoryReader:
             desc = self.conn.result.get("description")
             raise DirectoryConfigError(f"cannot read base DN {self.cfg.base_dn!r}: {desc} ({code})")
 
-    def _paged(self, flt: str, attributes: Sequence[str]) -> Iterator[_Page]:
+    def paged(self, flt: str, attributes: Sequence[str]) -> Iterator[_Page]:
         """Yield pages; the last page carries the reason the read stopped early, if it did."""
         assert self.conn is not None
         conn = self.conn
@@ -184,11 +209,11 @@ class DirectoryReader:
                 if item.get("type") != "searchResEntry":
                     continue
                 raw = item.get("raw_attributes") or {}
-                attrs = {
-                    k.lower(): tuple(_decode(k.lower(), v) for v in vals)
-                    for k, vals in raw.items()
-                    if k.lower() in wanted and vals
-                }
+                attrs: dict[str, tuple[str, ...]] = {}
+                for k, vals in raw.items():
+                    name = k.lower()
+                    if name in wanted and vals:
+                        attrs[name] = tuple(_decode(name, v) for v in vals)
                 entries.append(RawEntry(item["dn"], attrs))
             total += len(entries)
             code = conn.result.get("result")
@@ -215,6 +240,171 @@ class DirectoryReader:
             yield _Page(entries, None)
             if not cookie:
                 return
+
+
+class _PythonLdapBackend:
+    """libldap through python-ldap: the C decoder reads 25,000 entries about as fast as ``ldapsearch``."""
+
+    def __init__(self, cfg: DirectoryConfig) -> None:
+        self.cfg = cfg
+        self.conn: Any = None
+
+    def open(self) -> None:
+        import ldap
+
+        cfg = self.cfg
+        try:
+            conn = ldap.initialize(cfg.uri, bytes_mode=False)
+            conn.set_option(ldap.OPT_PROTOCOL_VERSION, 3)
+            # AD answers with referrals to other naming contexts; chasing them would bind elsewhere.
+            conn.set_option(ldap.OPT_REFERRALS, 0)
+            conn.set_option(ldap.OPT_NETWORK_TIMEOUT, cfg.timeout_seconds)
+            conn.set_option(ldap.OPT_TIMEOUT, cfg.timeout_seconds)
+            if cfg.uri.startswith("ldaps://") or cfg.start_tls:
+                conn.set_option(ldap.OPT_X_TLS_REQUIRE_CERT, ldap.OPT_X_TLS_DEMAND)
+                if cfg.ca_file:
+                    conn.set_option(ldap.OPT_X_TLS_CACERTFILE, cfg.ca_file)
+                conn.set_option(ldap.OPT_X_TLS_NEWCTX, 0)
+            if cfg.start_tls:
+                conn.start_tls_s()
+            conn.simple_bind_s(cfg.bind_dn, cfg.bind_password)
+        except ldap.INVALID_CREDENTIALS:
+            raise DirectoryAuthError(
+                f"the directory refused the bind as {cfg.bind_dn}: wrong DN or password "
+                "(check directory.bind_dn and directory.bind_password_file)"
+            ) from None
+        except (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR) as e:
+            raise DirectoryUnreachable(f"cannot reach the directory at {cfg.uri}: {_ldap_desc(e)}") from None
+        except ldap.LDAPError as e:
+            raise DirectoryAuthError(
+                f"the directory refused the bind as {cfg.bind_dn}: {_ldap_desc(e)}"
+            ) from None
+        self.conn = conn
+        try:
+            conn.search_s(cfg.base_dn, ldap.SCOPE_BASE, "(objectClass=*)", ["1.1"])
+        except ldap.NO_SUCH_OBJECT:
+            raise DirectoryConfigError(
+                f"base DN {cfg.base_dn!r} does not exist in the directory (check directory.base_dn)"
+            ) from None
+        except ldap.SERVER_DOWN as e:
+            raise DirectoryUnreachable(f"the directory closed the connection: {_ldap_desc(e)}") from None
+        except ldap.LDAPError as e:
+            raise DirectoryConfigError(f"cannot read base DN {cfg.base_dn!r}: {_ldap_desc(e)}") from None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            import ldap
+
+            with contextlib.suppress(ldap.LDAPError):
+                self.conn.unbind_s()
+            self.conn = None
+
+    def paged(self, flt: str, attributes: Sequence[str]) -> Iterator[_Page]:
+        import ldap
+        from ldap.controls import SimplePagedResultsControl
+
+        assert self.conn is not None
+        control = SimplePagedResultsControl(True, size=self.cfg.page_size, cookie="")
+        wanted = [a for a in attributes]
+        total = 0
+        while True:
+            try:
+                msgid = self.conn.search_ext(
+                    self.cfg.base_dn, ldap.SCOPE_SUBTREE, flt, wanted, serverctrls=[control]
+                )
+                _rtype, data, _msgid, controls = self.conn.result3(msgid)
+            except ldap.FILTER_ERROR:
+                raise DirectoryConfigError(f"invalid LDAP filter {flt!r}") from None
+            except ldap.NO_SUCH_OBJECT:
+                raise DirectoryConfigError(
+                    f"base DN {self.cfg.base_dn!r} does not exist in the directory"
+                ) from None
+            except ldap.SIZELIMIT_EXCEEDED:
+                yield _Page([], f"the server's size limit stopped the read after {total} entries")
+                return
+            except ldap.TIMELIMIT_EXCEEDED:
+                yield _Page([], f"the server's time limit stopped the read after {total} entries")
+                return
+            except ldap.ADMINLIMIT_EXCEEDED:
+                yield _Page([], f"an administrative limit stopped the read after {total} entries")
+                return
+            except (ldap.SERVER_DOWN, ldap.TIMEOUT, ldap.CONNECT_ERROR) as e:
+                yield _Page([], f"connection lost after {total} entries: {_ldap_desc(e)}")
+                return
+            except ldap.LDAPError as e:
+                if total == 0 and isinstance(e, ldap.UNWILLING_TO_PERFORM | ldap.PROTOCOL_ERROR):
+                    raise DirectoryConfigError(
+                        f"the directory rejected the search {flt!r}: {_ldap_desc(e)}"
+                    ) from None
+                yield _Page([], f"the search failed after {total} entries: {_ldap_desc(e)}")
+                return
+            entries: list[RawEntry] = []
+            for dn, attrs in data:
+                if dn is None:  # a search reference (AD), not an entry
+                    continue
+                entries.append(RawEntry(dn, _decode_attrs(attrs)))
+            total += len(entries)
+            cookie = next((c.cookie for c in controls if c.controlType == control.controlType), None)
+            yield _Page(entries, None)
+            if not cookie:
+                return
+            control.cookie = cookie
+
+
+def _decode_attrs(attrs: dict[str, list[bytes]]) -> dict[str, tuple[str, ...]]:
+    out: dict[str, tuple[str, ...]] = {}
+    for key, values in attrs.items():
+        name = key.lower()
+        if name not in _BINARY_ANCHORS:
+            try:
+                out[name] = tuple([v.decode("utf-8") for v in values])
+                continue
+            except UnicodeDecodeError:
+                pass
+        out[name] = tuple(_decode(name, v) for v in values)
+    return out
+
+
+def _ldap_desc(e: Exception) -> str:
+    info = e.args[0] if e.args and isinstance(e.args[0], dict) else {}
+    text = info.get("desc") or str(e)
+    if info.get("info"):
+        text += f" ({info['info']})"
+    return str(text)
+
+
+def _backend(cfg: DirectoryConfig) -> _Ldap3Backend | _PythonLdapBackend:
+    if cfg.client == "ldap3":
+        return _Ldap3Backend(cfg)
+    try:
+        import ldap  # noqa: F401
+    except ImportError:
+        if cfg.client == "python-ldap":
+            raise DirectoryError("directory.client is python-ldap but python-ldap is not installed") from None
+        return _Ldap3Backend(cfg)
+    return _PythonLdapBackend(cfg)
+
+
+class DirectoryReader:
+    """One connection to the directory. Use as a context manager; every method blocks.
+
+    The client library is chosen by ``directory.client``: ``auto`` takes python-ldap (libldap's C decoder,
+    within 2x of ``ldapsearch`` at 25,000 entries) when it is installed, else ldap3 (pure Python, ~3x slower).
+    """
+
+    def __init__(self, cfg: DirectoryConfig) -> None:
+        self.cfg = cfg
+        self.backend = _backend(cfg)
+
+    def __enter__(self) -> DirectoryReader:
+        self.backend.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.backend.close()
+
+    def _paged(self, flt: str, attributes: Sequence[str]) -> Iterator[_Page]:
+        return self.backend.paged(flt, attributes)
 
     def search_all(self, flt: str, attributes: Sequence[str]) -> tuple[list[RawEntry], str | None]:
         out: list[RawEntry] = []

@@ -23,9 +23,13 @@ from tests.helpers import config, write_config
 pytestmark = pytest.mark.slapd
 
 
-def test_reads_everyone_past_sizelimit_500(make_slapd, tmp_path):
+CLIENTS = pytest.mark.parametrize("client", ["python-ldap", "ldap3"])
+
+
+@CLIENTS
+def test_reads_everyone_past_sizelimit_500(make_slapd, tmp_path, client):
     server = make_slapd(people=700, seed=3, big_unit=260)
-    cfg = config(tmp_path, server)
+    cfg = config(tmp_path, server, directory={"client": client})
     result = read_directory_sync(cfg.directory)
     assert result.complete, result.stop_reason
     snap = interpret(result, cfg.directory)
@@ -35,17 +39,19 @@ def test_reads_everyone_past_sizelimit_500(make_slapd, tmp_path):
     assert snap.complete
 
 
-def test_truncated_read_is_reported_not_hidden(make_slapd, tmp_path):
+@CLIENTS
+def test_truncated_read_is_reported_not_hidden(make_slapd, tmp_path, client):
     server = make_slapd(people=700, seed=3, paged_total_unlimited_for_service=False)
-    cfg = config(tmp_path, server)
+    cfg = config(tmp_path, server, directory={"client": client})
     result = read_directory_sync(cfg.directory)
     assert not result.complete
     assert "size limit" in (result.stop_reason or "")
     assert len(result.people) < 700
 
 
-def test_interpretation_of_sample(slapd, sample_directory, tmp_path):
-    cfg = config(tmp_path, slapd)
+@CLIENTS
+def test_interpretation_of_sample(slapd, sample_directory, tmp_path, client):
+    cfg = config(tmp_path, slapd, directory={"client": client})
     result = read_directory_sync(cfg.directory)
     snap = interpret(result, cfg.directory)
     assert snap.complete
@@ -76,9 +82,10 @@ def test_login_filter_escapes_values(tmp_path, slapd):
     assert found == [] and reason is None
 
 
-def test_wrong_password(tmp_path, slapd):
+@CLIENTS
+def test_wrong_password(tmp_path, slapd, client):
     cfg = config(tmp_path, slapd)
-    path = write_config(tmp_path, slapd)
+    path = write_config(tmp_path, slapd, directory={"client": client})
     (tmp_path / "ldap_pw").write_text("wrong")
     from provisioner.config import load_config
 
@@ -87,20 +94,25 @@ def test_wrong_password(tmp_path, slapd):
     assert cfg
 
 
-def test_unreachable(tmp_path, slapd):
-    cfg = config(tmp_path, slapd, directory={"uri": "ldap://127.0.0.1:1", "timeout_seconds": 2})
+@CLIENTS
+def test_unreachable(tmp_path, slapd, client):
+    cfg = config(
+        tmp_path, slapd, directory={"uri": "ldap://127.0.0.1:1", "timeout_seconds": 2, "client": client}
+    )
     with pytest.raises(DirectoryUnreachable, match="cannot reach"):
         read_directory_sync(cfg.directory)
 
 
-def test_wrong_base_dn(tmp_path, slapd):
-    cfg = config(tmp_path, slapd, directory={"base_dn": "ou=Нет такого,dc=mos,dc=test"})
+@CLIENTS
+def test_wrong_base_dn(tmp_path, slapd, client):
+    cfg = config(tmp_path, slapd, directory={"base_dn": "ou=Нет такого,dc=mos,dc=test", "client": client})
     with pytest.raises(DirectoryConfigError, match="does not exist"):
         read_directory_sync(cfg.directory)
 
 
-def test_filter_matching_nothing(tmp_path, slapd):
-    cfg = config(tmp_path, slapd, directory={"filter": "(objectClass=posixAccount)"})
+@CLIENTS
+def test_filter_matching_nothing(tmp_path, slapd, client):
+    cfg = config(tmp_path, slapd, directory={"filter": "(objectClass=posixAccount)", "client": client})
     with pytest.raises(DirectoryConfigError, match="matched no entries"):
         read_directory_sync(cfg.directory)
 
