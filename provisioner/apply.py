@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound
-from bridge.homeserver import ExternalId, HomeserverClient
+from bridge.homeserver import ExternalId, HomeserverClient, JsonValue
 from provisioner.actions import (
     Action,
     CreateRoom,
@@ -43,7 +43,7 @@ from provisioner.actions import (
     action_to_dict,
 )
 from provisioner.observe import registry_content, registry_shard, shard_type
-from provisioner.reconcile import MARKER_TYPE, Observed, RegistryEntry
+from provisioner.reconcile import MARKER_TYPE, PROFILE_FIELD, Observed, RegistryEntry
 
 log = logging.getLogger(__name__)
 
@@ -282,12 +282,15 @@ class Executor:
                 raise
 
     async def _profile(self, user_id: str, fields: Iterable[tuple[str, str | None]]) -> None:
-        for name, value in fields:
-            if value is None:
-                with contextlib.suppress(MNotFound):
-                    await self.client.delete_profile_field(user_id, name)
-            else:
-                await self.client.set_profile_field(user_id, name, value)
+        given = list(fields)
+        if not given:
+            return
+        values: dict[str, JsonValue] = {k: v for k, v in given if v}
+        if values:
+            await self.client.set_profile_field(user_id, PROFILE_FIELD, values)
+        else:
+            with contextlib.suppress(MNotFound):
+                await self.client.delete_profile_field(user_id, PROFILE_FIELD)
 
     async def handle(self, action: Action) -> None:
         c = self.client

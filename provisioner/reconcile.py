@@ -44,7 +44,9 @@ from provisioner.model import DirectorySnapshot, Person
 
 MARKER_TYPE = "org.civmatrix.managed"
 PROFILE_FIELDS = ("title", "department", "phone", "email")
-PROFILE_PREFIX = "org.civmatrix."
+# One custom profile field (MSC4133) holding all four as an object: one request per person instead of four,
+# which at 25,000 people is 75,000 requests saved on the first sync.
+PROFILE_FIELD = "org.civmatrix.directory"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +104,7 @@ class SyncPolicy:
 
 
 def profile_of(p: Person) -> tuple[tuple[str, str | None], ...]:
-    return tuple((PROFILE_PREFIX + k, getattr(p, k)) for k in PROFILE_FIELDS)
+    return tuple((k, getattr(p, k)) for k in PROFILE_FIELDS)
 
 
 def profile_hash(p: Person) -> str:
@@ -208,7 +210,9 @@ def reconcile(
                 continue  # never create an account only to lock it
             reg(anchor, lp, None, prof)
             # A new account has no fields yet: writing the empty ones would only cost requests.
-            profile = tuple(f for f in profile_of(person) if f[1]) if policy.profile_fields else ()
+            profile = (
+                profile_of(person) if policy.profile_fields and any(v for _, v in profile_of(person)) else ()
+            )
             users_first.append(CreateUser(uid, anchor, person.display_name, profile))
             continue
         if obs.deactivated:

@@ -25,6 +25,7 @@ from provisioner.ldap_reader import read_directory
 from provisioner.model import DirectorySnapshot
 from provisioner.observe import META_TYPE, observe
 from provisioner.reconcile import (
+    PROFILE_FIELD,
     Observed,
     RemovalCheck,
     SyncPolicy,
@@ -90,7 +91,7 @@ async def make_plan(
     policy = sync_policy(
         cfg,
         who.user_id,
-        profile_fields=caps.can_set_profile_field("org.civmatrix.title"),
+        profile_fields=caps.can_set_profile_field(PROFILE_FIELD),
         room_version=caps.default_room_version,
     )
     previous, taken = previous_identities(snapshot, observed, cfg.homeserver.server_name)
