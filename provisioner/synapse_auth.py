@@ -324,10 +324,8 @@ class Directory:
                 raise DirectoryUnavailable(f"the service account {cfg.bind_dn} cannot bind: "
                                            f"{conn.result.get('description')}")  # fmt: skip
             attrs = [cfg.anchor_attribute, cfg.login_attribute]
-            # Two entries are enough to know a login is not unique.
-            conn.search(
-                base or cfg.base_dn, flt, scope, attributes=attrs, size_limit=2 if base is None else 1
-            )
+            # A handful is enough: several matches are resolved by exact case (see _one) or refused.
+            conn.search(base or cfg.base_dn, flt, scope, attributes=attrs, size_limit=_MAX_MATCHES)
             code = conn.result.get("result")
             if code not in (0, 4, 32, None):  # 4: size limit (more than _MAX_MATCHES); 32: no such DN
                 raise DirectoryUnavailable(f"search {flt} failed: {conn.result.get('description')} ({code})")
@@ -537,7 +535,10 @@ class DirectoryAuthProvider:
             raise Refused(
                 f"no account linked to {person.anchor} and {user_id} exists; the next sync makes one"
             )
-        if await self._links("user_id", user_id):
+        linked_to = {anchor for anchor, _ in await self._links("user_id", user_id)}
+        if linked_to == {person.anchor}:
+            return user_id  # a concurrent first login of the same person linked it a moment ago
+        if linked_to:
             raise Refused(f"no account linked to {person.anchor} and {user_id} is linked to another person")
         holders = await self.api.defer_to_thread(self.directory.logins_equal_to, base)
         other = base_taken_by_other(base, person, holders)

@@ -430,6 +430,21 @@ def test_login_before_the_first_sync_is_adopted(city):
         assert status == 200, reply
         made[p.entry_uuid] = reply["user_id"]
         assert reply["user_id"] == mxid(base_localpart(p.uid))
+    # Several first logins at once (a person with Element on phone and desktop): one account, one link.
+    racer = city.person("petrova.an")
+    city.set_password(racer.dn, "Race-pw-4")
+    replies: list[tuple[int, dict[str, Any]]] = []
+    threads = [
+        threading.Thread(target=lambda: replies.append(city.login("petrova.an", "Race-pw-4")))
+        for _ in range(6)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert [s for s, _ in replies] == [200] * 6, replies
+    assert {r["user_id"] for _, r in replies} == {mxid("petrova.an")}
+    made[racer.entry_uuid] = mxid("petrova.an")
     # A second login reuses the account (found by the external id now).
     status, reply = city.login("IVANOV.II", f"First-{ivanov.entry_uuid[:8]}")
     assert (status, reply["user_id"]) == (200, made[ivanov.entry_uuid])
