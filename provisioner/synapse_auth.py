@@ -533,7 +533,8 @@ class DirectoryAuthProvider:
         user_id = f"@{base}:{self.api.server_name}"
         if await self.api.check_user_exists(user_id) is not None:
             raise Refused(
-                f"no account linked to {person.anchor} and {user_id} exists; the next sync makes one"
+                f"no account linked to {person.anchor} and {user_id} exists unlinked (another person's, a "
+                "service account's, or adopted without a link: an admin must add the external id)"
             )
         linked_to = {anchor for anchor, _ in await self._links("user_id", user_id)}
         if linked_to == {person.anchor}:
