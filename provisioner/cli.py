@@ -304,6 +304,26 @@ def status(obj: Context) -> None:
     click.echo(f"{len(observed.rooms)} managed rooms and spaces, {over} over the limit")
 
 
+@main.command()
+@click.option(
+    "--dir",
+    "root",
+    default=".demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Everything the demo writes lives here; run again with the same --dir to resume.",
+)
+@click.option("--people", type=click.IntRange(10, 250_000), default=2000, show_default=True)
+@click.option(
+    "--once", is_flag=True, help="Bring everything up, sync, print the login, then stop (for tests)."
+)
+def demo(root: str, people: int, once: bool) -> None:
+    """Run the whole thing on this machine: slapd + Synapse + sync + event bot, and print how to log in."""
+    from provisioner.demo import demo_main
+
+    sys.exit(demo_main(root, people, once))
+
+
 @main.command("sample-directory")
 @click.option("--people", type=click.IntRange(1, 1_000_000), default=2000, show_default=True)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="LDIF file to write.")

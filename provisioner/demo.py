@@ -1,0 +1,312 @@
+"""The one-command demo: a generated city government on a local slapd and Synapse, synced, with the bot.
+
+Everything lives under one directory (``--dir``): the LDAP database, the Synapse data, the secrets, the
+config the demo generated, logs and the bot's store. A second run in the same directory resumes: the same
+ports, accounts and rooms, and the sync then has (almost) nothing to do. A lock file refuses a second demo
+running in the same directory at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import yaml
+
+from provisioner import exitcodes
+from provisioner.config import Config, load_config
+from provisioner.embedded.ports import free_ports, port_is_free
+from provisioner.embedded.slapd import EmbeddedSlapd, SlapdError, ssha
+from provisioner.embedded.synapse import EmbeddedSynapse, SynapseError
+from provisioner.sample import SampleDirectory, generate_directory
+
+SERVER_NAME = "example.test"
+DEMO_PASSWORD = "demo-password"
+BOT_LOCALPART = "events"
+STATE_FILE = "demo.json"
+PENDING = "pending"
+
+
+class DemoError(Exception):
+    """A problem the person running the demo can fix; the message says how."""
+
+
+@dataclass
+class DemoState:
+    public_port: int
+    admin_port: int
+    ldap_port: int
+    people: int
+    seed: int
+    samples: list[dict[str, str]]
+
+    @classmethod
+    def load(cls, path: Path) -> DemoState | None:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls(**data)
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError) as e:
+            raise DemoError(f"{path} is damaged ({e}); remove the directory to start over") from None
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.__dict__, ensure_ascii=False, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def demo_lock(root: Path) -> Iterator[None]:
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "demo.lock"
+    fh: IO[str] = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the demo's lifetime
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        other = fh.read().strip() or "?"
+        fh.close()
+        raise DemoError(f"another demo is already running in {root} (pid {other}); stop it first") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        fh.close()
+
+
+def _secret(path: Path, make: str | None = None) -> str:
+    if path.exists():
+        return path.read_text(encoding="utf-8").strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make if make is not None else secrets.token_urlsafe(24)
+    path.write_text(value, encoding="utf-8")
+    path.chmod(0o600)
+    return value
+
+
+def _check_ports(state: DemoState) -> None:
+    for name, port in (("Matrix", state.public_port), ("admin", state.admin_port), ("LDAP", state.ldap_port)):
+        if not port_is_free(port):
+            raise DemoError(
+                f"the demo's {name} port 127.0.0.1:{port} is in use by another program; stop it, or use "
+                "another --dir for a fresh demo on new ports"
+            )
+
+
+def _write_config(root: Path, state: DemoState, slapd: EmbeddedSlapd) -> Path:
+    data: dict[str, Any] = {
+        "homeserver": {
+            "url": f"http://127.0.0.1:{state.admin_port}",
+            "server_name": SERVER_NAME,
+            "admin_token_file": "secrets/admin_token",
+        },
+        "directory": {
+            "uri": slapd.uri,
+            "bind_dn": slapd.service_dn,
+            "bind_password_file": "secrets/ldap_service_password",
+            "base_dn": slapd.suffix,
+            "preset": "openldap",
+            "disabled_filter": "(employeeType=disabled)",
+        },
+        "layout": {
+            "max_room_size": 200,
+            "org_name": "Правительство Москвы",
+            "head_title_pattern": "^(Начальник|Руководитель|Глава|Префект|Заведующий|Директор)",
+        },
+        "sync": {"concurrency": 8, "state_dir": "state", "audit_log": "state/audit.jsonl"},
+        "exclude": [f"@admin:{SERVER_NAME}"],
+        "bot": {
+            "user_id": f"@{BOT_LOCALPART}:{SERVER_NAME}",
+            "access_token_file": "secrets/bot_token",
+            "store": "bot/events.db",
+            "crypto_store_dir": "bot/crypto",
+            "timezone": "Europe/Moscow",
+        },
+    }
+    path = root / "civmatrix.yaml"
+    path.write_text(
+        "# Generated by `provisioner demo`; edit freely, the demo keeps your file on the next start.\n"
+        + yaml.safe_dump(data, allow_unicode=True, sort_keys=False),
+        encoding="utf-8",
+    )
+    return path
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> int:
+    """Bring everything up, sync, start the bot, print how to log in; wait for Ctrl-C unless ``once``."""
+    from provisioner import sync
+    from provisioner.synapse_auth import module_config_from
+
+    root = root.resolve()
+    with demo_lock(root):
+        state_path = root / STATE_FILE
+        state = DemoState.load(state_path)
+        fresh = state is None
+        directory: SampleDirectory | None = None
+        if state is None:
+            ports = free_ports(3)
+            _say(f"civmatrix demo: generating a city government of {people} people…")
+            directory = generate_directory(people, seed=seed)
+            samples = [{"login": p.uid, "name": p.display_name, "title": p.title, "dn": p.dn}
+                       for p in directory.samples]  # fmt: skip
+            state = DemoState(ports[0], ports[1], ports[2], people, seed, samples)
+        elif people != state.people:
+            _say(f"note: this demo directory holds {state.people} people; --people {people} is ignored "
+                 "(use another --dir for a different size)")  # fmt: skip
+        _check_ports(state)
+        slapd = EmbeddedSlapd(
+            root / "ldap",
+            port=state.ldap_port,
+            root_password=_secret(root / "secrets" / "ldap_root_password"),
+            service_password=_secret(root / "secrets" / "ldap_service_password"),
+        )
+        if fresh:
+            assert directory is not None
+            _say("starting OpenLDAP (slapd) and loading the directory…")
+            slapd.load_ldif(directory.to_ldif())
+        slapd.start()
+        processes: list[subprocess.Popen[bytes]] = []
+        synapse: EmbeddedSynapse | None = None
+        try:
+            if fresh:
+                # The demo's sample employees get a known password, so a person can log in from Element.
+                hashed = ssha(DEMO_PASSWORD)
+                slapd.modify("".join(
+                    f"dn: {s['dn']}\nchangetype: modify\nreplace: userPassword\nuserPassword: {hashed}\n\n"
+                    for s in state.samples
+                ))  # fmt: skip
+                state.save(state_path)
+            cfg_path = root / "civmatrix.yaml"
+            if not cfg_path.exists():
+                _write_config(root, state, slapd)
+            # Placeholders until Synapse is up and the accounts exist (the config names the files).
+            _secret(root / "secrets" / "admin_token", PENDING)
+            _secret(root / "secrets" / "bot_token", PENDING)
+            cfg = load_config(cfg_path)
+            _say("starting Synapse (closed server, directory login)…")
+            synapse = EmbeddedSynapse(
+                root / "synapse",
+                server_name=SERVER_NAME,
+                public_port=state.public_port,
+                admin_port=state.admin_port,
+                modules=[{"module": "provisioner.synapse_auth.DirectoryAuthProvider",
+                          "config": module_config_from(cfg)}],
+                log_level="WARNING",
+            )  # fmt: skip
+            synapse.start()
+            if (root / "secrets" / "admin_token").read_text().strip() == PENDING:
+                admin = synapse.create_admin("admin")
+                (root / "secrets" / "admin_token").write_text(admin.access_token)
+                bot = synapse.register(BOT_LOCALPART, displayname="События")
+                (root / "secrets" / "bot_token").write_text(bot.access_token)
+            cfg = load_config(cfg_path, token_required=True)
+            _say("syncing the directory into Matrix…")
+            result = asyncio.run(sync.run(cfg, apply=True, progress=True))
+            if result.report is not None:
+                done = (
+                    ", ".join(f"{k} {v}" for k, v in sorted(result.report.done.items()))
+                    or "nothing to change"
+                )
+                _say(f"sync finished in {result.report.seconds:.0f} s: {done}")
+            if result.exit_code not in (exitcodes.OK, exitcodes.PARTIAL):
+                raise DemoError(f"the sync stopped: {result.message}")
+            processes.append(_start_bot(root, cfg))
+            _print_welcome(state, cfg)
+            if once:
+                return exitcodes.OK
+            _wait_for_ctrl_c(processes)
+            return exitcodes.OK
+        finally:
+            for proc in processes:
+                _stop_process(proc)
+            if synapse is not None:
+                synapse.stop()
+            slapd.stop()
+            _say("demo stopped; run the same command again to resume.")
+
+
+def _start_bot(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
+    (root / "bot").mkdir(exist_ok=True)
+    log = open(root / "bot" / "bot.log", "ab")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "--config", cfg.path, "run"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+        start_new_session=True,
+    )
+
+
+def _stop_process(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _wait_for_ctrl_c(processes: list[subprocess.Popen[bytes]]) -> None:
+    stop = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    while not stop:
+        for proc in processes:
+            if proc.poll() is not None:
+                _say(f"warning: the event bot exited with code {proc.returncode} (see bot/bot.log)")
+                processes.remove(proc)
+        time.sleep(0.5)
+
+
+def _print_welcome(state: DemoState, cfg: Config) -> None:
+    url = f"http://127.0.0.1:{state.public_port}"
+    first = state.samples[0] if state.samples else {"login": "?", "name": "?", "title": "?"}
+    lines = [
+        "",
+        "civmatrix demo is running.",
+        f"  Homeserver URL : {url}   (server name {cfg.homeserver.server_name})",
+        f"  Log in as      : {first['login']}  /  {DEMO_PASSWORD}   ({first['name']}, {first['title']})",
+        "  Other employees with the same password:",
+        *[f"      {s['login']:<20} {s['name']} — {s['title']}" for s in state.samples[1:]],
+        "  Use any Matrix client: Element web, desktop or mobile — choose 'custom homeserver' and enter the",
+        "  URL above. Colleagues are found by surname in 'Start chat'; your department room and space are",
+        f"  already joined. The event bot is @{BOT_LOCALPART}:{SERVER_NAME} (try `!event help` in a room).",
+        "  Press Ctrl-C to stop; the same command resumes with everything kept.",
+        "",
+    ]
+    _say("\n".join(lines))
+
+
+def demo_main(root: str, people: int, once: bool) -> int:
+    try:
+        return run_demo(Path(root), people=people, once=once)
+    except (DemoError, SlapdError, SynapseError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return exitcodes.CONFIG

@@ -1,0 +1,88 @@
+"""The README's first command, end to end: the demo brings everything up, a person logs in, it resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slapd, pytest.mark.synapse]
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_cmd(root: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "provisioner.cli", "demo", "--dir", str(root), "--people", "60", *extra]
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def login(url: str, user: str, password: str) -> tuple[int, dict]:
+    body = json.dumps(
+        {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}
+    ).encode()
+    req = urllib.request.Request(
+        f"{url}/_matrix/client/v3/login",
+        data=body,
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_demo_runs_resumes_and_lets_a_person_log_in(tmp_path):
+    root = tmp_path / "demo"
+    first = subprocess.run(demo_cmd(root, "--once"), capture_output=True, text=True, timeout=600, env=env())
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "civmatrix demo is running." in first.stdout
+    url = re.search(r"Homeserver URL : (http://\S+)", first.stdout).group(1)
+    user = re.search(r"Log in as\s+: (\S+)\s+/\s+(\S+)", first.stdout)
+    assert user
+    # Everything the demo wrote lives under its directory.
+    assert {"ldap", "synapse", "secrets", "civmatrix.yaml", "demo.json"} <= {p.name for p in root.iterdir()}
+
+    proc = subprocess.Popen(
+        demo_cmd(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
+    )
+    try:
+        out = ""
+        deadline = time.time() + 300
+        while "Press Ctrl-C" not in out and time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out += line
+        assert "civmatrix demo is running." in out, out
+        # Resumed: same URL, and the sync found nothing (or almost nothing) to do.
+        assert url in out
+        assert "create_user" not in out
+        status, body = login(url, user.group(1), user.group(2))
+        assert status == 200, body
+        assert body["user_id"] == f"@{user.group(1)}:example.test"
+        status, body = login(url, user.group(1), "wrong-password")
+        assert status == 403
+        # A second demo in the same directory is refused with a clear message.
+        second = subprocess.run(
+            demo_cmd(root, "--once"), capture_output=True, text=True, timeout=60, env=env()
+        )
+        assert second.returncode != 0
+        assert "already running" in second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert "demo stopped" in rest
