@@ -33,6 +33,7 @@ class UpdateUser:
     user_id: str
     displayname: str | None = None
     profile: tuple[tuple[str, str | None], ...] = ()
+    anchor: str | None = None  # set when adopting an existing account: write its external id
     cause: str = "changed in the directory"
 
 
@@ -173,8 +174,9 @@ def describe(action: Action) -> str:
     match action:
         case CreateUser(user_id=u, displayname=d):
             return f"create {u} ({d})"
-        case UpdateUser(user_id=u, displayname=d, profile=p):
+        case UpdateUser(user_id=u, displayname=d, profile=p, anchor=anchor):
             parts = ([f"name → {d}"] if d else []) + [f"{k} → {v or '∅'}" for k, v in p]
+            parts += [f"adopt as {anchor}"] if anchor else []
             return f"update {u}: {', '.join(parts)}"
         case LockUser(user_id=u, cause=c):
             return f"lock {u} ({c})"

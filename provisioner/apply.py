@@ -300,8 +300,11 @@ class Executor:
             case CreateUser(user_id=u, anchor=anchor, displayname=d, profile=p):
                 await c.put_user(u, displayname=d, external_ids=[ExternalId(EXTERNAL_ID_PROVIDER, anchor)])
                 await self._profile(u, p)
-            case UpdateUser(user_id=u, displayname=d, profile=p):
-                if d is not None:
+            case UpdateUser(user_id=u, displayname=d, profile=p, anchor=anchor):
+                if anchor is not None:
+                    ext = [ExternalId(EXTERNAL_ID_PROVIDER, anchor)]
+                    await c.put_user(u, displayname=d, external_ids=ext)
+                elif d is not None:
                     await c.put_user(u, displayname=d)
                 await self._profile(u, p)
             case LockUser(user_id=u):

@@ -122,7 +122,9 @@ def previous_identities(
     previous = {a: e.localpart for a, e in observed.registry.items()}
     claimed = set(previous.values())
     existing = {uid[1:].split(":", 1)[0] for uid in observed.users}
-    for p in snapshot.people:
+    # Identity rule 3's order, so the login module (which applies it too) and the sync agree on who adopts.
+    order = sorted(snapshot.people, key=lambda p: (p.login != base_localpart(p.login), p.anchor))
+    for p in order:
         if p.anchor in previous:
             continue
         base = base_localpart(p.login)
@@ -222,8 +224,11 @@ def reconcile(
         prof_change = (
             profile_of(person) if policy.profile_fields and (entry is None or entry.profile != prof) else ()
         )
-        if name_change or prof_change:
-            users_first.append(UpdateUser(uid, name_change, prof_change))
+        # An account found without a registry entry (made at first login, or a lost registry) is adopted:
+        # its external id is (re)written so the login module finds it by anchor.
+        adopt = anchor if entry is None else None
+        if name_change or prof_change or adopt:
+            users_first.append(UpdateUser(uid, name_change, prof_change, anchor=adopt))
         if person.disabled and not obs.locked and not obs.admin:
             if is_trusted:
                 users_last.append(LockUser(uid, "disabled in the directory"))
