@@ -380,10 +380,13 @@ class EventBot:
     async def _sync_loop(self) -> None:
         since = await self.store.get_value(SYNC_TOKEN_KEY)
         first_ever = since is None
+        # nio keeps no room state on disk: the first sync after a start asks for the full state of every
+        # joined room, or a room that stays quiet after a restart is unknown (no members, no sending).
+        full_state = True
         backoff = 1.0
         while True:
             resp = await self.client.sync(
-                timeout=self.cfg.sync_timeout_ms, since=since, full_state=since is None
+                timeout=self.cfg.sync_timeout_ms, since=since, full_state=full_state
             )
             if not isinstance(resp, SyncResponse):
                 log.warning("sync failed: %s; retrying in %.0f s", getattr(resp, "message", resp), backoff)
@@ -393,6 +396,7 @@ class EventBot:
             backoff = 1.0
             await self._handle_sync(resp, first_ever)
             first_ever = False
+            full_state = False
             since = resp.next_batch
             await self.store.write([SetValue(SYNC_TOKEN_KEY, since)])
             await self._maintain_keys()
@@ -648,6 +652,8 @@ class EventBot:
     async def _reminders(self) -> None:
         await self.synced_once.wait()
         while True:
+            # Cleared before looking, not before sleeping: a wake-up that arrives while we look is kept.
+            self._wake.clear()
             if await self.service.queue_due_reminders():
                 self.idle.clear()
                 self._outbox_wake.set()
@@ -656,7 +662,6 @@ class EventBot:
             await self._sleep_or_wake(min(wait, 300.0))
 
     async def _sleep_or_wake(self, seconds: float) -> None:
-        self._wake.clear()
         sleeper = asyncio.create_task(self.clock.sleep(seconds))
         waker = asyncio.create_task(self._wake.wait())
         try:

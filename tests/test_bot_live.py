@@ -5,8 +5,9 @@ One story, in order, because each step depends on the state the previous one lef
 1. A command sent before the bot arrived in a room is history and is never answered.
 2. An unprivileged member's create is refused; nothing is announced.
 3. A moderator in the encrypted room announces an event to the whole unit "fin": the bot finds the unit's
-   rooms through the provisioner's markers and the space tree (the sub-unit's room has a different unit key,
-   so only the space walk can find it) and posts a native poll in both, but not in another unit's room.
+   rooms through the provisioner's markers and the space tree (two shard rooms of "fin", and a sub-unit's
+   room whose different unit key only the space walk can find) and posts a native poll in each, but not in
+   another unit's room.
 4. People answer by poll (encrypted), by reaction and by command; the third "going" lands on the waitlist.
 5. The bot is stopped; while it is down one person cancels by command. After a restart that answer is
    handled exactly once, the waitlisted person is promoted and told by DM, and nothing earlier is replayed.
@@ -189,10 +190,10 @@ async def people(synapse: SynapseHandle, tmp_path: Path) -> AsyncIterator[dict[s
 async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path) -> None:
     person = people["person"]
     bot_acct = people["bot"]
-    mod, alice, bob, carol, dave = (person(n) for n in ("mod", "alice", "bob", "carol", "dave"))
+    mod, alice, bob, carol, dave, erin = (person(n) for n in ("mod", "alice", "bob", "carol", "dave", "erin"))
     bot_id = bot_acct.user_id
     server = synapse.server_name
-    for p in (mod, alice, bob, carol, dave):
+    for p in (mod, alice, bob, carol, dave, erin):
         p.start()
 
     # The provisioner's layout: space fin > (room fin #1 [encrypted], space fin-tax > room fin-tax #1); hr apart.
@@ -205,13 +206,17 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
                             marker={"kind": "room", "unit": "fin", "shard": 1, "version": 1})  # fmt: skip
     r_tax = await make_room(mod, encrypted=False, invite=[bob.user_id, bot_id],
                             marker={"kind": "room", "unit": "fin-tax", "shard": 1, "version": 1})  # fmt: skip
+    # A second shard of the same unit: a unit too big for one room.
+    r_fin2 = await make_room(mod, encrypted=True, invite=[erin.user_id, bot_id],
+                             marker={"kind": "room", "unit": "fin", "shard": 2, "version": 1})  # fmt: skip
     r_hr = await make_room(dave, encrypted=False, invite=[bot_id],
                            marker={"kind": "room", "unit": "hr", "shard": 1, "version": 1})  # fmt: skip
     await link(mod, s_fin, r_fin, server)
+    await link(mod, s_fin, r_fin2, server)
     await link(mod, s_fin, s_tax, server)
     await link(mod, s_tax, r_tax, server)
     await until(lambda: r_fin in alice.client.rooms and r_fin in carol.client.rooms, "alice and carol joined")
-    await until(lambda: r_tax in bob.client.rooms, "bob joined")
+    await until(lambda: r_tax in bob.client.rooms and r_fin2 in erin.client.rooms, "bob and erin joined")
 
     # 1. Before the bot ever ran: this command is history.
     early = await mod.say(r_tax, "!event help")
@@ -230,7 +235,8 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
     await bot.start()
     try:
         await until(
-            lambda: all(r in bot.client.rooms for r in (r_fin, r_tax, r_hr, s_fin, s_tax)), "bot joined"
+            lambda: all(r in bot.client.rooms for r in (r_fin, r_fin2, r_tax, r_hr, s_fin, s_tax)),
+            "bot joined",
         )
         # People's clients must know the bot's device before they encrypt for it.
         await until(
@@ -256,6 +262,7 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
 
         poll_fin = (await until(lambda: polls(alice, r_fin), "poll in the encrypted room"))[0]
         poll_tax = (await until(lambda: polls(bob, r_tax), "poll in the sub-unit room"))[0]
+        poll_fin2 = (await until(lambda: polls(erin, r_fin2), "poll in the second shard"))[0]
         poll = poll_fin.content["m.poll"]
         assert [a["m.text"][0]["body"] for a in poll["answers"]] == ["Иду", "Возможно", "Не иду"]
         html = next(t["body"] for t in poll_fin.content["m.text"] if t.get("mimetype") == "text/html")
@@ -267,7 +274,9 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
             "m.relates_to": {"rel_type": "m.reference", "event_id": poll_fin.event_id}, "m.selections": ["going"]})  # fmt: skip
         await bob.send(r_tax, "m.reaction", {
             "m.relates_to": {"rel_type": "m.annotation", "event_id": poll_tax.event_id, "key": "✅"}})  # fmt: skip
-        await until(lambda: len(_answers(bot, eid)) == 2, "two answers stored")
+        await erin.send(r_fin2, "m.reaction", {
+            "m.relates_to": {"rel_type": "m.annotation", "event_id": poll_fin2.event_id, "key": "❔"}})  # fmt: skip
+        await until(lambda: len(_answers(bot, eid)) == 3, "three answers stored")
         await carol.say(r_fin, f"!иду {eid}")
         await until(lambda: any("листе ожидания" in s.content.get("body", "") for s in carol.notices(r_fin, bot_id)),
                     "waitlist reply")  # fmt: skip
@@ -316,6 +325,7 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
             (alice.user_id, "Иду", "confirmed", "poll"),
             (carol.user_id, "Иду", "confirmed", "command"),
             (bob.user_id, "Не иду", "not_going", "command"),
+            (erin.user_id, "Возможно", "maybe", "reaction"),
         }
         assert {r["department"] for r in rows if r["user_id"] == bob.user_id} == {"fin-tax"}
         ics = (await _download(mod, by_name[f"{eid}.ics"])).decode("utf-8")
