@@ -354,6 +354,16 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         await bot.stop()
 
 
+def _outbox_empty(path: str) -> bool:
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+    finally:
+        conn.close()
+
+
 def _reminders(p: Person) -> int:
     return len([s for s in p.notices() if "Напоминание" in s.content.get("body", "")])
 
@@ -461,3 +471,50 @@ async def test_bot_killed_with_sigkill_loses_and_repeats_nothing(
         proc.terminate()
         await proc.wait()
         log_file.close()
+
+
+async def test_resent_outbox_entry_is_deduplicated(
+    synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path
+) -> None:
+    """A crash after the homeserver took a message but before the outbox entry was deleted: the restarted bot
+    sends it again with the same transaction id, and the room still shows it once."""
+    from bridge.events.model import RoomID, RoomNotice, Text
+    from bridge.events.outbox import encode
+    from bridge.events.store import PutOutbox
+
+    person = people["person"]
+    bot_acct = people["bot"]
+    mod = person("mod")
+    mod.start()
+    room = await make_room(mod, encrypted=True, invite=[bot_acct.user_id],
+                           marker={"kind": "room", "unit": "d", "shard": 1, "version": 1})  # fmt: skip
+    cfg = BotConfig(
+        homeserver_url=synapse.url,
+        user_id=bot_acct.user_id,
+        access_token=bot_acct.access_token,
+        device_id=bot_acct.device_id,
+        store=str(tmp_path / "bot.db"),
+        crypto_store_dir=tmp_path / "bot-crypto",
+        sync_timeout_ms=1000,
+    )
+    clock = ManualClock(datetime.now(UTC))
+    entry = PutOutbox(
+        "probe#0", clock.now(), encode(RoomNotice(RoomID(room), Text("dedup probe", "dedup probe")))
+    )
+
+    def probes() -> list[Seen]:
+        return [s for s in mod.notices(room) if s.content.get("body") == "dedup probe"]
+
+    for _ in range(2):
+        bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+        await bot.start()
+        try:
+            await until(lambda: room in bot.client.rooms, "bot in the room")  # noqa: B023
+            await bot.store.write([entry])  # the same entry, as if the first delete never happened
+            bot._outbox_wake.set()
+            await until(lambda: probes(), "probe delivered")
+            await until(lambda: _outbox_empty(cfg.store), "outbox drained")
+        finally:
+            await bot.stop()
+    await quiet(2)
+    assert len(probes()) == 1
