@@ -38,6 +38,7 @@ from nio import (
     MegolmEvent,
     ProfileGetResponse,
     ReactionEvent,
+    RedactionEvent,
     RoomCreateResponse,
     RoomGetStateEventResponse,
     RoomGetStateResponse,
@@ -480,6 +481,8 @@ class EventBot:
                 effects = await self.service.handle_poll_response(
                     room, user, mid, target, [str(s) for s in selections]
                 )
+        elif isinstance(ev, RedactionEvent):
+            effects = await self.service.handle_redaction(room, user, mid, ev.redacts)
         elif isinstance(ev, UnknownEvent) and ev.type == MARKER_TYPE:
             self.directory.forget(room_id)
             return

@@ -274,7 +274,7 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
             "m.relates_to": {"rel_type": "m.reference", "event_id": poll_fin.event_id}, "m.selections": ["going"]})  # fmt: skip
         await bob.send(r_tax, "m.reaction", {
             "m.relates_to": {"rel_type": "m.annotation", "event_id": poll_tax.event_id, "key": "✅"}})  # fmt: skip
-        await erin.send(r_fin2, "m.reaction", {
+        erin_reaction = await erin.send(r_fin2, "m.reaction", {
             "m.relates_to": {"rel_type": "m.annotation", "event_id": poll_fin2.event_id, "key": "❔"}})  # fmt: skip
         await until(lambda: len(_answers(bot, eid)) == 3, "three answers stored")
         await carol.say(r_fin, f"!иду {eid}")
@@ -332,6 +332,10 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         assert (
             ics.startswith("BEGIN:VCALENDAR\r\n") and f"DTSTART:{start.astimezone(UTC):%Y%m%dT%H%M%SZ}" in ics
         )
+
+        # Taking the reaction back takes the answer back.
+        await erin.client.room_redact(r_fin2, erin_reaction)
+        await until(lambda: erin.user_id not in [u for u, _ in _answers(bot, eid)], "erin's answer withdrawn")
 
         # The attendance list matches the CSV.
         await alice.say(r_fin, f"!событие показать {eid}")

@@ -280,3 +280,19 @@ async def test_reminders_queue_once(store: Store) -> None:
     assert kinds == ["DirectMessage", "RoomNotice"]
     assert await svc.queue_due_reminders() == []
     assert len(await store.outbox()) == 2
+
+
+async def test_removed_reaction_withdraws_and_promotes(store: Store) -> None:
+    svc, _ = await make(store)
+    eid = await create(svc, '!event create "X" tomorrow 3pm capacity 1')
+    poll = f"$poll-{eid}-{ROOM}"
+    react = mid()
+    await svc.handle_reaction(ROOM, UserID("@a:x"), react, poll, "✅")
+    await svc.handle_poll_response(ROOM, UserID("@b:x"), mid(), poll, ["going"])
+    # Someone else's redaction of the reaction (a moderator cleaning up) does not change the answer.
+    assert await svc.handle_redaction(ROOM, MOD, mid(), react) == []
+    eff = await svc.handle_redaction(ROOM, UserID("@a:x"), mid(), react)
+    assert [(type(e), e.user_id) for e in eff] == [(DirectMessage, "@b:x")]  # type: ignore[union-attr]
+    assert [a.user_id for a in await store.answers(eid)] == ["@b:x"]  # type: ignore[arg-type]
+    # Redacting something that is not an answer is a no-op.
+    assert await svc.handle_redaction(ROOM, UserID("@a:x"), mid(), "$unrelated") == []

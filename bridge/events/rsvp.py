@@ -107,3 +107,28 @@ def recompute_after_edit(old: Event, new: Event, answers: Sequence[Rsvp]) -> tup
     """People promoted because the organiser raised the capacity."""
     before = {r.user_id for r in attendance(old.capacity, answers).confirmed}
     return tuple(r for r in attendance(new.capacity, answers).confirmed if r.user_id not in before)
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn:
+    removed: Rsvp
+    promoted: tuple[Rsvp, ...]
+    after: Attendance
+
+
+def withdraw(
+    event: Event, answers: Sequence[Rsvp], user: UserID, now: datetime
+) -> Withdrawn | Refused | None:
+    """Take back an answer (a removed reaction); ``None`` if there was none. Refused like answering."""
+    if event.cancelled:
+        return Refused("cancelled")
+    if now >= event.starts_at:
+        return Refused("started")
+    if event.deadline is not None and now >= event.deadline:
+        return Refused("deadline")
+    removed = next((r for r in answers if r.user_id == user), None)
+    if removed is None:
+        return None
+    before = {r.user_id for r in attendance(event.capacity, answers).confirmed}
+    after = attendance(event.capacity, [r for r in answers if r.user_id != user])
+    return Withdrawn(removed, tuple(r for r in after.confirmed if r.user_id not in before), after)

@@ -54,8 +54,9 @@ from bridge.events.model import (
 )
 from bridge.events.outbox import encode
 from bridge.events.reminders import DEFAULT_OFFSETS, Due, due, next_due
-from bridge.events.rsvp import Accepted, RsvpRequest, decide, recompute_after_edit
+from bridge.events.rsvp import Accepted, Refused, RsvpRequest, decide, recompute_after_edit, withdraw
 from bridge.events.store import (
+    DeleteAnswer,
     MarkProcessed,
     MarkReminder,
     PutAnswer,
@@ -479,6 +480,27 @@ class EventService:
             await self._done(mid, room)
             return []
         effects, writes = await self._rsvp(ev, room, sender, mid, answer, source, ev.lang, None)
+        await self._done(mid, room, writes, effects)
+        return effects
+
+    async def handle_redaction(
+        self, room: RoomID, sender: UserID, mid: MatrixEventID, redacts: str
+    ) -> list[Effect]:
+        """A removed reaction takes the answer back (only if it is still the answer on record)."""
+        rsvp = await self.store.answer_by_source(redacts)
+        ev = None if rsvp is None else await self.store.get_event(rsvp.event_id)
+        if rsvp is None or ev is None or rsvp.user_id != sender or rsvp.source is not Source.REACTION:
+            await self._done(mid, room)
+            return []
+        outcome = withdraw(ev, await self.store.answers(ev.id), sender, self.clock.now())
+        effects: list[Effect] = []
+        writes: list[Write] = []
+        if isinstance(outcome, Refused):
+            effects.append(DirectMessage(sender, render.refused(ev, ev.lang, outcome.reason, self.tz)))
+        elif outcome is not None:
+            writes.append(DeleteAnswer(ev.id, sender))
+            effects += [DirectMessage(p.user_id, render.promoted_dm(ev, self.tz)) for p in outcome.promoted]
+            log.info("rsvp %s %s withdrawn (reaction removed)", ev.id, sender)
         await self._done(mid, room, writes, effects)
         return effects
 

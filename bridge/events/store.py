@@ -90,6 +90,12 @@ class PutAnswer:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteAnswer:
+    event_id: EventID
+    user_id: UserID
+
+
+@dataclass(frozen=True, slots=True)
 class MarkProcessed:
     matrix_event_id: MatrixEventID
     room_id: RoomID
@@ -139,6 +145,7 @@ Write = (
     | PutAudience
     | SetPoll
     | PutAnswer
+    | DeleteAnswer
     | MarkProcessed
     | MarkReminder
     | SetRoomSince
@@ -209,6 +216,8 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
                     r.source_event_id, r.room_id, r.display_name, r.department, r.job_title,
                 ),
             )  # fmt: skip
+        case DeleteAnswer(eid, user):
+            return ("DELETE FROM answers WHERE event_id = ? AND user_id = ?", (eid, user))
         case MarkProcessed(mid, room, at):
             return (
                 "INSERT INTO processed (matrix_event_id, room_id, processed_at) VALUES (?, ?, ?) "
@@ -429,6 +438,12 @@ class Store:
             a = _answer(r)
             out[a.event_id].append(a)
         return out
+
+    async def answer_by_source(self, source_event_id: str) -> Rsvp | None:
+        rows = await self._rows(
+            f"SELECT {_ANSWER_COLS} FROM answers WHERE source_event_id = ?", (source_event_id,)
+        )
+        return _answer(rows[0]) if rows else None
 
     async def next_seq(self, eid: EventID) -> int:
         rows = await self._rows("SELECT COALESCE(MAX(seq), 0) FROM answers WHERE event_id = ?", (eid,))
