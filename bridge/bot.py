@@ -287,7 +287,6 @@ class EventBot:
         self.cfg = cfg
         self.store = store
         self.clock = clock or SystemClock()
-        cfg.crypto_store_dir.mkdir(parents=True, exist_ok=True)
         self.client = AsyncClient(
             cfg.homeserver_url,
             cfg.user_id,
@@ -319,6 +318,7 @@ class EventBot:
     # --- lifecycle ------------------------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self.cfg.crypto_store_dir.mkdir(parents=True, exist_ok=True)
         await self.store.open()
         self.client.access_token = self.cfg.access_token
         who = await self.client.whoami()

@@ -17,7 +17,7 @@ from bridge.events.model import (
     UserID,
     attendance,
 )
-from bridge.events.rsvp import Accepted, Refused, RsvpRequest, decide
+from bridge.events.rsvp import Accepted, Refused, RsvpRequest, Withdrawn, decide, withdraw
 
 T0 = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
 
@@ -123,3 +123,38 @@ def test_invariants(capacity: int | None, script: list[tuple[int, Answer, int]])
         promoted = [r.user_id for r in out.promoted]
         assert promoted == [r.user_id for r in before.waitlist if r.user_id in going_after][: len(promoted)]
         assert set(promoted) == going_after - {r.user_id for r in before.confirmed} - {f"@u{user_no}:x"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    capacity=st.integers(1, 4),
+    script=st.lists(st.tuples(st.integers(0, 6), st.sampled_from([*Answer, None])), min_size=1, max_size=50),
+)
+def test_invariants_with_withdrawals(capacity: int, script: list[tuple[int, Answer | None]]) -> None:
+    """Answers mixed with withdrawals (removed reactions): capacity, order and promotion still hold."""
+    ev = event(capacity=capacity, deadline=None, starts_at=T0 + timedelta(days=30))
+    s: list[Rsvp] = []
+    now = T0
+    for user_no, a in script:
+        now += timedelta(seconds=1)
+        user = f"@u{user_no}:x"
+        before = attendance(capacity, s)
+        if a is None:
+            out = withdraw(ev, s, UserID(user), now)
+            if out is None:
+                assert user not in {r.user_id for r in s}
+                continue
+            assert isinstance(out, Withdrawn)
+            s = [r for r in s if r.user_id != user]
+            promoted = [r.user_id for r in out.promoted]
+        else:
+            s, res = answer(ev, s, user, a, now)
+            assert isinstance(res, Accepted)
+            promoted = [r.user_id for r in res.promoted]
+        after = attendance(capacity, s)
+        assert len(after.confirmed) <= capacity
+        assert not after.waitlist or len(after.confirmed) == capacity
+        assert promoted == [r.user_id for r in before.waitlist][: len(promoted)]
+        assert set(promoted) == {r.user_id for r in after.confirmed} - {
+            r.user_id for r in before.confirmed
+        } - {user}
