@@ -199,7 +199,7 @@ def test_untrusted_read_removes_nobody_but_still_adds():
     people = [person(i) for i in range(6)]
     obs = simulate(plan_for(people, empty()), empty())
     newcomer = person(50)
-    plan = plan_for(people[:2] + [newcomer], obs, complete=False)
+    plan = plan_for([*people[:2], newcomer], obs, complete=False)
     assert not any(isinstance(a, LockUser | Kick | DeactivateUser) for a in plan.actions)
     assert plan.held_removals >= 4
     assert any(isinstance(a, CreateUser) and a.anchor == "a050" for a in plan.actions)
