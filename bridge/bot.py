@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, assert_never, cast
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -592,6 +592,8 @@ class EventBot:
                         "m.text": [{"body": text}],
                     }
                     await self._send(room, POLL_END, content, txn)
+            case _:
+                assert_never(effect)
 
     async def _upload(self, room: str, f: Attachment, txn: str) -> None:
         await self._wait_room(room)

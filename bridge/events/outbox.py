@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
-from typing import Any
+from typing import Any, assert_never
 
 from bridge.events.model import (
     Announce,
@@ -57,6 +57,8 @@ def encode(effect: Effect) -> str:
             d = {"t": "dm_upload", "user": user, "text": _text(text), "files": _files(files)}
         case EndPoll(eid, room, body):
             d = {"t": "end_poll", "event": eid, "room": room, "body": body}
+        case _:
+            assert_never(effect)
     return json.dumps(d, ensure_ascii=False, sort_keys=True)
 
 

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, assert_never
 from zoneinfo import ZoneInfo
 
 from bridge.events import export, render
@@ -177,6 +177,8 @@ class EventService:
                 if ev is None:
                     return [reply(err)], []
                 return await self._rsvp(ev, room, sender, mid, answer, Source.COMMAND, lang, reply)
+            case _:
+                assert_never(cmd)
 
     async def _resolve(self, eid: EventID | None, room: RoomID, lang: Lang) -> tuple[Event | None, Text]:
         if eid is not None:

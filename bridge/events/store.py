@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, assert_never
 
 from bridge.events.model import (
     Answer,
@@ -252,7 +252,8 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
             )
         case DeleteOutbox(oid):
             return ("DELETE FROM outbox WHERE id = ?", (oid,))
-    raise AssertionError(w)  # pragma: no cover - mypy checks the match is exhaustive
+        case _:
+            assert_never(w)
 
 
 _EVENT_COLS = (
