@@ -36,6 +36,7 @@ from nio import (
     AsyncClientConfig,
     JoinError,
     MegolmEvent,
+    MessageDirection,
     ProfileGetResponse,
     ReactionEvent,
     RedactionEvent,
@@ -43,6 +44,7 @@ from nio import (
     RoomGetStateEventResponse,
     RoomGetStateResponse,
     RoomMemberEvent,
+    RoomMessagesResponse,
     RoomMessageText,
     RoomPreset,
     RoomSendResponse,
@@ -82,6 +84,9 @@ POLL_END = "m.poll.end"
 TOKEN_ENV = "CIVMATRIX_BOT_TOKEN"
 CREATOR_LEVEL = 2**53  # "infinitely high" for room creators in room version 12
 SYNC_TOKEN_KEY = "sync_token"
+# A larger timeline window makes gaps (limited syncs) rare; a gap is backfilled page by page, up to this many.
+SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
+BACKFILL_PAGES = 50
 # An event that could not be decrypted yet is retried for this long (its room key may still be on the way).
 UNDECRYPTED_TTL = 300.0
 
@@ -387,7 +392,7 @@ class EventBot:
         backoff = 1.0
         while True:
             resp = await self.client.sync(
-                timeout=self.cfg.sync_timeout_ms, since=since, full_state=full_state
+                timeout=self.cfg.sync_timeout_ms, sync_filter=SYNC_FILTER, since=since, full_state=full_state
             )
             if not isinstance(resp, SyncResponse):
                 log.warning("sync failed: %s; retrying in %.0f s", getattr(resp, "message", resp), backoff)
@@ -425,11 +430,45 @@ class EventBot:
         for room_id, info in resp.rooms.join.items():
             events = list(info.timeline.events)
             since = await self._room_cutoff(room_id, events, first_ever)
+            seen_key = f"seen:{room_id}"
+            seen = int(await self.store.get_value(seen_key) or 0)
+            if info.timeline.limited and info.timeline.prev_batch and not first_ever:
+                events = await self._backfill(room_id, info.timeline.prev_batch, max(since, seen)) + events
+            newest = seen
             for ev in events:
-                if getattr(ev, "server_timestamp", 0) < since:
+                ts = int(getattr(ev, "server_timestamp", 0))
+                newest = max(newest, ts)
+                if ts < since:
                     continue
                 await self._handle_event(room_id, ev)
+            if newest > seen:
+                await self.store.write([SetValue(seen_key, str(newest))])
         await self._retry_undecrypted()
+
+    async def _backfill(self, room_id: str, token: str, after_ts: int) -> list[Any]:
+        """Events a limited sync left out (the bot was down while the room was busy), oldest first.
+
+        Pages back until an event no newer than ``after_ts`` (already seen), so nothing sent while the bot was
+        down is dropped; what was handled already is skipped later by its "processed" mark.
+        """
+        missed: list[Any] = []
+        for _ in range(BACKFILL_PAGES):
+            resp = await self.client.room_messages(
+                room_id, start=token, limit=100, direction=MessageDirection.back
+            )
+            if not isinstance(resp, RoomMessagesResponse) or not resp.chunk:
+                break
+            done = False
+            for ev in resp.chunk:  # newest first
+                if int(getattr(ev, "server_timestamp", 0)) <= after_ts:
+                    done = True
+                    break
+                missed.append(ev)
+            if done or not resp.end:
+                break
+            token = resp.end
+        log.info("backfilled %d events in %s after a gap", len(missed), room_id)
+        return list(reversed(missed))
 
     async def _room_cutoff(self, room_id: str, events: Sequence[Any], first_ever: bool) -> int:
         known = await self.store.room_since(RoomID(room_id))

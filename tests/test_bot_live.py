@@ -522,3 +522,52 @@ async def test_resent_outbox_entry_is_deduplicated(
             await bot.stop()
     await quiet(2)
     assert len(probes()) == 1
+
+
+async def test_busy_room_while_down_is_backfilled(
+    synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More happened while the bot was down than one sync shows (a "limited" timeline): the command buried
+    under the chatter is still answered, once."""
+    import bridge.bot
+
+    monkeypatch.setattr(bridge.bot, "SYNC_FILTER", {"room": {"timeline": {"limit": 3}}})
+    person = people["person"]
+    bot_acct = people["bot"]
+    mod = person("mod")
+    mod.start()
+    room = await make_room(mod, encrypted=True, invite=[bot_acct.user_id],
+                           marker={"kind": "room", "unit": "b", "shard": 1, "version": 1})  # fmt: skip
+    cfg = BotConfig(
+        homeserver_url=synapse.url,
+        user_id=bot_acct.user_id,
+        access_token=bot_acct.access_token,
+        device_id=bot_acct.device_id,
+        store=str(tmp_path / "bot.db"),
+        crypto_store_dir=tmp_path / "bot-crypto",
+        sync_timeout_ms=1000,
+    )
+    clock = ManualClock(datetime.now(UTC))
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await until(lambda: room in bot.client.rooms, "bot in the room")
+        await until(lambda: list(mod.client.device_store.active_user_devices(bot_acct.user_id)), "bot's keys")
+        await mod.say(room, "!event list")
+        await until(lambda: [s for s in mod.notices(room) if "No upcoming events" in s.content.get("body", "")],
+                    "first reply")  # fmt: skip
+    finally:
+        await bot.stop()
+    await mod.say(room, "!event help")
+    for i in range(12):
+        await mod.say(room, f"chatter {i}")
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await until(lambda: [s for s in mod.notices(room) if "!event create" in s.content.get("body", "")],
+                    "the buried command answered")  # fmt: skip
+        await quiet(2)
+        assert len([s for s in mod.notices(room) if "!event create" in s.content.get("body", "")]) == 1
+        assert len([s for s in mod.notices(room) if "No upcoming events" in s.content.get("body", "")]) == 1
+    finally:
+        await bot.stop()
