@@ -615,21 +615,22 @@ def ensure_secrets(secrets_dir: Path, database: Postgres) -> list[str]:
     return created
 
 
-def check_deployment(config_dir: Path, d: Deployment, *, python: str = sys.executable) -> None:
-    """Run Synapse's own config check on ``homeserver.yaml`` and on each worker's view of it.
+def check_deployment(out_dir: Path, d: Deployment, *, python: str = sys.executable) -> None:
+    """Run Synapse's own config check on the files :func:`write_deployment` wrote into ``out_dir``.
 
+    ``homeserver.yaml`` is checked as the main process loads it, and once more as each worker loads it.
     A worker starts with ``-c homeserver.yaml -c workers/<name>.yaml``; Synapse merges the files shallowly
     (``synapse.config._base.read_config_files``: later top-level keys replace earlier ones), so checking
     that merge as one file is checking exactly what the worker loads. The secret files must exist.
     Raises :class:`provisioner.embedded.synapse.SynapseError` with Synapse's message.
     """
-    config_dir = Path(config_dir)
-    main_path = config_dir / "synapse" / "homeserver.yaml"
+    out_dir = Path(out_dir)
+    main_path = out_dir / "synapse" / "homeserver.yaml"
     check_config(main_path, python=python)
     main = yaml.safe_load(main_path.read_text(encoding="utf-8"))
     with tempfile.TemporaryDirectory(prefix="civmatrix-check-") as tmp:
         for worker in d.workers:
-            worker_path = config_dir / "synapse" / "workers" / f"{worker.name}.yaml"
+            worker_path = out_dir / "synapse" / "workers" / f"{worker.name}.yaml"
             merged = main | yaml.safe_load(worker_path.read_text(encoding="utf-8"))
             merged_path = Path(tmp) / f"{worker.name}.yaml"
             merged_path.write_text(yaml.safe_dump(merged), encoding="utf-8")
