@@ -128,8 +128,15 @@ def _notice(text: Text) -> dict[str, Any]:
 
 
 def poll_content(a: Announce) -> dict[str, Any]:
-    """``m.poll.start`` (Matrix 1.7) with the text fallback that clients without polls show."""
+    """``m.poll.start`` as in Matrix 1.7, plus the MSC3381 shape that matrix-js-sdk (Element) still reads."""
     return {
+        "org.matrix.msc3381.poll.start": {
+            "kind": "org.matrix.msc3381.poll.disclosed",
+            "max_selections": 1,
+            "question": {"org.matrix.msc1767.text": a.question, "body": a.question},
+            "answers": [{"id": ans.value, "org.matrix.msc1767.text": label} for ans, label in a.answers],
+        },
+        "org.matrix.msc1767.text": a.text.body,
         "m.poll": {
             "kind": "m.disclosed",
             "max_selections": 1,
@@ -612,6 +619,13 @@ class EventBot:
             case DirectMessage(user, text):
                 await self._send(await self._dm_room(user), "m.room.message", _notice(text), txn)
             case Announce():
+                # The full text as an ordinary notice, for clients that do not show polls (they can react to
+                # it or use the commands), then the poll for those that do.
+                text_id = await self._send(effect.room_id, "m.room.message", _notice(effect.text), txn + ".t")
+                if text_id is not None:
+                    await self.service.announcement_posted(
+                        effect.event_id, effect.room_id, MatrixEventID(text_id)
+                    )
                 poll_id = await self._send(effect.room_id, POLL_START, poll_content(effect), txn)
                 if poll_id is not None:
                     await self.service.poll_posted(effect.event_id, effect.room_id, MatrixEventID(poll_id))

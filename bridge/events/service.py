@@ -63,6 +63,7 @@ from bridge.events.store import (
     PutAudience,
     PutEvent,
     PutOutbox,
+    SetAnchor,
     SetPoll,
     Store,
     Write,
@@ -508,6 +509,9 @@ class EventService:
 
     async def poll_posted(self, eid: EventID, room: RoomID, poll_event_id: MatrixEventID) -> None:
         await self.store.write([SetPoll(eid, room, poll_event_id)])
+
+    async def announcement_posted(self, eid: EventID, room: RoomID, message_id: MatrixEventID) -> None:
+        await self.store.write([SetAnchor(message_id, eid, room)])
 
     # --- reminders ------------------------------------------------------------------------------------------
 

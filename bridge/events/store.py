@@ -57,6 +57,8 @@ SCHEMA = [
     "CREATE TABLE IF NOT EXISTS rooms (room_id TEXT PRIMARY KEY, since_ts BIGINT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS dm_rooms (user_id TEXT PRIMARY KEY, room_id TEXT NOT NULL)",
     "CREATE TABLE IF NOT EXISTS kv (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS anchors (
+        matrix_event_id TEXT PRIMARY KEY, event_id TEXT NOT NULL, room_id TEXT NOT NULL)""",
     """CREATE TABLE IF NOT EXISTS outbox (
         id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, payload TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS outbox_order ON outbox (created_at, id)",
@@ -82,6 +84,15 @@ class SetPoll:
     event_id: EventID
     room_id: RoomID
     poll_event_id: MatrixEventID
+
+
+@dataclass(frozen=True, slots=True)
+class SetAnchor:
+    """A message that announces ``event_id`` (besides the poll): reactions to it are answers too."""
+
+    matrix_event_id: MatrixEventID
+    event_id: EventID
+    room_id: RoomID
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +155,7 @@ Write = (
     PutEvent
     | PutAudience
     | SetPoll
+    | SetAnchor
     | PutAnswer
     | DeleteAnswer
     | MarkProcessed
@@ -201,6 +213,12 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
                 """INSERT INTO audience (event_id, room_id, poll_event_id) VALUES (?, ?, ?)
                    ON CONFLICT (event_id, room_id) DO UPDATE SET poll_event_id = excluded.poll_event_id""",
                 (eid, room, poll),
+            )
+        case SetAnchor(mid, eid, room):
+            return (
+                "INSERT INTO anchors (matrix_event_id, event_id, room_id) VALUES (?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (mid, eid, room),
             )
         case PutAnswer(r):
             return (
@@ -468,7 +486,12 @@ class Store:
         return out
 
     async def event_by_poll(self, poll_event_id: str) -> EventID | None:
-        rows = await self._rows("SELECT event_id FROM audience WHERE poll_event_id = ?", (poll_event_id,))
+        """The event a poll or an announcement message belongs to (what reactions and votes point at)."""
+        rows = await self._rows(
+            "SELECT event_id FROM audience WHERE poll_event_id = ? "
+            "UNION SELECT event_id FROM anchors WHERE matrix_event_id = ?",
+            (poll_event_id, poll_event_id),
+        )
         return EventID(rows[0][0]) if rows else None
 
     async def reminders_sent(self, eids: Sequence[EventID]) -> set[ReminderKey]:
