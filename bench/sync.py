@@ -253,6 +253,69 @@ def churn(ldap: EmbeddedSlapd, cfg_path: Path, fraction: float) -> int:
     return len(changes)
 
 
+def resync_phase(work: Path, results: dict[str, Any]) -> None:
+    """No-change, 1 % churn and following re-syncs against servers restarted from ``work``."""
+    saved = json.loads((work / "bench-state.json").read_text())
+    ldap = EmbeddedSlapd(work / "slapd", port=saved["ldap_port"], service_password=saved["ldap_password"],
+                         root_password=saved["ldap_root_password"])  # fmt: skip
+    ldap.start()
+    hs = EmbeddedSynapse(work / "provisioner", public_port=saved["public_port"], admin_port=saved["admin_port"],
+                         log_level="WARNING")  # fmt: skip
+    hs.start()
+    cfg_path = Path(saved["cfg"])
+    try:
+        again, again_stats, rss_kb, _ = run_cli(cfg_path)
+        print(f"no-change sync: {again:.2f} s, {again_stats}", flush=True)
+        again2, again2_stats, _, _ = run_cli(cfg_path)
+        print(f"no-change sync (again): {again2:.2f} s, {again2_stats}", flush=True)
+        changed = churn(ldap, cfg_path, 0.01)
+        churn_t, churn_stats, _, _ = run_cli(cfg_path, "--allow-removals", "100000")
+        print(f"1% churn sync ({changed} changes): {churn_t:.2f} s, {churn_stats}", flush=True)
+        final, final_stats, _, _ = run_cli(cfg_path)
+    finally:
+        hs.stop()
+        ldap.stop()
+    results.update(
+        no_change={"seconds": min(again, again2), **again_stats},
+        churn={"seconds": churn_t, "changes": changed, **churn_stats},
+        after_churn={"seconds": final, **final_stats},
+        resync_peak_rss_mb=rss_kb / 1024,
+    )
+    print(f"| no-change re-sync | {min(again, again2):.2f} s, {again_stats.get('writes', '?')} writes |")
+    print(
+        f"| re-sync after 1 % churn ({changed} changes) | {churn_t:.2f} s, {churn_stats.get('writes', '?')} writes |"
+    )
+    print(f"| following re-sync | {final:.2f} s, {final_stats.get('writes', '?')} writes |")
+
+
+def full_phase(work: Path, people: int, concurrency: int, results: dict[str, Any]) -> None:
+    """Fresh slapd + Synapse under ``work``, one full sync; servers stopped, state kept for resync_phase."""
+    directory = generate_directory(people, seed=1)
+    ldap = EmbeddedSlapd(work / "slapd")
+    ldap.load_ldif(directory.to_ldif())
+    ldap.start()
+    hs, token = start_synapse(work, "provisioner", None)
+    try:
+        cfg_path = write_cfg(work, ldap, hs, token, concurrency)
+        full, full_stats, rss_kb, _ = run_cli(cfg_path)
+        events = count_events(hs, None)
+        print(
+            f"full sync: {full:.1f} s, {events} events, {full_stats}, peak RSS {rss_kb / 1024:.0f} MB",
+            flush=True,
+        )
+    finally:
+        hs.stop()
+        ldap.stop()
+    (work / "bench-state.json").write_text(json.dumps({
+        "ldap_port": ldap.port, "ldap_password": ldap.service_password, "ldap_root_password": ldap.root_password,
+        "public_port": hs.public_port, "admin_port": hs.admin_port, "cfg": str(cfg_path),
+    }))  # fmt: skip
+    results.update(full={"seconds": full, "events": events, **full_stats}, peak_rss_mb=rss_kb / 1024)
+    print(f"| provisioner full sync (read + plan + apply) | {full:.1f} s, {events} events, "
+          f"{full_stats.get('writes', '?')} write requests |")  # fmt: skip
+    print(f"| provisioner peak RSS | {rss_kb / 1024:.0f} MB |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--people", type=int, default=2500)
@@ -261,8 +324,26 @@ def main() -> None:
     ap.add_argument("--postgres", action="store_true")
     ap.add_argument("--skip-floor", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument(
+        "--phase",
+        choices=("all", "full", "resync"),
+        default="all",
+        help="full: one full sync into --workdir and stop; resync: re-syncs against --workdir",
+    )
+    ap.add_argument("--workdir", type=Path, help="keep the servers' data here (with --phase full/resync)")
     args = ap.parse_args()
     results: dict[str, Any] = {"people": args.people, "database": "postgresql" if args.postgres else "sqlite"}
+    if args.phase != "all":
+        if args.workdir is None:
+            raise SystemExit("--phase full/resync needs --workdir")
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        if args.phase == "full":
+            full_phase(args.workdir.resolve(), args.people, args.concurrency, results)
+        else:
+            resync_phase(args.workdir.resolve(), results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1))
+        return
     directory = generate_directory(args.people, seed=1)
     with tempfile.TemporaryDirectory(prefix="civmatrix-bench-") as tmpname:
         tmp = Path(tmpname)
