@@ -22,6 +22,7 @@ import contextlib
 import csv
 import io
 import sys
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -42,13 +43,14 @@ from nio.crypto.attachments import decrypt_attachment
 
 from bridge.bot import BotConfig, EventBot
 from bridge.events.clock import ManualClock
-from bridge.events.store import open_sqlite
+from bridge.events.store import Store, open_postgres, open_sqlite
 from tests.fixtures.synapse import SynapseHandle, unique_localpart
 
 pytestmark = pytest.mark.synapse
 
 MSK = ZoneInfo("Europe/Moscow")
 MARKER = "org.civmatrix.managed"
+PG_DSN = "host=127.0.0.1 user=postgres dbname=test"
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
 
 
@@ -361,6 +363,16 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         await bot.stop()
 
 
+def _pg_available() -> bool:
+    try:
+        import psycopg2
+
+        psycopg2.connect(PG_DSN, connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
 def _outbox_empty(path: str) -> bool:
     import sqlite3
 
@@ -527,13 +539,20 @@ async def test_resent_outbox_entry_is_deduplicated(
     assert len(probes()) == 1
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_busy_room_while_down_is_backfilled(
-    synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    synapse: SynapseHandle,
+    people: dict[str, Any],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
 ) -> None:
     """More happened while the bot was down than one sync shows (a "limited" timeline): the command buried
-    under the chatter is still answered, once."""
+    under the chatter is still answered, once. Run on both stores: the bot's state lives in either."""
     import bridge.bot
 
+    if backend == "postgres" and not _pg_available():
+        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
     monkeypatch.setattr(bridge.bot, "SYNC_FILTER", {"room": {"timeline": {"limit": 3}}})
     person = people["person"]
     bot_acct = people["bot"]
@@ -551,7 +570,14 @@ async def test_busy_room_while_down_is_backfilled(
         sync_timeout_ms=1000,
     )
     clock = ManualClock(datetime.now(UTC))
-    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    schema = "bot_" + uuid.uuid4().hex[:12]
+
+    def store() -> Store:
+        if backend == "sqlite":
+            return open_sqlite(cfg.store)
+        return open_postgres(PG_DSN, schema=schema)
+
+    bot = EventBot(cfg, store(), clock)
     await bot.start()
     try:
         await until(lambda: room in bot.client.rooms, "bot in the room")
@@ -564,7 +590,7 @@ async def test_busy_room_while_down_is_backfilled(
     await mod.say(room, "!event help")
     for i in range(12):
         await mod.say(room, f"chatter {i}")
-    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    bot = EventBot(cfg, store(), clock)
     await bot.start()
     try:
         await until(lambda: [s for s in mod.notices(room) if "!event create" in s.content.get("body", "")],
@@ -574,3 +600,10 @@ async def test_busy_room_while_down_is_backfilled(
         assert len([s for s in mod.notices(room) if "No upcoming events" in s.content.get("body", "")]) == 1
     finally:
         await bot.stop()
+        if backend == "postgres":
+            import psycopg2
+
+            conn = psycopg2.connect(PG_DSN)
+            conn.autocommit = True
+            conn.cursor().execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+            conn.close()
