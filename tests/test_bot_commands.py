@@ -82,6 +82,22 @@ def test_create(text: str, expected: CreateEvent) -> None:
     assert p(text) == expected
 
 
+MORE_DATES = [
+    ('!событие "X" 3 декабря 2026 г. 15:00', msk(2026, 12, 3, 15)),
+    ('!event create "X" Dec 3rd 2026 at 9am', msk(2026, 12, 3, 9)),
+    ('!event create "X" 3 dec 12:30 pm', msk(2026, 12, 3, 12, 30)),
+    ('!event create "X" 12am tomorrow', msk(2026, 11, 30, 0, 0)),
+    ('!событие "X" 31.12.26 23:59', msk(2026, 12, 31, 23, 59)),
+]
+
+
+@pytest.mark.parametrize(("text", "when"), MORE_DATES)
+def test_more_date_forms(text: str, when: datetime) -> None:
+    r = p(text)
+    assert isinstance(r, CreateEvent), r
+    assert r.starts_at == when
+
+
 ERROR_CASES = [
     ('!event create "X" 2020-01-01 10:00', "en", "past"),
     ('!событие создать "X" 2020-01-01 10:00', "ru", "прошло"),
@@ -99,6 +115,9 @@ ERROR_CASES = [
     ('!событие создать "X" завтра 15:00 до 2026-12-05', "ru", "позже начала"),
     ('!event create "X" 2026-02-30 10:00', "en", "no such date"),
     ('!event create "X" 25:00', "en", "does not exist"),
+    ('!event create "X" 13pm tomorrow', "en", "1 to 12"),
+    ('!event create "X" 3 December 4 December 10:00', "en", "twice"),
+    ('!event create "X" tomorrow 10:00 11:00', "en", "twice"),
     ('!event create "X" yesterday 3pm', "en", "yesterday"),
     ("!event create Meeting tomorrow 3pm", "en", "in quotes"),
     ('!event create "unterminated tomorrow', "en", "not closed"),

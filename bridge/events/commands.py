@@ -327,23 +327,22 @@ def parse_when(words: list[str], now: datetime, tz: ZoneInfo, *, need_time: bool
             set_day(today + timedelta(days=ahead))
             i += 1
             continue
-        if w in _MONTHS and nxt is not None and _DAY.match(nxt):  # "december 3"
-            md = (_MONTHS[w], int(_DAY.match(nxt)[1]))  # type: ignore[index]
+        md: tuple[int, int] | None = None
+        if w in _MONTHS and nxt is not None and (dm := _DAY.match(nxt)):  # "december 3"
+            md = (_MONTHS[w], int(dm[1]))
+        elif (dm := _DAY.match(w)) and nxt is not None and nxt in _MONTHS:  # "3 декабря"
+            md = (_MONTHS[nxt], int(dm[1]))
+        if md is not None:
             i += 2
-            i = _take_year(words, i, md, set_day)
-            if i < 0:
-                i = -i
-                if day is None:
-                    pending_month_day = md if pending_month_day is None else _dup()
-            continue
-        if (m := _DAY.match(w)) and nxt is not None and nxt in _MONTHS:  # "3 декабря"
-            md = (_MONTHS[nxt], int(m[1]))
-            i += 2
-            i = _take_year(words, i, md, set_day)
-            if i < 0:
-                i = -i
-                if day is None:
-                    pending_month_day = md if pending_month_day is None else _dup()
+            if i < len(words) and (ym := _YEAR.match(words[i])):
+                set_day(_mkdate(int(ym[1]), *md))
+                i += 1
+                while i < len(words) and words[i] in ("г", "г.", "года"):
+                    i += 1
+            elif day is not None or pending_month_day is not None:
+                raise DateError("дата указана дважды", "the date is given twice")
+            else:
+                pending_month_day = md
             continue
         if (m := re.match(r"^(\d{1,2})$", w)) and nxt in ("am", "pm"):
             set_time(_hour(int(m[1]), 0, nxt))
@@ -366,22 +365,6 @@ def parse_when(words: list[str], now: datetime, tz: ZoneInfo, *, need_time: bool
     if day is None:
         day = today
     return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
-
-
-def _dup() -> tuple[int, int]:
-    raise DateError("дата указана дважды", "the date is given twice")
-
-
-def _take_year(words: list[str], i: int, md: tuple[int, int], set_day: object) -> int:
-    """If a year follows a day-and-month, set the date and return the new index; else return ``-i``."""
-    if i < len(words) and (m := _YEAR.match(words[i])):
-        assert callable(set_day)
-        set_day(_mkdate(int(m[1]), md[0], md[1]))
-        i += 1
-        while i < len(words) and words[i] in ("г", "г.", "года"):
-            i += 1
-        return i
-    return -i
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -576,10 +559,6 @@ def _parse_fields(
                         ),
                     )
                 capacity = int(value.text)
-                if not 1 <= capacity <= MAX_CAPACITY:
-                    return validate(
-                        lang, now, title=None, starts_at=None, capacity=capacity, deadline=None
-                    ) or (ParseError(lang, "capacity"))
             elif w in _AUDIENCE:
                 unit = value.text.strip()
             elif w in _TITLE:
