@@ -192,7 +192,7 @@ def _print_plan(plan: Plan, check: RemovalCheck, *, lines: int = 5) -> None:
 
 
 def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, allow: int | None,
-         quiet: bool) -> None:  # fmt: skip
+         quiet: bool, full_read: bool = False) -> None:  # fmt: skip
     cfg = obj.config(token_required=True)
     saved = None
     if plan_path:
@@ -207,7 +207,7 @@ def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, a
     try:
         result = asyncio.run(
             sync.run(cfg, apply=apply, saved_plan=saved, allow_removals=allow, progress=not quiet,
-                     snapshot=snapshot)
+                     snapshot=snapshot, full_read=full_read)
         )  # fmt: skip
     except HomeserverError as e:
         fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
@@ -254,10 +254,15 @@ def plan(obj: Context, out: str | None, allow_removals: int | None) -> None:
     help="Let this run lock or kick up to N people even above the safety threshold.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--full-read", is_flag=True, help="Read every managed room again (ignore the room cache).")
 @click.pass_obj
-def sync_cmd(obj: Context, plan_path: str | None, allow_removals: int | None, quiet: bool) -> None:
+def sync_cmd(
+    obj: Context, plan_path: str | None, allow_removals: int | None, quiet: bool, full_read: bool
+) -> None:
     """Make the server match the directory."""
-    _run(obj, apply=True, plan_path=plan_path, out=None, allow=allow_removals, quiet=quiet)
+    _run(
+        obj, apply=True, plan_path=plan_path, out=None, allow=allow_removals, quiet=quiet, full_read=full_read
+    )
 
 
 @main.command()
@@ -322,6 +327,62 @@ def demo(root: str, people: int, once: bool) -> None:
     from provisioner.demo import demo_main
 
     sys.exit(demo_main(root, people, once))
+
+
+@main.command("deploy-config")
+@click.option(
+    "--public-baseurl", required=True, help="Where clients reach Synapse, e.g. https://matrix.city.gov/"
+)
+@click.option("--element-url", default=None, help="Element Web's own URL, e.g. https://chat.city.gov/")
+@click.option("--target", type=click.Choice(["compose", "host"]), default="compose", show_default=True)
+@click.option("--sync-workers", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option("--event-persisters", type=click.IntRange(1, 16), default=1, show_default=True)
+@click.option(
+    "--ldap-password-path",
+    default="/run/secrets/ldap_password",
+    show_default=True,
+    help="The LDAP service password file as Synapse sees it (for the directory login module).",
+)
+@click.option("--out", "out_dir", default="deploy", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--check",
+    is_flag=True,
+    help="Run Synapse's own config check (on the server, where the files' paths exist).",
+)
+@click.pass_obj
+def deploy_config(
+    obj: Context, public_baseurl: str, element_url: str | None, target: str, sync_workers: int,
+    event_persisters: int, ldap_password_path: str, out_dir: str, check: bool,
+) -> None:  # fmt: skip
+    """Render production Synapse, worker, nginx and Element files from the config, and check them."""
+    from pathlib import Path
+
+    from provisioner.deploy import check_deployment, ensure_secrets, standard_deployment, write_deployment
+    from provisioner.embedded.synapse import SynapseError
+    from provisioner.synapse_auth import module_config_from
+
+    cfg = obj.config()
+    login = module_config_from(cfg) | {"bind_password_file": ldap_password_path}
+    try:
+        d = standard_deployment(
+            cfg.homeserver.server_name, public_baseurl, element_url=element_url,
+            target="host" if target == "host" else "compose",
+            sync_workers=sync_workers, event_persisters=event_persisters, login=login,
+        )  # fmt: skip
+        out = Path(out_dir)
+        written = write_deployment(out, d)
+        created = ensure_secrets(out / "secrets", d.database)
+        if check:
+            check_deployment(out, d)
+    except (ValueError, OSError, SynapseError) as e:
+        fail(str(e), exitcodes.CONFIG)
+    click.echo(f"wrote {len(written)} files under {out_dir}; new secrets: {', '.join(created) or 'none'}")
+    if check:
+        click.echo("Synapse's own config check passed for the main process and every worker.")
+    else:
+        click.echo(
+            "run with --check on the server (where the secret paths exist) for Synapse's own config check"
+        )
 
 
 @main.command("sample-directory")

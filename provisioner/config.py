@@ -98,6 +98,7 @@ class SyncConfig:
     concurrency: int
     state_dir: str
     audit_log: str
+    full_read_hours: float = 24.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,12 +389,13 @@ def _safety(r: _Reader) -> SafetyConfig:
 
 
 def _sync(r: _Reader) -> SyncConfig:
-    r.check_known({"concurrency", "state_dir", "audit_log"})
+    r.check_known({"concurrency", "state_dir", "audit_log", "full_read_hours"})
     state_dir = r.path_("state_dir", "./state")
     return SyncConfig(
         concurrency=r.int_("concurrency", 8, 1, 256),
         state_dir=state_dir,
         audit_log=r.path_("audit_log", os.path.join(state_dir, "audit.jsonl")),
+        full_read_hours=r.float_("full_read_hours", 24.0, 0.0, 24.0 * 365),
     )
 
 

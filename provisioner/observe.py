@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
-from collections.abc import Mapping
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bridge.errors import MNotFound
-from bridge.homeserver import HomeserverClient, StateEvent
+from bridge.homeserver import HomeserverClient, RoomSummary, StateEvent
 from provisioner.reconcile import MARKER_TYPE, Observed, ObservedRoom, ObservedUser, RegistryEntry
 
 log = logging.getLogger(__name__)
@@ -95,23 +99,111 @@ def registry_content(entries: Mapping[str, RegistryEntry]) -> dict[str, Any]:
     return {"v": 1, "e": {a: [e.localpart, e.locked_since, e.profile] for a, e in sorted(entries.items())}}
 
 
-async def observe(client: HomeserverClient, provisioner: str, *, concurrency: int = 8) -> Observed:
+Signature = tuple[int, int, str | None, str | None, str | None, str | None]
+
+
+def _signature(r: RoomSummary) -> Signature:
+    return (r.state_events, r.joined_members, r.name, r.canonical_alias, r.join_rules, r.room_type)
+
+
+def _room_to_json(room: ObservedRoom) -> dict[str, Any]:
+    return {
+        "room_id": room.room_id, "kind": room.kind, "key": room.key, "name": room.name, "topic": room.topic,
+        "alias": room.alias, "join_rule": room.join_rule, "power_users": dict(room.power_users),
+        "members": sorted(room.members), "children": sorted(room.children),
+    }  # fmt: skip
+
+
+def _room_from_json(d: dict[str, Any]) -> ObservedRoom:
+    return ObservedRoom(
+        room_id=d["room_id"], kind=d["kind"], key=d["key"], name=d["name"], topic=d["topic"],
+        alias=d["alias"], join_rule=d["join_rule"],
+        power_users={str(k): int(v) for k, v in d["power_users"].items()},
+        members=frozenset(d["members"]), children=frozenset(d["children"]),
+    )  # fmt: skip
+
+
+@dataclass
+class RoomCache:
+    """Managed rooms as read on an earlier run, keyed by room ID with the admin room list's summary then.
+
+    A room whose summary (count of current state events, joined members, name, alias, join rule, type) is
+    unchanged is not read again. What the summary cannot see — a topic, power-level or marker edit — needs
+    power level 100, which only the provisioner holds in its rooms; rooms the provisioner itself changed are
+    forgotten after each run, and the whole cache expires after ``max_age`` (a full read then).
+    A cache is an optimisation only: a missing or damaged file means a full read.
+    """
+
+    path: Path | None
+    created_at: float
+    entries: dict[str, tuple[Signature, ObservedRoom | None]] = field(default_factory=dict)
+    hits: int = 0
+
+    @classmethod
+    def load(cls, path: Path, *, now: float, max_age: float) -> RoomCache:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            created = float(data["created_at"])
+            if data.get("v") != 1 or now - created > max_age or now < created:
+                return cls(path, now)
+            entries: dict[str, tuple[Signature, ObservedRoom | None]] = {}
+            for room_id, (sig, room) in data["rooms"].items():
+                entries[room_id] = (tuple(sig), _room_from_json(room) if room else None)
+            return cls(path, created, entries)
+        except (OSError, ValueError, KeyError, TypeError):
+            return cls(path, now)
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "v": 1,
+            "created_at": self.created_at,
+            "rooms": {rid: [list(sig), _room_to_json(room) if room else None]
+                      for rid, (sig, room) in self.entries.items()},
+        }  # fmt: skip
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, self.path)
+
+    def forget(self, room_ids: Iterable[str]) -> None:
+        for rid in room_ids:
+            self.entries.pop(rid, None)
+
+
+async def observe(
+    client: HomeserverClient, provisioner: str, *, concurrency: int = 8, cache: RoomCache | None = None
+) -> Observed:
     """The server as the provisioner sees it; rooms it did not create are never read."""
     users: dict[str, ObservedUser] = {}
     async for u in client.list_users():
         users[u.user_id] = ObservedUser(u.user_id, u.displayname, u.admin, u.deactivated, u.locked)
-    candidates = [r.room_id async for r in client.list_rooms() if r.creator == provisioner]
+    summaries = [r async for r in client.list_rooms() if r.creator == provisioner]
     sem = asyncio.Semaphore(concurrency)
 
-    async def read(room_id: str) -> ObservedRoom | None:
+    async def read(summary: RoomSummary) -> ObservedRoom | None:
+        sig = _signature(summary)
+        if (
+            cache is not None
+            and summary.room_id in cache.entries
+            and cache.entries[summary.room_id][0] == sig
+        ):
+            cache.hits += 1
+            return cache.entries[summary.room_id][1]
         async with sem:
             try:
-                return _room_from_state(room_id, await client.room_state(room_id))
+                room = _room_from_state(summary.room_id, await client.room_state(summary.room_id))
             except MNotFound:
                 return None  # purged between the list and the read
+        if cache is not None:
+            cache.entries[summary.room_id] = (sig, room)
+        return room
 
+    if cache is not None:
+        cache.forget(set(cache.entries) - {s.room_id for s in summaries})
     rooms: dict[str, ObservedRoom] = {}
-    for room in await asyncio.gather(*(read(r) for r in candidates)):
+    for room in await asyncio.gather(*(read(r) for r in summaries)):
         if room is None:
             continue
         other = rooms.get(room.key)

@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bridge.homeserver import HomeserverClient
@@ -23,7 +24,7 @@ from provisioner.desired import Desired, desired_state
 from provisioner.directory import interpret
 from provisioner.ldap_reader import read_directory
 from provisioner.model import DirectorySnapshot
-from provisioner.observe import META_TYPE, observe
+from provisioner.observe import META_TYPE, RoomCache, observe
 from provisioner.reconcile import (
     PROFILE_FIELD,
     Observed,
@@ -82,12 +83,23 @@ def sync_policy(
     )
 
 
+def room_cache(cfg: Config, *, now: float, full_read: bool) -> RoomCache:
+    path = Path(cfg.sync.state_dir) / "rooms-cache.json"
+    max_age = 0.0 if full_read else cfg.sync.full_read_hours * 3600.0
+    return RoomCache.load(path, now=now, max_age=max_age)
+
+
 async def make_plan(
-    cfg: Config, client: HomeserverClient, snapshot: DirectorySnapshot, *, now: float
+    cfg: Config,
+    client: HomeserverClient,
+    snapshot: DirectorySnapshot,
+    *,
+    now: float,
+    cache: RoomCache | None = None,
 ) -> tuple[Plan, Observed, Desired, SyncPolicy]:
     who = await client.whoami()
     caps = await client.capabilities()
-    observed = await observe(client, who.user_id, concurrency=cfg.sync.concurrency)
+    observed = await observe(client, who.user_id, concurrency=cfg.sync.concurrency, cache=cache)
     policy = sync_policy(
         cfg,
         who.user_id,
@@ -124,6 +136,7 @@ async def run(
     clock: Clock = time.time,
     progress: bool = True,
     snapshot: DirectorySnapshot | None = None,
+    full_read: bool = False,
 ) -> RunResult:
     """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI."""
     if snapshot is None:
@@ -135,7 +148,8 @@ async def run(
     ) as client:
         before = client.stats
         now = clock()
-        plan, observed, desired, policy = await make_plan(cfg, client, snapshot, now=now)
+        cache = room_cache(cfg, now=now, full_read=full_read)
+        plan, observed, desired, policy = await make_plan(cfg, client, snapshot, now=now, cache=cache)
         check = check_removals(
             plan,
             managed_count(observed, snapshot),
@@ -159,6 +173,7 @@ async def run(
             result.message = check.reason
             return result
         if not apply:
+            cache.save()
             return result
         run_id = uuid.uuid4().hex[:12]
         audit = AuditLog(cfg.sync.audit_log, run_id)
@@ -176,6 +191,9 @@ async def run(
             report = await executor.run(plan)
         finally:
             audit.close()
+            # Rooms this run wrote to are read again next time; the rest stay cached.
+            cache.forget(executor.room_ids[k] for k in touched_rooms(plan) if k in executor.room_ids)
+            cache.save()
         result.report = report
         is_trusted, _ = trusted(snapshot, observed, policy)
         if is_trusted and report.ok and observed.last_good_count != len(snapshot.people):
@@ -191,9 +209,20 @@ async def run(
                 f"{len(report.failed)} actions failed, {len(report.skipped)} skipped (see the audit log)"
             )
         spent = client.stats - before
-        result.stats = {"reads": spent.reads, "writes": spent.writes, "retries": spent.retries}
+        result.stats = {"reads": spent.reads, "writes": spent.writes, "retries": spent.retries,
+                        "rooms_cached": cache.hits}  # fmt: skip
         write_last_run(cfg, result, run_id)
         return result
+
+
+def touched_rooms(plan: Plan) -> set[str]:
+    keys: set[str] = set()
+    for a in plan.actions:
+        for attr in ("key", "room_key", "parent_key", "child_key"):
+            value = getattr(a, attr, None)
+            if isinstance(value, str):
+                keys.add(value)
+    return keys
 
 
 def write_last_run(cfg: Config, result: RunResult, run_id: str) -> None:

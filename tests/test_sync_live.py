@@ -405,3 +405,27 @@ def test_marker_is_what_makes_a_room_managed(world):
     obs = asyncio.run(observed(cfg))
     assert rid not in {r.room_id for r in obs.rooms.values()}
     assert MARKER_TYPE == "org.civmatrix.managed"
+
+
+def test_room_cache_skips_unchanged_rooms_but_sees_a_member_leave(world):
+    ldap, hs, path, directory = world
+    assert sync(path).exit_code == exitcodes.OK
+    second = sync(path)
+    assert second.stats["writes"] == 0
+    assert second.stats["rooms_cached"] > 0  # unchanged rooms were not read again
+    room = next(r for r in second.desired.layout.rooms if r.members)
+    leaver = room.members[0]
+    room_id = second.observed.rooms[room.key].room_id
+
+    async def leave() -> None:
+        async with HomeserverClient(hs.public_url, login_as(hs, leaver)) as c:
+            await c.send(__import__("bridge.homeserver", fromlist=["Request"]).Request(
+                "POST", f"/_matrix/client/v3/rooms/{room_id}/leave", "client.leave", body={}))
+
+    asyncio.run(leave())
+    third = sync(path)
+    assert [a for a in third.plan.actions if a.kind == "join"] == [
+        a for a in third.plan.actions if a.kind == "join" and a.user_id == leaver
+    ]
+    assert any(a.kind == "join" and a.user_id == leaver for a in third.plan.actions)
+    assert sync(path).stats["writes"] == 0
