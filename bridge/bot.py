@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import time
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -345,6 +346,11 @@ class EventBot:
             )
         if not device:
             raise RuntimeError("the server did not tell the token's device; set bot.device_id")
+        if await self._is_server_admin():
+            raise RuntimeError(
+                f"{self.cfg.user_id} is a server admin: the bot must run as an ordinary account with its own "
+                "token (a leaked bot token must not be able to administer the server)"
+            )
         # The crypto store is keyed by user and device: the same device keeps the same keys across restarts.
         self.client.restore_login(self.cfg.user_id, device, self.cfg.access_token)
         if self.client.should_upload_keys:
@@ -356,6 +362,23 @@ class EventBot:
         ):
             self._tasks.append(asyncio.create_task(self._guard(name, coro), name=f"bot-{name}"))
         log.info("bot %s started with device %s", self.cfg.user_id, device)
+
+    async def _is_server_admin(self) -> bool:
+        """Only an admin may read this endpoint: anything but a 200 with ``admin: true`` means "not admin"."""
+        path = "/_synapse/admin/v1/users/" + urllib.parse.quote(self.cfg.user_id, safe="") + "/admin"
+        try:
+            resp = await self.client.send(
+                "GET", path, headers={"Authorization": f"Bearer {self.cfg.access_token}"}
+            )
+            try:
+                if resp.status != 200:
+                    return False
+                body = await resp.json()
+                return bool(body.get("admin"))
+            finally:
+                resp.release()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return False
 
     async def stop(self) -> None:
         for t in self._tasks:

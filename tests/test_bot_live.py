@@ -607,3 +607,19 @@ async def test_busy_room_while_down_is_backfilled(
             conn.autocommit = True
             conn.cursor().execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
             conn.close()
+
+
+async def test_bot_refuses_to_run_as_server_admin(synapse: SynapseHandle, tmp_path: Path) -> None:
+    admin = synapse.server.create_admin(unique_localpart("botadmin"))
+    cfg = BotConfig(
+        homeserver_url=synapse.url,
+        user_id=admin.user_id,
+        access_token=admin.access_token,
+        device_id=admin.device_id,
+        store=str(tmp_path / "bot.db"),
+        crypto_store_dir=tmp_path / "bot-crypto",
+    )
+    bot = EventBot(cfg, open_sqlite(cfg.store), ManualClock(datetime.now(UTC)))
+    with pytest.raises(RuntimeError, match="server admin"):
+        await bot.start()
+    await bot.stop()
