@@ -296,3 +296,16 @@ async def test_removed_reaction_withdraws_and_promotes(store: Store) -> None:
     assert [a.user_id for a in await store.answers(eid)] == ["@b:x"]  # type: ignore[arg-type]
     # Redacting something that is not an answer is a no-op.
     assert await svc.handle_redaction(ROOM, UserID("@a:x"), mid(), "$unrelated") == []
+
+
+async def test_next_reminder_time_is_exact_with_many_events(store: Store) -> None:
+    """The scheduler sleeps until the true next due time, whichever offset and event it belongs to."""
+    svc, clock = await make(store)
+    for day in range(3, 8):
+        await create(svc, f'!event create "E{day}" 2026-12-0{day} 10:00')
+    await create(svc, '!event create "Soon" 2026-11-29 20:00')  # 1 h reminder at 19:00 MSK
+    clock.set(datetime(2026, 11, 29, 18, 0, tzinfo=MSK))
+    # Candidates: "Soon" at 19:00 (1 h) and E3 at 2 Dec 10:00 (24 h); the earlier wins.
+    assert await svc.next_reminder_at() == datetime(2026, 11, 29, 19, 0, tzinfo=MSK)
+    clock.set(datetime(2026, 11, 29, 21, 0, tzinfo=MSK))
+    assert await svc.next_reminder_at() == datetime(2026, 12, 2, 10, 0, tzinfo=MSK)

@@ -551,8 +551,12 @@ class EventService:
         return items
 
     async def next_reminder_at(self) -> datetime | None:
-        events = await self.store.next_start_after(self.clock.now())
-        return next_due(events, self.clock.now(), self.settings.reminder_offsets)
+        """When a reminder may next fall due: per offset, the first event starting after now + offset."""
+        now = self.clock.now()
+        candidates: list[Event] = []
+        for offset in self.settings.reminder_offsets:
+            candidates += await self.store.first_starting_after(now + offset)
+        return next_due(candidates, now, self.settings.reminder_offsets)
 
 
 class _ReplyFn(Protocol):

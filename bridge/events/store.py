@@ -429,11 +429,11 @@ class Store:
         )
         return [_event(r) for r in rows]
 
-    async def next_start_after(self, after: datetime) -> list[Event]:
-        """Events not yet started, earliest first (the reminder scheduler needs only the next due one)."""
+    async def first_starting_after(self, after: datetime) -> list[Event]:
+        """The not-cancelled event(s) with the earliest start after ``after`` (ties all returned)."""
         rows = await self._rows(
-            f"SELECT {_EVENT_COLS} FROM events WHERE cancelled = 0 AND starts_at > ? "
-            "ORDER BY starts_at LIMIT 200",
+            f"SELECT {_EVENT_COLS} FROM events WHERE cancelled = 0 AND starts_at = "
+            "(SELECT MIN(starts_at) FROM events WHERE cancelled = 0 AND starts_at > ?)",
             (_ms(after),),
         )
         return [_event(r) for r in rows]
