@@ -13,6 +13,7 @@ One story, in order, because each step depends on the state the previous one lef
    handled exactly once, the waitlisted person is promoted and told by DM, and nothing earlier is replayed.
 6. The organiser exports: the CSV (downloaded and decrypted by the client) lists everyone with their source.
 7. The clock is moved to 24 h before the start: the going people get a reminder DM, others do not.
+8. The organiser cancels: everyone who answered gets a DM, the polls are closed, later answers are refused.
 """
 
 from __future__ import annotations
@@ -359,6 +360,25 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         await quiet(2)
         assert _reminders(bob) == dm_before[bob.user_id]
         assert _reminders(alice) == dm_before[alice.user_id] + 1
+
+        # 8. The organiser cancels: everyone who answered is told, the polls are closed, RSVPs are refused.
+        await mod.say(r_fin, f"!событие отменить {eid}")
+
+        def cancellation_dm(p: Person) -> list[Seen]:
+            return [
+                s
+                for s in p.notices()
+                if "отменено" in s.content.get("body", "") and s.room_id not in (r_fin, r_tax)
+            ]
+
+        for who in (alice, bob, carol):
+            await until(lambda: cancellation_dm(who), f"cancellation DM to {who.user_id}")  # noqa: B023
+        await until(
+            lambda: [s for s in alice.seen if s.type == "m.poll.end" and s.room_id == r_fin], "poll closed"
+        )
+        await bob.say(r_tax, f"!going {eid}")
+        await until(lambda: [s for s in bob.notices(r_tax, bot_id) if "was cancelled" in s.content.get("body", "")],
+                    "refusal after the cancellation")  # fmt: skip
     finally:
         await bot.stop()
 
