@@ -223,6 +223,8 @@ class Executor:
             body["creation_content"] = {"type": "m.space"}
         room_id = await self.client.create_room(body, existing_alias_ok=True)
         marker = await self._marker(room_id)
+        if marker is None and await self._complete_half_created(room_id, a, body):
+            marker = await self._marker(room_id)
         if marker is None or marker.get("unit") != a.unit_key or marker.get("shard") != a.shard:
             # The alias belongs to a room we do not manage (made by hand): never adopt it.
             log.warning("alias #%s is taken by unmanaged room %s; creating under a suffixed alias",
@@ -230,6 +232,27 @@ class Executor:
             body["room_alias_name"] = f"{a.alias}-{hashlib.sha256(a.key.encode()).hexdigest()[:6]}"
             room_id = await self.client.create_room(body, existing_alias_ok=True)
         self.room_ids[a.key] = room_id
+
+    async def _complete_half_created(self, room_id: str, a: CreateRoom, body: Mapping[str, Any]) -> bool:
+        """Finish a room of ours that a crash left without its state (Synapse writes a new room's events one
+        by one, and the alias can exist before the marker). Only a room the provisioner created qualifies."""
+        state = await self.client.room_state(room_id)
+        create = next((e for e in state if e.type == "m.room.create"), None)
+        if create is None or create.sender != self.provisioner:
+            return False
+        log.warning("completing room %s for %s, left half-created by an interrupted run", room_id, a.key)
+        current = {e.type: e.content for e in state if e.state_key == ""}
+        power = dict(current.get("m.room.power_levels") or {})
+        power.update(body["power_level_content_override"])
+        await self.client.send_state(room_id, "m.room.power_levels", "", power)
+        for ev in body["initial_state"]:
+            await self.client.send_state(room_id, ev["type"], ev["state_key"], ev["content"])
+        await self.client.send_state(room_id, "m.room.name", "", {"name": a.name})
+        await self.client.send_state(room_id, "m.room.topic", "", {"topic": a.topic})
+        alias = f"#{body['room_alias_name']}:{self.server}"
+        await self.client.set_alias(alias, room_id)
+        await self.client.send_state(room_id, "m.room.canonical_alias", "", {"alias": alias})
+        return True
 
     async def _marker(self, room_id: str) -> Mapping[str, Any] | None:
         try:
