@@ -419,8 +419,11 @@ def test_room_cache_skips_unchanged_rooms_but_sees_a_member_leave(world):
 
     async def leave() -> None:
         async with HomeserverClient(hs.public_url, login_as(hs, leaver)) as c:
-            await c.send(__import__("bridge.homeserver", fromlist=["Request"]).Request(
-                "POST", f"/_matrix/client/v3/rooms/{room_id}/leave", "client.leave", body={}))
+            await c.send(
+                __import__("bridge.homeserver", fromlist=["Request"]).Request(
+                    "POST", f"/_matrix/client/v3/rooms/{room_id}/leave", "client.leave", body={}
+                )
+            )
 
     asyncio.run(leave())
     third = sync(path)
