@@ -172,6 +172,33 @@ class RoomCache:
             self.entries.pop(rid, None)
 
 
+async def refresh_cache(
+    client: HomeserverClient,
+    provisioner: str,
+    cache: RoomCache,
+    room_ids: Iterable[str],
+    *,
+    concurrency: int = 8,
+) -> None:
+    """Re-read the rooms a run wrote to, so the next run starts warm (it would read them anyway)."""
+    wanted = set(room_ids)
+    cache.forget(wanted)
+    if not wanted:
+        return
+    summaries = [r async for r in client.list_rooms() if r.room_id in wanted and r.creator == provisioner]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def read(summary: RoomSummary) -> None:
+        async with sem:
+            try:
+                room = _room_from_state(summary.room_id, await client.room_state(summary.room_id))
+            except MNotFound:
+                return
+        cache.entries[summary.room_id] = (_signature(summary), room)
+
+    await asyncio.gather(*(read(s) for s in summaries))
+
+
 async def observe(
     client: HomeserverClient, provisioner: str, *, concurrency: int = 8, cache: RoomCache | None = None
 ) -> Observed:

@@ -5,6 +5,7 @@ The I/O shell around the pure core (``desired``, ``reconcile``): it owns the cli
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bridge.errors import HomeserverError
 from bridge.homeserver import HomeserverClient
 from provisioner import exitcodes
 from provisioner.actions import Plan
@@ -24,7 +26,7 @@ from provisioner.desired import Desired, desired_state
 from provisioner.directory import interpret
 from provisioner.ldap_reader import read_directory
 from provisioner.model import DirectorySnapshot
-from provisioner.observe import META_TYPE, RoomCache, observe
+from provisioner.observe import META_TYPE, RoomCache, observe, refresh_cache
 from provisioner.reconcile import (
     PROFILE_FIELD,
     Observed,
@@ -191,8 +193,13 @@ async def run(
             report = await executor.run(plan)
         finally:
             audit.close()
-            # Rooms this run wrote to are read again next time; the rest stay cached.
-            cache.forget(executor.room_ids[k] for k in touched_rooms(plan) if k in executor.room_ids)
+            # Rooms this run wrote to (new ones included) must not be trusted from the cache: forget them
+            # first, in case the re-read below cannot happen (a crash, the server gone).
+            touched = {executor.room_ids[k] for k in touched_rooms(plan) if k in executor.room_ids}
+            cache.forget(touched)
+            cache.save()
+        with contextlib.suppress(HomeserverError, OSError):
+            await refresh_cache(client, policy.provisioner, cache, touched, concurrency=cfg.sync.concurrency)
             cache.save()
         result.report = report
         is_trusted, _ = trusted(snapshot, observed, policy)

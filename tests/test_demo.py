@@ -26,6 +26,17 @@ def env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": str(ROOT)}
 
 
+def call(url: str, method: str, path: str, token: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(
+        f"{url}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return json.loads(r.read())
+
+
 def login(url: str, user: str, password: str) -> tuple[int, dict]:
     body = json.dumps(
         {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": user}, "password": password}
@@ -72,6 +83,42 @@ def test_demo_runs_resumes_and_lets_a_person_log_in(tmp_path):
         status, body = login(url, user.group(1), user.group(2))
         assert status == 200, body
         assert body["user_id"] == f"@{user.group(1)}:example.test"
+        token = body["access_token"]
+        # Find a colleague by surname, as in Element's "Start chat", and message them.
+        colleague = re.findall(r"^\s{6}(\S+)\s+(\S+) ", out, re.MULTILINE)[-1]
+        surname = colleague[1]
+        found: dict = {"results": []}
+        for _ in range(60):
+            found = call(
+                url,
+                "POST",
+                "/_matrix/client/v3/user_directory/search",
+                token,
+                {"search_term": surname, "limit": 20},
+            )
+            if any(r["user_id"] == f"@{colleague[0]}:example.test" for r in found["results"]):
+                break
+            time.sleep(0.5)
+        target = f"@{colleague[0]}:example.test"
+        assert target in {r["user_id"] for r in found["results"]}, (surname, found)
+        room = call(
+            url,
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            token,
+            {"preset": "trusted_private_chat", "is_direct": True, "invite": [target]},
+        )["room_id"]
+        call(
+            url,
+            "PUT",
+            f"/_matrix/client/v3/rooms/{room}/send/m.room.message/t1",
+            token,
+            {"msgtype": "m.text", "body": "Добрый день! Совещание в 15:00."},
+        )
+        status, other = login(url, colleague[0], user.group(2))
+        assert status == 200, other
+        synced = call(url, "GET", "/_matrix/client/v3/sync?timeout=0", other["access_token"])
+        assert room in synced["rooms"]["invite"]
         status, body = login(url, user.group(1), "wrong-password")
         assert status == 403
         # A second demo in the same directory is refused with a clear message.
