@@ -176,6 +176,7 @@ class Executor:
         self.progress = progress
         self.room_ids: dict[str, str] = {k: r.room_id for k, r in observed.rooms.items()}
         self.registry: dict[str, RegistryEntry] = dict(observed.registry)
+        self.parent_written: set[tuple[str, str]] = set()
         self.report = Report()
 
     # --- handlers -----------------------------------------------------------------------------------------
@@ -206,6 +207,7 @@ class Executor:
                 }
             )
         if a.parent_key and a.parent_key in self.room_ids:
+            self.parent_written.add((a.key, self.room_ids[a.parent_key]))
             initial.append(
                 {"type": "m.space.parent", "state_key": self.room_ids[a.parent_key],
                  "content": {"via": [self.server], "canonical": True}}
@@ -283,6 +285,8 @@ class Executor:
     async def _link(self, a: LinkChild) -> None:
         parent, child = self._room(a.parent_key), self._room(a.child_key)
         await self.client.send_state(parent, "m.space.child", child, {"via": [self.server]})
+        if (a.child_key, parent) in self.parent_written:
+            return  # the child was created in this run with m.space.parent in its initial state
         await self.client.send_state(
             child, "m.space.parent", parent, {"via": [self.server], "canonical": True}
         )
@@ -407,12 +411,19 @@ class Executor:
     async def run(self, plan: Plan) -> Report:
         began = time.monotonic()
         phases = _phases(plan.actions)
+        phases_by_name = dict(phases)
         try:
             for name, actions in phases:
                 if not actions:
                     continue
                 log.info("phase %s: %d actions", name, len(actions))
-                if name in ("joins", "kicks"):
+                if name == "joins":
+                    # A room is closed right after its own last join, in the same lane: no room waits
+                    # open for the whole join phase, and the closes need no phase of their own.
+                    closes = [a for a in phases_by_name["closes"] if isinstance(a, UpdateRoom)]
+                    await self._per_room([*actions, *closes], _room_key_of)
+                    phases_by_name["closes"].clear()
+                elif name == "kicks":
                     await self._per_room(actions, _room_key_of)
                 elif name in ("spaces",):
                     for depth_group in _by_depth(actions):
@@ -431,6 +442,8 @@ class Executor:
 def _room_key_of(a: Action) -> str:
     if isinstance(a, Join | Kick):
         return a.room_key
+    if isinstance(a, UpdateRoom):
+        return a.key
     return ""
 
 
