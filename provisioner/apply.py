@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound
-from bridge.homeserver import ExternalId, HomeserverClient, JsonValue
+from bridge.homeserver import CLIENT_V3, ExternalId, HomeserverClient, JsonValue, Request, path_segment
 from provisioner.actions import (
     Action,
     CreateRoom,
@@ -225,8 +225,11 @@ class Executor:
             body["creation_content"] = {"type": "m.space"}
         room_id = await self.client.create_room(body, existing_alias_ok=True)
         marker = await self._marker(room_id)
-        if marker is None and await self._complete_half_created(room_id, a, body):
-            marker = await self._marker(room_id)
+        if marker is None:
+            fixed = await self._complete_half_created(room_id, a, body)
+            if fixed is not None:
+                room_id = fixed
+                marker = await self._marker(room_id)
         if marker is None or marker.get("unit") != a.unit_key or marker.get("shard") != a.shard:
             # The alias belongs to a room we do not manage (made by hand): never adopt it.
             log.warning("alias #%s is taken by unmanaged room %s; creating under a suffixed alias",
@@ -235,13 +238,31 @@ class Executor:
             room_id = await self.client.create_room(body, existing_alias_ok=True)
         self.room_ids[a.key] = room_id
 
-    async def _complete_half_created(self, room_id: str, a: CreateRoom, body: Mapping[str, Any]) -> bool:
-        """Finish a room of ours that a crash left without its state (Synapse writes a new room's events one
-        by one, and the alias can exist before the marker). Only a room the provisioner created qualifies."""
+    async def _complete_half_created(
+        self, room_id: str, a: CreateRoom, body: Mapping[str, Any]
+    ) -> str | None:
+        """Deal with a room of ours that a crash left without its state (Synapse writes a new room's events
+        one by one, and the alias can exist before the marker); returns the room to use, or None when the
+        room is not the provisioner's. A room we are joined to is finished in place; one that has not even
+        our join yet is given up: its alias is taken back and a new room is made."""
         state = await self.client.room_state(room_id)
         create = next((e for e in state if e.type == "m.room.create"), None)
         if create is None or create.sender != self.provisioner:
-            return False
+            return None
+        alias = f"#{body['room_alias_name']}:{self.server}"
+        joined = any(
+            e.type == "m.room.member"
+            and e.state_key == self.provisioner
+            and e.content.get("membership") == "join"
+            for e in state
+        )
+        if not joined:
+            log.warning("room %s for %s was left before its first member; making it again", room_id, a.key)
+            req = Request(
+                "DELETE", f"{CLIENT_V3}/directory/room/{path_segment(alias)}", "client.delete_alias"
+            )
+            await self.client.send(req)
+            return await self.client.create_room(body, existing_alias_ok=True)
         log.warning("completing room %s for %s, left half-created by an interrupted run", room_id, a.key)
         current = {e.type: e.content for e in state if e.state_key == ""}
         power = dict(current.get("m.room.power_levels") or {})
@@ -251,10 +272,9 @@ class Executor:
             await self.client.send_state(room_id, ev["type"], ev["state_key"], ev["content"])
         await self.client.send_state(room_id, "m.room.name", "", {"name": a.name})
         await self.client.send_state(room_id, "m.room.topic", "", {"topic": a.topic})
-        alias = f"#{body['room_alias_name']}:{self.server}"
         await self.client.set_alias(alias, room_id)
         await self.client.send_state(room_id, "m.room.canonical_alias", "", {"alias": alias})
-        return True
+        return room_id
 
     async def _marker(self, room_id: str) -> Mapping[str, Any] | None:
         try:
