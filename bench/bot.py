@@ -1,6 +1,6 @@
 """Benchmark: the event bot under RSVP load and with 10,000 scheduled reminders, on a fresh real Synapse.
 
-    python bench/bot.py                                   # full run (about 15 minutes on 2 cores)
+    python bench/bot.py                                   # full run (about 12 minutes on 2 cores)
     python bench/bot.py --users 40 --rsvps 200 --reminder-events 5 --reminder-gap 4   # quick check
 
 One run prints one markdown table. The bot is the real ``python -m bridge.cli --config FILE run`` process
