@@ -56,7 +56,8 @@ def transliterate(text: str) -> str:
     return "".join(out)
 
 
-def _short_hash(text: str, n: int = 6) -> str:
+def short_hash(text: str, n: int = 6) -> str:
+    """A stable hex prefix of SHA-256: disambiguates IDs, aliases and names the same way on every run."""
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
 
 
@@ -70,9 +71,9 @@ def base_localpart(login: str) -> str:
     text = _ALLOWED.sub("_", text)
     text = re.sub(r"_{2,}", "_", text).strip("._-")
     if not text:
-        return "user-" + _short_hash(login, 8)
+        return "user-" + short_hash(login, 8)
     if len(text) > MAX_LOCALPART:
-        text = text[: MAX_LOCALPART - 7].rstrip("._-") + "-" + _short_hash(login)
+        text = text[: MAX_LOCALPART - 7].rstrip("._-") + "-" + short_hash(login)
     return text
 
 
@@ -111,7 +112,7 @@ def assign_localparts(
         if candidate in used:
             stem = base[: MAX_LOCALPART - 9].rstrip("._-")
             for n in range(6, 65):
-                candidate = f"{stem}-{_short_hash(anchor, n)}"
+                candidate = f"{stem}-{short_hash(anchor, n)}"
                 if candidate not in used:
                     break
         result[anchor] = candidate

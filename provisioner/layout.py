@@ -12,14 +12,13 @@ Invariants (tested as properties):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from provisioner.identity import transliterate
+from provisioner.identity import short_hash, transliterate
 from provisioner.model import ROOT_UNIT, Person, Unit
 
 MAX_NAME = 120
@@ -81,17 +80,13 @@ def split_room_key(key: str) -> tuple[str, int]:
     return unit, int(shard)
 
 
-def _hash(text: str, n: int = 6) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
-
-
 def slugify(text: str) -> str:
     """ASCII slug of a unit name: transliterated, lowercase, words joined with '-', capped in length."""
     slug = re.sub(r"[^a-z0-9]+", "-", transliterate(text)).strip("-")
     if not slug:
-        return "u" + _hash(text, 6)
+        return "u" + short_hash(text, 6)
     if len(slug) > MAX_SLUG_PART:
-        slug = slug[: MAX_SLUG_PART - 7].rstrip("-") + "-" + _hash(text, 6)
+        slug = slug[: MAX_SLUG_PART - 7].rstrip("-") + "-" + short_hash(text, 6)
     return slug
 
 
@@ -185,7 +180,7 @@ def _aliases(units: Mapping[str, Unit], prefix: str) -> dict[str, str]:
             parts = [parts[0], *parts[len(parts) - 1 - level :]]
         alias = ".".join(parts)
         if len(alias) > MAX_ALIAS_LOCALPART - 20:
-            alias = _hash(unit.key, 8) + "." + ".".join(parts[-2:])
+            alias = short_hash(unit.key, 8) + "." + ".".join(parts[-2:])
             alias = alias[: MAX_ALIAS_LOCALPART - 20]
         return f"{prefix}.{alias}" if prefix else alias
 
@@ -205,7 +200,7 @@ def _aliases(units: Mapping[str, Unit], prefix: str) -> dict[str, str]:
     counts: dict[str, int] = defaultdict(int)
     for alias in out.values():
         counts[alias] += 1
-    return {k: (a if counts[a] == 1 else f"{a}-{_hash(k, 6)}") for k, a in out.items()}
+    return {k: (a if counts[a] == 1 else f"{a}-{short_hash(k, 6)}") for k, a in out.items()}
 
 
 def _names(units: Mapping[str, Unit], org_name: str) -> dict[str, str]:
@@ -223,7 +218,7 @@ def _names(units: Mapping[str, Unit], org_name: str) -> dict[str, str]:
     for key, unit in units.items():
         full = unit.name or org_name
         if out[key] != full and len(by_short[(unit.parent_key, out[key])]) > 1:
-            out[key] = shorten(full, MAX_NAME - 7) + " " + _hash(full, 6)
+            out[key] = shorten(full, MAX_NAME - 7) + " " + short_hash(full, 6)
     return out
 
 
