@@ -430,3 +430,16 @@ def test_room_cache_skips_unchanged_rooms_but_sees_a_member_leave(world):
     ]
     assert any(a.kind == "join" and a.user_id == leaver for a in third.plan.actions)
     assert sync(path).stats["writes"] == 0
+
+
+def test_directory_down_changes_nothing(world):
+    ldap, hs, path, directory = world
+    assert sync(path).exit_code == exitcodes.OK
+    ldap.stop()
+    down = cli(path, "sync", "--quiet")
+    assert down.returncode == exitcodes.DIRECTORY, down.stderr
+    assert "cannot reach the directory" in down.stderr and "Traceback" not in down.stderr
+    cfg = load_config(path, token_required=True)
+    obs = asyncio.run(observed(cfg))
+    assert not any(u.locked for u in obs.users.values())
+    assert all(r.members for r in obs.rooms.values() if r.kind == "room")
