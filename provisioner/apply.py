@@ -41,6 +41,7 @@ from provisioner.actions import (
     UpdateRoom,
     UpdateUser,
     action_to_dict,
+    describe,
 )
 from provisioner.observe import registry_content, registry_shard, shard_type
 from provisioner.reconcile import MARKER_TYPE, PROFILE_FIELD, Observed, RegistryEntry
@@ -392,7 +393,7 @@ class Executor:
             self._step(False)
             return
         except (HomeserverError, ValueError) as e:
-            self.report.failed.append((action.kind, f"{_describe_short(action)}: {e}"))
+            self.report.failed.append((action.kind, f"{describe(action)}: {e}"))
             self.audit.write(action, "failed", str(e))
             self._step(False)
             return
@@ -431,19 +432,12 @@ class Executor:
     async def run(self, plan: Plan) -> Report:
         began = time.monotonic()
         phases = _phases(plan.actions)
-        phases_by_name = dict(phases)
         try:
             for name, actions in phases:
                 if not actions:
                     continue
                 log.info("phase %s: %d actions", name, len(actions))
-                if name == "joins":
-                    # A room is closed right after its own last join, in the same lane: no room waits
-                    # open for the whole join phase, and the closes need no phase of their own.
-                    closes = [a for a in phases_by_name["closes"] if isinstance(a, UpdateRoom)]
-                    await self._per_room([*actions, *closes], _room_key_of)
-                    phases_by_name["closes"].clear()
-                elif name == "kicks":
+                if name in ("joins", "kicks"):
                     await self._per_room(actions, _room_key_of)
                 elif name in ("spaces",):
                     for depth_group in _by_depth(actions):
@@ -485,7 +479,7 @@ def _by_depth(actions: list[Action]) -> list[list[Action]]:
 
 
 def _phases(actions: Iterable[Action]) -> list[tuple[str, list[Action]]]:
-    names = ["registry", "users", "spaces", "rooms", "links", "updates", "joins", "closes", "kicks", "locks"]
+    names = ["registry", "users", "spaces", "rooms", "links", "updates", "joins", "kicks", "locks"]
     out: dict[str, list[Action]] = {n: [] for n in names}
     for a in actions:
         match a:
@@ -500,7 +494,9 @@ def _phases(actions: Iterable[Action]) -> list[tuple[str, list[Action]]]:
             case LinkChild() | UnlinkChild():
                 out["links"].append(a)
             case UpdateRoom(join_rule=j) if j is not None and a.name is None and a.power_users is None:
-                out["closes"].append(a)
+                # Closed in the room's join lane, right after its own last join (the plan lists closes
+                # after joins): no room waits open for the whole join phase.
+                out["joins"].append(a)
             case UpdateRoom():
                 out["updates"].append(a)
             case Join():
@@ -512,9 +508,3 @@ def _phases(actions: Iterable[Action]) -> list[tuple[str, list[Action]]]:
             case _:
                 assert_never(a)
     return [(n, out[n]) for n in names]
-
-
-def _describe_short(a: Action) -> str:
-    from provisioner.actions import describe
-
-    return describe(a)

@@ -57,7 +57,7 @@ class Context:
         return self._config
 
 
-def read_snapshot(cfg: Config, *, fatal_incomplete: bool = False) -> DirectorySnapshot:
+def read_snapshot(cfg: Config) -> DirectorySnapshot:
     try:
         result = asyncio.run(read_directory(cfg.directory))
     except DirectoryError as e:
@@ -201,7 +201,7 @@ def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, a
                 saved = Plan.from_json(fh.read())
         except (OSError, ValueError, KeyError, TypeError) as e:
             fail(f"cannot use the saved plan {plan_path}: {e}", exitcodes.CONFIG)
-    snapshot = read_snapshot(cfg, fatal_incomplete=False)
+    snapshot = read_snapshot(cfg)
     if not snapshot.complete:
         click.echo(f"warning: directory read incomplete ({snapshot.stop_reason}): no removals", err=True)
     try:

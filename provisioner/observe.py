@@ -172,6 +172,14 @@ class RoomCache:
             self.entries.pop(rid, None)
 
 
+async def _read_room(client: HomeserverClient, room_id: str) -> ObservedRoom | None:
+    """A managed room from its current state; None if unmarked, or purged between the list and the read."""
+    try:
+        return _room_from_state(room_id, await client.room_state(room_id))
+    except MNotFound:
+        return None
+
+
 async def refresh_cache(
     client: HomeserverClient,
     provisioner: str,
@@ -190,10 +198,7 @@ async def refresh_cache(
 
     async def read(summary: RoomSummary) -> None:
         async with sem:
-            try:
-                room = _room_from_state(summary.room_id, await client.room_state(summary.room_id))
-            except MNotFound:
-                return
+            room = await _read_room(client, summary.room_id)
         cache.entries[summary.room_id] = (_signature(summary), room)
 
     await asyncio.gather(*(read(s) for s in summaries))
@@ -219,10 +224,7 @@ async def observe(
             cache.hits += 1
             return cache.entries[summary.room_id][1]
         async with sem:
-            try:
-                room = _room_from_state(summary.room_id, await client.room_state(summary.room_id))
-            except MNotFound:
-                return None  # purged between the list and the read
+            room = await _read_room(client, summary.room_id)
         if cache is not None:
             cache.entries[summary.room_id] = (sig, room)
         return room
