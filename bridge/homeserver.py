@@ -954,6 +954,15 @@ class HomeserverClient:
             )
         )
 
+    async def rate_limited(self, user_id: str) -> bool:
+        """False if ``user_id`` has a "no limits" override (Synapse then skips *every* rate limiter for it).
+
+        Synapse answers ``{}`` when there is no override; a ``messages_per_second`` of 0 disables limiting.
+        """
+        req = Request("GET", f"{ADMIN_V1}/users/{_seg(user_id)}/override_ratelimit", "admin.get_ratelimit")
+        body = await self._call(req)
+        return "messages_per_second" not in body or bool(body["messages_per_second"])
+
     async def override_ratelimit(
         self, user_id: str, *, messages_per_second: int = 0, burst_count: int = 0
     ) -> None:

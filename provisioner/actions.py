@@ -125,6 +125,19 @@ class Kick:
 
 
 @dataclass(frozen=True, slots=True)
+class ExemptRateLimit:
+    """Lift Synapse's rate limits for a service account (the provisioner, the event bot).
+
+    With Synapse's defaults (0.2 messages/s, bursts of 10) the bot would need minutes to send one event's
+    reminders to a department, and the provisioner hours to join a city into its rooms.
+    """
+
+    kind: ClassVar[str] = "exempt_rate_limit"
+    user_id: str
+    cause: str = "service account"
+
+
+@dataclass(frozen=True, slots=True)
 class SaveRegistry:
     """Record anchor → localpart (and lock dates) on the server, so IDs stay stable across runs."""
 
@@ -135,13 +148,13 @@ class SaveRegistry:
 
 Action: TypeAlias = (
     CreateUser | UpdateUser | LockUser | UnlockUser | DeactivateUser | CreateRoom | UpdateRoom | LinkChild
-    | UnlinkChild | Join | Kick | SaveRegistry
+    | UnlinkChild | Join | Kick | SaveRegistry | ExemptRateLimit
 )  # fmt: skip
 
 ACTION_TYPES: dict[str, type[Action]] = {
     t.kind: t
     for t in (CreateUser, UpdateUser, LockUser, UnlockUser, DeactivateUser, CreateRoom, UpdateRoom, LinkChild,
-              UnlinkChild, Join, Kick, SaveRegistry)
+              UnlinkChild, Join, Kick, SaveRegistry, ExemptRateLimit)
 }  # fmt: skip
 
 REMOVALS = frozenset({"lock_user", "kick", "deactivate_user"})
@@ -200,6 +213,8 @@ def describe(action: Action) -> str:
             return f"kick {u} from {r} ({c})"
         case SaveRegistry(entries=e):
             return f"record {len(e)} identity entries"
+        case ExemptRateLimit(user_id=u, cause=c):
+            return f"exempt {u} from rate limits ({c})"
     raise AssertionError(action)
 
 

@@ -30,6 +30,7 @@ from provisioner.actions import (
     CreateRoom,
     CreateUser,
     DeactivateUser,
+    ExemptRateLimit,
     Join,
     Kick,
     LinkChild,
@@ -373,6 +374,8 @@ class Executor:
                 await c.admin_join(self._room(r), u)
             case Kick():
                 await self._kick(action)
+            case ExemptRateLimit(user_id=u):
+                await c.override_ratelimit(u)
             case _:
                 assert_never(action)
 
@@ -485,7 +488,7 @@ def _phases(actions: Iterable[Action]) -> list[tuple[str, list[Action]]]:
         match a:
             case SaveRegistry():
                 out["registry"].append(a)
-            case CreateUser() | UpdateUser() | UnlockUser():
+            case CreateUser() | UpdateUser() | UnlockUser() | ExemptRateLimit():
                 out["users"].append(a)
             case CreateRoom(room_kind="space"):
                 out["spaces"].append(a)

@@ -205,9 +205,17 @@ async def refresh_cache(
 
 
 async def observe(
-    client: HomeserverClient, provisioner: str, *, concurrency: int = 8, cache: RoomCache | None = None
+    client: HomeserverClient,
+    provisioner: str,
+    *,
+    concurrency: int = 8,
+    cache: RoomCache | None = None,
+    service_accounts: Iterable[str] = (),
 ) -> Observed:
-    """The server as the provisioner sees it; rooms it did not create are never read."""
+    """The server as the provisioner sees it; rooms it did not create are never read.
+
+    ``service_accounts`` (the provisioner is always one) are checked for their rate-limit exemption.
+    """
     users: dict[str, ObservedUser] = {}
     async for u in client.list_users():
         users[u.user_id] = ObservedUser(u.user_id, u.displayname, u.admin, u.deactivated, u.locked)
@@ -245,4 +253,7 @@ async def observe(
             room = keep
         rooms[room.key] = room
     registry, last = await read_registry(client, provisioner)
-    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=last)
+    unlimited = frozenset(
+        [u for u in {provisioner, *service_accounts} if u in users and not await client.rate_limited(u)]
+    )
+    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=last, unlimited=unlimited)

@@ -26,6 +26,7 @@ from provisioner.actions import (
     CreateRoom,
     CreateUser,
     DeactivateUser,
+    ExemptRateLimit,
     Join,
     Kick,
     LinkChild,
@@ -85,6 +86,8 @@ class Observed:
     rooms: Mapping[str, ObservedRoom]  # by key
     registry: Mapping[str, RegistryEntry]  # by anchor
     last_good_count: int | None = None
+    # Service accounts (provisioner, bot) that already have a "no rate limits" override.
+    unlimited: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,7 @@ def fingerprint(snapshot: DirectorySnapshot, observed: Observed) -> str:
         )  # fmt: skip
     for a in sorted(observed.registry):
         h.update(repr((a, observed.registry[a])).encode())
+    h.update(repr(sorted(observed.unlimited)).encode())
     return h.hexdigest()
 
 
@@ -346,6 +350,11 @@ def reconcile(
     actions: list[Action] = []
     if registry_updates:
         actions.append(SaveRegistry(tuple(registry_updates[a] for a in sorted(registry_updates))))
+    actions += [
+        ExemptRateLimit(uid, cause)
+        for uid, cause in ((policy.provisioner, "the provisioner"), (policy.bot, "the event bot"))
+        if uid and uid in observed.users and uid not in observed.unlimited
+    ]
     actions += users_first + creates + links + updates + joins + closes + kicks + users_last
     notes = (f"removals held: {why}",) if not is_trusted else ()
     return Plan(

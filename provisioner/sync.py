@@ -101,7 +101,14 @@ async def make_plan(
 ) -> tuple[Plan, Observed, Desired, SyncPolicy]:
     who = await client.whoami()
     caps = await client.capabilities()
-    observed = await observe(client, who.user_id, concurrency=cfg.sync.concurrency, cache=cache)
+    bot = bot_user_id(cfg)
+    observed = await observe(
+        client,
+        who.user_id,
+        concurrency=cfg.sync.concurrency,
+        cache=cache,
+        service_accounts=[bot] if bot else [],
+    )
     policy = sync_policy(
         cfg,
         who.user_id,

@@ -11,6 +11,7 @@ from provisioner.actions import (
     CreateRoom,
     CreateUser,
     DeactivateUser,
+    ExemptRateLimit,
     Join,
     Kick,
     LinkChild,
@@ -103,9 +104,12 @@ def simulate(plan: Plan, observed: Observed, now: float = 1000.0) -> Observed:
     users = dict(observed.users)
     rooms = {k: dataclasses.replace(r) for k, r in observed.rooms.items()}
     registry = dict(observed.registry)
+    unlimited = set(observed.unlimited)
     n = len(rooms)
     for a in plan.actions:
         match a:
+            case ExemptRateLimit(user_id=u):
+                unlimited.add(u)
             case SaveRegistry(entries=entries):
                 for anchor, lp, locked, prof in entries:
                     registry[anchor] = RegistryEntry(lp, locked, prof)
@@ -152,7 +156,13 @@ def simulate(plan: Plan, observed: Observed, now: float = 1000.0) -> Observed:
                 rooms[k] = dataclasses.replace(rooms[k], members=rooms[k].members | {u})
             case Kick(room_key=k, user_id=u):
                 rooms[k] = dataclasses.replace(rooms[k], members=rooms[k].members - {u})
-    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=observed.last_good_count)
+    return Observed(
+        users=users,
+        rooms=rooms,
+        registry=registry,
+        last_good_count=observed.last_good_count,
+        unlimited=frozenset(unlimited),
+    )
 
 
 def kinds(plan: Plan) -> dict[str, int]:
@@ -266,8 +276,29 @@ def test_profile_change_and_rename_are_single_updates():
     )
 
 
+def test_service_accounts_are_exempted_from_rate_limits_once():
+    # Synapse's default limits (0.2 messages/s) would stretch one event's reminders over minutes.
+    obs = dataclasses.replace(
+        empty(), users={**empty().users, BOT: ObservedUser(BOT, "Events", False, False, False)}
+    )
+    plan = plan_for([person(1)], obs)
+    exempt = [a for a in plan.actions if isinstance(a, ExemptRateLimit)]
+    assert [a.user_id for a in exempt] == [PROV, BOT]
+    assert plan.actions.index(exempt[0]) < min(
+        i for i, a in enumerate(plan.actions) if isinstance(a, CreateUser | Join)
+    )
+    after = simulate(plan, obs)
+    assert after.unlimited == {PROV, BOT}
+    assert plan_for([person(1)], after).actions == ()
+    # A bot account that does not exist (yet) is not asked about; the sync after its creation exempts it.
+    assert [a.user_id for a in plan_for([person(1)], empty()).actions if isinstance(a, ExemptRateLimit)] == [
+        PROV
+    ]
+
+
 def test_plan_json_roundtrip():
     plan = plan_for([person(i) for i in range(7)], empty())
+    assert any(isinstance(a, ExemptRateLimit) for a in plan.actions)
     assert Plan.from_json(plan.to_json()) == plan
 
 

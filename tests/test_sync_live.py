@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -443,3 +444,45 @@ def test_directory_down_changes_nothing(world):
     obs = asyncio.run(observed(cfg))
     assert not any(u.locked for u in obs.users.values())
     assert all(r.members for r in obs.rooms.values() if r.kind == "room")
+
+
+def test_sync_lifts_synapse_rate_limits_for_the_bot(make_slapd, fresh_synapse, tmp_path):
+    """With Synapse's own limits (as in production) the bot is throttled after 10 messages; after a sync it
+    is not, so a reminder burst to a whole department leaves at once."""
+    ldap = make_slapd(directory=generate_directory(12, seed=5))
+    hs = fresh_synapse(rate_limits={})
+    bot = hs.register("events", "pw-bot", displayname="События")
+    extra = {"bot": {"user_id": bot.user_id}}
+    path = write_config(tmp_path, ldap, hs_url=hs.url, token=hs.admin_token, extra=extra)
+
+    def call(method: str, endpoint: str, body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(
+            f"{hs.public_url}/_matrix/client/v3/{endpoint}",
+            data=json.dumps(body).encode(),
+            method=method,
+            headers={"Authorization": f"Bearer {bot.access_token}", "Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    status, created = call("POST", "createRoom", {"preset": "private_chat"})
+    assert status == 200, created
+    room = urllib.request.quote(created["room_id"])
+
+    def refused(n: int, tag: str) -> int:
+        codes = [
+            call("PUT", f"rooms/{room}/send/m.room.message/{tag}{i}", {"msgtype": "m.notice", "body": "x"})[0]
+            for i in range(n)
+        ]
+        assert set(codes) <= {200, 429}, codes
+        return codes.count(429)
+
+    assert refused(15, "before") > 0
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK, first.message
+    assert [a.user_id for a in first.plan.actions if a.kind == "exempt_rate_limit"] == [bot.user_id]
+    assert refused(40, "after") == 0
+    assert sync(path).plan.actions == ()
