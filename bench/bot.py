@@ -22,8 +22,11 @@ Part 2, reminders: the bot is stopped, its store seeded (through ``bridge.events
 the bot restarted. Direct chats with everyone already exist (made beforehand with the bot's token, as if the
 bot had written to each person before), so the numbers are for steady operation, not first contact. Each
 reminder's delay is the homeserver's receive time of the message (found through the bot's transaction id,
-which is derived from the reminder's outbox id) minus its due time. Memory is the bot process's peak RSS
-(``VmHWM``).
+which is derived from the reminder's outbox id) minus its due time. The bot releases a burst early so that it
+is centred on its due moment, so the table gives the distance from due (absolute) and the signed range.
+Memory is the bot process's peak RSS (``VmHWM``). While the bursts go out the moderator sends ``!event list``
+every ``--probe-every`` seconds in the last (unencrypted) room: its reply latency shows whether a burst of
+reminders holds up an answer to a person who is waiting.
 
 Only loopback; every count and wait is bounded; all files live in one temporary directory, removed at the end.
 """
@@ -625,30 +628,68 @@ async def reminders(
              "ON e.event_id = t.event_id WHERE t.user_id = ?")  # fmt: skip
         return {txn: ts / 1000 for txn, ts in read_rows(hs_db, q, (bot.user_id,)) if txn in expected}
 
+    # A moderator keeps asking "!event list" in an unencrypted room (the last one) while the bursts go out: a
+    # command's reply must not wait behind 200 reminders.
+    probe = make_client(hs.public_url, mod, None)
+    probe.room = rooms[-1]
+    watcher = Watcher(bot.user_id)
+    probe.client.add_event_callback(watcher.on_event, object)  # type: ignore[arg-type]
+    probe_sync = asyncio.create_task(probe.client.sync_forever(timeout=1000))
+    probes: list[tuple[float, str]] = []
+
+    async def ask() -> None:
+        t0 = time.time()
+        with contextlib.suppress(Exception):
+            probes.append(
+                (t0, await send(probe, "m.room.message", {"msgtype": "m.text", "body": "!event list"}))
+            )
+
     try:
         deadline = last_due.timestamp() + args.reminder_tail
+        asks: list[asyncio.Task[None]] = []
         while time.time() < deadline:
             if not proc.alive():
                 raise RuntimeError("the bot exited:\n" + proc.tail())
-            await asyncio.sleep(5)
-            if time.time() > last_due.timestamp():
+            await asyncio.sleep(args.probe_every)
+            if (
+                args.encrypted_rooms < len(rooms)
+                and first_due.timestamp() - 5 < time.time() < last_due.timestamp() + 5
+            ):
+                asks.append(asyncio.create_task(ask()))
+            if time.time() > last_due.timestamp() + 5:
                 done = read_rows(store_path, "SELECT COUNT(*) FROM outbox")[0][0] == 0 and (
                     len(sent_times()) == len(expected)
                 )
                 if done:
                     break
+        await asyncio.gather(*asks)
+        with contextlib.suppress(RuntimeError):
+            await until(lambda: all(m in watcher.replies for _, m in probes), "the probes' replies", 60)
         load_b.append(load())
         peak = await proc.stop()
     finally:
         await proc.stop()
+        probe_sync.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await probe_sync
+        await probe.client.close()
+    probe_lat = [watcher.replies[m][0] - t0 for t0, m in probes if m in watcher.replies]
+    # The probes sent within a second of a burst's due moment are the ones that met it head on.
+    due_moments = sorted({d.timestamp() for d in expected.values()})
+    in_burst = [
+        watcher.replies[m][0] - t0
+        for t0, m in probes
+        if m in watcher.replies and min(abs(t0 - d) for d in due_moments) <= 1.0
+    ]
     got = sent_times()
     delays = [got[txn] - due.timestamp() for txn, due in expected.items() if txn in got]
-    late = sum(1 for d in delays if d > 2.0)
+    off = [abs(d) for d in delays]  # the bot may release a burst early, centred on its due moment
+    late = sum(1 for d in off if d > 2.0)
     # The last reminder of a burst waits for all before it: a burst's worst delay is its drain time.
     worst: dict[datetime, float] = {}
     for txn, due in expected.items():
         if txn in got:
-            worst[due] = max(worst.get(due, 0.0), got[txn] - due.timestamp())
+            worst[due] = max(worst.get(due, 0.0), abs(got[txn] - due.timestamp()))
     bursts = [worst[d] for d in sorted(worst)]
     span = max(got.values()) - min(got.values()) if got else 0.0
     return [
@@ -663,14 +704,25 @@ async def reminders(
             "found on the homeserver by transaction id",
         ),
         (
-            "delay after due, p50 / p99 / max (s)",
-            f"**{summary(delays)}**",
-            f"{late} sent more than 2 s after due; target ≤ 2 s each",
+            "distance from due, p50 / p99 / max (s)",
+            f"**{summary(off)}**",
+            f"{late} sent more than 2 s from due; target ≤ 2 s each",
         ),
         (
-            "worst delay per burst: first / median / last (s)",
+            "sent minus due: earliest / p50 / latest (s)",
+            f"{min(delays):+.3f} / {pct(delays, 50):+.3f} / {max(delays):+.3f}" if delays else "–",
+            "negative: released early so that the burst is centred on its due moment",
+        ),
+        (
+            "worst distance per burst: first / median / last (s)",
             f"{bursts[0]:.1f} / {statistics.median(bursts):.1f} / {bursts[-1]:.1f}" if bursts else "–",
             "the first burst after the restart also shares a new room key in every DM",
+        ),
+        (
+            "command → reply during the bursts, p50 / p99 / max (s)",
+            summary(probe_lat),
+            f"{len(probe_lat)}/{len(probes)} `!event list` answered, one every {args.probe_every:g} s; "
+            f"those within 1 s of a due moment: {summary(in_burst)} ({len(in_burst)})",
         ),
         ("bot peak RSS, part 2", f"**{peak:.0f} MB**", "target ≤ 200 MB"),
         ("load average during reminders (1/5/15 min)", f"{load_b[0]} → {load_b[-1]}", ""),
@@ -688,6 +740,9 @@ def main() -> None:
     ap.add_argument("--reminder-gap", type=float, default=10.0, help="seconds between two events' due times")
     ap.add_argument(
         "--reminder-tail", type=float, default=300.0, help="wait at most this long after the last due"
+    )
+    ap.add_argument(
+        "--probe-every", type=float, default=1.3, help="seconds between two commands sent during the bursts"
     )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (for debugging)")
     args = ap.parse_args()

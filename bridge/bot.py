@@ -17,6 +17,7 @@ history and never acted on.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import io
@@ -73,8 +74,16 @@ from bridge.events.model import (
 )
 from bridge.events.outbox import decode
 from bridge.events.reminders import DEFAULT_OFFSETS
-from bridge.events.service import EventService, Person, Settings
-from bridge.events.store import DeleteOutbox, SetDmRoom, SetRoomSince, SetValue, Store, open_store
+from bridge.events.service import REMINDER_AHEAD, EventService, Person, Settings
+from bridge.events.store import (
+    REMINDER_OUTBOX,
+    DeleteOutbox,
+    SetDmRoom,
+    SetRoomSince,
+    SetValue,
+    Store,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -326,6 +335,7 @@ class EventBot:
         self._wake = asyncio.Event()
         self._pending: list[_Pending] = []
         self._room_waiters: dict[str, asyncio.Event] = {}
+        self._send_rate = SendRate()
         self.synced_once = asyncio.Event()
         self.idle = asyncio.Event()  # set when the sender has nothing queued (tests wait on it)
 
@@ -584,62 +594,101 @@ class EventBot:
     async def _sender(self) -> None:
         """Send what the outbox holds; delete each entry once the homeserver has it.
 
-        Entries go out in parallel lanes, one lane per room (per person for direct messages), so a room's
-        messages keep their order while a burst of 200 reminders does not hold up a reply for seconds:
-        sent one at a time the bot managed ~5 messages a second while commands kept arriving (bench/bot.py).
+        Entries go out in lanes, one per room (per person for direct messages), so a room's messages keep
+        their order while different rooms proceed in parallel; a lane starts as soon as its first entry is
+        committed, so nothing waits for an unrelated batch to finish. Answers to a person who is waiting
+        (replies, announcements, exports) and background traffic (reminders, notices to many) have separate
+        lanes and separate limits: a burst of 200 reminders never holds up a reply.
         """
-        backoff = 1.0
-        while True:
-            self._outbox_wake.clear()
-            batch = await self.store.outbox(OUTBOX_BATCH)
-            if not batch:
-                self.idle.set()
-                await self._outbox_wake.wait()
-                continue
-            self.idle.clear()
-            lanes: dict[str, list[tuple[str, Effect]]] = {}
-            for oid, payload in batch:
-                try:
-                    effect = decode(payload)
-                except Exception:
-                    log.exception("could not read outbox entry %s; dropped", oid)
-                    await self.store.write([DeleteOutbox(oid)])
-                    continue
-                lanes.setdefault(_lane(effect), []).append((oid, effect))
-            unreachable = await self._send_lanes(list(lanes.values()))
-            if unreachable:
-                # Keep the entries, try again later (the txn id dedups what did arrive).
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
-            else:
-                backoff = 1.0
+        queued: set[str] = set()  # read from the outbox, not yet deleted
+        lanes: dict[str, collections.deque[tuple[str, Effect]]] = {}
+        workers: set[asyncio.Task[None]] = set()
+        gates = {True: asyncio.Semaphore(INTERACTIVE_LANES), False: asyncio.Semaphore(BACKGROUND_LANES)}
+        waiting = {True: 0, False: 0}  # entries queued per kind, not yet delivered
 
-    async def _send_lanes(self, lanes: list[list[tuple[str, Effect]]]) -> bool:
-        """Run the lanes, at most SEND_LANES at once; True if the homeserver was unreachable."""
-        sem = asyncio.Semaphore(SEND_LANES)
-        unreachable = False
+        async def lane_worker(key: str, interactive: bool) -> None:
+            todo = lanes[key]
+            backoff = 1.0
+            try:
+                while todo:
+                    oid, effect = todo[0]
+                    async with gates[interactive]:
+                        delivered = await self._deliver(oid, effect)
+                    if not delivered:
+                        # Unreachable: keep the entry and retry it (its txn id dedups what did arrive).
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 60.0)
+                        continue
+                    backoff = 1.0
+                    todo.popleft()
+                    queued.discard(oid)
+                    waiting[interactive] -= 1
+                    if not interactive:
+                        self._send_rate.delivered(time.monotonic(), waiting[False])
+            except Exception:
+                log.exception("sending lane %s failed; its entries are read again", key)
+                await asyncio.sleep(1.0)
+            finally:
+                # What is left stays in the outbox; forgetting it here lets the next read pick it up.
+                queued.difference_update(oid for oid, _ in todo)
+                waiting[interactive] -= len(todo)
+                del lanes[key]
+                if more or not queued:
+                    self._outbox_wake.set()  # read what did not fit into the last read; or go idle
 
-        async def lane(items: list[tuple[str, Effect]]) -> None:
-            nonlocal unreachable
-            async with sem:
-                for oid, effect in items:
-                    if unreachable:
-                        return
+        more = False  # the last read was full: the outbox may hold more
+        try:
+            while True:
+                self._outbox_wake.clear()
+                limit = OUTBOX_BATCH + len(queued)
+                rows = await self.store.outbox(limit)
+                more = len(rows) >= limit
+                for oid, payload in rows:
+                    if oid in queued:
+                        continue
                     try:
-                        await self._execute(effect, _txn(oid))
-                    except asyncio.CancelledError:
-                        raise
-                    except (aiohttp.ClientError, TimeoutError, OSError) as e:
-                        log.warning("sending %s failed (%s); will retry", oid, e)
-                        unreachable = True
-                        return
+                        effect = decode(payload)
                     except Exception:
-                        # Anything else would fail again forever; drop it so the queue keeps moving.
-                        log.exception("could not send %s; dropped", oid)
-                    await self.store.write([DeleteOutbox(oid)])
+                        log.exception("could not read outbox entry %s; dropped", oid)
+                        await self.store.write([DeleteOutbox(oid)])
+                        continue
+                    queued.add(oid)
+                    interactive = isinstance(effect, INTERACTIVE)
+                    waiting[interactive] += 1
+                    key = f"{interactive}:{_lane(effect)}"
+                    if key in lanes:
+                        lanes[key].append((oid, effect))
+                        continue
+                    lanes[key] = collections.deque([(oid, effect)])
+                    task = asyncio.create_task(lane_worker(key, interactive), name=f"bot-lane-{key}")
+                    workers.add(task)
+                    task.add_done_callback(workers.discard)
+                if queued:
+                    self.idle.clear()
+                else:
+                    self.idle.set()
+                await self._outbox_wake.wait()
+        finally:
+            for task in list(workers):
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
 
-        await asyncio.gather(*(lane(items) for items in lanes))
-        return unreachable
+    async def _deliver(self, oid: str, effect: Effect) -> bool:
+        """Send one outbox entry and delete it; False (entry kept) if the homeserver could not be reached."""
+        if oid.startswith(REMINDER_OUTBOX) and not await self.store.in_outbox(oid):
+            return True  # the event was cancelled or moved after this reminder was read
+        try:
+            await self._execute(effect, _txn(oid))
+        except asyncio.CancelledError:
+            raise
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            log.warning("sending %s failed (%s); will retry", oid, e)
+            return False
+        except Exception:
+            # Anything else would fail again forever; drop it so the queue keeps moving.
+            log.exception("could not send %s; dropped", oid)
+        await self.store.write([DeleteOutbox(oid)])
+        return True
 
     async def _send(
         self, room: str, etype: str, content: dict[str, Any], txn: str | None = None
@@ -770,10 +819,12 @@ class EventBot:
         while True:
             # Cleared before looking, not before sleeping: a wake-up that arrives while we look is kept.
             self._wake.clear()
-            if await self.service.queue_due_reminders():
+            queued = await self.service.queue_due_reminders(self._send_rate.per_second())
+            if queued.items:
                 self.idle.clear()
                 self._outbox_wake.set()
-            nxt = await self.service.next_reminder_at()
+            times = [queued.next_release, await self.service.next_reminder_at(REMINDER_AHEAD)]
+            nxt = min((t for t in times if t is not None), default=None)
             wait = 300.0 if nxt is None else max(0.0, (nxt - self.clock.now()).total_seconds())
             await self._sleep_or_wake(min(wait, 300.0))
 
@@ -793,8 +844,42 @@ class EventBot:
         self._wake.set()
 
 
+class SendRate:
+    """Messages per second the sender gets through while busy, from the gaps between deliveries.
+
+    Only gaps while more messages were waiting count (an idle sender says nothing about its speed); until
+    enough were seen the rate is a cautious default (a lower rate only releases a reminder burst earlier).
+    """
+
+    DEFAULT = 50.0
+    SAMPLES = 50
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._busy = False
+        self._gaps: collections.deque[float] = collections.deque(maxlen=500)
+
+    def delivered(self, at: float, waiting: int) -> None:
+        """One message delivered at ``at``; ``waiting`` more were queued behind it."""
+        if self._busy and self._last is not None and at - self._last < 1.0:
+            self._gaps.append(at - self._last)
+        self._last = at
+        self._busy = waiting > 0
+
+    def per_second(self) -> float:
+        total = sum(self._gaps)
+        if len(self._gaps) < self.SAMPLES or total <= 0:
+            return self.DEFAULT
+        return min(max(len(self._gaps) / total, 1.0), 1000.0)
+
+
 OUTBOX_BATCH = 400
-SEND_LANES = 16
+# Messages in flight at once. Synapse persists one event at a time per room, so more parallel rooms is what
+# raises throughput; bench/bot.py found 16 background lanes enough to keep the embedded Synapse busy.
+INTERACTIVE_LANES = 8
+BACKGROUND_LANES = 16
+# What a person is waiting for right now; everything else (reminders, notices to many) is background.
+INTERACTIVE = (Reply, Announce, Upload, DirectUpload)
 
 
 def _lane(effect: Effect) -> str:

@@ -16,7 +16,8 @@ from bridge.events.model import (
     Source,
     UserID,
 )
-from bridge.events.reminders import Due, ReminderKey, due, next_due
+from bridge.events.reminders import Due, ReminderKey, due, next_due, release
+from bridge.events.render import plain
 
 MSK = ZoneInfo("Europe/Moscow")
 START = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -103,3 +104,42 @@ def test_next_due() -> None:
     assert next_due([e], START - timedelta(hours=24), OFFSETS) == START - timedelta(hours=1)
     assert next_due([e], START - timedelta(minutes=1), OFFSETS) is None
     assert next_due([ev(cancelled=True)], START - timedelta(days=3), OFFSETS) is None
+
+
+def burst(n: int, at: datetime) -> list[Due]:
+    return [Due((), DirectMessage(UserID(f"@p{i}:x"), plain(f"{i}")), at) for i in range(n)]
+
+
+AHEAD = timedelta(seconds=30)
+
+
+def test_a_burst_is_centred_on_its_due_moment() -> None:
+    # 200 due at START at 100 messages/s: sent one after the other from START, the last would be 2 s late;
+    # released 1 s early, none is more than 1 s away from START.
+    items = burst(200, START)
+    ready, later = release(items, START - timedelta(seconds=1.5), 100.0, AHEAD)
+    assert ready == [] and later == START - timedelta(seconds=1)
+    ready, later = release(items, START - timedelta(seconds=1), 100.0, AHEAD)
+    assert ready == items and later is None
+    # One reminder alone leaves (almost) on time; a slow sender never makes one leave more than AHEAD early.
+    assert release(burst(1, START), START - timedelta(seconds=1), 100.0, AHEAD) == (
+        [],
+        START - timedelta(seconds=0.005),
+    )
+    assert release(burst(10_000, START), START - timedelta(minutes=1), 1.0, AHEAD)[1] == START - AHEAD
+    # Two bursts at different moments are released separately.
+    mixed = burst(100, START) + burst(100, START + timedelta(seconds=10))
+    ready, later = release(mixed, START - timedelta(seconds=0.5), 100.0, AHEAD)
+    assert [d.at for d in ready] == [START] * 100 and later == START + timedelta(seconds=9.5)
+
+
+def test_due_ahead_returns_what_falls_due_soon_with_the_right_wording() -> None:
+    now = START - timedelta(hours=24, seconds=20)
+    assert run(now, set()) == []
+    e = ev()
+    soon = due([e], {e.id: ANSWERS}, ROOMS, set(), now, MSK, OFFSETS, ahead=timedelta(seconds=30))
+    assert dms(soon) == ["@a:x", "@c:x"] and {d.at for d in soon} == {START - timedelta(hours=24)}
+    assert all("через 24 ч" in d.effect.text.body for d in soon if isinstance(d.effect, DirectMessage))
+    # An event starting within the look-ahead still gets its late reminder.
+    late = due([e], {e.id: ANSWERS}, ROOMS, set(), START - timedelta(seconds=10), MSK, OFFSETS, ahead=AHEAD)
+    assert dms(late) == ["@a:x", "@c:x"]

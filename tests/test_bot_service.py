@@ -27,7 +27,7 @@ from bridge.events.model import (
     UserID,
 )
 from bridge.events.outbox import decode, encode
-from bridge.events.service import EventService, Person, Settings
+from bridge.events.service import REMINDER_AHEAD, EventService, Person, Settings
 from bridge.events.store import DeleteOutbox, SetPoll, Store, open_postgres, open_sqlite
 
 MSK = ZoneInfo("Europe/Moscow")
@@ -274,12 +274,66 @@ async def test_reminders_queue_once(store: Store) -> None:
     await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
     await store.write([DeleteOutbox(oid) for oid, _ in await store.outbox()])
     clock.set(datetime(2026, 12, 3, 14, 30, tzinfo=MSK))
-    items = await svc.queue_due_reminders()
+    items = (await svc.queue_due_reminders()).items
     assert len(items) == 2  # the DM (only the 1 h one: the 24 h one is past) and the room reminder
     kinds = sorted(type(decode(p)).__name__ for _, p in await store.outbox())
     assert kinds == ["DirectMessage", "RoomNotice"]
-    assert await svc.queue_due_reminders() == []
+    assert (await svc.queue_due_reminders()).items == []
     assert len(await store.outbox()) == 2
+
+
+async def test_queued_reminders_are_dropped_when_the_event_is_cancelled_or_moved(store: Store) -> None:
+    """A reminder read into the outbox but not yet sent must not go out for a cancelled or moved event."""
+    svc, clock = await make(store)
+    a = await create(svc, '!event create "A" 2026-12-03 15:00')
+    b = await create(svc, '!event create "B" 2026-12-03 15:00')
+    for eid in (a, b):
+        await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
+    await store.write([DeleteOutbox(oid) for oid, _ in await store.outbox()])
+    clock.set(datetime(2026, 12, 2, 15, 0, tzinfo=MSK))
+    assert len((await svc.queue_due_reminders()).items) == 4
+
+    def reminders() -> set[str]:
+        return {oid.split(":")[1] for oid, _ in pending if oid.startswith("rem:")}
+
+    pending = await store.outbox()
+    assert reminders() == {a, b}
+    a_ids = [oid for oid, _ in pending if oid.startswith(f"rem:{a}:")]
+    await svc.handle_message(ROOM, MOD, mid(), f'!event edit {b} title "B2"')  # same time: kept
+    pending = await store.outbox()
+    assert reminders() == {a, b}
+    await svc.handle_message(ROOM, MOD, mid(), f"!event cancel {a}")
+    pending = await store.outbox()
+    assert reminders() == {b}
+    # What the sender checks before sending a reminder it read earlier.
+    assert a_ids and [await store.in_outbox(oid) for oid in a_ids] == [False] * len(a_ids)
+    await svc.handle_message(ROOM, MOD, mid(), f"!event edit {b} when 2026-12-04 15:00")
+    pending = await store.outbox()
+    assert reminders() == set()
+    # The new time re-arms: 24 h before it, the reminders are due again.
+    clock.set(datetime(2026, 12, 3, 15, 0, tzinfo=MSK))
+    assert len((await svc.queue_due_reminders()).items) == 2
+
+
+async def test_a_reminder_burst_is_released_early_at_the_senders_rate(store: Store) -> None:
+    svc, clock = await make(store)
+    eid = await create(svc, '!event create "X" 2026-12-03 15:00')
+    for i in range(40):
+        await svc.handle_poll_response(ROOM, UserID(f"@p{i}:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
+    await store.write([DeleteOutbox(oid) for oid, _ in await store.outbox()])
+    due_at = datetime(2026, 12, 2, 15, 0, tzinfo=MSK)
+    clock.set(due_at - timedelta(seconds=20))
+    assert (await svc.queue_due_reminders()).items == []  # without a rate nothing leaves early
+    q = await svc.queue_due_reminders(rate=20.0)
+    # 40 DMs and the room reminder at 20 per second: released 41 / 40 s early, so centred on the due moment.
+    assert q.items == [] and q.next_release == due_at - timedelta(seconds=41 / 40)
+    # Beyond the look-ahead the scheduler sleeps until the 1 h mark comes within reach.
+    start = datetime(2026, 12, 3, 15, 0, tzinfo=MSK)
+    assert await svc.next_reminder_at(REMINDER_AHEAD) == start - timedelta(hours=1) - REMINDER_AHEAD
+    clock.set(q.next_release)
+    q = await svc.queue_due_reminders(rate=20.0)
+    assert len(q.items) == 41 and len(await store.outbox()) == 41 and q.next_release is None
+    assert (await svc.queue_due_reminders(rate=20.0)).items == []
 
 
 async def test_removed_reaction_withdraws_and_promotes(store: Store) -> None:

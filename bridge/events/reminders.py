@@ -7,10 +7,15 @@ Rule 2. A person gets at most one reminder per due moment: if the bot was down t
         without sending.
 Rule 3. Nothing is due for a cancelled event, or at or after its start.
 Rule 4. One room reminder per audience room, at the largest offset (or late, once, if the bot was down then).
+Rule 5. A burst (n reminders due at one moment) is released n / (2 * rate) seconds early, ``rate`` being how
+        many messages per second the sender gets through: the burst is then centred on its due moment and no
+        reminder of it is further than n / (2 * rate) from that moment, instead of the last one n / rate late.
+        Never more than ``ahead`` early.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -42,6 +47,7 @@ class ReminderKey:
 class Due:
     marks: tuple[ReminderKey, ...]  # all to be recorded as sent once ``effect`` is done
     effect: DirectMessage | RoomNotice
+    at: datetime  # the moment it falls due: the start minus its offset
 
 
 def slot(event: Event) -> int:
@@ -57,18 +63,22 @@ def due(
     tz: ZoneInfo,
     offsets: Sequence[timedelta] = DEFAULT_OFFSETS,
     remind_maybe: bool = False,
+    ahead: timedelta = timedelta(0),
 ) -> list[Due]:
+    """Reminders due at ``now``, and those falling due up to ``ahead`` later (for :func:`release`)."""
     if not offsets:
         return []
     out: list[Due] = []
     largest = max(offsets)
+    horizon = now + ahead
     for ev in events:
         if ev.cancelled or now >= ev.starts_at:
             continue
-        passed = sorted((o for o in offsets if ev.starts_at - o <= now), reverse=True)
+        passed = sorted((o for o in offsets if ev.starts_at - o <= horizon), reverse=True)
         if not passed:
             continue
         latest = passed[-1]
+        at = ev.starts_at - latest
         s = slot(ev)
         att = attendance(ev.capacity, answers.get(ev.id, ()))
         people: list[Rsvp] = list(att.confirmed) + (list(att.maybe) if remind_maybe else [])
@@ -77,16 +87,35 @@ def due(
             if key in sent:
                 continue
             marks = tuple(ReminderKey(ev.id, s, int(o.total_seconds()), r.user_id) for o in passed)
-            text = render.reminder_dm(ev, tz, ev.starts_at - now, r.answer)
-            out.append(Due(marks, DirectMessage(r.user_id, text)))
+            text = render.reminder_dm(ev, tz, ev.starts_at - max(now, at), r.answer)
+            out.append(Due(marks, DirectMessage(r.user_id, text), at))
         if largest in passed:
             for room in rooms.get(ev.id, ()):
                 key = ReminderKey(ev.id, s, int(largest.total_seconds()), room)
                 if key not in sent:
-                    out.append(
-                        Due((key,), RoomNotice(room, render.room_reminder(ev, tz, len(att.confirmed))))
-                    )
+                    notice = RoomNotice(room, render.room_reminder(ev, tz, len(att.confirmed)))
+                    out.append(Due((key,), notice, ev.starts_at - largest))
     return out
+
+
+def release(
+    items: Sequence[Due], now: datetime, rate: float, ahead: timedelta
+) -> tuple[list[Due], datetime | None]:
+    """Rule 5: the reminders to hand to the sender at ``now``, and when the next of the others is released.
+
+    ``items`` are what :func:`due` returned with the same ``ahead``; ``rate`` is messages per second.
+    """
+    sizes = Counter(d.at for d in items)
+    ready: list[Due] = []
+    later: datetime | None = None
+    for d in items:
+        lead = min(timedelta(seconds=sizes[d.at] / (2 * rate)), ahead)
+        start = d.at - lead
+        if start <= now:
+            ready.append(d)
+        elif later is None or start < later:
+            later = start
+    return ready, later
 
 
 def next_due(events: Iterable[Event], now: datetime, offsets: Sequence[timedelta]) -> datetime | None:

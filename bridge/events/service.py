@@ -53,10 +53,11 @@ from bridge.events.model import (
     new_event_id,
 )
 from bridge.events.outbox import encode
-from bridge.events.reminders import DEFAULT_OFFSETS, Due, due, next_due
+from bridge.events.reminders import DEFAULT_OFFSETS, Due, due, next_due, release
 from bridge.events.rsvp import Accepted, Refused, RsvpRequest, decide, recompute_after_edit, withdraw
 from bridge.events.store import (
     DeleteAnswer,
+    DropQueuedReminders,
     MarkProcessed,
     MarkReminder,
     PutAnswer,
@@ -67,9 +68,13 @@ from bridge.events.store import (
     SetPoll,
     Store,
     Write,
+    reminder_outbox_prefix,
 )
 
 log = logging.getLogger(__name__)
+
+# How far ahead of its due moment a burst of reminders may be released (reminders Rule 5).
+REMINDER_AHEAD = timedelta(seconds=30)
 
 POLL_ANSWER_IDS: dict[str, Answer] = {
     "going": Answer.GOING,
@@ -343,7 +348,11 @@ class EventService:
         ]
         if room not in await self._rooms(ev):
             effects.append(reply(notice))
-        return effects, [PutEvent(new)]
+        writes: list[Write] = [PutEvent(new)]
+        if new.starts_at != ev.starts_at:
+            # Reminders queued for the old time would name the wrong time; the new time re-arms them.
+            writes.append(DropQueuedReminders(ev.id))
+        return effects, writes
 
     async def _cancel(
         self, cmd: CancelEvent, room: RoomID, sender: UserID, reply: _ReplyFn
@@ -366,7 +375,7 @@ class EventService:
         ]
         if room not in [r for r, _ in audience]:
             effects.append(reply(notice))
-        return effects, [PutEvent(new)]
+        return effects, [PutEvent(new), DropQueuedReminders(ev.id)]
 
     async def _show_or_export(
         self, cmd: ShowEvent | ExportEvent, ev: Event, room: RoomID, sender: UserID, reply: _ReplyFn
@@ -515,9 +524,9 @@ class EventService:
 
     # --- reminders ------------------------------------------------------------------------------------------
 
-    async def due_reminders(self) -> list[Due]:
+    async def due_reminders(self, ahead: timedelta = timedelta(0)) -> list[Due]:
         now = self.clock.now()
-        horizon = now + max(self.settings.reminder_offsets, default=timedelta(0))
+        horizon = now + max(self.settings.reminder_offsets, default=timedelta(0)) + ahead
         events = await self.store.starting_between(now, horizon)
         ids = [e.id for e in events]
         return due(
@@ -529,34 +538,58 @@ class EventService:
             self.tz,
             self.settings.reminder_offsets,
             self.settings.remind_maybe,
+            ahead,
         )
 
     async def mark_sent(self, item: Due) -> None:
         now = self.clock.now()
         await self.store.write([MarkReminder(k, now) for k in item.marks])
 
-    async def queue_due_reminders(self) -> list[Due]:
-        """Move every due reminder into the outbox and mark it sent, in one transaction."""
-        items = await self.due_reminders()
+    async def queue_due_reminders(self, rate: float | None = None) -> Queued:
+        """Move the reminders due now into the outbox and mark them sent, in one transaction.
+
+        Given the sender's ``rate`` (messages per second), a burst is released early enough to be centred on
+        its due moment (``reminders`` Rule 5); without it nothing leaves before it is due.
+        """
+        ahead = REMINDER_AHEAD if rate else timedelta(0)
+        items = await self.due_reminders(ahead)
+        later: datetime | None = None
+        if rate:
+            items, later = release(items, self.clock.now(), rate, ahead)
         if items:
             now = self.clock.now()
             writes: list[Write] = []
             for d in items:
                 k = d.marks[-1]
                 writes.append(
-                    PutOutbox(f"rem:{k.event_id}:{k.slot}:{k.offset_s}:{k.target}", now, encode(d.effect))
+                    PutOutbox(
+                        f"{reminder_outbox_prefix(k.event_id)}{k.slot}:{k.offset_s}:{k.target}",
+                        now,
+                        encode(d.effect),
+                    )
                 )
                 writes += [MarkReminder(m, now) for m in d.marks]
             await self.store.write(writes)
-        return items
+        return Queued(items, later)
 
-    async def next_reminder_at(self) -> datetime | None:
-        """When a reminder may next fall due: per offset, the first event starting after now + offset."""
-        now = self.clock.now()
+    async def next_reminder_at(self, ahead: timedelta = timedelta(0)) -> datetime | None:
+        """When to look again: the first due moment later than ``now + ahead``, minus ``ahead``.
+
+        (Per offset, the first event starting after that moment plus the offset.) Due moments closer than
+        ``ahead`` are the business of :meth:`queue_due_reminders`, which says when it releases them.
+        """
+        after = self.clock.now() + ahead
         candidates: list[Event] = []
         for offset in self.settings.reminder_offsets:
-            candidates += await self.store.first_starting_after(now + offset)
-        return next_due(candidates, now, self.settings.reminder_offsets)
+            candidates += await self.store.first_starting_after(after + offset)
+        nxt = next_due(candidates, after, self.settings.reminder_offsets)
+        return None if nxt is None else nxt - ahead
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    items: list[Due]
+    next_release: datetime | None  # when a reminder held back for now (Rule 5) is released
 
 
 class _ReplyFn(Protocol):

@@ -151,6 +151,13 @@ class DeleteOutbox:
     id: str
 
 
+@dataclass(frozen=True, slots=True)
+class DropQueuedReminders:
+    """Unsent reminders of an event (outbox ids ``rem:<event>:...``): it was cancelled or moved."""
+
+    event_id: EventID
+
+
 Write = (
     PutEvent
     | PutAudience
@@ -165,7 +172,15 @@ Write = (
     | SetValue
     | PutOutbox
     | DeleteOutbox
+    | DropQueuedReminders
 )
+
+
+REMINDER_OUTBOX = "rem:"  # outbox ids of reminders start with this, then the event ID
+
+
+def reminder_outbox_prefix(eid: EventID) -> str:
+    return f"{REMINDER_OUTBOX}{eid}:"
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -270,6 +285,9 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
             )
         case DeleteOutbox(oid):
             return ("DELETE FROM outbox WHERE id = ?", (oid,))
+        case DropQueuedReminders(eid):
+            prefix = reminder_outbox_prefix(eid)
+            return ("DELETE FROM outbox WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
         case _:
             assert_never(w)
 
@@ -519,6 +537,9 @@ class Store:
         """Unsent effects, oldest first: (id, payload)."""
         rows = await self._rows("SELECT id, payload FROM outbox ORDER BY created_at, id LIMIT ?", (limit,))
         return [(str(r[0]), str(r[1])) for r in rows]
+
+    async def in_outbox(self, oid: str) -> bool:
+        return bool(await self._rows("SELECT 1 FROM outbox WHERE id = ?", (oid,)))
 
     async def get_value(self, key: str) -> str | None:
         rows = await self._rows("SELECT value FROM kv WHERE key = ?", (key,))
