@@ -594,17 +594,28 @@ class EventBot:
     async def _sender(self) -> None:
         """Send what the outbox holds; delete each entry once the homeserver has it.
 
-        Entries go out in lanes, one per room (per person for direct messages), so a room's messages keep
-        their order while different rooms proceed in parallel; a lane starts as soon as its first entry is
-        committed, so nothing waits for an unrelated batch to finish. Answers to a person who is waiting
-        (replies, announcements, exports) and background traffic (reminders, notices to many) have separate
-        lanes and separate limits: a burst of 200 reminders never holds up a reply.
+        Entries go out in lanes, one per room (per person for direct messages) and kind, so a room's messages
+        of one kind keep their order while different rooms proceed in parallel; a lane starts as soon as its
+        first entry is committed, so nothing waits for an unrelated batch to finish. What a person is waiting
+        for (replies, announcements, exports) and background traffic (reminders, notices to many) have
+        separate lanes and limits, and reminders are read from the outbox apart from everything else, so a
+        backlog of thousands of reminders neither holds up a reply nor has to fit in memory at once.
         """
-        queued: set[str] = set()  # read from the outbox, not yet deleted
+        # Entries read and not yet deleted, by group: True for reminders, False for everything else.
+        queued: dict[bool, set[str]] = {True: set(), False: set()}
+        more = {True: False, False: False}  # the group's last read was full: the outbox holds more
         lanes: dict[str, collections.deque[tuple[str, Effect]]] = {}
         workers: set[asyncio.Task[None]] = set()
         gates = {True: asyncio.Semaphore(INTERACTIVE_LANES), False: asyncio.Semaphore(BACKGROUND_LANES)}
-        waiting = {True: 0, False: 0}  # entries queued per kind, not yet delivered
+        waiting = {True: 0, False: 0}  # entries queued per kind (interactive or not), not yet delivered
+
+        def group(oid: str) -> bool:
+            return oid.startswith(REMINDER_OUTBOX)
+
+        def needs_read() -> bool:
+            return not any(queued.values()) or any(
+                more[g] and len(queued[g]) <= OUTBOX_BATCH // 2 for g in queued
+            )
 
         async def lane_worker(key: str, interactive: bool) -> None:
             todo = lanes[key]
@@ -621,7 +632,7 @@ class EventBot:
                         continue
                     backoff = 1.0
                     todo.popleft()
-                    queued.discard(oid)
+                    queued[group(oid)].discard(oid)
                     waiting[interactive] -= 1
                     if not interactive:
                         self._send_rate.delivered(time.monotonic(), waiting[False])
@@ -630,40 +641,52 @@ class EventBot:
                 await asyncio.sleep(1.0)
             finally:
                 # What is left stays in the outbox; forgetting it here lets the next read pick it up.
-                queued.difference_update(oid for oid, _ in todo)
+                for oid, _ in todo:
+                    queued[group(oid)].discard(oid)
                 waiting[interactive] -= len(todo)
                 del lanes[key]
-                if more or not queued:
-                    self._outbox_wake.set()  # read what did not fit into the last read; or go idle
+                if todo or needs_read():
+                    self._outbox_wake.set()
 
-        more = False  # the last read was full: the outbox may hold more
+        def enqueue(oid: str, effect: Effect) -> None:
+            queued[group(oid)].add(oid)
+            interactive = isinstance(effect, INTERACTIVE)
+            waiting[interactive] += 1
+            key = f"{interactive}:{_lane(effect)}"
+            if key in lanes:
+                lanes[key].append((oid, effect))
+                return
+            lanes[key] = collections.deque([(oid, effect)])
+            task = asyncio.create_task(lane_worker(key, interactive), name=f"bot-lane-{key}")
+            workers.add(task)
+            task.add_done_callback(workers.discard)
+
         try:
             while True:
                 self._outbox_wake.clear()
-                limit = OUTBOX_BATCH + len(queued)
-                rows = await self.store.outbox(limit)
-                more = len(rows) >= limit
-                for oid, payload in rows:
-                    if oid in queued:
+                dropped = False
+                for g in (False, True):  # everything but reminders first
+                    held = len(queued[g])
+                    if held >= OUTBOX_BATCH:
                         continue
-                    try:
-                        effect = decode(payload)
-                    except Exception:
-                        log.exception("could not read outbox entry %s; dropped", oid)
-                        await self.store.write([DeleteOutbox(oid)])
-                        continue
-                    queued.add(oid)
-                    interactive = isinstance(effect, INTERACTIVE)
-                    waiting[interactive] += 1
-                    key = f"{interactive}:{_lane(effect)}"
-                    if key in lanes:
-                        lanes[key].append((oid, effect))
-                        continue
-                    lanes[key] = collections.deque([(oid, effect)])
-                    task = asyncio.create_task(lane_worker(key, interactive), name=f"bot-lane-{key}")
-                    workers.add(task)
-                    task.add_done_callback(workers.discard)
-                if queued:
+                    # The oldest rows are the ones held already; what is new comes after them.
+                    limit = OUTBOX_BATCH + held
+                    rows = await self.store.outbox(limit, reminders=g)
+                    more[g] = len(rows) >= limit
+                    for oid, payload in rows:
+                        if oid in queued[g]:
+                            continue
+                        try:
+                            effect = decode(payload)
+                        except Exception:
+                            log.exception("could not read outbox entry %s; dropped", oid)
+                            await self.store.write([DeleteOutbox(oid)])
+                            dropped = True
+                            continue
+                        enqueue(oid, effect)
+                if dropped:
+                    self._outbox_wake.set()  # rows behind the dropped ones did not fit into this read
+                if any(queued.values()) or self._outbox_wake.is_set():
                     self.idle.clear()
                 else:
                     self.idle.set()
@@ -675,8 +698,10 @@ class EventBot:
 
     async def _deliver(self, oid: str, effect: Effect) -> bool:
         """Send one outbox entry and delete it; False (entry kept) if the homeserver could not be reached."""
-        if oid.startswith(REMINDER_OUTBOX) and not await self.store.in_outbox(oid):
-            return True  # the event was cancelled or moved after this reminder was read
+        if not await self.store.in_outbox(oid):
+            # Already sent (a read that overlapped its deletion), or a reminder of an event cancelled or
+            # moved since it was read.
+            return True
         try:
             await self._execute(effect, _txn(oid))
         except asyncio.CancelledError:

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from bridge import bot as botmod
 from bridge.bot import BotConfig, EventBot
@@ -38,6 +39,8 @@ class Recorder:
 
     async def __call__(self, effect: Effect, txn: str) -> None:
         kind = isinstance(effect, botmod.INTERACTIVE)
+        lanes = sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("bot-lane-"))
+        self.peak_lanes = max(getattr(self, "peak_lanes", 0), lanes)
         self.attempts[txn] = self.attempts.get(txn, 0) + 1
         if txn in self.fail_first:
             self.fail_first.discard(txn)
@@ -128,3 +131,35 @@ def test_send_rate_counts_only_busy_gaps() -> None:
         t += 0.5
         rate.delivered(t, waiting=0)
     assert abs(rate.per_second() - 100.0) < 1.0
+
+
+async def test_a_reminder_backlog_is_read_in_slices_and_a_reply_overtakes_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(botmod, "OUTBOX_BATCH", 40)
+    backlog = [(f"rem:ev1:1:86400:@p{i}:x", dm(i)) for i in range(400)]
+    reply = [("reply", Reply(ROOM, MatrixEventID("$cmd"), plain("You are going")))]
+    rec = Recorder(0.01)
+    await run_sender(tmp_path, rec, backlog, reply)
+    order = [txn for txn, _ in rec.done]
+    assert sorted(order) == sorted(botmod._txn(oid) for oid, _ in backlog + reply)
+    # Read 40 at a time (at most twice that held): the reply, committed behind 400 reminders, is not last.
+    assert rec.peak_lanes <= 2 * 40
+    assert order.index(botmod._txn("reply")) < 100
+
+
+async def test_an_entry_no_longer_in_the_outbox_is_not_sent(tmp_path: Path) -> None:
+    store = open_sqlite(str(tmp_path / "bot.db"))
+    cfg = BotConfig(
+        "http://127.0.0.1:1", "@bot:x", "token", "DEV", str(tmp_path / "bot.db"), tmp_path / "crypto"
+    )
+    bot = EventBot(cfg, store, ManualClock(T0))
+    await store.open()
+    rec = Recorder(0.0)
+    bot._execute = rec  # type: ignore[method-assign]
+    try:
+        # Sent and deleted by one lane while another read still held it; or a reminder of a cancelled event.
+        assert await bot._deliver("rem:gone:1:3600:@p1:x", dm(1)) is True
+        assert rec.attempts == {}
+    finally:
+        await store.close()

@@ -533,10 +533,15 @@ class Store:
         rows = await self._rows("SELECT room_id FROM dm_rooms WHERE user_id = ?", (user,))
         return RoomID(rows[0][0]) if rows else None
 
-    async def outbox(self, limit: int = 100) -> list[tuple[str, str]]:
-        """Unsent effects, oldest first: (id, payload)."""
-        rows = await self._rows("SELECT id, payload FROM outbox ORDER BY created_at, id LIMIT ?", (limit,))
-        return [(str(r[0]), str(r[1])) for r in rows]
+    async def outbox(self, limit: int = 100, *, reminders: bool | None = None) -> list[tuple[str, str]]:
+        """Unsent effects, oldest first: (id, payload); only reminders, or all but reminders, if asked."""
+        where = ""
+        args: tuple[object, ...] = (limit,)
+        if reminders is not None:
+            where = f"WHERE substr(id, 1, ?) {'=' if reminders else '<>'} ?"
+            args = (len(REMINDER_OUTBOX), REMINDER_OUTBOX, limit)
+        sql = f"SELECT id, payload FROM outbox {where} ORDER BY created_at, id LIMIT ?"
+        return [(str(r[0]), str(r[1])) for r in await self._rows(sql, args)]
 
     async def in_outbox(self, oid: str) -> bool:
         return bool(await self._rows("SELECT 1 FROM outbox WHERE id = ?", (oid,)))
