@@ -650,7 +650,7 @@ class EventBot:
 
         def enqueue(oid: str, effect: Effect) -> None:
             queued[group(oid)].add(oid)
-            interactive = isinstance(effect, INTERACTIVE)
+            interactive = is_interactive(effect)
             waiting[interactive] += 1
             key = f"{interactive}:{_lane(effect)}"
             if key in lanes:
@@ -903,8 +903,13 @@ OUTBOX_BATCH = 400
 # raises throughput; bench/bot.py found 16 background lanes enough to keep the embedded Synapse busy.
 INTERACTIVE_LANES = 8
 BACKGROUND_LANES = 16
-# What a person is waiting for right now; everything else (reminders, notices to many) is background.
-INTERACTIVE = (Reply, Announce, Upload, DirectUpload)
+
+
+def is_interactive(effect: Effect) -> bool:
+    """What a person is waiting for right now; everything else (reminders, notices to many) is background."""
+    if isinstance(effect, DirectMessage):
+        return effect.answer
+    return isinstance(effect, Reply | Announce | Upload | DirectUpload)
 
 
 def _lane(effect: Effect) -> str:

@@ -955,7 +955,10 @@ class HomeserverClient:
         )
 
     async def rate_limited(self, user_id: str) -> bool:
-        """False if ``user_id`` has a "no limits" override (Synapse then skips *every* rate limiter for it).
+        """False if ``user_id`` has a "no limits" override.
+
+        Synapse then skips every rate limiter that knows the requester: messages, joins, invites, profile
+        changes; not the per-room limits that apply to everyone in a room.
 
         Synapse answers ``{}`` when there is no override; a ``messages_per_second`` of 0 disables limiting.
         """

@@ -38,7 +38,7 @@ class Recorder:
         self.attempts: dict[str, int] = {}
 
     async def __call__(self, effect: Effect, txn: str) -> None:
-        kind = isinstance(effect, botmod.INTERACTIVE)
+        kind = botmod.is_interactive(effect)
         lanes = sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("bot-lane-"))
         self.peak_lanes = max(getattr(self, "peak_lanes", 0), lanes)
         self.attempts[txn] = self.attempts.get(txn, 0) + 1

@@ -127,9 +127,12 @@ async def test_full_flow(store: Store) -> None:
     # A waitlisted poll voter is told by DM, since the poll cannot show it.
     eff = await svc.handle_poll_response(ROOM, UserID("@d:x"), mid(), poll, ["going"])
     assert [type(e) for e in eff] == [DirectMessage]
+    # ... as urgently as a reply in the room (not behind reminders), and it survives the outbox.
+    assert isinstance(eff[0], DirectMessage) and eff[0].answer and decode(encode(eff[0])) == eff[0]
     # @a cancels: @c (first on the waitlist) is promoted and told.
     eff = await svc.handle_reaction(ROOM, UserID("@a:x"), mid(), poll, "❌")
     assert [(type(e), getattr(e, "user_id", None)) for e in eff] == [(DirectMessage, "@c:x")]
+    assert not eff[0].answer  # type: ignore[union-attr]  # news for @c, not an answer to them
     eff = await svc.handle_message(ROOM, UserID("@e:x"), mid(), "!event show")
     body = eff[0].text.body  # type: ignore[union-attr]
     assert "Going: 2 — B, C" in body and "Waitlist: 1 — D" in body and "Not going: 1 — A" in body

@@ -153,6 +153,9 @@ class RoomNotice:
 class DirectMessage:
     user_id: UserID
     text: Text
+    # The answer to something the person just did (a poll click refused or waitlisted): sent as urgently as
+    # a reply in the room, not with the background traffic of reminders and notices.
+    answer: bool = False
 
 
 @dataclass(frozen=True, slots=True)

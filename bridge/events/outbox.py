@@ -46,8 +46,8 @@ def encode(effect: Effect) -> str:
             d = {"t": "reply", "room": room, "reply_to": reply_to, "text": _text(text)}
         case RoomNotice(room, text):
             d = {"t": "notice", "room": room, "text": _text(text)}
-        case DirectMessage(user, text):
-            d = {"t": "dm", "user": user, "text": _text(text)}
+        case DirectMessage(user, text, answer):
+            d = {"t": "dm", "user": user, "text": _text(text)} | ({"answer": True} if answer else {})
         case Announce(eid, room, text, question, answers):
             d = {"t": "announce", "event": eid, "room": room, "text": _text(text), "question": question,
                  "answers": [[a.value, label] for a, label in answers]}  # fmt: skip
@@ -78,7 +78,7 @@ def decode(payload: str) -> Effect:
         case "notice":
             return RoomNotice(RoomID(d["room"]), text(d["text"]))
         case "dm":
-            return DirectMessage(UserID(d["user"]), text(d["text"]))
+            return DirectMessage(UserID(d["user"]), text(d["text"]), bool(d.get("answer", False)))
         case "announce":
             answers = tuple((Answer(a), str(label)) for a, label in d["answers"])
             return Announce(EventID(d["event"]), RoomID(d["room"]), text(d["text"]), d["question"], answers)

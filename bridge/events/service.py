@@ -445,7 +445,7 @@ class EventService:
         effects: list[Effect] = []
         if not isinstance(outcome, Accepted):
             text = render.refused(ev, lang, outcome.reason, self.tz)
-            effects.append(reply(text) if reply else DirectMessage(sender, text))
+            effects.append(reply(text) if reply else DirectMessage(sender, text, answer=True))
             return effects, []
         text = render.rsvp_reply(
             ev, lang, outcome.status, outcome.waitlist_position, outcome.unchanged, self.tz
@@ -454,7 +454,7 @@ class EventService:
             effects.append(reply(text))
         elif outcome.status == "waitlisted" and not outcome.unchanged:
             # A poll click shows nothing about the waitlist; the person must learn they are not confirmed.
-            effects.append(DirectMessage(sender, text))
+            effects.append(DirectMessage(sender, text, answer=True))
         effects += [DirectMessage(p.user_id, render.promoted_dm(ev, self.tz)) for p in outcome.promoted]
         writes: list[Write] = [] if outcome.unchanged else [PutAnswer(outcome.rsvp)]
         log.info("rsvp %s %s %s via %s (%s)", ev.id, sender, answer.value, source.value, outcome.status)
@@ -508,7 +508,8 @@ class EventService:
         effects: list[Effect] = []
         writes: list[Write] = []
         if isinstance(outcome, Refused):
-            effects.append(DirectMessage(sender, render.refused(ev, ev.lang, outcome.reason, self.tz)))
+            refusal = render.refused(ev, ev.lang, outcome.reason, self.tz)
+            effects.append(DirectMessage(sender, refusal, answer=True))
         elif outcome is not None:
             writes.append(DeleteAnswer(ev.id, sender))
             effects += [DirectMessage(p.user_id, render.promoted_dm(ev, self.tz)) for p in outcome.promoted]
