@@ -319,6 +319,10 @@ def _directory(r: _Reader) -> DirectoryConfig:
     if dep_from == "attribute" and not attrs.department:
         raise r.fail("department_from", "is 'attribute' but attributes.department is not set")
     ca_file = r.opt_str("ca_file")
+    # Not stripped: " / " splits "Префектура ЮАО / Отдел ЖКХ" but keeps "Юр/Отдел" one name.
+    separator = r.data.get("department_separator") or " / "
+    if not isinstance(separator, str):
+        raise r.fail("department_separator", f"must be a string, not {type(separator).__name__}")
     return DirectoryConfig(
         uri=uri,
         bind_dn=r.str_("bind_dn", required=True),
@@ -328,7 +332,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
         filter=flt,
         attributes=attrs,
         department_from=dep_from,  # type: ignore[arg-type]
-        department_separator=r.data.get("department_separator", " / ") or " / ",
+        department_separator=separator,
         disabled_filter=disabled,
         unit_filter=unit_filter,
         start_tls=r.bool_("start_tls", False),
@@ -416,11 +420,19 @@ def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = N
             raise ConfigError(f"is not a Matrix user ID like @admin:{hs.server_name}: {item!r}", path,
                               f"exclude[{i}]")  # fmt: skip
         exclude.add(item)
+    layout = _layout(root.section("layout"), hs.server_name)
+    bot = root.data.get("bot")
+    if isinstance(bot, dict) and bot.get("user_id") and layout.max_room_size < 3:
+        raise ConfigError(
+            "must be at least 3 with a bot: the provisioner and the bot take a seat in every room",
+            path,
+            "layout.max_room_size",
+        )
     return Config(
         path=path,
         homeserver=hs,
         directory=_directory(root.section("directory")),
-        layout=_layout(root.section("layout"), hs.server_name),
+        layout=layout,
         safety=_safety(root.section("safety")),
         sync=_sync(root.section("sync")),
         exclude=frozenset(exclude),

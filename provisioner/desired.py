@@ -18,6 +18,12 @@ class Desired:
     layout: Layout
 
 
+def service_seats(cfg: Config) -> int:
+    """Seats every room keeps for service accounts: the provisioner, and the event bot if one is set."""
+    bot = cfg.raw.get("bot")
+    return 2 if isinstance(bot, dict) and isinstance(bot.get("user_id"), str) else 1
+
+
 def layout_policy(cfg: Config, *, reserved_seats: int = 1) -> LayoutPolicy:
     return LayoutPolicy(
         server_name=cfg.homeserver.server_name,
@@ -36,7 +42,6 @@ def desired_state(
     previous_localparts: Mapping[str, str] | None = None,
     taken: Iterable[str] = (),
     previous_rooms: Mapping[str, str] | None = None,
-    reserved_seats: int = 1,
 ) -> Desired:
     """IDs for everyone read, and the layout of the enabled people."""
     localparts = assign_localparts(
@@ -48,7 +53,8 @@ def desired_state(
         snapshot.enabled,
         snapshot.units,
         localparts,
-        layout_policy(cfg, reserved_seats=reserved_seats),
+        # The same seats in the `layout` preview as in the sync, or the preview shows other rooms.
+        layout_policy(cfg, reserved_seats=service_seats(cfg)),
         previous_rooms,
     )
     return Desired(localparts=localparts, people=people, layout=layout)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import unicodedata
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -31,7 +33,17 @@ class ReadResult:
 
 
 def path_key(path: Sequence[str]) -> str:
-    return "path:" + "/".join(" ".join(p.casefold().split()) for p in path)
+    """A unit's key from its path: case and spacing do not count, Unicode is compared in NFC.
+
+    A name may itself contain "/" ("Юр/Отдел" is not "Юр" › "Отдел"): it is escaped, and so is the escape
+    character, so that keys of names without either stay what they always were.
+    """
+
+    def part(p: str) -> str:
+        name = " ".join(unicodedata.normalize("NFC", p).casefold().split())
+        return name.replace("\\", "\\\\").replace("/", "\\/")
+
+    return "path:" + "/".join(part(p) for p in path)
 
 
 def _unit_path_from_dn(dn: DN, base: DN) -> tuple[str, ...] | None:
@@ -42,11 +54,17 @@ def _unit_path_from_dn(dn: DN, base: DN) -> tuple[str, ...] | None:
     for rdn in reversed(rel):
         for ava in rdn:
             if ava.type in _UNIT_RDN_TYPES:
-                name = clean_text(ava.value, max_len=MAX_UNIT_NAME)
+                name = _unit_name(ava.value)
                 if name:
                     names.append(name)
                 break
     return tuple(names)
+
+
+def _unit_name(value: str) -> str | None:
+    """A unit's name, cut to MAX_UNIT_NAME: an over-long name must not drop its people into the parent."""
+    name = clean_text(value, max_len=len(value))
+    return name[:MAX_UNIT_NAME].rstrip() if name else None
 
 
 def _split_department(value: str | None, separator: str) -> tuple[str, ...]:
@@ -55,30 +73,48 @@ def _split_department(value: str | None, separator: str) -> tuple[str, ...]:
     parts = value.split(separator) if separator.strip() else [value]
     out: list[str] = []
     for part in parts:
-        name = clean_text(part, max_len=MAX_UNIT_NAME)
+        name = _unit_name(part)
         if name:
             out.append(name)
     return tuple(out)
 
 
 class _UnitIndex:
-    """Builds the unit tree: every prefix of every path is a unit; keys from OU anchors when known."""
+    """Builds the unit tree: every prefix of every path is a unit; keys from OU anchors when known.
+
+    Paths that differ only in case, spacing or Unicode form are one unit; it is named the way most of its
+    people's entries spell it (ties: the first spelling in sort order), so one odd entry cannot rename a
+    department for everyone.
+    """
 
     def __init__(self, anchors_by_path: dict[str, str]) -> None:
         self.anchors_by_path = anchors_by_path
-        self.units: dict[tuple[str, ...], Unit] = {}
+        self._key_of_path: dict[tuple[str, ...], str] = {}
+        self._spellings: dict[str, Counter[tuple[str, ...]]] = defaultdict(Counter)
+        self._parent: dict[str, str] = {}
 
     def key_for(self, path: tuple[str, ...]) -> str:
         if not path:
             return ROOT_UNIT
-        unit = self.units.get(path)
-        if unit is not None:
-            return unit.key
         parent = self.key_for(path[:-1])
-        anchor = self.anchors_by_path.get(path_key(path))
-        key = f"ou:{anchor}" if anchor else path_key(path)
-        self.units[path] = Unit(key=key, path=path, parent_key=parent)
+        key = self._key_of_path.get(path)
+        if key is None:
+            anchor = self.anchors_by_path.get(path_key(path))
+            key = f"ou:{anchor}" if anchor else path_key(path)
+            self._key_of_path[path] = key
+        self._spellings[key][path] += 1
+        self._parent[key] = parent
         return key
+
+    def units(self) -> list[Unit]:
+        return [
+            Unit(
+                key=key,
+                path=min(seen.items(), key=lambda kv: (-kv[1], kv[0]))[0],
+                parent_key=self._parent[key],
+            )
+            for key, seen in self._spellings.items()
+        ]
 
 
 def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True) -> DirectorySnapshot:
@@ -174,7 +210,7 @@ def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True
                 sort_name=name.casefold(),
             )
         )
-    units = tuple(sorted(index.units.values(), key=lambda u: u.path))
+    units = tuple(sorted(index.units(), key=lambda u: u.path))
     return DirectorySnapshot(
         people=tuple(people),
         units=units,

@@ -120,13 +120,21 @@ def assign_localparts(
     return result
 
 
+# Format characters that are part of how a name is written: the zero-width joiner holds emoji sequences
+# together (👩‍💻), the non-joiner is spelling in Persian and other scripts. Every other format character
+# (direction overrides that can disguise a name, zero-width spaces, soft hyphens) is dropped.
+_KEPT_FORMAT = frozenset("\u200c\u200d")
+
+
 def clean_text(value: str | None, *, max_len: int = 255) -> str | None:
     """Whitespace collapsed, control characters dropped; ``None`` for empty or over-long text."""
     if value is None:
         return None
     text = value
     if not text.isprintable():
-        text = "".join(ch for ch in value if unicodedata.category(ch)[0] != "C" or ch in "\t\n")
+        text = "".join(
+            ch for ch in value if unicodedata.category(ch)[0] != "C" or ch in "\t\n" or ch in _KEPT_FORMAT
+        )
     text = " ".join(text.split())
     if not text or len(text) > max_len:
         return None

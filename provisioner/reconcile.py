@@ -124,6 +124,10 @@ def previous_identities(
     """
     previous = {a: e.localpart for a, e in observed.registry.items()}
     claimed = set(previous.values())
+    # A leaver's ID stays theirs: their locked account still exists, with their rooms and messages, and a
+    # newcomer with the same login (or the same person back under a new anchor) must not inherit it.
+    current = {p.anchor for p in snapshot.people}
+    leavers = {lp for a, lp in previous.items() if a not in current}
     existing = {uid[1:].split(":", 1)[0] for uid in observed.users}
     # Identity rule 3's order, so the login module (which applies it too) and the sync agree on who adopts.
     order = sorted(snapshot.people, key=lambda p: (p.login != base_localpart(p.login), p.anchor))
@@ -134,7 +138,9 @@ def previous_identities(
         if base in existing and base not in claimed:
             previous[p.anchor] = base
             claimed.add(base)
-    taken = existing - claimed
+    taken = (existing - claimed) | (
+        leavers - {previous[p.anchor] for p in snapshot.people if p.anchor in previous}
+    )
     return previous, taken
 
 

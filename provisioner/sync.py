@@ -126,7 +126,6 @@ async def make_plan(
         previous_localparts=previous,
         taken=taken,
         previous_rooms=previous_rooms,
-        reserved_seats=1 + (1 if policy.bot else 0),
     )
     plan = reconcile(desired, observed, snapshot, policy, now=now)
     return plan, observed, desired, policy

@@ -81,6 +81,8 @@ def test_presets():
         ("exclude", ["admin"], "exclude[0]", "Matrix user ID"),
         ("layout.head_title_pattern", "(", "layout.head_title_pattern", "regular expression"),
         ("bogus", 1, "bogus", "unknown section"),
+        ("directory.department_separator", 5, "directory.department_separator", "must be a string"),
+        ("directory.department_separator", ["/"], "directory.department_separator", "must be a string"),
     ],
 )
 def test_errors_name_the_key(path, value, key, words):
@@ -108,6 +110,15 @@ def test_unset_env_named(monkeypatch):
 def test_token_required_for_sync():
     with pytest.raises(ConfigError, match="homeserver.admin_token_file"):
         parse_config(BASE, token_required=True)
+
+
+def test_room_size_leaves_a_seat_for_people_beside_provisioner_and_bot():
+    data = with_("layout.max_room_size", 2)
+    parse_config(data)  # the provisioner alone: one seat left
+    data["bot"] = {"user_id": "@events:example.test"}
+    with pytest.raises(ConfigError) as e:
+        parse_config(data)
+    assert e.value.key == "layout.max_room_size" and "with a bot" in str(e.value)
 
 
 def test_bad_yaml_and_missing_file(tmp_path):

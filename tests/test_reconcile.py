@@ -52,6 +52,7 @@ CFG = parse_config(
         },
         "layout": {"max_room_size": 6},
         "exclude": [f"@boss:{SERVER}"],
+        "bot": {"user_id": BOT},
     }
 )
 UNITS = (Unit("u:a", ("Отдел А",), ROOT_UNIT), Unit("u:b", ("Отдел Б",), ROOT_UNIT))
@@ -93,9 +94,7 @@ def plan_for(people, observed, *, complete=True, now=1000.0, policy=POLICY) -> P
     previous, taken = previous_identities(s, observed, SERVER)
     taken |= {"admin", "events", "boss"}
     rooms = {m: k for k, r in observed.rooms.items() if r.kind == "room" for m in r.members}
-    desired = desired_state(
-        s, CFG, previous_localparts=previous, taken=taken, previous_rooms=rooms, reserved_seats=2
-    )
+    desired = desired_state(s, CFG, previous_localparts=previous, taken=taken, previous_rooms=rooms)
     return reconcile(desired, observed, s, policy, now=now)
 
 
@@ -191,6 +190,22 @@ def test_leaver_locked_then_deactivated_after_grace_and_removed_from_rooms():
     assert not any(isinstance(a, DeactivateUser) for a in plan_for(people[1:], obs2, now=1050.0).actions)
     late = plan_for(people[1:], obs2, now=1101.0)
     assert [a for a in late.actions if isinstance(a, DeactivateUser)] == [DeactivateUser(leaver, 1000.0)]
+
+
+def test_newcomer_with_a_leavers_login_gets_a_new_account_not_the_leavers():
+    # The leaver's locked account keeps their rooms and messages; a newcomer (or the same person back
+    # under a new anchor) with the same login must neither inherit it nor be locked with it.
+    people = [person(i) for i in range(3)]
+    obs = simulate(plan_for(people, empty()), empty())
+    newcomer = person(7, login="user0")
+    plan = plan_for([*people[1:], newcomer], obs)
+    created = [a for a in plan.actions if isinstance(a, CreateUser)]
+    assert [a.anchor for a in created] == ["a007"]
+    assert created[0].user_id.startswith("@user0-") and created[0].user_id != "@user0:example.test"
+    assert LockUser("@user0:example.test", "left the directory") in plan.actions
+    assert not any(isinstance(a, UpdateUser) and a.user_id == "@user0:example.test" for a in plan.actions)
+    after = simulate(plan, obs)
+    assert plan_for([*people[1:], newcomer], after).actions == ()
 
 
 def test_returning_person_unlocked_only_if_we_locked_them():
