@@ -35,6 +35,7 @@ number, method and path, never headers or bodies.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -661,6 +662,14 @@ class HomeserverClient:
             return _str(body, "room_id")
         except _Shape as exc:
             raise self._unexpected(req, exc) from None
+
+    async def delete_alias(self, alias: str) -> None:
+        """Remove ``alias`` from the room directory; an alias that is already gone is fine (replayable)."""
+        req = Request(
+            "DELETE", f"{CLIENT_V3}/directory/room/{_seg(alias)}", "client.delete_alias", idempotent=True
+        )
+        with contextlib.suppress(MNotFound):
+            await self._call(req)
 
     async def set_alias(self, alias: str, room_id: str) -> None:
         """Point ``alias`` (``#local:server``) at ``room_id``; idempotent.

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
-from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound
+from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
 from bridge.homeserver import CLIENT_V3, ExternalId, HomeserverClient, JsonValue, Request, path_segment
 from provisioner.actions import (
     Action,
@@ -232,6 +232,13 @@ class Executor:
             if fixed is not None:
                 room_id = fixed
                 marker = await self._marker(room_id)
+        if marker is not None and (marker.get("unit") != a.unit_key or marker.get("shard") != a.shard):
+            # Another managed room still holds the alias (it was that unit's before a rename): the alias
+            # belongs to this unit now; the other room gets its own in its update.
+            log.info("alias #%s moves from %s to the new room for %s", a.alias, room_id, a.key)
+            await self.client.delete_alias(f"#{a.alias}:{self.server}")
+            room_id = await self.client.create_room(body, existing_alias_ok=True)
+            marker = await self._marker(room_id)
         if marker is None or marker.get("unit") != a.unit_key or marker.get("shard") != a.shard:
             # The alias belongs to a room we do not manage (made by hand): never adopt it.
             log.warning("alias #%s is taken by unmanaged room %s; creating under a suffixed alias",
@@ -278,6 +285,29 @@ class Executor:
         await self.client.send_state(room_id, "m.room.canonical_alias", "", {"alias": alias})
         return room_id
 
+    async def _move_alias(self, room_id: str, alias: str) -> None:
+        """Give ``room_id`` the canonical ``alias`` and release the one it had.
+
+        A renamed unit's old alias would otherwise keep pointing at its room, and a new unit with the old
+        name could never get it. An alias held by another managed room is taken over (that room gets its own
+        alias in its update); one held by a room we do not manage is never touched.
+        """
+        old = (await self.client.get_state(room_id, "m.room.canonical_alias", "") or {}).get("alias")
+        try:
+            await self.client.set_alias(alias, room_id)
+        except MRoomInUse:
+            holder = await self.client.resolve_alias(alias)
+            if await self._marker(holder) is None:
+                raise
+            log.info("alias %s moves from %s to %s", alias, holder, room_id)
+            await self.client.delete_alias(alias)
+            await self.client.set_alias(alias, room_id)
+        await self.client.send_state(room_id, "m.room.canonical_alias", "", {"alias": alias})
+        if isinstance(old, str) and old != alias:
+            with contextlib.suppress(MNotFound):
+                if await self.client.resolve_alias(old) == room_id:
+                    await self.client.delete_alias(old)
+
     async def _marker(self, room_id: str) -> Mapping[str, Any] | None:
         try:
             return await self.client.get_state(room_id, MARKER_TYPE, "")
@@ -291,9 +321,7 @@ class Executor:
         if a.topic is not None:
             await self.client.send_state(room_id, "m.room.topic", "", {"topic": a.topic})
         if a.alias is not None:
-            alias = f"#{a.alias}:{self.server}"
-            await self.client.set_alias(alias, room_id)
-            await self.client.send_state(room_id, "m.room.canonical_alias", "", {"alias": alias})
+            await self._move_alias(room_id, f"#{a.alias}:{self.server}")
         if a.power_users is not None:
             current = dict(await self.client.get_state(room_id, "m.room.power_levels", "") or {})
             raw_users = current.get("users")
@@ -370,6 +398,9 @@ class Executor:
                 await self._link(action)
             case UnlinkChild(parent_key=p, child_room_id=child):
                 await c.send_state(self._room(p), "m.space.child", child, {})
+                # The child's own pointer up, too: clients show the first canonical parent they find.
+                with contextlib.suppress(MForbidden, MNotFound):
+                    await c.send_state(child, "m.space.parent", self._room(p), {})
             case Join(room_key=r, user_id=u):
                 await c.admin_join(self._room(r), u)
             case Kick():

@@ -16,7 +16,7 @@ import math
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from provisioner.identity import short_hash, transliterate
 from provisioner.model import ROOT_UNIT, Person, Unit
@@ -328,4 +328,28 @@ def plan_layout(
                 + tuple(rooms_by_unit.get(key, [])),
             )
         )
-    return Layout(spaces=tuple(spaces), rooms=tuple(rooms))
+    return _unique_aliases(Layout(spaces=tuple(spaces), rooms=tuple(rooms)))
+
+
+def _unique_aliases(layout: Layout) -> Layout:
+    """Aliases derived with a shard number ("-2") or ".space" can be another unit's own alias ("Контакт
+    центр 2" beside the second room of "Контакт-центр"; a sub-unit named "Space"): the unit's own alias (its
+    first room's) wins, then a space's, and the derived one that loses gets a hash."""
+    claims: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    for r in layout.rooms:
+        claims[r.alias].append((0 if r.shard == 1 else 2, r.key))
+    for sp in layout.spaces:
+        claims[sp.alias].append((1, f"space:{sp.unit_key}"))
+    renamed = {
+        who: f"{alias}-{short_hash(who, 6)}"
+        for alias, claimants in claims.items()
+        for _, who in sorted(claimants)[1:]
+    }
+    if not renamed:
+        return layout
+    return Layout(
+        spaces=tuple(
+            replace(sp, alias=renamed.get(f"space:{sp.unit_key}", sp.alias)) for sp in layout.spaces
+        ),
+        rooms=tuple(replace(r, alias=renamed.get(r.key, r.alias)) for r in layout.rooms),
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -292,6 +293,10 @@ def reconcile(
     plans: list[tuple[str, SpacePlan | RoomPlan]] = [("space", s) for s in desired.layout.spaces]
     plans += [("room", r) for r in desired.layout.rooms]
     desired_keys = set()
+    linked_from: dict[str, set[str]] = defaultdict(set)  # child room ID → keys of managed spaces linking it
+    for space in observed.rooms.values():
+        for child in space.children:
+            linked_from[child].add(space.key)
     for kind, plan in plans:
         key = plan.unit_key if isinstance(plan, SpacePlan) else plan.key
         desired_keys.add(key)
@@ -331,6 +336,12 @@ def reconcile(
             parent = observed.rooms.get(parent_key)
             if parent is None or obs_room.room_id not in parent.children:
                 links.append(LinkChild(parent_key, key, kind))  # type: ignore[arg-type]
+        # A unit moved to another parent (an OU moved in the tree) leaves its old parent space.
+        links.extend(
+            UnlinkChild(old, obs_room.room_id)
+            for old in sorted(linked_from.get(obs_room.room_id, ()))
+            if old != parent_key
+        )
         for m in sorted(members - obs_room.members):
             joins.append(Join(key, kind, m))  # type: ignore[arg-type]
         for m in sorted((obs_room.members - members) & managed):

@@ -87,6 +87,25 @@ def test_same_named_units_get_distinct_aliases_and_spaces_nest():
     assert len(set(all_aliases)) == len(all_aliases)
 
 
+def test_shard_and_space_suffixes_never_take_another_units_alias():
+    units = [
+        unit("u:Контакт-центр", "Контакт-центр"),
+        unit("u:Контакт центр 2", "Контакт центр 2"),
+        unit("u:Архив", "Архив"),
+        unit("u:Архив/Space", "Архив", "Space"),
+    ]
+    people = [person(i, "u:Контакт-центр") for i in range(25)]
+    people += [person(100 + i, k) for i, k in enumerate(["u:Контакт центр 2", "u:Архив", "u:Архив/Space"])]
+    lay = plan_layout(people, units, lps(people), policy(max_room=10))
+    aliases = [r.alias for r in lay.rooms] + [s.alias for s in lay.spaces]
+    assert len(set(aliases)) == len(aliases)
+    by_key = {r.key: r.alias for r in lay.rooms}
+    # A unit's own alias wins over a derived one: "Контакт центр 2" keeps its name, shard 2 gets a hash.
+    assert by_key["u:Контакт центр 2#1"] == "kontakt-tsentr-2"
+    assert by_key["u:Контакт-центр#2"].startswith("kontakt-tsentr-2-")
+    assert by_key["u:Архив/Space#1"] == "arkhiv.space"
+
+
 def test_long_names_shortened_without_collisions():
     long_a = "Отдел " + "очень " * 40 + "длинный А"
     long_b = "Отдел " + "очень " * 40 + "длинный Б"

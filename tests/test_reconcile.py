@@ -311,6 +311,23 @@ def test_service_accounts_are_exempted_from_rate_limits_once():
     ]
 
 
+def test_unit_moved_under_another_parent_leaves_the_old_one():
+    people = [person(i, "u:a" if i % 2 else "u:b") for i in range(6)]
+    obs = simulate(plan_for(people, empty()), empty())
+    moved = (UNITS[0], Unit("u:b", ("Отдел А", "Отдел Б"), "u:a"))
+    s = DirectorySnapshot(tuple(people), moved, (), True, None, len(people))
+    previous, taken = previous_identities(s, obs, SERVER)
+    rooms = {m: k for k, r in obs.rooms.items() if r.kind == "room" for m in r.members}
+    desired = desired_state(s, CFG, previous_localparts=previous, taken=taken | {"admin", "events", "boss"},
+                            previous_rooms=rooms)  # fmt: skip
+    plan = reconcile(desired, obs, s, POLICY, now=1000.0)
+    space_b = obs.rooms["u:b"].room_id
+    assert LinkChild("u:a", "u:b", "space") in plan.actions
+    assert UnlinkChild(ROOT_UNIT, space_b) in plan.actions
+    after = simulate(plan, obs)
+    assert reconcile(desired, after, s, POLICY, now=1000.0).actions == ()
+
+
 def test_plan_json_roundtrip():
     plan = plan_for([person(i) for i in range(7)], empty())
     assert any(isinstance(a, ExemptRateLimit) for a in plan.actions)

@@ -24,6 +24,7 @@ from provisioner import exitcodes
 from provisioner.config import Config, load_config
 from provisioner.directory import interpret
 from provisioner.ldap_reader import read_directory_sync
+from provisioner.model import ROOT_UNIT
 from provisioner.observe import observe
 from provisioner.reconcile import MARKER_TYPE
 from provisioner.sample import generate_directory
@@ -486,3 +487,50 @@ def test_sync_lifts_synapse_rate_limits_for_the_bot(make_slapd, fresh_synapse, t
     assert [a.user_id for a in first.plan.actions if a.kind == "exempt_rate_limit"] == [bot.user_id]
     assert refused(40, "after") == 0
     assert sync(path).plan.actions == ()
+
+
+def test_renamed_units_old_name_reused_and_unit_moved_converge(world):
+    """A renamed OU releases its old alias (a new OU with the old name gets it, no failed sync), and an OU
+    moved under another parent leaves the old parent space."""
+    ldap, hs, path, directory = world
+    assert sync(path).exit_code == exitcodes.OK
+    cfg = load_config(path, token_required=True)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    people = sorted(snap.enabled, key=lambda p: p.dn)
+    unit = next(
+        u for u in snap.units
+        if len(u.path) >= 2 and any(p.unit_key == u.key and "\\" not in p.dn for p in people)
+    )  # fmt: skip
+    unit_dn = next(p.dn.split(",", 1)[1] for p in people if p.unit_key == unit.key)
+    old_rdn, parent_dn = unit_dn.split(",", 1)
+    old_alias = asyncio.run(observed(cfg)).rooms[f"{unit.key}#1"].alias
+    ldap.modify(f"dn: {unit_dn}\nchangetype: modrdn\nnewrdn: ou=Отдел с новым именем\ndeleteoldrdn: 1\n\n")
+    assert sync(path).exit_code == exitcodes.OK
+    # A new OU with the old name, with one person in it.
+    ldap.modify(
+        f"dn: {old_rdn},{parent_dn}\nchangetype: add\nobjectClass: organizationalUnit\n"
+        f"ou: {old_rdn.split('=', 1)[1]}\n\n"
+        f"dn: uid=povtor.imeni,{old_rdn},{parent_dn}\nchangetype: add\nobjectClass: inetOrgPerson\n"
+        "uid: povtor.imeni\ncn: Повтор Имени\nsn: Повтор\ndisplayName: Повтор Имени\n\n"
+    )
+    third = sync(path)
+    assert third.exit_code == exitcodes.OK, (third.message, third.report and third.report.failed)
+    obs = asyncio.run(observed(cfg))
+    assert obs.rooms[f"{unit.key}#1"].alias != old_alias
+    reborn = next(
+        r for r in obs.rooms.values() if r.kind == "room" and "@povtor.imeni:example.test" in r.members
+    )
+    assert reborn.alias == old_alias
+    # Move the renamed OU (two levels down) to the top of the tree.
+    top_dn, top_key = cfg.directory.base_dn, ROOT_UNIT
+    moved_dn = f"ou=Отдел с новым именем,{parent_dn}"
+    ldap.modify(
+        f"dn: {moved_dn}\nchangetype: modrdn\nnewrdn: ou=Отдел с новым именем\ndeleteoldrdn: 1\n"
+        f"newsuperior: {top_dn}\n\n"
+    )
+    assert sync(path).exit_code == exitcodes.OK
+    obs = asyncio.run(observed(cfg))
+    space = obs.rooms[unit.key].room_id
+    assert [k for k, r in obs.rooms.items() if space in r.children] == [top_key]
+    last = sync(path)
+    assert last.exit_code == exitcodes.OK and last.plan.actions == ()
