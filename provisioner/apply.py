@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
-from bridge.homeserver import CLIENT_V3, ExternalId, HomeserverClient, JsonValue, Request, path_segment
+from bridge.homeserver import ExternalId, HomeserverClient, JsonValue
 from provisioner.actions import (
     Action,
     CreateRoom,
@@ -256,7 +256,9 @@ class Executor:
         our join yet is given up: its alias is taken back and a new room is made."""
         state = await self.client.room_state(room_id)
         create = next((e for e in state if e.type == "m.room.create"), None)
-        if create is None or create.sender != self.provisioner:
+        # Synapse reserves the alias before it writes the room's first event: a room with no create event
+        # is an empty shell of an interrupted createRoom, of no use to anyone, so its alias is taken back.
+        if create is not None and create.sender != self.provisioner:
             return None
         alias = f"#{body['room_alias_name']}:{self.server}"
         joined = any(
@@ -267,10 +269,7 @@ class Executor:
         )
         if not joined:
             log.warning("room %s for %s was left before its first member; making it again", room_id, a.key)
-            req = Request(
-                "DELETE", f"{CLIENT_V3}/directory/room/{path_segment(alias)}", "client.delete_alias"
-            )
-            await self.client.send(req)
+            await self.client.delete_alias(alias)
             return await self.client.create_room(body, existing_alias_ok=True)
         log.warning("completing room %s for %s, left half-created by an interrupted run", room_id, a.key)
         current = {e.type: e.content for e in state if e.state_key == ""}
@@ -297,7 +296,7 @@ class Executor:
             await self.client.set_alias(alias, room_id)
         except MRoomInUse:
             holder = await self.client.resolve_alias(alias)
-            if await self._marker(holder) is None:
+            if await self._marker(holder) is None and not await self._empty_shell(holder):
                 raise
             log.info("alias %s moves from %s to %s", alias, holder, room_id)
             await self.client.delete_alias(alias)
@@ -307,6 +306,14 @@ class Executor:
             with contextlib.suppress(MNotFound):
                 if await self.client.resolve_alias(old) == room_id:
                     await self.client.delete_alias(old)
+
+    async def _empty_shell(self, room_id: str) -> bool:
+        """A room with no create event: Synapse reserved its alias, then its createRoom was interrupted."""
+        try:
+            state = await self.client.room_state(room_id)
+        except MNotFound:
+            return True
+        return not any(e.type == "m.room.create" for e in state)
 
     async def _marker(self, room_id: str) -> Mapping[str, Any] | None:
         try:
