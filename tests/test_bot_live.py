@@ -154,6 +154,19 @@ async def until(cond: Callable[[], Any], what: str, timeout: float = 45.0) -> An
     raise AssertionError(f"timed out waiting for {what}; notices seen: {seen}")
 
 
+def bot_config(synapse: SynapseHandle, acct: Any, tmp_path: Path) -> BotConfig:
+    """The bot's config for a test: its account on the test Synapse, store and keys under ``tmp_path``."""
+    return BotConfig(
+        homeserver_url=synapse.url,
+        user_id=acct.user_id,
+        access_token=acct.access_token,
+        device_id=acct.device_id,
+        store=str(tmp_path / "bot.db"),
+        crypto_store_dir=tmp_path / "bot-crypto",
+        sync_timeout_ms=1000,
+    )
+
+
 async def quiet(seconds: float = 3.0) -> None:
     """Give the bot time to (wrongly) do something, for the assertions that it did not."""
     await asyncio.sleep(seconds)
@@ -225,15 +238,7 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
     early = await mod.say(r_tax, "!event help")
 
     clock = ManualClock(datetime.now(UTC))
-    cfg = BotConfig(
-        homeserver_url=synapse.url,
-        user_id=bot_id,
-        access_token=bot_acct.access_token,
-        device_id=bot_acct.device_id,
-        store=str(tmp_path / "bot.db"),
-        crypto_store_dir=tmp_path / "bot-crypto",
-        sync_timeout_ms=1000,
-    )
+    cfg = bot_config(synapse, bot_acct, tmp_path)
     bot = EventBot(cfg, open_sqlite(cfg.store), clock)
     await bot.start()
     try:
@@ -527,15 +532,7 @@ async def test_resent_outbox_entry_is_deduplicated(
     mod.start()
     room = await make_room(mod, encrypted=True, invite=[bot_acct.user_id],
                            marker={"kind": "room", "unit": "d", "shard": 1, "version": 1})  # fmt: skip
-    cfg = BotConfig(
-        homeserver_url=synapse.url,
-        user_id=bot_acct.user_id,
-        access_token=bot_acct.access_token,
-        device_id=bot_acct.device_id,
-        store=str(tmp_path / "bot.db"),
-        crypto_store_dir=tmp_path / "bot-crypto",
-        sync_timeout_ms=1000,
-    )
+    cfg = bot_config(synapse, bot_acct, tmp_path)
     clock = ManualClock(datetime.now(UTC))
     entry = PutOutbox(
         "probe#0", clock.now(), encode(RoomNotice(RoomID(room), Text("dedup probe", "dedup probe")))
@@ -580,15 +577,7 @@ async def test_busy_room_while_down_is_backfilled(
     mod.start()
     room = await make_room(mod, encrypted=True, invite=[bot_acct.user_id],
                            marker={"kind": "room", "unit": "b", "shard": 1, "version": 1})  # fmt: skip
-    cfg = BotConfig(
-        homeserver_url=synapse.url,
-        user_id=bot_acct.user_id,
-        access_token=bot_acct.access_token,
-        device_id=bot_acct.device_id,
-        store=str(tmp_path / "bot.db"),
-        crypto_store_dir=tmp_path / "bot-crypto",
-        sync_timeout_ms=1000,
-    )
+    cfg = bot_config(synapse, bot_acct, tmp_path)
     clock = ManualClock(datetime.now(UTC))
     schema = "bot_" + uuid.uuid4().hex[:12]
 
@@ -631,14 +620,7 @@ async def test_busy_room_while_down_is_backfilled(
 
 async def test_bot_refuses_to_run_as_server_admin(synapse: SynapseHandle, tmp_path: Path) -> None:
     admin = synapse.server.create_admin(unique_localpart("botadmin"))
-    cfg = BotConfig(
-        homeserver_url=synapse.url,
-        user_id=admin.user_id,
-        access_token=admin.access_token,
-        device_id=admin.device_id,
-        store=str(tmp_path / "bot.db"),
-        crypto_store_dir=tmp_path / "bot-crypto",
-    )
+    cfg = bot_config(synapse, admin, tmp_path)
     bot = EventBot(cfg, open_sqlite(cfg.store), ManualClock(datetime.now(UTC)))
     with pytest.raises(RuntimeError, match="server admin"):
         await bot.start()

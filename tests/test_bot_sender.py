@@ -36,11 +36,12 @@ class Recorder:
         self.in_flight = {True: 0, False: 0}
         self.peak = {True: 0, False: 0}
         self.attempts: dict[str, int] = {}
+        self.peak_lanes = 0  # lane tasks alive at once: what the reader holds in memory
 
     async def __call__(self, effect: Effect, txn: str) -> None:
         kind = botmod.is_interactive(effect)
         lanes = sum(1 for t in asyncio.all_tasks() if t.get_name().startswith("bot-lane-"))
-        self.peak_lanes = max(getattr(self, "peak_lanes", 0), lanes)
+        self.peak_lanes = max(self.peak_lanes, lanes)
         self.attempts[txn] = self.attempts.get(txn, 0) + 1
         if txn in self.fail_first:
             self.fail_first.discard(txn)
@@ -54,16 +55,22 @@ class Recorder:
         self.done.append((txn, time.monotonic()))
 
 
-async def run_sender(
-    tmp_path: Path, rec: Recorder, entries: list[tuple[str, Effect]], late: list[tuple[str, Effect]]
-):
-    store = open_sqlite(str(tmp_path / "bot.db"))
-    cfg = BotConfig(
-        "http://127.0.0.1:1", "@bot:x", "token", "DEV", str(tmp_path / "bot.db"), tmp_path / "crypto"
-    )
+async def offline_bot(tmp_path: Path, rec: Recorder) -> EventBot:
+    """A bot over a real SQLite store whose sends go to ``rec``; it never contacts a homeserver."""
+    path = str(tmp_path / "bot.db")
+    store = open_sqlite(path)
+    cfg = BotConfig("http://127.0.0.1:1", "@bot:x", "token", "DEV", path, tmp_path / "crypto")
     bot = EventBot(cfg, store, ManualClock(T0))
     await store.open()
     bot._execute = rec  # type: ignore[method-assign]
+    return bot
+
+
+async def run_sender(
+    tmp_path: Path, rec: Recorder, entries: list[tuple[str, Effect]], late: list[tuple[str, Effect]]
+):
+    bot = await offline_bot(tmp_path, rec)
+    store = bot.store
     await store.write([PutOutbox(oid, T0, encode(e)) for oid, e in entries])
     task = asyncio.create_task(bot._sender())
     try:
@@ -149,17 +156,11 @@ async def test_a_reminder_backlog_is_read_in_slices_and_a_reply_overtakes_it(
 
 
 async def test_an_entry_no_longer_in_the_outbox_is_not_sent(tmp_path: Path) -> None:
-    store = open_sqlite(str(tmp_path / "bot.db"))
-    cfg = BotConfig(
-        "http://127.0.0.1:1", "@bot:x", "token", "DEV", str(tmp_path / "bot.db"), tmp_path / "crypto"
-    )
-    bot = EventBot(cfg, store, ManualClock(T0))
-    await store.open()
     rec = Recorder(0.0)
-    bot._execute = rec  # type: ignore[method-assign]
+    bot = await offline_bot(tmp_path, rec)
     try:
         # Sent and deleted by one lane while another read still held it; or a reminder of a cancelled event.
         assert await bot._deliver("rem:gone:1:3600:@p1:x", dm(1)) is True
         assert rec.attempts == {}
     finally:
-        await store.close()
+        await bot.store.close()
