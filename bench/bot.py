@@ -60,7 +60,8 @@ from nio import AsyncClient, AsyncClientConfig, RoomCreateResponse, RoomPreset, 
 from bridge.bot import _txn
 from bridge.events.model import Answer, Event, EventID, RoomID, Rsvp, Source, UserID, new_event_id
 from bridge.events.store import PutAnswer, PutAudience, PutEvent, SetDmRoom, SetRoomSince, open_sqlite
-from provisioner.embedded.synapse import TEST_RATE_LIMITS, EmbeddedSynapse, RegisteredAccount
+from provisioner.embedded.synapse import EmbeddedSynapse, RegisteredAccount
+from provisioner.synapse.config import TEST_RATE_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
 MSK = ZoneInfo("Europe/Moscow")

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provisioner.config import parse_config
-from provisioner.directory import interpret
+from provisioner.core.directory import interpret
 from provisioner.embedded.slapd import EmbeddedSlapd
 from provisioner.ldap_reader import DirectoryReader, _person_attributes, read_directory_sync
 from provisioner.sample import generate_directory

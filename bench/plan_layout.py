@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from provisioner.config import parse_config
-from provisioner.desired import desired_state
-from provisioner.directory import ReadResult, interpret
-from provisioner.model import RawEntry
+from provisioner.core.desired import desired_state
+from provisioner.core.directory import ReadResult, interpret
+from provisioner.core.model import RawEntry
 from provisioner.sample import generate_directory
 
 

@@ -25,7 +25,8 @@ import aiohttp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.sync import fresh_pg
-from provisioner.embedded.synapse import TEST_RATE_LIMITS, EmbeddedSynapse
+from provisioner.embedded.synapse import EmbeddedSynapse
+from provisioner.synapse.config import TEST_RATE_LIMITS
 
 
 async def measure(url: str, token: str, rooms: int, levels: list[int]) -> list[tuple[int, float]]:

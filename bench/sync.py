@@ -30,16 +30,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import yaml
 
-from bridge.homeserver import ExternalId, HomeserverClient
+from bridge.matrix.client import ExternalId, HomeserverClient
+from bridge.matrix.contract import MARKER_TYPE, PROFILE_FIELD
 from provisioner.apply import power_levels_content
 from provisioner.config import load_config
-from provisioner.desired import desired_state
-from provisioner.directory import interpret
+from provisioner.core.desired import desired_state
+from provisioner.core.directory import interpret
+from provisioner.core.reconcile import RegistryEntry, profile_hash, profile_of
 from provisioner.embedded.slapd import EmbeddedSlapd
 from provisioner.embedded.synapse import EmbeddedSynapse
 from provisioner.ldap_reader import read_directory_sync
 from provisioner.observe import registry_content, registry_shard, shard_type
-from provisioner.reconcile import MARKER_TYPE, PROFILE_FIELD, RegistryEntry, profile_hash, profile_of
 from provisioner.sample import generate_directory
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -84,10 +84,10 @@ from bridge.events.store import (
     Store,
     open_store,
 )
+from bridge.matrix.contract import MARKER_TYPE
 
 log = logging.getLogger(__name__)
 
-MARKER_TYPE = "org.civmatrix.managed"
 POLL_START = "m.poll.start"
 POLL_RESPONSE_TYPES = ("m.poll.response", "org.matrix.msc3381.poll.response")
 POLL_END = "m.poll.end"

@@ -1,6 +1,6 @@
 # Synapse with civmatrix importable: the public listener mounts civmatrix's admin refuser
-# (provisioner.embedded.synapse.admin_api_refuser) and every Synapse process loads the LDAP login module
-# (provisioner.synapse_auth.DirectoryAuthProvider). Build context: the repository root.
+# (provisioner.synapse.refuser.admin_api_refuser) and every Synapse process loads the LDAP login module
+# (provisioner.synapse.auth.DirectoryAuthProvider). Build context: the repository root.
 ARG SYNAPSE_VERSION=v1.163.2
 FROM ghcr.io/element-hq/synapse:${SYNAPSE_VERSION}
 

@@ -23,9 +23,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
-from bridge.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
-from bridge.homeserver import ExternalId, HomeserverClient, JsonValue
-from provisioner.actions import (
+from bridge.matrix.client import ExternalId, HomeserverClient, JsonValue
+from bridge.matrix.contract import MARKER_TYPE, PROFILE_FIELD
+from bridge.matrix.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
+from provisioner.core.actions import (
     Action,
     CreateRoom,
     CreateUser,
@@ -44,8 +45,8 @@ from provisioner.actions import (
     action_to_dict,
     describe,
 )
+from provisioner.core.reconcile import Observed, RegistryEntry
 from provisioner.observe import registry_content, registry_shard, shard_type
-from provisioner.reconcile import MARKER_TYPE, PROFILE_FIELD, Observed, RegistryEntry
 
 log = logging.getLogger(__name__)
 

@@ -14,17 +14,17 @@ from typing import Any, NoReturn
 
 import click
 
-from bridge.errors import HomeserverError
-from bridge.homeserver import HomeserverClient
+from bridge.matrix.client import HomeserverClient
+from bridge.matrix.errors import HomeserverError
 from provisioner import exitcodes, sync
-from provisioner.actions import Plan, describe
 from provisioner.config import Config, ConfigError, load_config
-from provisioner.desired import Desired, desired_state
-from provisioner.directory import interpret
+from provisioner.core.actions import Plan, describe
+from provisioner.core.desired import Desired, desired_state
+from provisioner.core.directory import interpret
+from provisioner.core.model import DirectorySnapshot
+from provisioner.core.reconcile import RemovalCheck
 from provisioner.ldap_reader import DirectoryError, read_directory
-from provisioner.model import DirectorySnapshot
 from provisioner.observe import observe
-from provisioner.reconcile import RemovalCheck
 
 log = logging.getLogger("provisioner")
 
@@ -358,8 +358,8 @@ def deploy_config(
     from pathlib import Path
 
     from provisioner.deploy import check_deployment, ensure_secrets, standard_deployment, write_deployment
-    from provisioner.embedded.synapse import SynapseError
-    from provisioner.synapse_auth import module_config_from
+    from provisioner.synapse.auth import module_config_from
+    from provisioner.synapse.config import SynapseError
 
     cfg = obj.config()
     login = module_config_from(cfg) | {"bind_password_file": ldap_password_path}

@@ -302,7 +302,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
     if not re.match(r"^ldaps?://[^/\s]+/?$", uri):
         raise r.fail("uri", f"must look like ldap://host:port or ldaps://host:port, not {uri!r}")
     base_dn = r.str_("base_dn", required=True)
-    from provisioner.dn import DNError, parse_dn
+    from provisioner.core.dn import DNError, parse_dn
 
     try:
         parse_dn(base_dn)

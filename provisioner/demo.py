@@ -29,8 +29,9 @@ from provisioner import exitcodes
 from provisioner.config import Config, load_config
 from provisioner.embedded.ports import free_ports, port_is_free
 from provisioner.embedded.slapd import EmbeddedSlapd, SlapdError, ssha
-from provisioner.embedded.synapse import EmbeddedSynapse, SynapseError
+from provisioner.embedded.synapse import EmbeddedSynapse
 from provisioner.sample import SampleDirectory, generate_directory
+from provisioner.synapse.config import SynapseError
 
 SERVER_NAME = "example.test"
 DEMO_PASSWORD = "demo-password"
@@ -156,7 +157,7 @@ def _say(msg: str) -> None:
 def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> int:
     """Bring everything up, sync, start the bot, print how to log in; wait for Ctrl-C unless ``once``."""
     from provisioner import sync
-    from provisioner.synapse_auth import module_config_from
+    from provisioner.synapse.auth import module_config_from
 
     root = root.resolve()
     with demo_lock(root):
@@ -210,7 +211,7 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> i
                 server_name=SERVER_NAME,
                 public_port=state.public_port,
                 admin_port=state.admin_port,
-                modules=[{"module": "provisioner.synapse_auth.DirectoryAuthProvider",
+                modules=[{"module": "provisioner.synapse.auth.DirectoryAuthProvider",
                           "config": module_config_from(cfg)}],
                 log_level="WARNING",
             )  # fmt: skip

@@ -5,7 +5,7 @@ worker writes which stream, which paths go to which worker); :func:`deployment_f
 texts; :func:`write_deployment` / :func:`render_deployment` are the only functions that touch the disk.
 
 The closed-server rules are not repeated here: the main process config is
-:func:`provisioner.embedded.synapse.render_homeserver_config` (no federation, no registration, no guests,
+:func:`provisioner.synapse.config.render_homeserver_config` (no federation, no registration, no guests,
 no URL previews, no push content, E2EE by default, colleagues findable) with production settings on top.
 
 Rules of the topology
@@ -46,12 +46,12 @@ from urllib.parse import urlsplit
 import yaml
 
 from provisioner.embedded.ports import LOOPBACK
-from provisioner.embedded.synapse import check_config, render_homeserver_config
+from provisioner.synapse.config import check_config, render_homeserver_config
 
 Target = Literal["compose", "host"]
 Role = Literal["sync", "events", "presence"]
 
-LOGIN_MODULE = "provisioner.synapse_auth.DirectoryAuthProvider"
+LOGIN_MODULE = "provisioner.synapse.auth.DirectoryAuthProvider"
 
 # File names inside the secrets directory; compose declares a secret of the same name for each.
 SIGNING_KEY = "synapse_signing_key"
@@ -190,7 +190,7 @@ class Deployment:
     database: Postgres
     redis: Redis
     workers: tuple[Worker, ...]
-    # The ``config:`` of the LDAP login module: ``provisioner.synapse_auth.module_config_from(cfg)``, so
+    # The ``config:`` of the LDAP login module: ``provisioner.synapse.auth.module_config_from(cfg)``, so
     # logins use the same filter, disabled rule, login and anchor attributes as the sync.
     login: Mapping[str, Any] | None = None
     # Extra homeserver.yaml settings merged last (tests use it for shared-secret registration).
@@ -622,7 +622,7 @@ def check_deployment(out_dir: Path, d: Deployment, *, python: str = sys.executab
     A worker starts with ``-c homeserver.yaml -c workers/<name>.yaml``; Synapse merges the files shallowly
     (``synapse.config._base.read_config_files``: later top-level keys replace earlier ones), so checking
     that merge as one file is checking exactly what the worker loads. The secret files must exist.
-    Raises :class:`provisioner.embedded.synapse.SynapseError` with Synapse's message.
+    Raises :class:`provisioner.synapse.config.SynapseError` with Synapse's message.
     """
     out_dir = Path(out_dir)
     main_path = out_dir / "synapse" / "homeserver.yaml"

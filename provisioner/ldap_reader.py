@@ -21,8 +21,8 @@ from ldap3.core import exceptions as lex
 from ldap3.utils.conv import escape_filter_chars
 
 from provisioner.config import DirectoryConfig
-from provisioner.directory import ReadResult
-from provisioner.model import RawEntry
+from provisioner.core.directory import ReadResult
+from provisioner.core.model import RawEntry
 
 log = logging.getLogger(__name__)
 

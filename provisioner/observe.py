@@ -18,15 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import MNotFound
-from bridge.homeserver import HomeserverClient, RoomSummary, StateEvent
-from provisioner.reconcile import MARKER_TYPE, Observed, ObservedRoom, ObservedUser, RegistryEntry
+from bridge.matrix.client import HomeserverClient, RoomSummary, StateEvent
+from bridge.matrix.contract import MARKER_TYPE, META_TYPE, REGISTRY_TYPE
+from bridge.matrix.errors import MNotFound
+from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, RegistryEntry
 
 log = logging.getLogger(__name__)
 
 REGISTRY_SHARDS = 64
-REGISTRY_TYPE = "org.civmatrix.registry"
-META_TYPE = "org.civmatrix.meta"
 
 
 def registry_shard(anchor: str) -> int:

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from provisioner.dn import AVA, format_dn, parse_dn
+from provisioner.core.dn import AVA, format_dn, parse_dn
 
 __all__ = [
     "SAMPLE_NAMESPACE",

@@ -16,19 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bridge.errors import HomeserverError
-from bridge.homeserver import HomeserverClient
+from bridge.matrix.client import HomeserverClient
+from bridge.matrix.contract import META_TYPE, PROFILE_FIELD
+from bridge.matrix.errors import HomeserverError
 from provisioner import exitcodes
-from provisioner.actions import Plan
 from provisioner.apply import AuditLog, Executor, Progress, Report
 from provisioner.config import Config
-from provisioner.desired import Desired, desired_state
-from provisioner.directory import interpret
-from provisioner.ldap_reader import read_directory
-from provisioner.model import DirectorySnapshot
-from provisioner.observe import META_TYPE, RoomCache, observe, refresh_cache
-from provisioner.reconcile import (
-    PROFILE_FIELD,
+from provisioner.core.actions import Plan
+from provisioner.core.desired import Desired, desired_state
+from provisioner.core.directory import interpret
+from provisioner.core.model import DirectorySnapshot
+from provisioner.core.reconcile import (
     Observed,
     RemovalCheck,
     SyncPolicy,
@@ -38,6 +36,8 @@ from provisioner.reconcile import (
     reconcile,
     trusted,
 )
+from provisioner.ldap_reader import read_directory
+from provisioner.observe import RoomCache, observe, refresh_cache
 
 log = logging.getLogger(__name__)
 

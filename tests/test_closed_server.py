@@ -18,13 +18,12 @@ import pytest
 import yaml
 
 from provisioner.embedded.ports import free_port
-from provisioner.embedded.synapse import (
+from provisioner.embedded.synapse import EmbeddedSynapse, write_homeserver_config
+from provisioner.synapse.config import (
     REGISTRATION_SECRET_FILE,
-    EmbeddedSynapse,
     SynapseError,
     check_config,
     render_homeserver_config,
-    write_homeserver_config,
 )
 from tests.fixtures.synapse import SynapseHandle, unique_localpart
 

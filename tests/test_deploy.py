@@ -33,13 +33,13 @@ import yaml
 
 from provisioner import deploy
 from provisioner.embedded.ports import LOOPBACK, free_port, free_ports
-from provisioner.embedded.synapse import PROJECT_ROOT
+from provisioner.synapse.config import PROJECT_ROOT
 
 DEPLOY = PROJECT_ROOT / "deploy"
 PG = {"host": LOOPBACK, "port": 5432, "user": "postgres"}
 
 # The example organisation the committed files are rendered for (docs/DEPLOYMENT.md shows how to render
-# your own). The login module's config is what provisioner.synapse_auth.module_config_from makes of
+# your own). The login module's config is what provisioner.synapse.auth.module_config_from makes of
 # deploy/civmatrix.yaml (a test checks that).
 EXAMPLE_SERVER_NAME = "city.example"
 EXAMPLE_BASEURL = "https://matrix.city.example/"
@@ -398,8 +398,8 @@ def test_ensure_secrets_never_replaces_a_secret(tmp_path: Path) -> None:
 
 def test_deploy_civmatrix_yaml_is_a_valid_config_matching_the_login_module(tmp_path: Path) -> None:
     from bridge.cli import parse_config as parse_bot_config
-    from provisioner import synapse_auth
     from provisioner.config import load_config
+    from provisioner.synapse import auth as synapse_auth
 
     secrets_dir = tmp_path / "secrets"
     secrets_dir.mkdir()
@@ -651,7 +651,7 @@ def test_synapse_with_workers_on_postgres_and_redis(
         token = login["access_token"]
         assert login["user_id"] == "@alice:deploy.test"
 
-        # The public listener still refuses the admin API (Rule 2 of provisioner.embedded.synapse).
+        # The public listener still refuses the admin API (Rule 2 of provisioner.synapse.config).
         status, reply = _call(d.public_port, "GET", "/_synapse/admin/v1/server_version")
         assert (status, reply.get("errcode")) == (404, "M_UNRECOGNIZED")
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from provisioner.config import parse_config
-from provisioner.directory import ReadResult, interpret
-from provisioner.identity import clean_text
-from provisioner.model import RawEntry
+from provisioner.core.directory import ReadResult, interpret
+from provisioner.core.identity import clean_text
+from provisioner.core.model import RawEntry
 
 CFG = parse_config(
     {

@@ -1,4 +1,4 @@
-"""Directory login (provisioner.synapse_auth): real slapd, real Synapse, real logins over HTTP.
+"""Directory login (provisioner.synapse.auth): real slapd, real Synapse, real logins over HTTP.
 
 Every login goes to ``POST /_matrix/client/v3/login`` on the *public* listener, as Element would send it.
 The pure parts (what Synapse hands the module, filters, config) are table-driven at the top.
@@ -26,12 +26,12 @@ from ldap3.utils.conv import escape_bytes
 from provisioner import exitcodes
 from provisioner.apply import EXTERNAL_ID_PROVIDER as SYNC_PROVIDER
 from provisioner.config import ConfigError, load_config
+from provisioner.core.identity import base_localpart
 from provisioner.embedded.slapd import EmbeddedSlapd, ssha
-from provisioner.embedded.synapse import EmbeddedSynapse, SynapseError, check_config
-from provisioner.identity import base_localpart
+from provisioner.embedded.synapse import EmbeddedSynapse
 from provisioner.ldap_reader import login_filter
 from provisioner.sample import SampleDirectory, generate_directory
-from provisioner.synapse_auth import (
+from provisioner.synapse.auth import (
     EXTERNAL_ID_PROVIDER,
     ModuleConfig,
     Person,
@@ -42,10 +42,11 @@ from provisioner.synapse_auth import (
     person_filter,
     typed_login,
 )
+from provisioner.synapse.config import SynapseError, check_config
 from provisioner.sync import run
 from tests.helpers import write_config
 
-MODULE = "provisioner.synapse_auth.DirectoryAuthProvider"
+MODULE = "provisioner.synapse.auth.DirectoryAuthProvider"
 SERVER = "example.test"
 
 # --------------------------------------------------------------------------------------------------------

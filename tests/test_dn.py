@@ -2,7 +2,7 @@
 
 import pytest
 
-from provisioner.dn import DNError, format_dn, normalize_dn, parse_dn, relative_to
+from provisioner.core.dn import DNError, format_dn, normalize_dn, parse_dn, relative_to
 
 
 @pytest.mark.parametrize(

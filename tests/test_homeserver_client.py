@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import pytest
 from aiohttp import web
 
-from bridge.errors import (
+from bridge.matrix.client import ExternalId, HomeserverClient, RetryPolicy
+from bridge.matrix.errors import (
     MatrixError,
     MAuthError,
     MForbidden,
@@ -23,7 +24,6 @@ from bridge.errors import (
     MUserLocked,
     ServerUnavailable,
 )
-from bridge.homeserver import ExternalId, HomeserverClient, RetryPolicy
 from provisioner.embedded.ports import free_port
 from tests.fixtures.synapse import SynapseHandle, unique_localpart
 

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.identity import assign_localparts, base_localpart, display_name, is_valid_localpart
+from provisioner.core.identity import assign_localparts, base_localpart, display_name, is_valid_localpart
 
 GRAMMAR = re.compile(r"^[a-z0-9._\-]+$")
 

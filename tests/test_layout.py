@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.layout import LayoutPolicy, assign_shards, plan_layout, slugify
-from provisioner.model import ROOT_UNIT, Person, Unit
+from provisioner.core.layout import LayoutPolicy, assign_shards, plan_layout, slugify
+from provisioner.core.model import ROOT_UNIT, Person, Unit
 
 SERVER = "example.test"
 

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from provisioner import exitcodes
-from provisioner.directory import interpret
+from provisioner.core.directory import interpret
+from provisioner.core.model import ROOT_UNIT
 from provisioner.ldap_reader import (
     DirectoryAuthError,
     DirectoryConfigError,
@@ -17,7 +18,6 @@ from provisioner.ldap_reader import (
     login_filter,
     read_directory_sync,
 )
-from provisioner.model import ROOT_UNIT
 from tests.helpers import config, write_config
 
 pytestmark = pytest.mark.slapd

@@ -7,7 +7,8 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from provisioner.actions import (
+from provisioner.config import parse_config
+from provisioner.core.actions import (
     CreateRoom,
     CreateUser,
     DeactivateUser,
@@ -23,10 +24,9 @@ from provisioner.actions import (
     UpdateRoom,
     UpdateUser,
 )
-from provisioner.config import parse_config
-from provisioner.desired import desired_state
-from provisioner.model import ROOT_UNIT, DirectorySnapshot, Person, Unit
-from provisioner.reconcile import (
+from provisioner.core.desired import desired_state
+from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, Unit
+from provisioner.core.reconcile import (
     Observed,
     ObservedRoom,
     ObservedUser,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.dn import format_dn, normalize_dn, parse_dn
+from provisioner.core.dn import format_dn, normalize_dn, parse_dn
 from provisioner.embedded import slapd as slapd_module
 from provisioner.embedded.slapd import (
     LDAP_INVALID_CREDENTIALS,

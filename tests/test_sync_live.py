@@ -19,14 +19,14 @@ import pytest
 from aiohttp import web
 from nio import AsyncClient
 
-from bridge.homeserver import HomeserverClient
+from bridge.matrix.client import HomeserverClient
+from bridge.matrix.contract import MARKER_TYPE
 from provisioner import exitcodes
 from provisioner.config import Config, load_config
-from provisioner.directory import interpret
+from provisioner.core.directory import interpret
+from provisioner.core.model import ROOT_UNIT
 from provisioner.ldap_reader import read_directory_sync
-from provisioner.model import ROOT_UNIT
 from provisioner.observe import observe
-from provisioner.reconcile import MARKER_TYPE
 from provisioner.sample import generate_directory
 from provisioner.sync import run
 from tests.helpers import write_config
@@ -420,7 +420,7 @@ def test_room_cache_skips_unchanged_rooms_but_sees_a_member_leave(world):
     async def leave() -> None:
         async with HomeserverClient(hs.public_url, login_as(hs, leaver)) as c:
             await c.send(
-                __import__("bridge.homeserver", fromlist=["Request"]).Request(
+                __import__("bridge.matrix.client", fromlist=["Request"]).Request(
                     "POST", f"/_matrix/client/v3/rooms/{room_id}/leave", "client.leave", body={}
                 )
             )

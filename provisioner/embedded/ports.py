@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import socket
 
-LOOPBACK = "127.0.0.1"
+from provisioner.synapse.config import LOOPBACK
+
+__all__ = ["LOOPBACK", "free_port", "free_ports", "port_is_free"]
 
 
 def free_port(host: str = LOOPBACK) -> int:

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from provisioner.dn import parse_dn
+from provisioner.core.dn import parse_dn
 from provisioner.embedded.ports import LOOPBACK, free_port, port_is_free
 
 __all__ = ["EmbeddedSlapd", "SlapdError", "SlapdNotInstalled"]

@@ -1,33 +1,8 @@
 """A real Synapse on loopback, configured as the closed server (used by the demo, the tests and the benches).
 
-Two parts:
-
-* :func:`render_homeserver_config` is pure: parameters in, the ``homeserver.yaml`` mapping out. It encodes
-  the closed-server rules of issue 4 (no federation, no registration, no guests, no public directory for
-  outsiders, no URL previews, no push content, E2EE by default for private rooms, colleagues findable,
-  presence on).
-* :class:`EmbeddedSynapse` owns one data directory and one ``python -m synapse.app.homeserver`` subprocess.
-
-The admin API and the listeners
--------------------------------
-Synapse has no listener resource for the admin API: the ``client`` resource mounts ``/_synapse/admin``
-together with ``/_matrix/client`` (``SynapseHomeServer._configure_named_resource`` in
-synapse/app/homeserver.py; the known resource names are listed in ``synapse.config.server.KNOWN_RESOURCES``
-and ``admin`` is not one). So:
-
-Rule 1. The *admin* listener serves ``client`` on loopback only; the provisioner and the bot talk to it.
-
-Rule 2. The *public* listener serves ``client`` too, but mounts :func:`admin_api_refuser` over
-``/_synapse/admin`` through the listener's ``additional_resources`` (Synapse installs those after the named
-resources, so the refuser replaces the admin tree on that listener only). Every admin path there answers
-``404 M_UNRECOGNIZED``, exactly like a path that does not exist. Synapse imports the refuser by name, so the
-``provisioner`` package must be importable by the Synapse process: :class:`EmbeddedSynapse` puts the project
-on ``PYTHONPATH``; a deployment installs civmatrix next to Synapse, and its reverse proxy blocks
-``/_synapse/admin`` as well (defence in depth).
-
-Rule 3. Neither listener serves ``federation``, ``keys`` or ``openid``, and
-``federation_domain_whitelist: []`` makes Synapse refuse all federation traffic even if a listener were
-added by mistake.
+:class:`EmbeddedSynapse` owns one data directory and one ``python -m synapse.app.homeserver`` subprocess;
+the config it writes is :func:`provisioner.synapse.config.render_homeserver_config` (the same renderer the
+deployment uses), so the demo and the tests run the production rules.
 """
 
 from __future__ import annotations
@@ -52,239 +27,30 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import yaml
 
 from provisioner.embedded.ports import LOOPBACK, free_ports, port_is_free
-
-if TYPE_CHECKING:
-    from twisted.web.resource import Resource
+from provisioner.synapse.config import (
+    CONFIG_FILE,
+    FORM_SECRET_FILE,
+    LOCK_FILE,
+    LOG_CONFIG_FILE,
+    LOG_FILE,
+    MACAROON_SECRET_FILE,
+    MEDIA_DIR,
+    REGISTRATION_SECRET_FILE,
+    SIGNING_KEY_FILE,
+    STDOUT_FILE,
+    SynapseError,
+    check_config,
+    render_homeserver_config,
+    render_log_config,
+    synapse_env,
+)
 
 log = logging.getLogger(__name__)
-
-# The project root, so the Synapse subprocess can import ``provisioner.embedded.synapse.admin_api_refuser``
-# even when civmatrix is not pip-installed (a checkout running its tests).
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-
-ADMIN_REFUSER_MODULE = "provisioner.embedded.synapse.admin_api_refuser"
-
-# Files inside a data directory; everything the server writes lives under it.
-CONFIG_FILE = "homeserver.yaml"
-LOG_CONFIG_FILE = "log.config"
-LOG_FILE = "homeserver.log"
-STDOUT_FILE = "synapse.stdout.log"
-SIGNING_KEY_FILE = "signing.key"
-MACAROON_SECRET_FILE = "macaroon_secret"
-FORM_SECRET_FILE = "form_secret"
-REGISTRATION_SECRET_FILE = "registration_shared_secret"
-SQLITE_FILE = "homeserver.db"
-MEDIA_DIR = "media_store"
-LOCK_FILE = "synapse.lock"
-
-
-class SynapseError(Exception):
-    """The embedded Synapse could not be configured, started, stopped or used; the message says why."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# The config (pure)
-# --------------------------------------------------------------------------------------------------------
-
-
-def _database_section(database: str | Path | Mapping[str, Any]) -> dict[str, Any]:
-    """SQLite for a path, psycopg2 for a DSN mapping (host, port, user, database, optional password)."""
-    if isinstance(database, str | Path):
-        return {"name": "sqlite3", "args": {"database": str(database)}}
-    missing = [k for k in ("host", "user", "database") if k not in database]
-    if missing:
-        raise SynapseError(
-            f"PostgreSQL database settings lack {', '.join(missing)}; got keys {sorted(database)}"
-        )
-    args: dict[str, Any] = {
-        "host": database["host"],
-        "port": int(database.get("port", 5432)),
-        "user": database["user"],
-        "database": database["database"],
-        "cp_min": int(database.get("cp_min", 5)),
-        "cp_max": int(database.get("cp_max", 10)),
-    }
-    if "password" in database:
-        args["password"] = database["password"]
-    return {"name": "psycopg2", "args": args}
-
-
-def _listener(port: int, host: str, *, refuse_admin: bool, x_forwarded: bool) -> dict[str, Any]:
-    listener: dict[str, Any] = {
-        "port": port,
-        "bind_addresses": [host],
-        "type": "http",
-        "tls": False,
-        # Only behind the reverse proxy: a listener reached directly would let clients spoof their address
-        # (and with it the per-address login rate limit).
-        "x_forwarded": x_forwarded,
-        "resources": [{"names": ["client"], "compress": False}],
-    }
-    if refuse_admin:
-        listener["additional_resources"] = {"/_synapse/admin": {"module": ADMIN_REFUSER_MODULE, "config": {}}}
-    return listener
-
-
-def _reachable(host: str) -> str:
-    """An address a client on this machine can use for a listener bound to ``host``."""
-    return LOOPBACK if host in ("0.0.0.0", "::", "") else host
-
-
-def _deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``extra`` into ``base``: mappings merge key by key, anything else (lists too) replaces."""
-    merged = dict(base)
-    for key, value in extra.items():
-        current = merged.get(key)
-        if isinstance(current, dict) and isinstance(value, Mapping):
-            merged[key] = _deep_merge(current, value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def render_homeserver_config(
-    *,
-    server_name: str,
-    data_dir: Path,
-    public_port: int,
-    admin_port: int,
-    bind_host: str = LOOPBACK,
-    admin_bind_host: str = LOOPBACK,
-    public_baseurl: str | None = None,
-    behind_proxy: bool = False,
-    refuse_admin_on_public: bool = True,
-    database: str | Path | Mapping[str, Any] | None = None,
-    password_providers: Sequence[Mapping[str, Any]] = (),
-    modules: Sequence[Mapping[str, Any]] = (),
-    shared_secret_registration: bool = False,
-    rate_limits: Mapping[str, Any] | None = None,
-    overrides: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Return the closed-server ``homeserver.yaml`` as a mapping.
-
-    Secrets are referenced by file (``*_path`` keys under ``data_dir``), never inlined; write them with
-    :func:`ensure_secret_files`. ``database`` is a SQLite path (default ``data_dir/homeserver.db``) or a
-    PostgreSQL mapping with ``host``, ``port``, ``user``, ``database`` and optionally ``password``.
-    ``shared_secret_registration`` adds ``registration_shared_secret_path``: whoever holds that secret can
-    create admins even with registration off, so it is for the demo and the tests only.
-    ``rate_limits`` (``rc_*`` keys) and then ``overrides`` are merged last; production keeps Synapse's rate
-    limits and exempts only the provisioning account (``override_ratelimit``).
-    ``behind_proxy`` trusts ``X-Forwarded-For`` on the public listener. ``refuse_admin_on_public=False``
-    drops Rule 2 for a Synapse that cannot import civmatrix (a stock image): then the reverse proxy alone
-    must block ``/_synapse/admin``.
-    """
-    if admin_bind_host not in (LOOPBACK, "::1", "localhost"):
-        raise SynapseError(
-            f"admin_bind_host is {admin_bind_host!r}; the admin API must listen on loopback only "
-            "(127.0.0.1 or ::1); put the provisioner on the same machine or in the same pod"
-        )
-    if public_port == admin_port:
-        raise SynapseError(f"public_port and admin_port are both {public_port}; they must differ")
-    data_dir = Path(data_dir)
-    config: dict[str, Any] = {
-        "server_name": server_name,
-        "public_baseurl": public_baseurl or f"http://{_reachable(bind_host)}:{public_port}/",
-        "pid_file": str(data_dir / "homeserver.pid"),
-        "report_stats": False,
-        "listeners": [
-            _listener(public_port, bind_host, refuse_admin=refuse_admin_on_public, x_forwarded=behind_proxy),
-            _listener(admin_port, admin_bind_host, refuse_admin=False, x_forwarded=False),
-        ],
-        "database": _database_section(database if database is not None else data_dir / SQLITE_FILE),
-        "log_config": str(data_dir / LOG_CONFIG_FILE),
-        "media_store_path": str(data_dir / MEDIA_DIR),
-        "signing_key_path": str(data_dir / SIGNING_KEY_FILE),
-        "macaroon_secret_key_path": str(data_dir / MACAROON_SECRET_FILE),
-        "form_secret_path": str(data_dir / FORM_SECRET_FILE),
-        # --- closed: nobody outside can reach, join or enumerate --------------------------------------
-        # An empty whitelist denies all federation; leaving the key unset would allow every server.
-        "federation_domain_whitelist": [],
-        "trusted_key_servers": [],
-        "suppress_key_server_warning": True,
-        "allow_profile_lookup_over_federation": False,
-        "allow_device_name_lookup_over_federation": False,
-        "enable_registration": False,
-        "allow_guest_access": False,
-        "allow_public_rooms_without_auth": False,
-        "allow_public_rooms_over_federation": False,
-        "url_preview_enabled": False,
-        # Message bodies must not leave the server through the push gateway (Apple/Google).
-        "push": {"include_content": False},
-        # --- findable: colleagues look each other up without sharing a room ---------------------------
-        "user_directory": {"enabled": True, "search_all_users": True, "prefer_local_users": True},
-        "require_auth_for_profile_requests": True,
-        "limit_profile_requests_to_users_who_share_rooms": False,
-        # --- presence on; its cost is kept bounded by the layout (no room holds the whole organisation) --
-        "presence": {"enabled": True, "include_offline_users_on_sync": False},
-        # --- E2EE by default for DMs and private rooms (public-join rooms stay readable for newcomers) ---
-        "encryption_enabled_by_default_for_room_type": "invite",
-        # --- cheap to start and run: no thumbnails generated on demand, no metrics ---------------------
-        "dynamic_thumbnails": False,
-        "enable_metrics": False,
-    }
-    if password_providers:
-        config["password_providers"] = [dict(p) for p in password_providers]
-    if modules:
-        config["modules"] = [dict(m) for m in modules]
-    if shared_secret_registration:
-        config["registration_shared_secret_path"] = str(data_dir / REGISTRATION_SECRET_FILE)
-    if rate_limits:
-        config = _deep_merge(config, rate_limits)
-    if overrides:
-        config = _deep_merge(config, overrides)
-    return config
-
-
-# Generous limits for tests that log many people in; never used unless a caller passes them.
-TEST_RATE_LIMITS: Mapping[str, Any] = {
-    key: {"per_second": 1000, "burst_count": 1000}
-    for key in ("rc_message", "rc_registration", "rc_admin_redaction", "rc_3pid_validation")
-} | {
-    "rc_login": {
-        "address": {"per_second": 1000, "burst_count": 1000},
-        "account": {"per_second": 1000, "burst_count": 1000},
-        "failed_attempts": {"per_second": 1000, "burst_count": 1000},
-    },
-    "rc_joins": {
-        "local": {"per_second": 1000, "burst_count": 1000},
-        "remote": {"per_second": 1000, "burst_count": 1000},
-    },
-    "rc_invites": {
-        "per_room": {"per_second": 1000, "burst_count": 1000},
-        "per_user": {"per_second": 1000, "burst_count": 1000},
-        "per_issuer": {"per_second": 1000, "burst_count": 1000},
-    },
-    "rc_room_creation": {"per_second": 1000, "burst_count": 1000},
-    "rc_profile": {"per_second": 1000, "burst_count": 1000},
-    # People's passwords live in LDAP; Synapse-hashed passwords exist only for test accounts.
-    "bcrypt_rounds": 4,
-}
-
-
-def render_log_config(log_file: Path, level: str = "INFO") -> dict[str, Any]:
-    """A plain file log (no rotation, no buffering) so a failed start can quote its tail at once."""
-    return {
-        "version": 1,
-        "formatters": {
-            "precise": {"format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - %(message)s"}
-        },
-        "handlers": {
-            "file": {
-                "class": "logging.FileHandler",
-                "formatter": "precise",
-                "filename": str(log_file),
-                "encoding": "utf8",
-            }
-        },
-        "loggers": {"synapse.storage.SQL": {"level": "WARNING"}, "twisted": {"level": "WARNING"}},
-        "root": {"level": level, "handlers": ["file"]},
-        "disable_existing_loggers": False,
-    }
 
 
 def _write_secret(path: Path, value: str) -> None:
@@ -318,67 +84,9 @@ def write_homeserver_config(data_dir: Path, config: Mapping[str, Any], *, log_le
     log_config = render_log_config(data_dir / LOG_FILE, log_level)
     (data_dir / LOG_CONFIG_FILE).write_text(yaml.safe_dump(log_config, sort_keys=False), encoding="utf-8")
     path = data_dir / CONFIG_FILE
-    header = "# Generated by civmatrix (provisioner.embedded.synapse); edit the generator, not this file.\n"
+    header = "# Generated by civmatrix (provisioner.synapse.config); edit the generator, not this file.\n"
     path.write_text(header + yaml.safe_dump(dict(config), sort_keys=False), encoding="utf-8")
     return path
-
-
-def _synapse_env() -> dict[str, str]:
-    env = dict(os.environ)
-    paths = [str(PROJECT_ROOT)]
-    if env.get("PYTHONPATH"):
-        paths.append(env["PYTHONPATH"])
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    return env
-
-
-def check_config(path: Path, *, python: str = sys.executable, timeout: float = 60.0) -> None:
-    """Validate a ``homeserver.yaml`` with Synapse's own checker, without starting a server.
-
-    This is ``python -m synapse.config -c FILE`` (synapse/config/__main__.py): it loads the config the way
-    the server does (all sections, module configs, secret files) and prints "Config parses OK!".
-    Raises :class:`SynapseError` with Synapse's message when the config is rejected.
-    """
-    result = subprocess.run(
-        [python, "-m", "synapse.config", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_synapse_env(),
-        check=False,
-    )
-    if result.returncode != 0 or "Config parses OK" not in result.stdout:
-        detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
-        raise SynapseError(f"Synapse rejects the config {path}: {detail}")
-
-
-# --------------------------------------------------------------------------------------------------------
-# The public listener's admin refuser (imported by the Synapse process, see Rule 2)
-# --------------------------------------------------------------------------------------------------------
-
-_UNRECOGNIZED = json.dumps({"errcode": "M_UNRECOGNIZED", "error": "Unrecognized request"}).encode()
-
-
-def admin_api_refuser(config: Mapping[str, Any], module_api: object) -> Resource:
-    """Synapse ``additional_resources`` factory: a leaf that answers every admin path with 404.
-
-    ``isLeaf`` makes Twisted hand every sub-path (``/_synapse/admin/v1/...``) to this one resource, so no
-    admin servlet is reachable on the listener that mounts it. Twisted is imported here, inside the
-    Synapse process, so importing this module elsewhere does not need it.
-    """
-    from twisted.web.resource import Resource
-
-    class _AdminRefuser(Resource):
-        isLeaf = True
-
-        def render(self, request: Any) -> bytes:
-            request.setResponseCode(404)
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"Access-Control-Allow-Origin", b"*")
-            return _UNRECOGNIZED
-
-    # Twisted leaves Resource.__init__ unannotated.
-    return _AdminRefuser()  # type: ignore[no-untyped-call]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -548,7 +256,7 @@ class EmbeddedSynapse:
             self._process = subprocess.Popen(
                 [self.python, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
                 cwd=self.data_dir,
-                env=_synapse_env(),
+                env=synapse_env(),
                 stdin=subprocess.DEVNULL,
                 stdout=self._stdout,
                 stderr=subprocess.STDOUT,

@@ -18,8 +18,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from provisioner.identity import short_hash, transliterate
-from provisioner.model import ROOT_UNIT, Person, Unit
+from provisioner.core.identity import short_hash, transliterate
+from provisioner.core.model import ROOT_UNIT, Person, Unit
 
 MAX_NAME = 120
 MAX_ALIAS_LOCALPART = 180  # the whole alias, '#' and ':server' included, must stay under 255 bytes
@@ -162,7 +162,7 @@ def _heads(people: Iterable[Person], by_user: Mapping[str, str], pattern: str | 
 
 
 def _norm_dn(dn: str) -> str:
-    from provisioner.dn import DNError, normalize_dn
+    from provisioner.core.dn import DNError, normalize_dn
 
     try:
         return normalize_dn(dn)

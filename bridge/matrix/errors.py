@@ -1,4 +1,4 @@
-"""Errors raised by the homeserver client (:mod:`bridge.homeserver`), one tree for that boundary.
+"""Errors raised by the homeserver client (:mod:`bridge.matrix.client`), one tree for that boundary.
 
 The whole tree::
 

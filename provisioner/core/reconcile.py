@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from provisioner.actions import (
+from provisioner.core.actions import (
     Action,
     CreateRoom,
     CreateUser,
@@ -39,16 +39,12 @@ from provisioner.actions import (
     UpdateRoom,
     UpdateUser,
 )
-from provisioner.desired import Desired
-from provisioner.identity import base_localpart
-from provisioner.layout import RoomPlan, SpacePlan
-from provisioner.model import DirectorySnapshot, Person
+from provisioner.core.desired import Desired
+from provisioner.core.identity import base_localpart
+from provisioner.core.layout import RoomPlan, SpacePlan
+from provisioner.core.model import DirectorySnapshot, Person
 
-MARKER_TYPE = "org.civmatrix.managed"
 PROFILE_FIELDS = ("title", "department", "phone", "email")
-# One custom profile field (MSC4133) holding all four as an object: one request per person instead of four,
-# which at 25,000 people is 75,000 requests saved on the first sync.
-PROFILE_FIELD = "org.civmatrix.directory"
 
 
 @dataclass(frozen=True, slots=True)

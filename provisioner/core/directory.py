@@ -9,9 +9,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from provisioner.config import DirectoryConfig
-from provisioner.dn import DN, DNError, normalize_dn, parse_dn, relative_to, split_first_rdn
-from provisioner.identity import clean_text, display_name
-from provisioner.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, Skipped, Unit
+from provisioner.core.dn import DN, DNError, normalize_dn, parse_dn, relative_to, split_first_rdn
+from provisioner.core.identity import clean_text, display_name
+from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, Skipped, Unit
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ admin join, invite, kick, deactivate, override_ratelimit, which treat "already s
 Rule 3. A connection that could not even be opened (refused, DNS) sent nothing, so any request is retried.
 
 Rule 4. A non-idempotent request that may have reached the server is never replayed: it raises
-:class:`~bridge.errors.ServerUnavailable` with ``maybe_applied=True`` and the caller checks the state.
+:class:`~bridge.matrix.errors.ServerUnavailable` with ``maybe_applied=True`` and the caller checks the state.
 
-Rule 5. Auth errors (:class:`~bridge.errors.MAuthError`) are never retried.
+Rule 5. Auth errors (:class:`~bridge.matrix.errors.MAuthError`) are never retried.
 
 The access token lives only in the ``Authorization`` header; log lines and exceptions carry the request
 number, method and path, never headers or bodies.
@@ -48,7 +48,7 @@ from typing import Any, Final, TypeAlias
 
 import aiohttp
 
-from bridge.errors import (
+from bridge.matrix.errors import (
     MatrixError,
     MForbidden,
     MLimitExceeded,
@@ -487,8 +487,8 @@ class HomeserverClient:
     async def send(self, req: Request) -> tuple[int, JsonObject]:
         """Send ``req`` with the retry rules of the module docstring; return (status, JSON object body).
 
-        Raises a :class:`~bridge.errors.MatrixError` subclass for an error answer,
-        :class:`~bridge.errors.ServerUnavailable` when retries are exhausted or a replay would be unsafe.
+        Raises a :class:`~bridge.matrix.errors.MatrixError` subclass for an error answer,
+        :class:`ServerUnavailable` when retries are exhausted or a replay would be unsafe.
         """
         if self._session is None:
             raise RuntimeError("HomeserverClient used outside 'async with' (or after close())")
@@ -655,7 +655,7 @@ class HomeserverClient:
             raise self._unexpected(req, exc) from None
 
     async def resolve_alias(self, alias: str) -> str:
-        """Room id of ``alias``; raises :class:`~bridge.errors.MNotFound` when no room has it."""
+        """Room id of ``alias``; raises :class:`~bridge.matrix.errors.MNotFound` when no room has it."""
         req = Request("GET", f"{CLIENT_V3}/directory/room/{_seg(alias)}", "client.resolve_alias")
         body = await self._call(req)
         try:
@@ -676,7 +676,7 @@ class HomeserverClient:
 
         Synapse answers ``409`` (errcode M_UNKNOWN, "Room alias ... already exists") for a taken alias, not
         M_ROOM_IN_USE; this resolves it and succeeds if it already points at ``room_id``, otherwise raises
-        :class:`~bridge.errors.MRoomInUse` naming the room that holds it.
+        :class:`~bridge.matrix.errors.MRoomInUse` naming the room that holds it.
         """
         req = Request(
             "PUT", f"{CLIENT_V3}/directory/room/{_seg(alias)}", "client.set_alias", body={"room_id": room_id}
@@ -907,7 +907,7 @@ class HomeserverClient:
             start = str(next_token)
 
     async def get_user(self, user_id: str) -> UserDetails:
-        """One account; raises :class:`~bridge.errors.MNotFound` if it does not exist. Never loop this."""
+        """One account; raises :class:`MNotFound` if it does not exist. Never loop this."""
         req = Request("GET", f"{ADMIN_V2}/users/{_seg(user_id)}", "admin.get_user")
         body = await self._call(req)
         try:

@@ -6,9 +6,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from provisioner.config import Config
-from provisioner.identity import assign_localparts
-from provisioner.layout import Layout, LayoutPolicy, plan_layout
-from provisioner.model import DirectorySnapshot, Person
+from provisioner.core.identity import assign_localparts
+from provisioner.core.layout import Layout, LayoutPolicy, plan_layout
+from provisioner.core.model import DirectorySnapshot, Person
 
 
 @dataclass(frozen=True, slots=True)

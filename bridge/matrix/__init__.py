@@ -1,0 +1,4 @@
+"""One Matrix client for every HTTP call the project makes: requests as data, one transport with the one
+retry policy, typed responses, and the errcode → exception tree. Used by the provisioner, the event bot's
+plain-HTTP calls and the services. This ``__init__`` imports nothing, so the pure core can use
+:mod:`bridge.matrix.contract` without pulling in aiohttp."""
