@@ -27,6 +27,7 @@ from bridge.matrix.client import ExternalId, HomeserverClient, JsonValue
 from bridge.matrix.contract import MARKER_TYPE, PROFILE_FIELD
 from bridge.matrix.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
 from provisioner.core.actions import (
+    MEMBERS_ONLY,
     Action,
     CreateRoom,
     CreateUser,
@@ -198,7 +199,7 @@ class Executor:
             # Public only until the initial joins are done (one event per join); closed right after.
             {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "public"}},
             {"type": "m.room.history_visibility", "state_key": "",
-             "content": {"history_visibility": "world_readable" if space else "shared"}},
+             "content": {"history_visibility": MEMBERS_ONLY}},
             {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
         ]  # fmt: skip
         if a.encrypted:
@@ -339,6 +340,10 @@ class Executor:
             await self.client.send_state(room_id, "m.room.power_levels", "", current)
         if a.join_rule is not None:
             await self.client.send_state(room_id, "m.room.join_rules", "", {"join_rule": a.join_rule})
+        if a.history_visibility is not None:
+            await self.client.send_state(
+                room_id, "m.room.history_visibility", "", {"history_visibility": a.history_visibility}
+            )
 
     async def _link(self, a: LinkChild) -> None:
         parent, child = self._room(a.parent_key), self._room(a.child_key)

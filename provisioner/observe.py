@@ -58,6 +58,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     name = by_type.get(("m.room.name", ""), {}).get("name")
     topic = by_type.get(("m.room.topic", ""), {}).get("topic")
     join_rule = by_type.get(("m.room.join_rules", ""), {}).get("join_rule")
+    visibility = by_type.get(("m.room.history_visibility", ""), {}).get("history_visibility")
     return ObservedRoom(
         room_id=room_id,
         kind=kind,
@@ -69,6 +70,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
         power_users={str(k): int(v) for k, v in users_pl.items() if isinstance(v, int)},
         members=members,
         children=children,
+        history_visibility=visibility if isinstance(visibility, str) else None,
     )
 
 
@@ -110,6 +112,7 @@ def _room_to_json(room: ObservedRoom) -> dict[str, Any]:
         "room_id": room.room_id, "kind": room.kind, "key": room.key, "name": room.name, "topic": room.topic,
         "alias": room.alias, "join_rule": room.join_rule, "power_users": dict(room.power_users),
         "members": sorted(room.members), "children": sorted(room.children),
+        "history_visibility": room.history_visibility,
     }  # fmt: skip
 
 
@@ -119,7 +122,13 @@ def _room_from_json(d: dict[str, Any]) -> ObservedRoom:
         alias=d["alias"], join_rule=d["join_rule"],
         power_users={str(k): int(v) for k, v in d["power_users"].items()},
         members=frozenset(d["members"]), children=frozenset(d["children"]),
+        history_visibility=d.get("history_visibility"),
     )  # fmt: skip
+
+
+# 2: rooms carry their history visibility; a version-1 cache would hide world-readable rooms from the
+# sync that closes them, so it is read as no cache.
+CACHE_VERSION = 2
 
 
 @dataclass
@@ -143,7 +152,7 @@ class RoomCache:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             created = float(data["created_at"])
-            if data.get("v") != 1 or now - created > max_age or now < created:
+            if data.get("v") != CACHE_VERSION or now - created > max_age or now < created:
                 return cls(path, now)
             entries: dict[str, tuple[Signature, ObservedRoom | None]] = {}
             for room_id, (sig, room) in data["rooms"].items():
@@ -157,7 +166,7 @@ class RoomCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
-            "v": 1,
+            "v": CACHE_VERSION,
             "created_at": self.created_at,
             "rooms": {rid: [list(sig), _room_to_json(room) if room else None]
                       for rid, (sig, room) in self.entries.items()},

@@ -75,9 +75,14 @@ class CreateRoom:
     cause: str = "new unit or shard"
 
 
+# Every managed room and space: members read its history, nobody without a token reads anything
+# ("world_readable" would give anyone holding the room ID its name, topic and member count).
+MEMBERS_ONLY = "shared"
+
+
 @dataclass(frozen=True, slots=True)
 class UpdateRoom:
-    """Changed name, topic, alias or power levels; ``None`` means unchanged."""
+    """Changed name, topic, alias, power levels, join rule or history visibility; ``None``: unchanged."""
 
     kind: ClassVar[str] = "update_room"
     key: str
@@ -86,6 +91,7 @@ class UpdateRoom:
     alias: str | None = None
     power_users: tuple[tuple[str, int], ...] | None = None
     join_rule: str | None = None
+    history_visibility: str | None = None
     cause: str = "changed in the directory"
 
 
@@ -199,9 +205,9 @@ def describe(action: Action) -> str:
             return f"deactivate {u} (locked longer than the grace period)"
         case CreateRoom(room_kind=k, name=n, alias=a):
             return f"create {k} {n} #{a}"
-        case UpdateRoom(key=k, name=n, topic=t, alias=a, power_users=p, join_rule=j):
+        case UpdateRoom(key=k, name=n, topic=t, alias=a, power_users=p, join_rule=j, history_visibility=h):
             what = [x for x, v in (("name", n), ("topic", t), ("alias", a), ("power levels", p),
-                                   ("join rule", j)) if v is not None]  # fmt: skip
+                                   ("join rule", j), ("history visibility", h)) if v is not None]  # fmt: skip
             return f"update {k}: {', '.join(what)}"
         case LinkChild(parent_key=p, child_key=c):
             return f"link {c} under {p}"

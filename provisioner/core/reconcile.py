@@ -23,6 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from provisioner.core.actions import (
+    MEMBERS_ONLY,
     Action,
     CreateRoom,
     CreateUser,
@@ -68,6 +69,7 @@ class ObservedRoom:
     power_users: Mapping[str, int]
     members: frozenset[str]  # joined or invited
     children: frozenset[str]  # room IDs linked with m.space.child
+    history_visibility: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +330,10 @@ def reconcile(
             updates.append(upd)
         if obs_room.join_rule not in ("invite", None):
             closes.append(UpdateRoom(key, join_rule="invite", cause="managed rooms are invite-only"))
+        if obs_room.history_visibility == "world_readable":
+            updates.append(
+                UpdateRoom(key, history_visibility=MEMBERS_ONLY, cause="nothing readable without a token")
+            )
         if parent_key is not None:
             parent = observed.rooms.get(parent_key)
             if parent is None or obs_room.room_id not in parent.children:

@@ -32,6 +32,11 @@ Rules (each tested in tests/test_directory_login.py):
 5. Locked and deactivated accounts are refused by Synapse itself after the module answers
    (``LoginRestServlet._complete_login``: ``M_USER_LOCKED`` / ``M_USER_DEACTIVATED``).
 6. Passwords are never logged; a refusal is logged with the login and the reason only.
+7. Input that no directory login can be — a login with control or invisible formatting characters, a
+   password with control characters (NUL above all), a login over :data:`MAX_LOGIN_LENGTH` or a password
+   over :data:`MAX_PASSWORD_LENGTH` characters — is refused before the directory or the database is asked
+   (:func:`input_refusal`). With Synapse's local passwords off (``password_config.localdb_enabled:
+   false``) nothing runs after the module, so a refusal is always ``403 M_FORBIDDEN``, never a 500.
 
 ldap3 blocks, so every directory call runs in Synapse's thread pool (``ModuleApi.defer_to_thread``).
 Synapse is imported lazily: :func:`module_config_from` and the pure helpers work without it.
@@ -44,6 +49,7 @@ import logging
 import os
 import re
 import ssl
+import unicodedata
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -70,6 +76,10 @@ EXTERNAL_ID_PROVIDER = "civmatrix"
 LOGIN_TYPE = "m.login.password"
 
 _RESULT_INVALID_CREDENTIALS = 49
+# Longer than any login a directory issues (AD: 20 for sAMAccountName, 256 for a UPN) or any password it
+# accepts (AD: 256), with room to spare; anything longer is an attack on the module, not a person.
+MAX_LOGIN_LENGTH = 256
+MAX_PASSWORD_LENGTH = 1024
 _MAX_MATCHES = 10
 _KEYS = {
     "uri", "bind_dn", "bind_password_file", "bind_password_env", "base_dn", "filter", "login_attribute",
@@ -229,6 +239,27 @@ def typed_login(username: str, server_name: str) -> str | None:
             return None
         text = local
     return text or None
+
+
+# Control characters (Cc: NUL, newline, escape ...) in either; in a login also invisible formatting (Cf: a
+# right-to-left override, a zero-width space), line and paragraph separators, and lone surrogates.
+_BAD_IN_LOGIN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def input_refusal(username: str, password: object) -> str | None:
+    """Why a login must be refused before anything is asked (Rule 7); ``None`` when it may go on."""
+    if len(username) > MAX_LOGIN_LENGTH:
+        return f"a login of {len(username)} characters (at most {MAX_LOGIN_LENGTH})"
+    bad = next((c for c in username if unicodedata.category(c) in _BAD_IN_LOGIN), None)
+    if bad is not None:
+        return f"a control or formatting character U+{ord(bad):04X} in the login"
+    if not isinstance(password, str) or not password:
+        return "empty password"
+    if len(password) > MAX_PASSWORD_LENGTH:
+        return f"a password of {len(password)} characters (at most {MAX_PASSWORD_LENGTH})"
+    if any(unicodedata.category(c) == "Cc" for c in password):
+        return "a control character in the password"
+    return None
 
 
 def person_filter(cfg: ModuleConfig, login: str) -> str:
@@ -458,13 +489,16 @@ class DirectoryAuthProvider:
         if login_type != LOGIN_TYPE:
             return None
         password = login_dict.get("password")
+        refusal = input_refusal(username, password)
+        if refusal is not None:
+            log.info("directory login %r refused: %s", username[:MAX_LOGIN_LENGTH], refusal)
+            return None
+        assert isinstance(password, str)
         login = typed_login(username, self.api.server_name)
         shown = login if login is not None else username
         try:
             if login is None:
                 raise Refused("a Matrix ID of another server")
-            if not isinstance(password, str) or not password:
-                raise Refused("empty password")
             person = await self._find(login)
             ok = await self.api.defer_to_thread(self.directory.password_ok, person.dn, password)
             if not ok:

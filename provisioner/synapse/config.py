@@ -24,6 +24,24 @@ depth).
 Rule 3. Neither listener serves ``federation``, ``keys`` or ``openid``, and
 ``federation_domain_whitelist: []`` makes Synapse refuse all federation traffic even if a listener were
 added by mistake.
+
+The directory is the only password
+----------------------------------
+Rule 4. ``password_config: {enabled: true, localdb_enabled: false}``: ``m.login.password`` is answered by
+the directory module (:mod:`provisioner.synapse.auth`) alone. ``enabled`` must stay true, because Synapse
+checks it for every ``m.login.password`` login, the module's included; ``localdb_enabled: false`` drops
+Synapse's own password table from login, from user-interactive auth and from password change
+(``AuthHandler.can_change_password``), so no second password can be set that outlives the directory, and
+no local account (the provisioning admin, the bot) has a password login at all: their tokens come from
+registration on the loopback listener (docs/RUNBOOK.md). Display names and 3PIDs belong to the directory
+(``enable_set_displayname``, ``enable_3pid_changes``: false; the sync writes names through the admin API,
+which these do not limit); avatars stay the person's own, the directory has no photos. The capabilities
+endpoint says all of this to clients (``m.change_password``, ``m.set_displayname``, ``m.3pid_changes``).
+
+Rule 5. Both listeners mount :func:`provisioner.synapse.guard.client_api_guard` at ``/_matrix/client``: the
+client API with a token check in front, so nothing is readable without a valid token except the paths a
+client needs before login (:data:`provisioner.synapse.access.PUBLIC_CLIENT_PATHS`, the same list the reverse
+proxy uses). Workers ignore ``additional_resources``; their listeners are reached through nginx only.
 """
 
 from __future__ import annotations
@@ -42,6 +60,7 @@ LOOPBACK = "127.0.0.1"
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ADMIN_REFUSER_MODULE = "provisioner.synapse.refuser.admin_api_refuser"
+CLIENT_GUARD_MODULE = "provisioner.synapse.guard.client_api_guard"
 
 CONFIG_FILE = "homeserver.yaml"
 LOG_CONFIG_FILE = "log.config"
@@ -87,7 +106,9 @@ def _database_section(database: str | Path | Mapping[str, Any]) -> dict[str, Any
     return {"name": "psycopg2", "args": args}
 
 
-def _listener(port: int, host: str, *, refuse_admin: bool, x_forwarded: bool) -> dict[str, Any]:
+def _listener(
+    port: int, host: str, *, refuse_admin: bool, guard_client: bool, x_forwarded: bool
+) -> dict[str, Any]:
     listener: dict[str, Any] = {
         "port": port,
         "bind_addresses": [host],
@@ -98,8 +119,13 @@ def _listener(port: int, host: str, *, refuse_admin: bool, x_forwarded: bool) ->
         "x_forwarded": x_forwarded,
         "resources": [{"names": ["client"], "compress": False}],
     }
+    extra: dict[str, Any] = {}
+    if guard_client:
+        extra["/_matrix/client"] = {"module": CLIENT_GUARD_MODULE, "config": {}}
     if refuse_admin:
-        listener["additional_resources"] = {"/_synapse/admin": {"module": ADMIN_REFUSER_MODULE, "config": {}}}
+        extra["/_synapse/admin"] = {"module": ADMIN_REFUSER_MODULE, "config": {}}
+    if extra:
+        listener["additional_resources"] = extra
     return listener
 
 
@@ -148,8 +174,8 @@ def render_homeserver_config(
     ``rate_limits`` (``rc_*`` keys) and then ``overrides`` are merged last; production keeps Synapse's rate
     limits and exempts only the provisioning account (``override_ratelimit``).
     ``behind_proxy`` trusts ``X-Forwarded-For`` on the public listener. ``refuse_admin_on_public=False``
-    drops Rule 2 for a Synapse that cannot import civmatrix (a stock image): then the reverse proxy alone
-    must block ``/_synapse/admin``.
+    drops Rules 2 and 5 for a Synapse that cannot import civmatrix (a stock image): then the reverse proxy
+    alone must block ``/_synapse/admin`` and tokenless client-API requests.
     """
     if admin_bind_host not in (LOOPBACK, "::1", "localhost"):
         raise SynapseError(
@@ -165,8 +191,20 @@ def render_homeserver_config(
         "pid_file": str(data_dir / "homeserver.pid"),
         "report_stats": False,
         "listeners": [
-            _listener(public_port, bind_host, refuse_admin=refuse_admin_on_public, x_forwarded=behind_proxy),
-            _listener(admin_port, admin_bind_host, refuse_admin=False, x_forwarded=False),
+            _listener(
+                public_port,
+                bind_host,
+                refuse_admin=refuse_admin_on_public,
+                guard_client=refuse_admin_on_public,
+                x_forwarded=behind_proxy,
+            ),
+            _listener(
+                admin_port,
+                admin_bind_host,
+                refuse_admin=False,
+                guard_client=refuse_admin_on_public,
+                x_forwarded=False,
+            ),
         ],
         "database": _database_section(database if database is not None else data_dir / SQLITE_FILE),
         "log_config": str(data_dir / LOG_CONFIG_FILE),
@@ -186,6 +224,15 @@ def render_homeserver_config(
         "allow_public_rooms_without_auth": False,
         "allow_public_rooms_over_federation": False,
         "url_preview_enabled": False,
+        # --- the directory is the only password (Rule 4) --------------------------------------------
+        # ``enabled`` stays true: it gates ``m.login.password`` as such, so false would switch off the
+        # directory module's logins too (AuthHandler.validate_login). ``localdb_enabled: false`` removes
+        # Synapse's own password check after the module refuses, and with it password change.
+        "password_config": {"enabled": True, "localdb_enabled": False},
+        # The directory owns names and addresses; the sync writes them through the admin API, which
+        # these switches do not limit (ProfileHandler.set_displayname(by_admin=True)).
+        "enable_set_displayname": False,
+        "enable_3pid_changes": False,
         # Message bodies must not leave the server through the push gateway (Apple/Google).
         "push": {"include_content": False},
         # --- findable: colleagues look each other up without sharing a room ---------------------------

@@ -1,0 +1,62 @@
+"""The client API behind a token check, imported by the Synapse process (Rule 5 of
+:mod:`provisioner.synapse.config`).
+
+Synapse serves some client-API servlets without authentication (the spec allows it): room alias lookup
+(``GET /directory/room/{alias}``), room summaries (``/v1/room_summary/{room}``), a room's directory
+visibility (``GET /directory/list/room/{room}``), the public room list when so configured. The module API
+has no per-request hook, and the client API is one leaf resource (``ClientRestResource``, ``isLeaf``), so
+nothing can be mounted *under* ``/_matrix/client``. What can be done is what ``additional_resources`` does
+for the admin refuser: mount a resource *at* ``/_matrix/client``, replacing the listener's own. This one is
+Synapse's ``ClientRestResource`` itself, with one step before its routing: a request that
+:func:`provisioner.synapse.access.needs_token` says needs a token must present a valid one, checked the way
+Synapse's own ``Auth.get_user_by_req`` checks it — so the answers are Synapse's own (``401 M_MISSING_TOKEN``,
+``401 M_UNKNOWN_TOKEN``, ``401 M_USER_LOCKED``), with CORS headers, from Synapse's own error path.
+
+It needs the ``HomeServer`` to build the resource, which the factory reaches through the module API's
+``_hs`` (there is no public accessor); a Synapse upgrade that changes this fails the live tests in
+tests/test_closed_server.py, it cannot silently open the server: the resource would fail to load and
+Synapse would not start.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from provisioner.synapse.access import needs_token
+
+if TYPE_CHECKING:
+    from twisted.web.resource import Resource
+
+# The servlets that accept a locked or expired token (LogoutRestServlet, LogoutAllRestServlet): a locked
+# leaver's client can still sign out. Everything else gets Synapse's default, strict check.
+_LENIENT = re.compile(r"^/_matrix/client/(api/v1|r0|v3|unstable)/logout(/all)?$")
+
+
+def client_api_guard(config: Mapping[str, Any], module_api: Any) -> Resource:
+    """Synapse ``additional_resources`` factory for ``/_matrix/client``: the client API, token-checked."""
+    from synapse.api.errors import UserLockedError
+    from synapse.rest import ClientRestResource
+
+    hs = module_api._hs
+    auth = hs.get_auth()
+    store = hs.get_datastores().main
+
+    async def check(request: Any, lenient: bool) -> None:
+        # Auth.get_user_by_req would do, but it records the requester on the request, which Synapse
+        # allows once; the servlet's own check comes after this one. These are its first steps.
+        token = auth.get_access_token_from_request(request)  # MissingClientTokenError: M_MISSING_TOKEN
+        requester = await auth.get_user_by_access_token(token, allow_expired=lenient)  # M_UNKNOWN_TOKEN
+        if not lenient and await store.get_user_locked_status(requester.user.to_string()):
+            raise UserLockedError()
+
+    class _GuardedClientResource(ClientRestResource):
+        async def _async_render(self, request: Any) -> Any:
+            path = request.path.decode("ascii", errors="replace")
+            if needs_token(request.method.decode("ascii", errors="replace"), path):
+                await check(request, _LENIENT.match(path) is not None)
+            return await super()._async_render(request)
+
+    resource: Resource = _GuardedClientResource(hs)
+    return resource
