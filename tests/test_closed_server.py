@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -21,11 +22,14 @@ from provisioner.embedded.ports import free_port
 from provisioner.embedded.synapse import EmbeddedSynapse, write_homeserver_config
 from provisioner.synapse.config import (
     REGISTRATION_SECRET_FILE,
+    TEST_RATE_LIMITS,
     SynapseError,
     check_config,
+    closed_config_violations,
     render_homeserver_config,
 )
-from tests.fixtures.synapse import SynapseHandle, unique_localpart
+from tests.closed_probes import closed_server_failures
+from tests.fixtures.synapse import ADMIN_LOCALPART, SERVER_NAME, SynapseHandle, unique_localpart
 
 pytestmark = pytest.mark.synapse
 
@@ -86,24 +90,28 @@ def test_server_does_not_federate_outwards(synapse: SynapseHandle) -> None:
 
 
 def test_registration_refused(synapse: SynapseHandle) -> None:
-    status, body = http(
-        "POST",
-        synapse.public_url + "/_matrix/client/v3/register",
-        {
-            "username": unique_localpart("intruder"),
-            "password": "p4ssw0rd-long",
-            "auth": {"type": "m.login.dummy"},
-        },
-    )
-    assert status == 403 and body["errcode"] == "M_FORBIDDEN"
-    status, body = http("GET", synapse.public_url + "/_matrix/client/v3/register/available?username=anyone")
-    assert status == 403 or body.get("available") is not True
+    body = {
+        "username": unique_localpart("intruder"),
+        "password": "p4ssw0rd-long",
+        "auth": {"type": "m.login.dummy"},
+    }
+    url = synapse.public_url + "/_matrix/client/v3/register"
+    # Twice over: the guard asks for a token, and behind it Synapse registers nobody (with a token it
+    # takes the request for an appservice's and refuses it too).
+    status, reply = http("POST", url, body)
+    assert (status, reply.get("errcode")) == (401, "M_MISSING_TOKEN")
+    status, reply = http("POST", url, body, token=synapse.admin_token)
+    assert status in (400, 403) and "access_token" not in reply, reply
+    for token in (None, synapse.admin_token):
+        status, reply = http("GET", url + "/available?username=anyone", token=token)
+        assert status in (401, 403) and reply.get("available") is not True
 
 
 def test_guest_registration_refused(synapse: SynapseHandle) -> None:
-    status, body = http("POST", synapse.public_url + "/_matrix/client/v3/register?kind=guest", {})
-    assert status == 403, body
-    assert "access_token" not in body
+    for token in (None, synapse.admin_token):
+        status, body = http("POST", synapse.public_url + "/_matrix/client/v3/register?kind=guest", {}, token)
+        assert status in (401, 403), body
+        assert "access_token" not in body
 
 
 # --- room directory --------------------------------------------------------------------------------------
@@ -165,20 +173,134 @@ def test_public_listener_serves_the_client_api(synapse: SynapseHandle) -> None:
     assert status == 200 and reply["user_id"] == synapse.admin_user_id
 
 
-def test_people_log_in_on_the_public_listener(synapse: SynapseHandle) -> None:
+def test_a_synapse_password_logs_nobody_in(synapse: SynapseHandle) -> None:
+    # An account made with a password (as register_new_matrix_user does) has it in Synapse's table, but
+    # local passwords are off: only the directory module answers m.login.password, and this server has none.
     person = synapse.register(unique_localpart("login"), "secret-pass-8")
+    for base in (synapse.public_url, synapse.admin_url):
+        status, reply = http(
+            "POST",
+            base + "/_matrix/client/v3/login",
+            {
+                "type": "m.login.password",
+                "identifier": {"type": "m.id.user", "user": person.user_id},
+                "password": "secret-pass-8",
+            },
+        )
+        assert status in (400, 403) and "access_token" not in reply, (base, status, reply)
+        status, reply = http("GET", base + "/_matrix/client/v3/login")
+        assert status == 200 and "m.login.password" not in {f["type"] for f in reply["flows"]}
+    # The token from registration (the only way in for a local account) works.
     status, reply = http(
-        "POST",
-        synapse.public_url + "/_matrix/client/v3/login",
-        {
-            "type": "m.login.password",
-            "identifier": {"type": "m.id.user", "user": person.user_id},
-            "password": "secret-pass-8",
-        },
+        "GET", synapse.public_url + "/_matrix/client/v3/account/whoami", token=person.access_token
     )
-    assert status == 200 and reply["user_id"] == person.user_id
-    status, reply = http("GET", synapse.public_url + "/_matrix/client/v3/login")
-    assert status == 200 and "m.login.password" in {f["type"] for f in reply["flows"]}
+    assert (status, reply.get("user_id")) == (200, person.user_id)
+
+
+# --- nothing readable without a token (issue 12) ---------------------------------------------------------
+
+
+def _org_tree(handle: SynapseHandle, world_readable: bool = True) -> dict[str, str]:
+    """A department space with a room, made the way old servers had them: world-readable, with aliases."""
+    token, c = handle.admin_token, handle.admin_url + "/_matrix/client/v3"
+    alias = unique_localpart("dept")
+    visibility = "world_readable" if world_readable else "shared"
+    status, space = http(
+        "POST",
+        c + "/createRoom",
+        {
+            "name": "Департамент информационных технологий",
+            "topic": "Правительство Москвы / Департамент информационных технологий",
+            "preset": "public_chat",
+            "visibility": "private",
+            "room_alias_name": alias,
+            "creation_content": {"type": "m.space"},
+            "initial_state": [
+                {
+                    "type": "m.room.history_visibility",
+                    "state_key": "",
+                    "content": {"history_visibility": visibility},
+                },
+            ],
+        },
+        token=token,
+    )
+    assert status == 200, space
+    status, room = http("POST", c + "/createRoom", {"name": "Общий", "preset": "public_chat"}, token=token)
+    assert status == 200, room
+    return {
+        "alias": f"#{alias}:{handle.server_name}",
+        "space_id": space["room_id"],
+        "room_id": room["room_id"],
+        "person_id": handle.admin_user_id,
+        "admin_user": handle.admin_user_id,
+        "admin_password": handle.admin.password,
+    }
+
+
+def test_outsiders_read_nothing_and_employees_change_nothing(synapse: SynapseHandle) -> None:
+    tree = _org_tree(synapse)
+    # The alias really resolves for someone with a token: the refusals below are the guard, not a 404.
+    status, reply = http(
+        "GET",
+        f"{synapse.public_url}/_matrix/client/v3/directory/room/{urllib.parse.quote(tree['alias'])}",
+        token=synapse.admin_token,
+    )
+    assert (status, reply.get("room_id")) == (200, tree["space_id"])
+    for base in (synapse.public_url, synapse.admin_url):  # every listener, not only the proxied one
+        employee = synapse.register(unique_localpart("emp"), "Synapse-side-pw-1")
+        failures = closed_server_failures(
+            base,
+            **tree,
+            employee={
+                "token": employee.access_token,
+                "user_id": employee.user_id,
+                "password": employee.password,
+                "new_password": "Second-password-2",
+            },
+        )
+        assert not failures, "\n".join([base, *failures])
+
+
+def test_a_weakened_server_fails_the_probes(tmp_path: Path) -> None:
+    # Local passwords on and the guard taken off: the probe set must notice both.
+    server = EmbeddedSynapse(
+        tmp_path / "weak",
+        server_name=SERVER_NAME,
+        rate_limits=TEST_RATE_LIMITS,
+        overrides={"password_config": {"localdb_enabled": True}},
+    )
+    for listener in server.config["listeners"]:
+        listener["additional_resources"].pop("/_matrix/client", None)
+    problems = closed_config_violations(server.config)
+    assert any("localdb_enabled" in p for p in problems) and any("client_api_guard" in p for p in problems)
+    server.start()
+    try:
+        admin = server.create_admin(ADMIN_LOCALPART)
+        handle = SynapseHandle(server=server, admin=admin)
+        employee = handle.register(unique_localpart("emp"), "Synapse-side-pw-1")
+        failures = closed_server_failures(
+            server.public_url,
+            **_org_tree(handle),
+            employee={
+                "token": employee.access_token,
+                "user_id": employee.user_id,
+                "password": employee.password,
+                "new_password": "Second-password-2",
+            },
+        )
+    finally:
+        server.stop()
+    failed = {f.split(":", 1)[0] for f in failures}
+    assert {
+        "alias lookup",
+        "space summary",
+        "room directory visibility",
+        "admin password login",
+        "capabilities deny password, name and 3PID changes",
+        "password change",
+        "login with the attempted second password",
+    } <= failed, failures
 
 
 # --- profiles, directory, encryption ---------------------------------------------------------------------
@@ -263,6 +385,9 @@ def test_production_config_is_closed(tmp_path: Path) -> None:
         "suppress_key_server_warning": True,
     }
     assert {k: config[k] for k in expected} == expected
+    assert config["password_config"] == {"enabled": True, "localdb_enabled": False}
+    assert config["enable_set_displayname"] is False and config["enable_3pid_changes"] is False
+    assert closed_config_violations(config) == []
     assert config["user_directory"]["search_all_users"] is True
     assert config["presence"]["enabled"] is True
     # Shared-secret registration is a dev/test switch; without it no one can mint accounts with a secret.
@@ -275,6 +400,29 @@ def test_production_config_is_closed(tmp_path: Path) -> None:
     assert set(resources) == {"client"}
     # No secret is inlined: they are files.
     assert "macaroon_secret_key" not in config and "form_secret" not in config
+
+
+@pytest.mark.parametrize(
+    ("overrides", "flagged"),
+    [
+        ({"password_config": {"localdb_enabled": True}}, "password_config.localdb_enabled"),
+        ({"password_config": {"localdb_enabled": None}}, "password_config.localdb_enabled"),
+        ({"password_config": {"enabled": False}}, "password_config.enabled"),
+        ({"enable_set_displayname": True}, "enable_set_displayname"),
+        ({"enable_3pid_changes": True}, "enable_3pid_changes"),
+    ],
+)
+def test_a_weakened_config_is_flagged(tmp_path: Path, overrides: dict[str, Any], flagged: str) -> None:
+    problems = closed_config_violations(_render(tmp_path, overrides=overrides))
+    assert len(problems) == 1 and problems[0].startswith(flagged), problems
+
+
+def test_a_listener_without_the_guard_is_flagged(tmp_path: Path) -> None:
+    stock = _render(tmp_path, refuse_admin_on_public=False)
+    problems = closed_config_violations(stock)
+    assert [p.split(" ", 1)[0] for p in problems] == ["listeners[0]", "listeners[0]", "listeners[1]"]
+    assert any("readable without a token" in p for p in problems)
+    assert any("serves the admin API" in p for p in problems)
 
 
 def test_production_config_with_postgres_passes_synapse_check(tmp_path: Path) -> None:

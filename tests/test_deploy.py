@@ -33,7 +33,7 @@ import yaml
 
 from provisioner import deploy
 from provisioner.embedded.ports import LOOPBACK, free_port, free_ports
-from provisioner.synapse.config import PROJECT_ROOT
+from provisioner.synapse.config import PROJECT_ROOT, closed_config_violations
 
 DEPLOY = PROJECT_ROOT / "deploy"
 PG = {"host": LOOPBACK, "port": 5432, "user": "postgres"}
@@ -192,6 +192,8 @@ def test_no_process_serves_federation() -> None:
     assert hs["federation_domain_whitelist"] == [] and hs["federation_sender_instances"] == []
     admin = [listener for listener in hs["listeners"] if listener["port"] == d.admin_port]
     assert [listener["bind_addresses"] for listener in admin] == [["127.0.0.1"]]
+    # The production config keeps the closed-server rules through its overrides (issue 12).
+    assert closed_config_violations(hs) == []
 
 
 # --- nginx: a small model of its location matching, applied to the generated config -------------------
@@ -535,8 +537,10 @@ def _call(
         return err.code, json.loads(err.read() or b"{}")
 
 
-def _register(admin_port: int, secret: str, localpart: str, password: str) -> None:
-    """Shared-secret registration on the loopback admin listener (the test's own way in; production has none)."""
+def _register(admin_port: int, secret: str, localpart: str, password: str) -> str:
+    """Shared-secret registration on the loopback admin listener (the test's own way in; production has none).
+
+    Returns the access token: the account's password logs nobody in (local passwords are off)."""
     status, reply = _call(admin_port, "GET", "/_synapse/admin/v1/register")
     assert status == 200, reply
     message = "\x00".join((reply["nonce"], localpart, password, "notadmin")).encode()
@@ -544,6 +548,7 @@ def _register(admin_port: int, secret: str, localpart: str, password: str) -> No
     body = {"nonce": reply["nonce"], "username": localpart, "password": password, "admin": False, "mac": mac}
     status, reply = _call(admin_port, "POST", "/_synapse/admin/v1/register", body)
     assert status == 200, reply
+    return str(reply["access_token"])
 
 
 class Processes:
@@ -635,8 +640,9 @@ def test_synapse_with_workers_on_postgres_and_redis(
             processes.wait_healthy(worker.name, worker.client_port or worker.replication_port or 0)
         all_ready = time.monotonic() - began
 
-        # Register and log in through the main process (login on its public listener, as a client would).
-        _register(d.admin_port, secret, "alice", "correct horse battery")
+        # Register through the main process; the registration's token is the way in, because the password
+        # Synapse stored logs nobody in (only the directory module answers password logins).
+        token = _register(d.admin_port, secret, "alice", "correct horse battery")
         status, login = _call(
             d.public_port,
             "POST",
@@ -647,9 +653,9 @@ def test_synapse_with_workers_on_postgres_and_redis(
                 "password": "correct horse battery",
             },
         )
-        assert status == 200, login
-        token = login["access_token"]
-        assert login["user_id"] == "@alice:deploy.test"
+        assert status in (400, 403) and "access_token" not in login, login
+        status, who = _call(d.public_port, "GET", "/_matrix/client/v3/account/whoami", token=token)
+        assert (status, who.get("user_id")) == (200, "@alice:deploy.test"), who
 
         # The public listener still refuses the admin API (Rule 2 of provisioner.synapse.config).
         status, reply = _call(d.public_port, "GET", "/_synapse/admin/v1/server_version")

@@ -260,6 +260,36 @@ def render_homeserver_config(
     return config
 
 
+def closed_config_violations(config: Mapping[str, Any]) -> list[str]:
+    """What in a rendered ``homeserver.yaml`` breaks Rules 2, 4 and 5; empty when the config is closed.
+
+    For the tests and for a deployment check of a config that went through ``overrides``: each line names
+    the key and what it must be.
+    """
+    problems: list[str] = []
+    passwords = config.get("password_config") or {}
+    if passwords.get("localdb_enabled", True) is not False:
+        problems.append("password_config.localdb_enabled must be false: Synapse-side passwords outlive "
+                        "the directory and give local accounts a password login")  # fmt: skip
+    if passwords.get("enabled", True) is not True:
+        problems.append("password_config.enabled must stay true: it switches off directory logins too")
+    for key in ("enable_set_displayname", "enable_3pid_changes"):
+        if config.get(key, True) is not False:
+            problems.append(f"{key} must be false: the directory owns names and addresses")
+    for n, listener in enumerate(config.get("listeners") or ()):
+        names = {name for r in listener.get("resources") or () for name in r.get("names") or ()}
+        if "client" not in names:
+            continue
+        extra = listener.get("additional_resources") or {}
+        if (extra.get("/_matrix/client") or {}).get("module") != CLIENT_GUARD_MODULE:
+            problems.append(f"listeners[{n}] serves the client API without {CLIENT_GUARD_MODULE} at "
+                            "/_matrix/client: readable without a token")  # fmt: skip
+        public = n == 0
+        if public and (extra.get("/_synapse/admin") or {}).get("module") != ADMIN_REFUSER_MODULE:
+            problems.append(f"listeners[{n}] (public) serves the admin API: mount {ADMIN_REFUSER_MODULE}")
+    return problems
+
+
 # Generous limits for tests that log many people in; never used unless a caller passes them.
 TEST_RATE_LIMITS: Mapping[str, Any] = {
     key: {"per_second": 1000, "burst_count": 1000}
