@@ -20,6 +20,7 @@ import yaml
 
 from provisioner.embedded.ports import free_port
 from provisioner.embedded.synapse import EmbeddedSynapse, write_homeserver_config
+from provisioner.synapse.access import PUBLIC_CLIENT_PATHS, needs_token, nginx_public_path_map
 from provisioner.synapse.config import (
     REGISTRATION_SECRET_FILE,
     TEST_RATE_LIMITS,
@@ -532,3 +533,49 @@ def test_failed_start_quotes_the_log(tmp_path: Path) -> None:
         broken.start()
     assert "homeserver.log (tail)" in str(err.value)
     assert not broken.is_running()
+
+
+# --- the one list of tokenless paths (pure) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "needed"),
+    [
+        ("GET", "/_matrix/client/versions", False),
+        ("GET", "/_matrix/client/v3/login", False),
+        ("POST", "/_matrix/client/v3/login", False),
+        ("POST", "/_matrix/client/r0/login", False),
+        ("POST", "/_matrix/client/api/v1/login", False),
+        ("POST", "/_matrix/client/v3/refresh", False),
+        ("GET", "/_matrix/client/v1/auth_metadata", False),
+        ("GET", "/_matrix/client/unstable/org.matrix.msc2965/auth_metadata", False),
+        ("OPTIONS", "/_matrix/client/v3/directory/room/%23x:city.example", False),  # CORS preflight
+        ("GET", "/health", False),  # outside the client API
+        ("GET", "/.well-known/matrix/client", False),
+        ("GET", "/_matrix/client/v3/directory/room/%23x:city.example", True),
+        ("GET", "/_matrix/client/v1/room_summary/!r:city.example", True),
+        ("GET", "/_matrix/client/v3/directory/list/room/!r:city.example", True),
+        ("GET", "/_matrix/client/v3/publicRooms", True),
+        ("GET", "/_matrix/client/v3/login/sso/redirect", True),  # no SSO on this server
+        ("POST", "/_matrix/client/v3/register", True),
+        ("POST", "/_matrix/client/v3/account/password/email/requestToken", True),
+        ("GET", "/_matrix/client/v3/login/../directory/room/%23x:city.example", True),
+        ("GET", "/_matrix/client/v3/loginx", True),
+        ("GET", "/_matrix/client/v3/login/", True),
+        ("GET", "/_matrix/client/versions/", True),
+        ("GET", "/_matrix/client/v4/login", True),
+    ],
+)
+def test_which_requests_need_a_token(method: str, path: str, needed: bool) -> None:
+    assert needs_token(method, path) is needed
+
+
+def test_the_nginx_map_is_the_same_list() -> None:
+    rendered = nginx_public_path_map()
+    lines = rendered.splitlines()
+    assert lines[0] == "map $uri $civmatrix_public_path {" and lines[-1] == "}"
+    assert "    default 0;" in lines
+    patterns = [line.split('"~', 1)[1].rsplit('" 1;', 1)[0] for line in lines if line.startswith('    "~')]
+    assert patterns == list(PUBLIC_CLIENT_PATHS)
+    # nginx regexes are PCRE; Python's re reads these the same (no lookarounds, no named groups).
+    assert all(p.startswith("^/_matrix/client/") and p.endswith("$") and "(?" not in p for p in patterns)

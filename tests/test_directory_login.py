@@ -33,10 +33,13 @@ from provisioner.ldap_reader import login_filter
 from provisioner.sample import SampleDirectory, generate_directory
 from provisioner.synapse.auth import (
     EXTERNAL_ID_PROVIDER,
+    MAX_LOGIN_LENGTH,
+    MAX_PASSWORD_LENGTH,
     ModuleConfig,
     Person,
     anchor_filter,
     base_taken_by_other,
+    input_refusal,
     module_config_from,
     parse_module_config,
     person_filter,
@@ -44,6 +47,7 @@ from provisioner.synapse.auth import (
 )
 from provisioner.synapse.config import SynapseError, check_config
 from provisioner.sync import run
+from tests.closed_probes import closed_server_failures
 from tests.helpers import write_config
 
 MODULE = "provisioner.synapse.auth.DirectoryAuthProvider"
@@ -72,6 +76,36 @@ SERVER = "example.test"
 )
 def test_typed_login(username, expected):
     assert typed_login(username, SERVER) == expected
+
+
+@pytest.mark.parametrize(
+    ("username", "password", "reason"),
+    [
+        ("ivanov.ii", "Right-horse-9", None),
+        ("смирнов.ав", "пароль с пробелами и ёлками", None),  # Cyrillic, spaces: a real login and password
+        ("@ivanov.ii:example.test", "p" * MAX_PASSWORD_LENGTH, None),
+        ("i" * MAX_LOGIN_LENGTH, "x", None),
+        ("ivanov\x00.ii", "x", "U+0000 in the login"),
+        ("ivanov.ii\n", "x", "U+000A in the login"),
+        ("ivanov.ii\x1b[2J", "x", "U+001B in the login"),
+        ("\u202eii.vonavi", "x", "U+202E in the login"),  # right-to-left override: a login that lies
+        ("ivanov\u200b.ii", "x", "U+200B in the login"),  # zero-width space
+        ("ivanov.ii\u2028", "x", "U+2028 in the login"),
+        ("i" * (MAX_LOGIN_LENGTH + 1), "x", "a login of 257 characters"),
+        ("ivanov.ii", "", "empty password"),
+        ("ivanov.ii", None, "empty password"),
+        ("ivanov.ii", 12345, "empty password"),
+        ("ivanov.ii", "pass\x00word", "a control character in the password"),
+        ("ivanov.ii", "pass\tword", "a control character in the password"),
+        ("ivanov.ii", "p" * (MAX_PASSWORD_LENGTH + 1), "a password of 1025 characters"),
+    ],
+)
+def test_input_refusal(username, password, reason):
+    refusal = input_refusal(username, password)
+    if reason is None:
+        assert refusal is None
+    else:
+        assert refusal is not None and reason in refusal
 
 
 FAKE_LDAP = SimpleNamespace(
@@ -387,6 +421,81 @@ def test_refusals_create_nothing(city):
     assert "'ivanov.ii' refused: empty password" in log
     assert f"'{disabled_uid}' refused: uid={disabled_uid}," in log and "is disabled in the directory" in log
     assert "Right-horse-9" not in log and "wrong-horse" not in log and "Disabled-pw-1" not in log
+
+
+@pytest.mark.slapd
+@pytest.mark.synapse
+def test_the_directory_is_the_only_password(city):
+    """Issue 12: no second password, no admin password login, no 500 on hostile input, with the module."""
+    result = city.sync()
+    ivanov = city.person("ivanov.ii")
+    account = mxid(result.desired.localparts[ivanov.entry_uuid])
+    city.set_password(ivanov.dn, "Directory-pw-1")
+    status, reply = city.login("ivanov.ii", "Directory-pw-1")
+    assert (status, reply.get("user_id")) == (200, account), reply
+    token = reply["access_token"]
+    space = next(r for r in city.admin("/_synapse/admin/v1/rooms?limit=500")["rooms"] if r["room_type"])
+    room = next(r for r in city.admin("/_synapse/admin/v1/rooms?limit=500")["rooms"] if not r["room_type"])
+    tree = {
+        "alias": space["canonical_alias"],
+        "space_id": space["room_id"],
+        "room_id": room["room_id"],
+        "person_id": account,
+        "admin_user": city.hs.admin_user_id,
+        "admin_password": city.hs.admin.password,
+    }
+    employee = {
+        "token": token,
+        "user_id": account,
+        "password": "Directory-pw-1",
+        "new_password": "Second-pw-2",
+    }
+    failures = closed_server_failures(city.hs.public_url, **tree, employee=employee)
+    assert not failures, "\n".join(failures)
+    # The password change got past user-interactive auth (the directory password is right) and was then
+    # refused by Synapse itself, not by a missing flow.
+    uia = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": account},
+           "password": "Directory-pw-1"}  # fmt: skip
+    status, reply = http(
+        city.hs.public_url + "/_matrix/client/v3/account/password",
+        {"new_password": "Second-pw-3", "auth": uia},
+        token=token,
+    )
+    assert (status, reply.get("errcode")) == (403, "M_FORBIDDEN"), reply
+    # Only the directory's password logs in, and a reset there takes effect at once.
+    assert city.login("ivanov.ii", "Directory-pw-1")[0] == 200
+    city.set_password(ivanov.dn, "Directory-pw-4")
+    assert city.login("ivanov.ii", "Directory-pw-1")[0] == 403
+    assert city.login("ivanov.ii", "Directory-pw-4")[0] == 200
+    # The synced room state is members-only: nobody needs the guard to keep the space's history closed.
+    state_url = f"/_synapse/admin/v1/rooms/{urllib.parse.quote(space['room_id'])}/state"
+
+    def visibility() -> Any:
+        state = city.admin(state_url)["state"]
+        return next(e for e in state if e["type"] == "m.room.history_visibility")["content"]
+
+    assert visibility() == {"history_visibility": "shared"}
+    # A server synced by an older version has world-readable spaces, and a room cache of that version:
+    # the next sync reads the rooms again and closes them.
+    city.admin(
+        f"/_matrix/client/v3/rooms/{urllib.parse.quote(space['room_id'])}/state/m.room.history_visibility/",
+        {"history_visibility": "world_readable"},
+        method="PUT",
+    )
+    cache = Path(load_config(city.path).sync.state_dir) / "rooms-cache.json"
+    text = cache.read_text(encoding="utf-8")
+    assert text.startswith('{"v": 2,')
+    cache.write_text(text.replace('{"v": 2,', '{"v": 1,', 1), encoding="utf-8")
+    assert any(a.kind == "update_room" and a.history_visibility for a in city.sync().plan.actions)
+    assert visibility() == {"history_visibility": "shared"}
+    log = city.log_text()
+    # Hostile input was refused by the module's first check: no directory search, no database, no 500.
+    assert "refused: a control or formatting character U+0000 in the login" in log
+    assert "refused: a control character in the password" in log
+    assert "refused: a login of 20000 characters" in log
+    assert "unexpected error" not in log
+    assert not [line for line in log.splitlines() if "Processed request" in line and ' 500 "' in line]
+    assert "Directory-pw-1" not in log and "Second-pw-2" not in log
 
 
 @pytest.mark.slapd

@@ -23,6 +23,7 @@ from provisioner.core.actions import (
     UnlockUser,
     UpdateRoom,
     UpdateUser,
+    describe,
 )
 from provisioner.core.desired import desired_state
 from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, Unit
@@ -145,6 +146,7 @@ def simulate(plan: Plan, observed: Observed, now: float = 1000.0) -> Observed:
                     topic=a.topic if a.topic is not None else r.topic,
                     alias=a.alias if a.alias is not None else r.alias,
                     join_rule=a.join_rule if a.join_rule is not None else r.join_rule,
+                    history_visibility=a.history_visibility or r.history_visibility,
                     power_users=dict(a.power_users) if a.power_users is not None else r.power_users,
                 )
             case LinkChild(parent_key=p, child_key=c):
@@ -177,6 +179,23 @@ def test_first_plan_creates_everything_and_replanning_is_empty():
     after = simulate(plan, obs)
     assert all(len(r.members) <= 6 for r in after.rooms.values())
     assert plan_for(people, after).actions == ()
+
+
+def test_world_readable_rooms_of_older_servers_become_members_only():
+    people = [person(i, "u:a" if i % 3 else "u:b") for i in range(14)]
+    synced = simulate(plan_for(people, empty()), empty())
+    # What servers synced before issue 12 have: spaces anyone with the room ID could read.
+    older = dataclasses.replace(synced, rooms={
+        k: dataclasses.replace(r, history_visibility="world_readable" if r.kind == "space" else "shared")
+        for k, r in synced.rooms.items()
+    })  # fmt: skip
+    plan = plan_for(people, older)
+    updates = [a for a in plan.actions if isinstance(a, UpdateRoom)]
+    spaces = {k for k, r in older.rooms.items() if r.kind == "space"}
+    assert {a.key for a in updates} == spaces and len(updates) == len(spaces)
+    assert {(a.history_visibility, a.name, a.join_rule) for a in updates} == {("shared", None, None)}
+    assert "history visibility" in describe(updates[0])
+    assert plan_for(people, simulate(plan, older)).actions == ()
 
 
 def test_leaver_locked_then_deactivated_after_grace_and_removed_from_rooms():
