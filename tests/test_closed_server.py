@@ -20,8 +20,10 @@ import yaml
 
 from provisioner.embedded.ports import free_port
 from provisioner.embedded.synapse import EmbeddedSynapse, write_homeserver_config
+from provisioner.synapse import bootstrap
 from provisioner.synapse.access import PUBLIC_CLIENT_PATHS, needs_token, nginx_public_path_map
 from provisioner.synapse.config import (
+    DEVICE_TOKEN_PATH,
     REGISTRATION_SECRET_FILE,
     TEST_RATE_LIMITS,
     SynapseError,
@@ -579,3 +581,81 @@ def test_the_nginx_map_is_the_same_list() -> None:
     assert patterns == list(PUBLIC_CLIENT_PATHS)
     # nginx regexes are PCRE; Python's re reads these the same (no lookarounds, no named groups).
     assert all(p.startswith("^/_matrix/client/") and p.endswith("$") and "(?" not in p for p in patterns)
+
+
+# --- tokens for the local accounts: registration, then rotation on the admin listener (issue 12) -----------
+
+
+def test_local_accounts_get_and_rotate_tokens_without_any_password(
+    synapse: SynapseHandle, tmp_path: Path
+) -> None:
+    secret_file = str(synapse.server.data_dir / REGISTRATION_SECRET_FILE)
+    url = synapse.admin_url
+    admin_file, bot_file = tmp_path / "admin_token", tmp_path / "bot_token"
+    ops, bot = unique_localpart("ops"), unique_localpart("events")
+    common = ["--url", url, "--secret-file", secret_file]
+    assert (
+        bootstrap.main(["register", *common, "--user", ops, "--admin", "--token-file", str(admin_file)]) == 0
+    )
+    assert bootstrap.main(["register", *common, "--user", bot, "--token-file", str(bot_file)]) == 0
+    assert admin_file.stat().st_mode & 0o077 == 0 and bot_file.stat().st_mode & 0o077 == 0
+    admin_token, bot_token = admin_file.read_text().strip(), bot_file.read_text().strip()
+    users = "/_synapse/admin/v2/users?limit=1"
+    status, reply = http("GET", url + users, token=admin_token)
+    assert status == 200, reply
+    _, bot_who = http("GET", url + "/_matrix/client/v3/account/whoami", token=bot_token)
+    assert bot_who["user_id"] == f"@{bot}:{SERVER_NAME}" and bot_who["device_id"]
+
+    # The admin rotates its own token, then the bot's: same devices, the old tokens dead at once.
+    assert bootstrap.main(["rotate", "--url", url, "--token-file", str(admin_file)]) == 0
+    new_admin = admin_file.read_text().strip()
+    assert new_admin != admin_token
+    status, reply = http("GET", url + users, token=admin_token)
+    assert (status, reply.get("errcode")) == (401, "M_UNKNOWN_TOKEN")
+    status, reply = http("GET", url + users, token=new_admin)
+    assert status == 200, reply
+    rotate_bot = [
+        "rotate",
+        "--url",
+        url,
+        "--admin-token-file",
+        str(admin_file),
+        "--token-file",
+        str(bot_file),
+    ]
+    assert bootstrap.main(rotate_bot) == 0
+    new_bot = bot_file.read_text().strip()
+    status, who = http("GET", url + "/_matrix/client/v3/account/whoami", token=new_bot)
+    assert (status, who["device_id"]) == (200, bot_who["device_id"])  # the bot keeps its keys' device
+    assert http("GET", url + "/_matrix/client/v3/account/whoami", token=bot_token)[0] == 401
+
+    # Only an admin mints, only on the admin listener, only for a device that exists.
+    body = {"user_id": bot_who["user_id"], "device_id": bot_who["device_id"]}
+    status, reply = http("POST", url + DEVICE_TOKEN_PATH, body, token=new_bot)
+    assert (status, reply.get("errcode")) == (403, "M_FORBIDDEN")
+    status, reply = http("POST", url + DEVICE_TOKEN_PATH, body)
+    assert (status, reply.get("errcode")) == (401, "M_MISSING_TOKEN")
+    status, reply = http("POST", synapse.public_url + DEVICE_TOKEN_PATH, body, token=new_admin)
+    assert status == 404 and "access_token" not in reply
+    status, reply = http(
+        "POST", url + DEVICE_TOKEN_PATH, {**body, "device_id": "NOSUCHDEVICE"}, token=new_admin
+    )
+    assert status == 404 and "access_token" not in reply
+    status, reply = http("POST", url + DEVICE_TOKEN_PATH, {**body, "user_id": "@x:elsewhere.test"}, new_admin)
+    assert status == 400 and "access_token" not in reply
+    # A bad secret or a dead token: a clear error and exit 1, the token file untouched.
+    (tmp_path / "wrong").write_text("not-the-secret")
+    bad = [
+        "register",
+        "--url",
+        url,
+        "--secret-file",
+        str(tmp_path / "wrong"),
+        "--user",
+        unique_localpart("x"),
+    ]
+    assert bootstrap.main([*bad, "--token-file", str(tmp_path / "x_token")]) == 1
+    assert not (tmp_path / "x_token").exists() and not list(tmp_path.glob(".x_token.*"))
+    bot_file.write_text(bot_token)
+    assert bootstrap.main(rotate_bot) == 1
+    assert bot_file.read_text() == bot_token

@@ -10,8 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import hashlib
-import hmac
 import json
 import logging
 import os
@@ -32,6 +30,7 @@ from typing import IO, Any
 import yaml
 
 from provisioner.embedded.ports import LOOPBACK, free_ports, port_is_free
+from provisioner.synapse import bootstrap
 from provisioner.synapse.config import (
     CONFIG_FILE,
     FORM_SECRET_FILE,
@@ -381,28 +380,15 @@ class EmbeddedSynapse:
         displayname: str | None = None,
     ) -> RegisteredAccount:
         """Register an account with ``/_synapse/admin/v1/register`` and the shared secret (HMAC-SHA1)."""
-        password = password or secrets.token_urlsafe(18)
-        nonce = str(self._request("GET", "/_synapse/admin/v1/register")["nonce"])
-        mac = hmac.new(self._shared_secret().encode(), digestmod=hashlib.sha1)
-        for part in (nonce, localpart, password):
-            mac.update(part.encode("utf-8"))
-            mac.update(b"\x00")
-        mac.update(b"admin" if admin else b"notadmin")
-        body: dict[str, Any] = {
-            "nonce": nonce,
-            "username": localpart,
-            "password": password,
-            "admin": admin,
-            "mac": mac.hexdigest(),
-        }
-        if displayname is not None:
-            body["displayname"] = displayname
-        reply = self._request("POST", "/_synapse/admin/v1/register", body)
+        minted = bootstrap.register(
+            self.admin_url, self._shared_secret(), localpart, admin=admin, password=password,
+            displayname=displayname,
+        )  # fmt: skip
         return RegisteredAccount(
-            user_id=str(reply["user_id"]),
-            access_token=str(reply["access_token"]),
-            device_id=str(reply.get("device_id", "")),
-            password=password,
+            user_id=minted.user_id,
+            access_token=minted.access_token,
+            device_id=minted.device_id or "",
+            password=minted.password,
         )
 
     def create_admin(

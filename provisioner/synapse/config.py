@@ -42,6 +42,10 @@ Rule 5. Both listeners mount :func:`provisioner.synapse.guard.client_api_guard` 
 client API with a token check in front, so nothing is readable without a valid token except the paths a
 client needs before login (:data:`provisioner.synapse.access.PUBLIC_CLIENT_PATHS`, the same list the reverse
 proxy uses). Workers ignore ``additional_resources``; their listeners are reached through nginx only.
+
+Rule 6. The admin listener alone mounts :func:`provisioner.synapse.tokens.device_token_minter`: a server
+admin mints a new token for an existing device there (token rotation of the provisioning account and of the
+bot, whose end-to-end keys belong to its device). No password is involved anywhere.
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ADMIN_REFUSER_MODULE = "provisioner.synapse.refuser.admin_api_refuser"
 CLIENT_GUARD_MODULE = "provisioner.synapse.guard.client_api_guard"
+DEVICE_TOKEN_MODULE = "provisioner.synapse.tokens.device_token_minter"
+DEVICE_TOKEN_PATH = "/_synapse/civmatrix/v1/device_token"  # provisioner.synapse.tokens.PATH
 
 CONFIG_FILE = "homeserver.yaml"
 LOG_CONFIG_FILE = "log.config"
@@ -107,7 +113,7 @@ def _database_section(database: str | Path | Mapping[str, Any]) -> dict[str, Any
 
 
 def _listener(
-    port: int, host: str, *, refuse_admin: bool, guard_client: bool, x_forwarded: bool
+    port: int, host: str, *, refuse_admin: bool, guard_client: bool, mint_tokens: bool, x_forwarded: bool
 ) -> dict[str, Any]:
     listener: dict[str, Any] = {
         "port": port,
@@ -124,6 +130,8 @@ def _listener(
         extra["/_matrix/client"] = {"module": CLIENT_GUARD_MODULE, "config": {}}
     if refuse_admin:
         extra["/_synapse/admin"] = {"module": ADMIN_REFUSER_MODULE, "config": {}}
+    if mint_tokens:
+        extra[DEVICE_TOKEN_PATH] = {"module": DEVICE_TOKEN_MODULE, "config": {}}
     if extra:
         listener["additional_resources"] = extra
     return listener
@@ -196,6 +204,7 @@ def render_homeserver_config(
                 bind_host,
                 refuse_admin=refuse_admin_on_public,
                 guard_client=refuse_admin_on_public,
+                mint_tokens=False,
                 x_forwarded=behind_proxy,
             ),
             _listener(
@@ -203,6 +212,7 @@ def render_homeserver_config(
                 admin_bind_host,
                 refuse_admin=False,
                 guard_client=refuse_admin_on_public,
+                mint_tokens=refuse_admin_on_public,
                 x_forwarded=False,
             ),
         ],
@@ -284,9 +294,13 @@ def closed_config_violations(config: Mapping[str, Any]) -> list[str]:
         if (extra.get("/_matrix/client") or {}).get("module") != CLIENT_GUARD_MODULE:
             problems.append(f"listeners[{n}] serves the client API without {CLIENT_GUARD_MODULE} at "
                             "/_matrix/client: readable without a token")  # fmt: skip
-        public = n == 0
-        if public and (extra.get("/_synapse/admin") or {}).get("module") != ADMIN_REFUSER_MODULE:
+        if n == 0 and (extra.get("/_synapse/admin") or {}).get("module") != ADMIN_REFUSER_MODULE:
+            # The renderer puts the public listener first.
             problems.append(f"listeners[{n}] (public) serves the admin API: mount {ADMIN_REFUSER_MODULE}")
+        if n == 0 and DEVICE_TOKEN_PATH in extra:
+            problems.append(
+                f"listeners[{n}] (public) mints tokens at {DEVICE_TOKEN_PATH}: admin listener only"
+            )
     return problems
 
 
