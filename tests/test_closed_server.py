@@ -21,7 +21,12 @@ import yaml
 from provisioner.embedded.ports import free_port
 from provisioner.embedded.synapse import EmbeddedSynapse, write_homeserver_config
 from provisioner.synapse import bootstrap
-from provisioner.synapse.access import PUBLIC_CLIENT_PATHS, needs_token, nginx_public_path_map
+from provisioner.synapse.access import (
+    PUBLIC_CLIENT_PATHS,
+    needs_token,
+    nginx_public_path_map,
+    writes_directory_profile_field,
+)
 from provisioner.synapse.config import (
     DEVICE_TOKEN_PATH,
     REGISTRATION_SECRET_FILE,
@@ -263,6 +268,14 @@ def test_outsiders_read_nothing_and_employees_change_nothing(synapse: SynapseHan
             },
         )
         assert not failures, "\n".join([base, *failures])
+        # What the employee may not write, the sync (a server admin) does.
+        status, reply = http(
+            "PUT",
+            f"{base}/_matrix/client/v3/profile/{urllib.parse.quote(employee.user_id)}/org.civmatrix.title",
+            {"org.civmatrix.title": "Главный специалист"},
+            token=synapse.admin_token,
+        )
+        assert status == 200, reply
 
 
 def test_a_weakened_server_fails_the_probes(tmp_path: Path) -> None:
@@ -303,6 +316,7 @@ def test_a_weakened_server_fails_the_probes(tmp_path: Path) -> None:
         "capabilities deny password, name and 3PID changes",
         "password change",
         "login with the attempted second password",
+        "directory profile field (a title of one's own)",
     } <= failed, failures
 
 
@@ -570,6 +584,27 @@ def test_failed_start_quotes_the_log(tmp_path: Path) -> None:
 )
 def test_which_requests_need_a_token(method: str, path: str, needed: bool) -> None:
     assert needs_token(method, path) is needed
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "owned"),
+    [
+        ("PUT", "/_matrix/client/v3/profile/@a:city.example/org.civmatrix.title", True),
+        ("DELETE", "/_matrix/client/v3/profile/@a:city.example/org.civmatrix.directory", True),
+        ("PUT", "/_matrix/client/v3/profile/%40a%3Acity.example/org%2Ecivmatrix%2Ephone", True),
+        (
+            "PUT",
+            "/_matrix/client/unstable/uk.tcpip.msc4133/profile/@a:city.example/org.civmatrix.email",
+            True,
+        ),
+        ("GET", "/_matrix/client/v3/profile/@a:city.example/org.civmatrix.title", False),
+        ("PUT", "/_matrix/client/v3/profile/@a:city.example/avatar_url", False),
+        ("PUT", "/_matrix/client/v3/profile/@a:city.example/m.tz", False),
+        ("PUT", "/_matrix/client/v3/profile/@a:city.example/org.civmatrixx", False),
+    ],
+)
+def test_which_profile_writes_belong_to_the_directory(method: str, path: str, owned: bool) -> None:
+    assert writes_directory_profile_field(method, path) is owned
 
 
 def test_the_nginx_map_is_the_same_list() -> None:

@@ -36,6 +36,7 @@ What counts as a token: an ``Authorization: Bearer ...`` header or an ``access_t
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterable
 
 GUARDED_PREFIX = "/_matrix/client/"
@@ -49,6 +50,15 @@ PUBLIC_CLIENT_PATHS: tuple[str, ...] = (
 )
 
 TOKENLESS_METHODS: tuple[str, ...] = ("OPTIONS",)
+
+# Profile fields the directory owns (MSC4133 keys: org.civmatrix.title, .department, .phone, .email, and
+# the combined org.civmatrix.directory): written by the sync with the admin's token, read by the bot and
+# shown to colleagues, so nobody else may write them — an employee could otherwise give themselves any
+# title. The display name is Synapse's own switch (enable_set_displayname: false).
+DIRECTORY_PROFILE_PREFIX = "org.civmatrix."
+_PROFILE_FIELD = re.compile(
+    r"^/_matrix/client/(v3|unstable/uk\.tcpip\.msc4133)/profile/[^/]*/(?P<field>[^/]*)$"
+)
 
 MISSING_TOKEN_BODY = '{"errcode":"M_MISSING_TOKEN","error":"Missing access token"}'
 
@@ -65,6 +75,14 @@ def needs_token(method: str, path: str) -> bool:
     if method.upper() in TOKENLESS_METHODS:
         return False
     return path.startswith(GUARDED_PREFIX) and not is_public_client_path(path)
+
+
+def writes_directory_profile_field(method: str, path: str) -> bool:
+    """True for a write of a directory-owned profile field (only a server admin may: the sync)."""
+    if method.upper() not in ("PUT", "DELETE"):
+        return False
+    m = _PROFILE_FIELD.fullmatch(path)
+    return m is not None and urllib.parse.unquote(m["field"]).startswith(DIRECTORY_PROFILE_PREFIX)
 
 
 def nginx_public_path_map(variable: str = "$civmatrix_public_path", source: str = "$uri") -> str:

@@ -16,6 +16,10 @@ It needs the ``HomeServer`` to build the resource, which the factory reaches thr
 ``_hs`` (there is no public accessor); a Synapse upgrade that changes this fails the live tests in
 tests/test_closed_server.py, it cannot silently open the server: the resource would fail to load and
 Synapse would not start.
+
+One more rule rides on the same check: profile fields the directory owns
+(:data:`provisioner.synapse.access.DIRECTORY_PROFILE_PREFIX`) are written by a server admin only (the sync),
+the way ``enable_set_displayname: false`` keeps the display name the directory's.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from provisioner.synapse.access import needs_token
+from provisioner.synapse.access import needs_token, writes_directory_profile_field
 
 if TYPE_CHECKING:
     from twisted.web.resource import Resource
@@ -36,26 +40,30 @@ _LENIENT = re.compile(r"^/_matrix/client/(api/v1|r0|v3|unstable)/logout(/all)?$"
 
 def client_api_guard(config: Mapping[str, Any], module_api: Any) -> Resource:
     """Synapse ``additional_resources`` factory for ``/_matrix/client``: the client API, token-checked."""
-    from synapse.api.errors import UserLockedError
+    from synapse.api.errors import AuthError, Codes, UserLockedError
     from synapse.rest import ClientRestResource
 
     hs = module_api._hs
     auth = hs.get_auth()
     store = hs.get_datastores().main
 
-    async def check(request: Any, lenient: bool) -> None:
+    async def check(request: Any, lenient: bool) -> Any:
         # Auth.get_user_by_req would do, but it records the requester on the request, which Synapse
         # allows once; the servlet's own check comes after this one. These are its first steps.
         token = auth.get_access_token_from_request(request)  # MissingClientTokenError: M_MISSING_TOKEN
         requester = await auth.get_user_by_access_token(token, allow_expired=lenient)  # M_UNKNOWN_TOKEN
         if not lenient and await store.get_user_locked_status(requester.user.to_string()):
             raise UserLockedError()
+        return requester
 
     class _GuardedClientResource(ClientRestResource):
         async def _async_render(self, request: Any) -> Any:
             path = request.path.decode("ascii", errors="replace")
-            if needs_token(request.method.decode("ascii", errors="replace"), path):
-                await check(request, _LENIENT.match(path) is not None)
+            method = request.method.decode("ascii", errors="replace")
+            if needs_token(method, path):
+                requester = await check(request, _LENIENT.match(path) is not None)
+                if writes_directory_profile_field(method, path) and not await auth.is_server_admin(requester):
+                    raise AuthError(403, "This profile field comes from the directory", Codes.FORBIDDEN)
             return await super()._async_render(request)
 
     resource: Resource = _GuardedClientResource(hs)
