@@ -34,6 +34,7 @@ import yaml
 from provisioner import deploy
 from provisioner.embedded.ports import LOOPBACK, free_port, free_ports
 from provisioner.synapse.config import PROJECT_ROOT, closed_config_violations
+from tests.closed_probes import closed_server_failures
 
 DEPLOY = PROJECT_ROOT / "deploy"
 PG = {"host": LOOPBACK, "port": 5432, "user": "postgres"}
@@ -656,6 +657,20 @@ def test_synapse_with_workers_on_postgres_and_redis(
         assert status in (400, 403) and "access_token" not in login, login
         status, who = _call(d.public_port, "GET", "/_matrix/client/v3/account/whoami", token=token)
         assert (status, who.get("user_id")) == (200, "@alice:deploy.test"), who
+        # Issue 12's probe set against the production main process directly (no proxy in front).
+        status, space = _call(
+            d.public_port, "POST", "/_matrix/client/v3/createRoom",
+            {"preset": "public_chat", "room_alias_name": "dept", "creation_content": {"type": "m.space"}}, token,
+        )  # fmt: skip
+        assert status == 200, space
+        failures = closed_server_failures(
+            f"http://{LOOPBACK}:{d.public_port}", alias="#dept:deploy.test", space_id=space["room_id"],
+            room_id=space["room_id"], person_id="@alice:deploy.test", admin_user="alice",
+            admin_password="correct horse battery",
+            employee={"token": token, "user_id": "@alice:deploy.test", "password": "correct horse battery",
+                      "new_password": "second horse battery"},
+        )  # fmt: skip
+        assert not failures, "\n".join(failures)
 
         # The public listener still refuses the admin API (Rule 2 of provisioner.synapse.config).
         status, reply = _call(d.public_port, "GET", "/_synapse/admin/v1/server_version")
