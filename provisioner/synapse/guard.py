@@ -17,7 +17,8 @@ It needs the ``HomeServer`` to build the resource, which the factory reaches thr
 tests/test_closed_server.py, it cannot silently open the server: the resource would fail to load and
 Synapse would not start.
 
-One more rule rides on the same check: profile fields the directory owns
+The check is for access tokens of accounts: an application service's token would be refused (this server
+has none). One more rule rides on the same check: profile fields the directory owns
 (:data:`provisioner.synapse.access.DIRECTORY_PROFILE_PREFIX`) are written by a server admin only (the sync),
 the way ``enable_set_displayname: false`` keeps the display name the directory's.
 """
