@@ -14,13 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import urllib.parse
 from collections.abc import Awaitable, Callable
 from zoneinfo import ZoneInfo
 
-import aiohttp
-from nio import AsyncClient, AsyncClientConfig, WhoamiResponse
+from nio import WhoamiResponse
 
+from bridge.bot.client import BotClient
 from bridge.bot.config import BotConfig
 from bridge.bot.directory import MatrixDirectory
 from bridge.bot.effects import Effects
@@ -30,6 +29,9 @@ from bridge.bot.sender import Sender
 from bridge.events.clock import Clock, SystemClock
 from bridge.events.service import EventService, Settings
 from bridge.events.store import Store, open_store
+from bridge.matrix.client import HomeserverClient
+from bridge.matrix.errors import HomeserverError
+from bridge.matrix.retry import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +43,12 @@ class EventBot:
         self.cfg = cfg
         self.store = store
         self.clock = clock or SystemClock()
-        self.client = AsyncClient(
+        self.client = BotClient(
             cfg.homeserver_url,
             cfg.user_id,
+            retry=cfg.retry,
             device_id=cfg.device_id,
             store_path=str(cfg.crypto_store_dir),
-            config=AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False, request_timeout=60),
         )
         self.directory = MatrixDirectory(self.client)
         self.service = EventService(
@@ -62,13 +64,14 @@ class EventBot:
             self.directory,
         )
         self.effects = Effects(self.client, store, self.service)
-        self.sender = Sender(store, self.effects.execute)
+        self.sender = Sender(store, self.effects.execute, retry=cfg.retry)
         self.intake = Intake(
             self.client,
             cfg,
             store,
             self.service,
             self.directory,
+            retry=cfg.retry,
             on_effects=self._effects_queued,
             on_synced=self.effects.rooms_synced,
         )
@@ -127,21 +130,14 @@ class EventBot:
         log.info("bot %s started with device %s", self.cfg.user_id, device)
 
     async def _is_server_admin(self) -> bool:
-        """Only an admin may read this endpoint: anything but a 200 with ``admin: true`` means "not admin"."""
-        path = "/_synapse/admin/v1/users/" + urllib.parse.quote(self.cfg.user_id, safe="") + "/admin"
-        try:
-            resp = await self.client.send(
-                "GET", path, headers={"Authorization": f"Bearer {self.cfg.access_token}"}
-            )
+        """Only an admin may read the admin flag: any refusal or failure means "not admin"."""
+        async with HomeserverClient(
+            self.cfg.homeserver_url, self.cfg.access_token, retry=self.cfg.retry
+        ) as homeserver:
             try:
-                if resp.status != 200:
-                    return False
-                body = await resp.json()
-                return bool(body.get("admin"))
-            finally:
-                resp.release()
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            return False
+                return await homeserver.is_admin(self.cfg.user_id)
+            except HomeserverError:
+                return False
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -162,7 +158,7 @@ class EventBot:
 
     async def _guard(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
         """Restart a task after an unexpected error instead of leaving the bot half-alive."""
-        delay = 1.0
+        backoff = Backoff(self.cfg.retry)
         while True:
             try:
                 await fn()
@@ -170,9 +166,9 @@ class EventBot:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                delay = backoff.next_delay()
                 log.exception("bot task %s failed; restarting in %.0f s", name, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 60.0)
 
 
 async def open_bot(cfg: BotConfig, clock: Clock | None = None) -> EventBot:

@@ -8,8 +8,12 @@ from datetime import timedelta
 from pathlib import Path
 
 from bridge.events.reminders import DEFAULT_OFFSETS
+from bridge.matrix.retry import RetryPolicy
 
 TOKEN_ENV = "CIVMATRIX_BOT_TOKEN"
+# The bot's loops (sync, send lanes, task restarts) outlive an outage: they retry without a count limit,
+# waiting 1 s, 2 s, 4 s ... up to a minute (jittered). ``max_retries`` bounds the retries inside one nio call.
+BOT_RETRY = RetryPolicy(max_retries=5, base_delay=1.0, multiplier=2.0, max_delay=60.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +29,7 @@ class BotConfig:
     reminder_offsets: tuple[timedelta, ...] = DEFAULT_OFFSETS
     remind_maybe: bool = False
     sync_timeout_ms: int = 30_000
+    retry: RetryPolicy = BOT_RETRY
 
 
 def read_token(token_file: Path | None) -> str:

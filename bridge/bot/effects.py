@@ -31,6 +31,8 @@ from bridge.events.model import (
 )
 from bridge.events.service import EventService
 from bridge.events.store import SetDmRoom, SetRoomSince, Store
+from bridge.matrix.errors import MLimitExceeded, ServerUnavailable
+from bridge.matrix.retry import Failure, classify_status
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +106,7 @@ class Effects:
         resp = await self.client.room_send(room, etype, content, tx_id=txn, ignore_unverified_devices=True)
         if isinstance(resp, RoomSendResponse):
             return str(resp.event_id)
+        _raise_if_transient(resp, f"send {etype} to {room}")
         log.warning("send %s to %s failed: %s", etype, room, getattr(resp, "message", resp))
         return None
 
@@ -128,6 +131,7 @@ class Effects:
             filesize=len(f.data),
         )
         if not isinstance(resp, UploadResponse):
+            _raise_if_transient(resp, f"upload {f.filename}")
             log.warning("upload of %s failed: %s", f.filename, getattr(resp, "message", resp))
             return
         content: dict[str, Any] = {
@@ -169,8 +173,31 @@ class Effects:
             ],
         )
         if not isinstance(resp, RoomCreateResponse):
+            # Not retried even when the server was busy: a createRoom answered with an error may still have
+            # made the room (synapse#13427), and a second one would split the conversation.
             raise RuntimeError(f"could not open a direct chat with {user}: {getattr(resp, 'message', resp)}")
         room = RoomID(resp.room_id)
         # Server timestamps are wall-clock milliseconds; the injected clock is for domain time only.
         await self.store.write([SetDmRoom(user, room), SetRoomSince(room, int(time.time() * 1000))])
         return room
+
+
+def _raise_if_transient(resp: Any, what: str) -> None:
+    """Turn nio's error answer into the sender's retry-later errors when waiting can help.
+
+    nio hands back a 429 after its capped retries and never retries a 502/503/504; dropping the message
+    then would lose it, so the sender keeps the entry and its lane backs off (Rule 2 of the retry policy:
+    a message carries its transaction id and an upload only leaves an unused file, so both may be re-sent).
+    """
+    transport = getattr(resp, "transport_response", None)
+    status = int(getattr(transport, "status", 0) or 0)
+    errcode = getattr(resp, "status_code", None)
+    failure = classify_status(status, errcode if isinstance(errcode, str) else None)
+    message = str(getattr(resp, "message", resp))
+    if failure is Failure.RATE_LIMITED:
+        body = {"retry_after_ms": resp.retry_after_ms} if getattr(resp, "retry_after_ms", None) else {}
+        raise MLimitExceeded(status or 429, "M_LIMIT_EXCEEDED", f"{what}: {message}", body=body)
+    if failure is Failure.UNAVAILABLE:
+        raise ServerUnavailable(
+            f"{what}: server answered {status}", method="", path="", attempts=1, maybe_applied=False
+        )

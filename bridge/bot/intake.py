@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
+import aiohttp
 from nio import (
     AsyncClient,
     JoinError,
@@ -28,13 +29,14 @@ from nio import (
     UnknownEvent,
 )
 
-from bridge.bot.config import BotConfig
+from bridge.bot.config import BOT_RETRY, BotConfig
 from bridge.bot.directory import MatrixDirectory
 from bridge.bot.messages import POLL_RESPONSE_TYPES, poll_selections, strip_reply_fallback
 from bridge.events.model import Effect, MatrixEventID, RoomID, UserID
 from bridge.events.service import EventService
 from bridge.events.store import SetRoomSince, SetValue, Store
 from bridge.matrix.contract import MARKER_TYPE
+from bridge.matrix.retry import Backoff, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,9 @@ class Intake:
         directory: MatrixDirectory,
         on_effects: Callable[[], None],
         on_synced: Callable[[], None],
+        retry: RetryPolicy = BOT_RETRY,
     ) -> None:
+        self.retry = retry
         self.client = client
         self.cfg = cfg
         self.store = store
@@ -87,17 +91,25 @@ class Intake:
         # nio keeps no room state on disk: the first sync after a start asks for the full state of every
         # joined room, or a room that stays quiet after a restart is unknown (no members, no sending).
         full_state = True
-        backoff = 1.0
+        backoff = Backoff(self.retry)
         while True:
-            resp = await self.client.sync(
-                timeout=self.cfg.sync_timeout_ms, sync_filter=SYNC_FILTER, since=since, full_state=full_state
-            )
+            try:
+                resp = await self.client.sync(
+                    timeout=self.cfg.sync_timeout_ms,
+                    sync_filter=SYNC_FILTER,
+                    since=since,
+                    full_state=full_state,
+                )
+            except (aiohttp.ClientError, TimeoutError) as e:
+                # nio gave up after its capped retries; this loop keeps going, on the same backoff.
+                resp = e
             if not isinstance(resp, SyncResponse):
-                log.warning("sync failed: %s; retrying in %.0f s", getattr(resp, "message", resp), backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 60.0)
+                delay = backoff.next_delay()
+                reason = getattr(resp, "message", None) or repr(resp)
+                log.warning("sync failed: %s; retrying in %.0f s", reason, delay)
+                await asyncio.sleep(delay)
                 continue
-            backoff = 1.0
+            backoff.reset()
             await self._handle_sync(resp, first_ever)
             first_ever = False
             full_state = False

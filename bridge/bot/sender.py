@@ -15,9 +15,12 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
+from bridge.bot.config import BOT_RETRY
 from bridge.events.model import Announce, DirectMessage, DirectUpload, Effect, Reply, Upload
 from bridge.events.outbox import decode
 from bridge.events.store import REMINDER_OUTBOX, DeleteOutbox, Store
+from bridge.matrix.errors import MLimitExceeded, ServerUnavailable
+from bridge.matrix.retry import Backoff, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +89,17 @@ class Sender:
     benchmarks wait on it).
     """
 
-    def __init__(self, store: Store, execute: Execute, rate: SendRate | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        execute: Execute,
+        rate: SendRate | None = None,
+        retry: RetryPolicy = BOT_RETRY,
+    ) -> None:
         self.store = store
         self.execute = execute
         self.rate = rate or SendRate()
+        self.retry = retry
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
 
@@ -126,7 +136,7 @@ class Sender:
 
         async def lane_worker(key: str, interactive: bool) -> None:
             todo = lanes[key]
-            backoff = 1.0
+            backoff = Backoff(self.retry)
             try:
                 while todo:
                     oid, effect = todo[0]
@@ -134,10 +144,9 @@ class Sender:
                         delivered = await self.deliver(oid, effect)
                     if not delivered:
                         # Unreachable: keep the entry and retry it (its txn id dedups what did arrive).
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 60.0)
+                        await backoff.wait()
                         continue
-                    backoff = 1.0
+                    backoff.reset()
                     todo.popleft()
                     queued[group(oid)].discard(oid)
                     waiting[interactive] -= 1
@@ -145,7 +154,7 @@ class Sender:
                         self.rate.delivered(time.monotonic(), waiting[False])
             except Exception:
                 log.exception("sending lane %s failed; its entries are read again", key)
-                await asyncio.sleep(1.0)
+                await backoff.wait()
             finally:
                 # What is left stays in the outbox; forgetting it here lets the next read pick it up.
                 for oid, _ in todo:
@@ -213,7 +222,7 @@ class Sender:
             await self.execute(effect, txn_id(oid))
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        except (aiohttp.ClientError, TimeoutError, OSError, ServerUnavailable, MLimitExceeded) as e:
             log.warning("sending %s failed (%s); will retry", oid, e)
             return False
         except Exception:
