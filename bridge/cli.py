@@ -35,7 +35,7 @@ import click
 import yaml
 
 from bridge.bot.app import open_bot
-from bridge.bot.config import TOKEN_ENV, BotConfig, read_token
+from bridge.bot.config import BotConfig, read_token
 from bridge.events.reminders import DEFAULT_OFFSETS
 
 log = logging.getLogger(__name__)
@@ -105,18 +105,11 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
     token_path = None if token_file is None else base / token_file
     environ = env if env is not None else os.environ
     try:
-        if token_path is not None:
-            token = read_token(token_path)
-        else:
-            token = str(environ.get(TOKEN_ENV, "")).strip()
-            if not token:
-                raise ValueError(f"set bot.access_token_file or the {TOKEN_ENV} environment variable")
+        token = read_token(token_path, environ)
     except OSError as e:
         raise err(f"cannot read the token file: {e.strerror}", "bot.access_token_file") from None
     except ValueError as e:
         raise err(str(e), "bot.access_token_file") from None
-    if not token:
-        raise err("the token file is empty", "bot.access_token_file")
     tz_name = opt_str("timezone", "Europe/Moscow")
     assert tz_name is not None
     try:

@@ -6,21 +6,21 @@ a client-API read to stay idempotent (``admin_join``) use :class:`~bridge.matrix
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from typing import Any
+import dataclasses
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from bridge.matrix.client_api import ClientAPI
 from bridge.matrix.errors import MForbidden
 from bridge.matrix.responses import (
     ExternalId,
     PutUserResult,
-    RoomPage,
     RoomSummary,
     StateEvent,
     UserDetails,
-    UserPage,
     UserSummary,
     bool_field,
+    page,
     parse,
     state_events,
     str_field,
@@ -29,9 +29,34 @@ from bridge.matrix.responses import (
 from bridge.matrix.transport import ADMIN_V1, ADMIN_V2, Request
 from bridge.matrix.transport import path_segment as _seg
 
+T = TypeVar("T")
+
 
 class AdminAPI(ClientAPI):
     """The Synapse admin API (and the client API beneath it); needs a server admin's token."""
+
+    async def _paginate(
+        self,
+        first: Request,
+        page_size: int,
+        items_key: str,
+        next_key: str,
+        item: Callable[[Mapping[str, Any]], T],
+    ) -> AsyncIterator[T]:
+        """Every item of an offset-paginated admin list, page by page (``first`` without ``from``/``limit``).
+
+        Offset pagination: read before writing (the sync does) or a concurrent change may shift a page.
+        """
+        start = "0"
+        while True:
+            query = (("from", start), ("limit", str(page_size)), *first.query)
+            req = dataclasses.replace(first, query=query)
+            got = await self._fetch(req, page, items_key, next_key, item)
+            for x in got.items:
+                yield x
+            if got.next is None or not got.items:
+                return
+            start = got.next
 
     async def server_version(self) -> str:
         req = Request("GET", f"{ADMIN_V1}/server_version", "admin.server_version")
@@ -43,30 +68,15 @@ class AdminAPI(ClientAPI):
         return await self._fetch(req, bool_field, "admin")
 
     async def list_users(self, *, page_size: int = 1000) -> AsyncIterator[UserSummary]:
-        """Every local account, deactivated and locked included, in pages of ``page_size`` ordered by id.
-
-        Offset pagination: read before writing (the sync does) or a concurrent change may shift a page.
-        """
-        start = "0"
-        while True:
-            req = Request(
-                "GET",
-                f"{ADMIN_V2}/users",
-                "admin.list_users",
-                query=(
-                    ("from", start),
-                    ("limit", str(page_size)),
-                    ("deactivated", "true"),
-                    ("locked", "true"),
-                    ("order_by", "name"),
-                ),
-            )
-            page = await self._fetch(req, UserPage.from_dict)
-            for user in page.users:
-                yield user
-            if page.next_token is None or not page.users:
-                return
-            start = page.next_token
+        """Every local account, deactivated and locked included, in pages of ``page_size`` ordered by id."""
+        req = Request(
+            "GET",
+            f"{ADMIN_V2}/users",
+            "admin.list_users",
+            query=(("deactivated", "true"), ("locked", "true"), ("order_by", "name")),
+        )
+        async for user in self._paginate(req, page_size, "users", "next_token", UserSummary.from_dict):
+            yield user
 
     async def get_user(self, user_id: str) -> UserDetails:
         """One account; raises :class:`MNotFound` if it does not exist. Never loop this."""
@@ -171,20 +181,9 @@ class AdminAPI(ClientAPI):
 
     async def list_rooms(self, *, page_size: int = 500) -> AsyncIterator[RoomSummary]:
         """Every room on the server (admin API), in pages of ``page_size``."""
-        start = 0
-        while True:
-            req = Request(
-                "GET",
-                f"{ADMIN_V1}/rooms",
-                "admin.list_rooms",
-                query=(("from", str(start)), ("limit", str(page_size)), ("order_by", "name")),
-            )
-            page = await self._fetch(req, RoomPage.from_dict)
-            for room in page.rooms:
-                yield room
-            if page.next_batch is None or not page.rooms:
-                return
-            start = page.next_batch
+        req = Request("GET", f"{ADMIN_V1}/rooms", "admin.list_rooms", query=(("order_by", "name"),))
+        async for room in self._paginate(req, page_size, "rooms", "next_batch", RoomSummary.from_dict):
+            yield room
 
     async def room_state(self, room_id: str) -> tuple[StateEvent, ...]:
         """All current state events of a room (admin API: works without being a member)."""

@@ -161,17 +161,7 @@ class ClientAPI(Transport):
         Synapse refuses to invite a member (``403 M_FORBIDDEN``); on that answer this reads the membership
         and succeeds when it is ``invite`` or ``join``, so a replay after a lost answer is harmless.
         """
-        body: dict[str, Any] = {"user_id": user_id}
-        if reason:
-            body["reason"] = reason
-        req = Request(
-            "POST", f"{CLIENT_V3}/rooms/{_seg(room_id)}/invite", "client.invite", body=body, idempotent=True
-        )
-        try:
-            await self._call(req)
-        except MForbidden:
-            if await self.membership(room_id, user_id) not in ("invite", "join"):
-                raise
+        await self._change_membership("invite", room_id, user_id, reason, lambda m: m in ("invite", "join"))
 
     async def kick(self, room_id: str, user_id: str, reason: str | None = None) -> None:
         """Remove ``user_id`` from a room; idempotent: someone already out (left, kicked, banned) is success.
@@ -180,16 +170,29 @@ class ClientAPI(Transport):
         membership and succeeds unless the person is still joined or invited (then the 403 was about
         power levels and is raised).
         """
+        await self._change_membership("kick", room_id, user_id, reason, lambda m: m not in ("join", "invite"))
+
+    async def _change_membership(
+        self,
+        action: str,
+        room_id: str,
+        user_id: str,
+        reason: str | None,
+        settled: Callable[[str | None], bool],
+    ) -> None:
+        """POST ``/rooms/<room>/<action>``; on ``403`` succeed if the membership is ``settled`` already.
+
+        Replayable for that reason: a repeat after a lost answer finds the membership as wanted.
+        """
         body: dict[str, Any] = {"user_id": user_id}
         if reason:
             body["reason"] = reason
-        req = Request(
-            "POST", f"{CLIENT_V3}/rooms/{_seg(room_id)}/kick", "client.kick", body=body, idempotent=True
-        )
+        path = f"{CLIENT_V3}/rooms/{_seg(room_id)}/{action}"
+        req = Request("POST", path, f"client.{action}", body=body, idempotent=True)
         try:
             await self._call(req)
         except MForbidden:
-            if await self.membership(room_id, user_id) in ("join", "invite"):
+            if not settled(await self.membership(room_id, user_id)):
                 raise
 
     async def send_message(

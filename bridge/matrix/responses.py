@@ -7,10 +7,11 @@ such a parser on the body of one request and names that request in the error.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, Final, Generic, ParamSpec, TypeVar
 
 from bridge.matrix.errors import UnexpectedResponse
 from bridge.matrix.transport import JsonValue, Request
@@ -72,6 +73,56 @@ def list_field(data: Mapping[str, Any], key: str) -> list[Any]:
     return value
 
 
+# How a field is read, by its annotation (a string: every module here uses postponed annotations).
+_SCALARS: Final[Mapping[str, Callable[[Mapping[str, Any], str], Any]]] = {
+    "str": str_field,
+    "str | None": opt_str_field,
+    "bool": bool_field,
+    "int": int_field,
+}
+
+
+def scalars(
+    cls: type[Any],
+    data: Mapping[str, Any],
+    *,
+    renamed: Mapping[str, str] | None = None,
+    given: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The constructor arguments of dataclass ``cls``, each field read from ``data`` by its annotation.
+
+    ``renamed`` maps a field to the key the server calls it (``user_id`` ← ``name``); ``given`` holds the
+    fields the caller parsed itself (nested objects). Only ``str``, ``str | None``, ``bool`` and ``int``
+    fields are read here, so a new field of another type fails loudly the first time it is parsed.
+    """
+    renamed = renamed or {}
+    args = dict(given or {})
+    for f in dataclasses.fields(cls):
+        if f.name in args:
+            continue
+        reader = _SCALARS.get(str(f.type))
+        if reader is None:
+            raise TypeError(f"{cls.__name__}.{f.name}: no reader for a field of type {f.type}")
+        args[f.name] = reader(data, renamed.get(f.name, f.name))
+    return args
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    """One page of an admin list; ``next`` is where the following page starts, None after the last."""
+
+    items: tuple[T, ...]
+    next: str | None
+
+
+def page(
+    data: Mapping[str, Any], items_key: str, next_key: str, item: Callable[[Mapping[str, Any]], T]
+) -> Page[T]:
+    """A :class:`Page` of ``data[items_key]`` read by ``item``, continued at ``data[next_key]``."""
+    token = data.get(next_key)
+    return Page(tuple(item(x) for x in list_field(data, items_key)), None if token is None else str(token))
+
+
 @dataclass(frozen=True, slots=True)
 class WhoAmI:
     user_id: str
@@ -80,7 +131,7 @@ class WhoAmI:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> WhoAmI:
-        return cls(str_field(data, "user_id"), opt_str_field(data, "device_id"), bool_field(data, "is_guest"))
+        return cls(**scalars(cls, data))
 
     @property
     def server_name(self) -> str:
@@ -88,8 +139,8 @@ class WhoAmI:
 
 
 @dataclass(frozen=True, slots=True)
-class UserSummary:
-    """One row of the admin user list."""
+class Account:
+    """What both admin user endpoints (the list and the single user) say about an account."""
 
     user_id: str
     displayname: str | None
@@ -97,35 +148,18 @@ class UserSummary:
     deactivated: bool
     locked: bool
     user_type: str | None
-    is_guest: bool
     creation_ts: int
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UserSummary:
-        return cls(
-            user_id=str_field(data, "name"),
-            displayname=opt_str_field(data, "displayname"),
-            admin=bool_field(data, "admin"),
-            deactivated=bool_field(data, "deactivated"),
-            locked=bool_field(data, "locked"),
-            user_type=opt_str_field(data, "user_type"),
-            is_guest=bool_field(data, "is_guest"),
-            creation_ts=int_field(data, "creation_ts"),
-        )
 
 
 @dataclass(frozen=True, slots=True)
-class UserPage:
-    """One page of the admin user list; ``next_token`` is None on the last page."""
+class UserSummary(Account):
+    """One row of the admin user list."""
 
-    users: tuple[UserSummary, ...]
-    next_token: str | None
+    is_guest: bool
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> UserPage:
-        token = data.get("next_token")
-        users = tuple(UserSummary.from_dict(u) for u in list_field(data, "users"))
-        return cls(users, None if token is None else str(token))
+    def from_dict(cls, data: Mapping[str, Any]) -> UserSummary:
+        return cls(**scalars(cls, data, renamed={"user_id": "name"}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,40 +171,25 @@ class ExternalId:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ExternalId:
-        return cls(str_field(data, "auth_provider"), str_field(data, "external_id"))
+        return cls(**scalars(cls, data))
 
     def to_dict(self) -> dict[str, str]:
         return {"auth_provider": self.auth_provider, "external_id": self.external_id}
 
 
 @dataclass(frozen=True, slots=True)
-class UserDetails:
+class UserDetails(Account):
     """One user from ``GET/PUT /_synapse/admin/v2/users/<id>``."""
 
-    user_id: str
-    displayname: str | None
-    admin: bool
-    deactivated: bool
-    locked: bool
-    user_type: str | None
     external_ids: tuple[ExternalId, ...]
-    creation_ts: int
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UserDetails:
         ext = data.get("external_ids") or []
         if not isinstance(ext, list):
             raise Shape("field 'external_ids' is not a list")
-        return cls(
-            user_id=str_field(data, "name"),
-            displayname=opt_str_field(data, "displayname"),
-            admin=bool_field(data, "admin"),
-            deactivated=bool_field(data, "deactivated"),
-            locked=bool_field(data, "locked"),
-            user_type=opt_str_field(data, "user_type"),
-            external_ids=tuple(ExternalId.from_dict(e) for e in ext),
-            creation_ts=int_field(data, "creation_ts"),
-        )
+        external_ids = tuple(ExternalId.from_dict(e) for e in ext)
+        return cls(**scalars(cls, data, renamed={"user_id": "name"}, given={"external_ids": external_ids}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,38 +218,7 @@ class RoomSummary:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RoomSummary:
-        return cls(
-            room_id=str_field(data, "room_id"),
-            name=opt_str_field(data, "name"),
-            canonical_alias=opt_str_field(data, "canonical_alias"),
-            joined_members=int_field(data, "joined_members"),
-            joined_local_members=int_field(data, "joined_local_members"),
-            creator=opt_str_field(data, "creator"),
-            room_type=opt_str_field(data, "room_type"),
-            join_rules=opt_str_field(data, "join_rules"),
-            encryption=opt_str_field(data, "encryption"),
-            public=bool_field(data, "public"),
-            state_events=int_field(data, "state_events"),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class RoomPage:
-    """One page of the admin room list; ``next_batch`` is None on the last page."""
-
-    rooms: tuple[RoomSummary, ...]
-    next_batch: int | None
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RoomPage:
-        batch = data.get("next_batch")
-        rooms = tuple(RoomSummary.from_dict(r) for r in list_field(data, "rooms"))
-        if batch is None:
-            return cls(rooms, None)
-        try:
-            return cls(rooms, int(str(batch)))
-        except ValueError:
-            raise Shape(f"field 'next_batch' is {batch!r}, expected an integer") from None
+        return cls(**scalars(cls, data))
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,13 +233,8 @@ class StateEvent:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> StateEvent:
-        return cls(
-            type=str_field(data, "type"),
-            state_key=str_field(data, "state_key"),
-            content=MappingProxyType(object_field(data, "content")),
-            sender=str_field(data, "sender"),
-            event_id=str_field(data, "event_id"),
-        )
+        content = MappingProxyType(object_field(data, "content"))
+        return cls(**scalars(cls, data, given={"content": content}))
 
 
 @dataclass(frozen=True, slots=True)
