@@ -7,6 +7,7 @@ unit; the bot finds a unit's rooms through those markers and the space tree.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -110,6 +111,21 @@ class MatrixDirectory:
             return cast(list[dict[str, Any]], resp.events)
         return []
 
+    async def _reach(self, starts: Iterable[str], link: str) -> set[str]:
+        """``starts`` and every room reached from them through live ``link`` events (parent or child)."""
+        seen: set[str] = set()
+        todo = list(starts)
+        while todo:
+            room = todo.pop()
+            if room in seen:
+                continue
+            seen.add(room)
+            for ev in await self._state(room):
+                # An emptied content is how a link is removed.
+                if ev.get("type") == link and ev.get("content") and ev.get("state_key"):
+                    todo.append(str(ev["state_key"]))
+        return seen
+
     async def unit_rooms(self, unit: str) -> list[RoomID]:
         """Joined rooms whose marker names ``unit`` or a unit below it in the space tree.
 
@@ -117,38 +133,14 @@ class MatrixDirectory:
         descendants by walking ``m.space.child`` down; only rooms the bot has joined can be announced in.
         """
         joined = list(self.client.rooms)
-        spaces: set[str] = set()
-        frontier = list(joined)
-        seen: set[str] = set()
-        while frontier:
-            room = frontier.pop()
-            if room in seen:
-                continue
-            seen.add(room)
-            for ev in await self._state(room):
-                if ev.get("type") == "m.space.parent" and ev.get("content") and ev.get("state_key"):
-                    parent = str(ev["state_key"])
-                    spaces.add(parent)
-                    frontier.append(parent)
-        for room in joined:
-            m = await self.marker(room)
-            if m is not None and m.kind == "space":
-                spaces.add(room)
+        # A joined room's ancestors include the unit's space if the room is in the unit's subtree.
+        around = await self._reach(joined, "m.space.parent")
         roots = [
             s
-            for s in spaces
+            for s in around
             if (m := await self.marker(s)) is not None and m.kind == "space" and m.unit == unit
         ]
-        below: set[str] = set()
-        todo = list(roots)
-        while todo:
-            space = todo.pop()
-            if space in below:
-                continue
-            below.add(space)
-            for ev in await self._state(space):
-                if ev.get("type") == "m.space.child" and ev.get("content") and ev.get("state_key"):
-                    todo.append(str(ev["state_key"]))
+        below = await self._reach(roots, "m.space.child")
         out: list[RoomID] = []
         for room in sorted(joined):
             m = await self.marker(room)
