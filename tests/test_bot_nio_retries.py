@@ -21,7 +21,9 @@ from aiohttp import web
 from nio import AsyncClient, MatrixRoom, ProfileGetError
 
 from bridge.bot.client import BotClient
+from bridge.bot.config import BotConfig
 from bridge.bot.effects import Effects
+from bridge.bot.intake import Intake
 from bridge.bot.sender import Sender
 from bridge.events.model import RoomID, RoomNotice
 from bridge.events.outbox import encode
@@ -157,5 +159,36 @@ async def test_a_send_rate_limited_past_the_cap_stays_in_the_outbox(faulty, tmp_
         assert await store.in_outbox("room:1")
         assert server.hits == FAST.max_retries + 1
     finally:
+        await store.close()
+        await client.close()
+
+
+async def test_the_sync_loop_outlives_nio_giving_up(faulty, tmp_path: Path) -> None:
+    """503s and a 429 past nio's cap: the loop backs off on the same policy and syncs once the server is back."""
+    script = [unavailable, unavailable] + [rate_limited] * (FAST.max_retries + 1)
+
+    async def scripted(request: web.Request) -> web.StreamResponse:
+        if script:
+            return await script.pop(0)(request)
+        return web.json_response({"next_batch": "s_after_outage", "rooms": {}})
+
+    server, url = await faulty(scripted)
+    client = bot_client(url)
+    store = open_sqlite(str(tmp_path / "bot.db"))
+    await store.open()
+    cfg = BotConfig(
+        url, "@bot:example.test", "tok", "DEV", str(tmp_path / "bot.db"), tmp_path / "c", retry=FAST
+    )
+    intake = Intake(
+        client, cfg, store, None, None, on_effects=lambda: None, on_synced=lambda: None, retry=FAST
+    )
+    task = asyncio.create_task(intake.run())
+    try:
+        await asyncio.wait_for(intake.synced_once.wait(), 10)
+        assert server.hits == 2 + (FAST.max_retries + 1) + 1
+        assert await store.get_value("sync_token") == "s_after_outage"
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
         await store.close()
         await client.close()

@@ -93,6 +93,7 @@ class Intake:
         full_state = True
         backoff = Backoff(self.retry)
         while True:
+            failed: str | None = None
             try:
                 resp = await self.client.sync(
                     timeout=self.cfg.sync_timeout_ms,
@@ -100,13 +101,14 @@ class Intake:
                     since=since,
                     full_state=full_state,
                 )
+                if not isinstance(resp, SyncResponse):
+                    failed = str(getattr(resp, "message", resp))
             except (aiohttp.ClientError, TimeoutError) as e:
-                # nio gave up after its capped retries; this loop keeps going, on the same backoff.
-                resp = e
-            if not isinstance(resp, SyncResponse):
+                # nio gave up after its capped retries; this loop outlives the outage, on the same policy.
+                failed = repr(e)
+            if failed is not None:
                 delay = backoff.next_delay()
-                reason = getattr(resp, "message", None) or repr(resp)
-                log.warning("sync failed: %s; retrying in %.0f s", reason, delay)
+                log.warning("sync failed: %s; retrying in %.0f s", failed, delay)
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
