@@ -7,6 +7,8 @@ retries in the bot is in test_bot_nio_retries.py.
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -119,3 +121,14 @@ async def test_backoff_grows_until_a_success_resets_it() -> None:
     backoff.reset()
     await backoff.wait()
     assert 0.8 <= slept[-1] <= 1.4
+
+
+def test_the_policy_and_the_bot_config_load_no_transport() -> None:
+    """The policy is pure, so the bot's config (which holds one) parses without loading nio or aiohttp."""
+    code = (
+        "import sys\n"
+        "import bridge.matrix.retry, bridge.bot.config\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('nio', 'aiohttp')]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
