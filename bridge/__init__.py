@@ -1,1 +1,2 @@
-"""The Matrix-facing runtime: the homeserver client and the event bot."""
+"""The Matrix-facing runtime: :mod:`bridge.matrix` (the one homeserver client), :mod:`bridge.events` (the
+event bot's pure domain), :mod:`bridge.bot` (the bot's runtime over matrix-nio) and :mod:`bridge.cli`."""
