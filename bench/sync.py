@@ -102,9 +102,9 @@ def write_cfg(tmp: Path, ldap: EmbeddedSlapd, hs: EmbeddedSynapse, token: str, c
 async def raw_floor(cfg_path: Path, hs: EmbeddedSynapse, token: str, concurrency: int) -> float:
     """The same end state with the minimal admin-API calls; the plan is computed before the clock starts."""
     cfg = load_config(cfg_path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory, skip_log=False)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy(), skip_log=False)
     admin = f"@admin:{hs.server_name}"
-    desired = desired_state(snap, cfg, taken={"admin"})
+    desired = desired_state(snap, cfg.layout_policy(), taken={"admin"})
     server = hs.server_name
     sem = asyncio.Semaphore(concurrency)
     async with HomeserverClient(hs.admin_url, token, pool_limit=concurrency * 2) as c:
@@ -229,7 +229,7 @@ def run_cli(cfg_path: Path, *extra: str) -> tuple[float, dict[str, Any], int, st
 
 def churn(ldap: EmbeddedSlapd, cfg_path: Path, fraction: float) -> int:
     cfg = load_config(cfg_path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory, skip_log=False)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy(), skip_log=False)
     people = sorted(snap.enabled, key=lambda p: p.anchor)
     n = max(4, int(len(people) * fraction))
     quarter = n // 4

@@ -16,8 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from provisioner.core.policy import AttributeMap, DepartmentFrom, DirectoryPolicy, LayoutPolicy
+
 Preset = Literal["openldap", "active_directory"]
-DepartmentFrom = Literal["dn", "attribute"]
 
 
 class ConfigError(Exception):
@@ -29,23 +30,6 @@ class ConfigError(Exception):
         self.key = key
         where = ":".join(x for x in (path, key) if x)
         super().__init__(f"{where}: {message}" if where else message)
-
-
-@dataclass(frozen=True, slots=True)
-class AttributeMap:
-    """Which LDAP attribute carries each field of a person; ``None`` means "not read"."""
-
-    anchor: str
-    login: str
-    display_name: str | None
-    title: str | None
-    department: str | None
-    phone: str | None
-    email: str | None
-    given_name: str | None
-    surname: str | None
-    common_name: str | None
-    manager: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +95,36 @@ class Config:
     sync: SyncConfig
     exclude: frozenset[str]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def bot_user_id(self) -> str | None:
+        """The event bot's account when the file has a ``bot`` section: it keeps a seat in every room."""
+        bot = self.raw.get("bot")
+        if isinstance(bot, dict) and isinstance(bot.get("user_id"), str):
+            return str(bot["user_id"])
+        return None
+
+    def directory_policy(self) -> DirectoryPolicy:
+        """What the pure core needs to interpret the entries read with :attr:`directory`."""
+        d = self.directory
+        return DirectoryPolicy(
+            base_dn=d.base_dn,
+            attributes=d.attributes,
+            department_from=d.department_from,
+            department_separator=d.department_separator,
+        )
+
+    def layout_policy(self) -> LayoutPolicy:
+        """The layout policy of the sync, and so of every preview of it (``layout``, ``plan``)."""
+        return LayoutPolicy(
+            server_name=self.homeserver.server_name,
+            max_room_size=self.layout.max_room_size,
+            org_name=self.layout.org_name,
+            alias_prefix=self.layout.alias_prefix,
+            head_title_pattern=self.layout.head_title_pattern,
+            # The provisioner, and the bot if there is one, stay in every managed room.
+            reserved_seats=2 if self.bot_user_id else 1,
+        )
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -8,10 +8,10 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from provisioner.config import DirectoryConfig
 from provisioner.core.dn import DN, DNError, normalize_dn, parse_dn, relative_to, split_first_rdn
 from provisioner.core.identity import clean_text, display_name
 from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, Skipped, Unit
+from provisioner.core.policy import DirectoryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +117,10 @@ class _UnitIndex:
         ]
 
 
-def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True) -> DirectorySnapshot:
+def interpret(result: ReadResult, policy: DirectoryPolicy, *, skip_log: bool = True) -> DirectorySnapshot:
     """Turn a read into people and units; every entry that cannot be used is skipped with its reason."""
-    attrs = cfg.attributes
-    base = parse_dn(cfg.base_dn)
+    attrs = policy.attributes
+    base = parse_dn(policy.base_dn)
     skipped: list[Skipped] = []
 
     def skip(dn: str, reason: str) -> None:
@@ -129,7 +129,7 @@ def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True
             log.warning("skipped %s: %s", dn, reason)
 
     anchors_by_path: dict[str, str] = {}
-    if cfg.department_from == "dn":
+    if policy.department_from == "dn":
         for entry in result.units:
             try:
                 path = _unit_path_from_dn(parse_dn(entry.dn), base)
@@ -181,13 +181,13 @@ def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True
         if name is None:
             skip(entry.dn, f"no usable name: {why}")
             continue
-        if cfg.department_from == "dn":
+        if policy.department_from == "dn":
             path = unit_path_of(parent_dn)
             if path is None:
-                skip(entry.dn, f"not under base DN {cfg.base_dn}")
+                skip(entry.dn, f"not under base DN {policy.base_dn}")
                 continue
         else:
-            path = _split_department(entry.first(attrs.department), cfg.department_separator)
+            path = _split_department(entry.first(attrs.department), policy.department_separator)
         seen_anchor[anchor] = entry.dn
         manager = entry.first(attrs.manager)
         try:

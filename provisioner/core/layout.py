@@ -20,20 +20,11 @@ from dataclasses import dataclass, replace
 
 from provisioner.core.identity import short_hash, transliterate
 from provisioner.core.model import ROOT_UNIT, Person, Unit
+from provisioner.core.policy import LayoutPolicy as LayoutPolicy  # re-exported for the layout's callers
 
 MAX_NAME = 120
 MAX_ALIAS_LOCALPART = 180  # the whole alias, '#' and ':server' included, must stay under 255 bytes
 MAX_SLUG_PART = 40
-
-
-@dataclass(frozen=True, slots=True)
-class LayoutPolicy:
-    server_name: str
-    max_room_size: int
-    org_name: str
-    alias_prefix: str = ""
-    head_title_pattern: str | None = None
-    reserved_seats: int = 1  # the provisioner stays in every room it manages
 
 
 @dataclass(frozen=True, slots=True)

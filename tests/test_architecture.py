@@ -1,0 +1,163 @@
+"""The boundaries the tree draws, enforced: the pure core imports no I/O, the provisioner never imports the bot.
+
+Two checks per module, because each misses what the other sees: importing it in a fresh interpreter and
+reading ``sys.modules`` catches what it pulls in transitively; reading its source catches an import hidden
+inside a function, which runs only on the path that needs it.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORE = ROOT / "provisioner" / "core"
+
+# Pulled in transitively, any of these means the core does I/O or depends on how the config is stored.
+CORE_FORBIDDEN_MODULES = (
+    "aiohttp", "ldap3", "ldap", "nio", "yaml", "sqlite3", "psycopg2", "click",
+    "provisioner.config", "provisioner.embedded", "provisioner.synapse", "provisioner.ldap_reader",
+    "provisioner.observe", "provisioner.apply", "provisioner.sync", "bridge.matrix.client", "bridge.bot",
+    "bridge.events", "socket", "ssl", "asyncio", "subprocess", "http", "urllib", "selectors", "tempfile",
+    "shutil", "concurrent",
+)  # fmt: skip
+# Imported by name in a core file. ``os`` and ``pathlib`` are loaded by every interpreter at start-up, so
+# only the source shows whether the core uses them; ``time``, because the clock is injected.
+CORE_FORBIDDEN_IMPORTS = (*CORE_FORBIDDEN_MODULES, "os", "io", "pathlib", "glob", "time", "provisioner.demo")
+# The names both sides share and the package doors: loaded by the pure core, so they must stay light.
+LIGHT_FORBIDDEN_MODULES = ("aiohttp", "nio", "yaml", "ldap3", "ldap", "asyncio", "ssl", "socket", "http")
+BOT_MODULES = ("bridge.bot", "bridge.events")
+
+
+def core_modules() -> list[str]:
+    return sorted(
+        "provisioner.core" if p.name == "__init__.py" else f"provisioner.core.{p.stem}"
+        for p in CORE.glob("*.py")
+    )
+
+
+def package_modules(package: str) -> list[str]:
+    base = ROOT / package
+    out = []
+    for p in sorted(base.rglob("*.py")):
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        out.append(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    return out
+
+
+def loaded_by(module: str, *, path: tuple[Path, ...] = (ROOT,)) -> set[str]:
+    """The modules a fresh interpreter loads to import ``module``, beyond those loaded at start-up."""
+    code = (
+        "import importlib, json, sys\n"
+        "before = set(sys.modules)\n"
+        f"importlib.import_module({module!r})\n"
+        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(str(p) for p in path)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert out.returncode == 0, f"importing {module} failed:\n{out.stderr}"
+    return set(json.loads(out.stdout))
+
+
+def imported_in_source(path: Path) -> set[str]:
+    """Every module an ``import`` statement in the file names, at any depth (functions included)."""
+    found: set[str] = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{a.name}" for a in node.names)
+    return found
+
+
+def violations(modules: set[str], forbidden: tuple[str, ...]) -> list[str]:
+    """The modules that are one of ``forbidden`` or inside one of them (``ldap`` forbids ``ldap.dn``)."""
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
+
+
+def source_of(module: str) -> Path:
+    p = ROOT.joinpath(*module.split("."))
+    return p / "__init__.py" if p.is_dir() else p.with_suffix(".py")
+
+
+# --- the pure core -----------------------------------------------------------------------------------------
+
+
+def test_the_core_has_the_modules_the_layout_names() -> None:
+    # The checks below run per module found; a core emptied by a move would pass them all.
+    names = core_modules()
+    for expected in ("model", "dn", "identity", "directory", "layout", "desired", "reconcile", "actions"):
+        assert f"provisioner.core.{expected}" in names
+
+
+@pytest.mark.parametrize("module", core_modules())
+def test_pure_core_module_loads_no_io_and_no_config(module: str) -> None:
+    assert violations(loaded_by(module), CORE_FORBIDDEN_MODULES) == []
+
+
+@pytest.mark.parametrize("module", core_modules())
+def test_pure_core_source_imports_no_io_even_inside_functions(module: str) -> None:
+    assert violations(imported_in_source(source_of(module)), CORE_FORBIDDEN_IMPORTS) == []
+
+
+# --- the checker itself must fail on a module that breaks the rule ---------------------------------------
+
+BREAKING = {
+    "top_level": "import provisioner.config\n",
+    "from_import": "from provisioner.config import Config\n",
+    "transitive": "import provisioner.sync\n",  # the shell, which imports the config
+}
+
+
+@pytest.mark.parametrize("case", sorted(BREAKING))
+def test_checker_fails_on_a_pure_module_that_imports_the_config(case: str, tmp_path: Path) -> None:
+    (tmp_path / "synthetic_pure.py").write_text(f"import dataclasses\n{BREAKING[case]}", encoding="utf-8")
+    found = violations(loaded_by("synthetic_pure", path=(tmp_path, ROOT)), CORE_FORBIDDEN_MODULES)
+    assert "provisioner.config" in found
+
+
+def test_checker_fails_on_an_import_hidden_in_a_function(tmp_path: Path) -> None:
+    src = tmp_path / "synthetic_pure.py"
+    src.write_text("def later():\n    from provisioner.config import load_config\n", encoding="utf-8")
+    # Importing it loads nothing forbidden: only reading the source finds the import.
+    assert violations(loaded_by("synthetic_pure", path=(tmp_path, ROOT)), CORE_FORBIDDEN_MODULES) == []
+    assert violations(imported_in_source(src), CORE_FORBIDDEN_IMPORTS) == [
+        "provisioner.config",
+        "provisioner.config.load_config",
+    ]
+
+
+def test_checker_passes_a_module_that_keeps_the_rule(tmp_path: Path) -> None:
+    src = tmp_path / "synthetic_pure.py"
+    src.write_text("import dataclasses\nfrom provisioner.core.policy import LayoutPolicy\n", encoding="utf-8")
+    assert violations(loaded_by("synthetic_pure", path=(tmp_path, ROOT)), CORE_FORBIDDEN_MODULES) == []
+    assert violations(imported_in_source(src), CORE_FORBIDDEN_IMPORTS) == []
+
+
+# --- the provisioner never imports the bot; the shared names stay light -----------------------------------
+
+
+@pytest.mark.parametrize("module", package_modules("provisioner"))
+def test_no_provisioner_module_imports_the_bot(module: str) -> None:
+    assert violations(imported_in_source(source_of(module)), BOT_MODULES) == []
+
+
+def test_the_provisioner_shells_load_no_bot_module() -> None:
+    # The CLI and the demo reach every shell of the provisioner: nothing on their import path is the bot's.
+    for entry in ("provisioner.cli", "provisioner.demo"):
+        assert violations(loaded_by(entry), BOT_MODULES) == []
+
+
+@pytest.mark.parametrize("module", ["bridge", "bridge.matrix", "bridge.matrix.contract"])
+def test_shared_names_import_nothing_heavy(module: str) -> None:
+    assert violations(loaded_by(module), LIGHT_FORBIDDEN_MODULES) == []
