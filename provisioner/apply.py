@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from bridge.matrix.client import ExternalId, HomeserverClient, JsonValue
-from bridge.matrix.contract import MARKER_TYPE, PROFILE_FIELD
+from bridge.matrix.contract import EXTERNAL_ID_PROVIDER, MARKER_TYPE, PROFILE_FIELD
 from bridge.matrix.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
 from provisioner.core.actions import (
     Action,
@@ -49,8 +49,6 @@ from provisioner.core.reconcile import Observed, RegistryEntry
 from provisioner.observe import registry_content, registry_shard, shard_type
 
 log = logging.getLogger(__name__)
-
-EXTERNAL_ID_PROVIDER = "civmatrix"
 
 
 class StopRun(Exception):

@@ -16,7 +16,9 @@ from typing import Any, Literal
 
 import yaml
 
+from bridge.matrix.secrets import SecretError, read_secret
 from provisioner.core.policy import AttributeMap, DepartmentFrom, DirectoryPolicy, LayoutPolicy
+from provisioner.ldap_common import is_filter
 
 Preset = Literal["openldap", "active_directory"]
 
@@ -261,22 +263,14 @@ class _Reader:
         if name in self.data:
             raise self.fail(name, f"secrets are never written in the config: use {name}_file or {name}_env")
         file_key, env_key = f"{name}_file", f"{name}_env"
-        if self.data.get(file_key):
-            p = Path(os.path.expanduser(self.str_(file_key)))
-            p = p if p.is_absolute() else self.base_dir / p
-            try:
-                text = p.read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise self.fail(file_key, f"cannot read {p}: {e.strerror or e}") from None
-            if not text:
-                raise self.fail(file_key, f"{p} is empty")
-            return text
-        if self.data.get(env_key):
-            var = self.str_(env_key)
-            env_value = os.environ.get(var)
-            if not env_value:
-                raise self.fail(env_key, f"environment variable {var} is not set")
-            return env_value
+        try:
+            if self.data.get(file_key):
+                p = Path(os.path.expanduser(self.str_(file_key)))
+                return read_secret(file=p if p.is_absolute() else self.base_dir / p)
+            if self.data.get(env_key):
+                return read_secret(env=self.str_(env_key))
+        except SecretError as e:
+            raise self.fail(file_key if e.source == "file" else env_key, e.message) from None
         if required:
             raise self.fail(file_key, f"is required (or {env_key})")
         return None
@@ -297,7 +291,7 @@ def _attribute_map(r: _Reader, preset: dict[str, Any]) -> AttributeMap:
 def _check_filter(r: _Reader, name: str, value: str | None) -> None:
     if value is None:
         return
-    if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(")"):
+    if not is_filter(value):
         raise r.fail(name, f"is not an LDAP filter (RFC 4515): {value!r}")
 
 
