@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -165,3 +166,58 @@ def test_the_provisioner_shells_load_no_bot_module() -> None:
 )
 def test_shared_names_import_nothing_heavy(module: str) -> None:
     assert violations(loaded_by(module), LIGHT_FORBIDDEN_MODULES) == []
+
+
+# --- the README's layout table is the tree ----------------------------------------------------------------
+
+
+def layout_rows() -> dict[str, str]:
+    """The README's layout table: path → description."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        m = re.fullmatch(r"\| `([^`]+)` \| (.*) \|", line)
+        if m:
+            rows[m[1]] = m[2]
+    return rows
+
+
+def top_level_entries() -> set[str]:
+    """What ``ls`` shows of the repository: tracked and new files, never what .gitignore keeps out."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    names = set()
+    for path in out.stdout.splitlines():
+        if not (ROOT / path).exists():  # deleted in the working tree, not yet committed
+            continue
+        first, sep, _ = path.partition("/")
+        if not first.startswith("."):
+            names.add(first + "/" if sep else first)
+    return names - {"README.md"}
+
+
+def test_readme_layout_names_every_top_level_entry_and_nothing_else() -> None:
+    rows = layout_rows()
+    assert top_level_entries() - set(rows) == set(), "add these to README.md's layout table"
+    # A row may name a package that is still a module (bridge/bot.py before it became bridge/bot/).
+    missing = [
+        p for p in rows if not (ROOT / p.rstrip("/")).exists() and not (ROOT / f"{p.rstrip('/')}.py").exists()
+    ]
+    assert missing == []
+
+
+@pytest.mark.parametrize("package", ["provisioner", "bridge"])
+def test_readme_layout_describes_every_module_of_the_packages(package: str) -> None:
+    rows = layout_rows()
+    for init in sorted((ROOT / package).rglob("__init__.py")):
+        folder = init.parent.relative_to(ROOT).as_posix() + "/"
+        assert folder in rows, f"README.md's layout table has no row for {folder}"
+        assert init.read_text(encoding="utf-8").lstrip().startswith('"""'), f"{init} has no docstring"
+        for module in sorted(init.parent.glob("*.py")):
+            stem = module.stem
+            if stem == "__init__" or f"{folder}{stem}/" in rows:
+                continue
+            assert f"`{stem}`" in rows[folder], f"README.md's row for {folder} does not name `{stem}`"
