@@ -111,6 +111,32 @@ def test_pure_core_source_imports_no_io_even_inside_functions(module: str) -> No
     assert violations(imported_in_source(source_of(module)), CORE_FORBIDDEN_IMPORTS) == []
 
 
+# A screen: what a reviewer reads without scrolling. reconcile() was once 212 lines.
+MAX_CORE_FUNCTION_LINES = 60
+
+
+def long_functions(path: Path, limit: int) -> list[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    return [
+        f"{path.name}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+        and node.end_lineno is not None
+        and node.end_lineno - node.lineno + 1 > limit
+    ]
+
+
+@pytest.mark.parametrize("module", core_modules())
+def test_no_core_function_is_longer_than_a_screen(module: str) -> None:
+    assert long_functions(source_of(module), MAX_CORE_FUNCTION_LINES) == []
+
+
+def test_the_length_check_sees_a_long_function(tmp_path: Path) -> None:
+    src = tmp_path / "long.py"
+    src.write_text("def f():\n" + "    x = 1\n" * 60, encoding="utf-8")
+    assert long_functions(src, MAX_CORE_FUNCTION_LINES) == ["long.py:1 f (61 lines)"]
+
+
 # --- the checker itself must fail on a module that breaks the rule ---------------------------------------
 
 BREAKING = {
