@@ -105,7 +105,7 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
     try:
         token = read_secret(file=token_path, env=TOKEN_ENV, environ=env)
     except SecretError as e:
-        hint = "" if token_path else f" (set bot.access_token_file or {TOKEN_ENV})"
+        hint = "" if token_path else ", and bot.access_token_file is not set either"
         raise err(e.message + hint, "bot.access_token_file") from None
     tz_name = opt_str("timezone", "Europe/Moscow")
     assert tz_name is not None

@@ -344,7 +344,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
         disabled_filter=disabled,
         unit_filter=unit_filter,
         start_tls=r.bool_("start_tls", False),
-        # 1000 is AD's MaxPageSize and keeps ldap3's per-page overhead low (FACTS.md).
+        # 1000 is AD's default MaxPageSize, and pages that large keep ldap3's per-page overhead low.
         page_size=r.int_("page_size", 1000, 1, 100_000),
         timeout_seconds=r.float_("timeout_seconds", 30.0, 1.0, 3600.0),
         ca_file=r.path_("ca_file", ca_file) if ca_file else None,

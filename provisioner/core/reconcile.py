@@ -10,8 +10,9 @@ Rules (each tested):
 4. A user is unlocked only if the provisioner locked them: a lock set by an admin by hand stays.
 5. The registry entry of a new person is saved before the account is created, so a run killed in between
    cannot give the same person a second ID on the next run.
-6. New rooms are created with a ``public`` join rule (one event per admin join instead of invite + join,
-   FACTS.md) and closed to ``invite`` right after their initial joins; any managed room found open is closed.
+6. New rooms are created with a ``public`` join rule (an admin join into a public room is one event; into
+   an invite-only one it is an invite and a join) and closed to ``invite`` right after their initial joins;
+   any managed room found open is closed.
 """
 
 from __future__ import annotations
