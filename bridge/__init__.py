@@ -1,2 +1,6 @@
-"""The Matrix-facing runtime: :mod:`bridge.matrix` (the one homeserver client), :mod:`bridge.events` (the
-event bot's pure domain), :mod:`bridge.bot` (the bot's runtime over matrix-nio) and :mod:`bridge.cli`."""
+"""Everything that speaks Matrix at runtime.
+
+:mod:`bridge.matrix` is the one homeserver client (used by the provisioner too) and the names both sides
+agree on; :mod:`bridge.events` is the event bot's domain, :mod:`bridge.bot` its runtime on matrix-nio, and
+:mod:`bridge.cli` the ``bridge --config F run`` command.
+"""

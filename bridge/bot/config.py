@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -31,19 +29,3 @@ class BotConfig:
     remind_maybe: bool = False
     sync_timeout_ms: int = 30_000
     retry: RetryPolicy = BOT_RETRY
-
-
-def read_token(token_file: Path | None, env: Mapping[str, str] | None = None) -> str:
-    """The access token from ``token_file`` or the ``CIVMATRIX_BOT_TOKEN`` variable; never from argv.
-
-    Raises OSError if the file cannot be read, ValueError if there is no token (the message says what to set).
-    """
-    if token_file is not None:
-        token = token_file.read_text(encoding="utf-8").strip()
-        if not token:
-            raise ValueError("the token file is empty")
-        return token
-    token = str((os.environ if env is None else env).get(TOKEN_ENV, "")).strip()
-    if not token:
-        raise ValueError(f"set bot.access_token_file or the {TOKEN_ENV} environment variable")
-    return token
