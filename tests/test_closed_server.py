@@ -6,25 +6,30 @@ internals. The last part checks the embedded server's own lifecycle (restart kee
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from provisioner.embedded.ports import free_port
+from provisioner.embedded.ports import free_port, port_is_free
 from provisioner.embedded.synapse import EmbeddedSynapse, write_homeserver_config
 from provisioner.synapse import bootstrap
 from provisioner.synapse.access import (
     PUBLIC_CLIENT_PATHS,
     needs_token,
     nginx_public_path_map,
+    nginx_token_guard_maps,
+    nginx_token_guard_server,
     writes_directory_profile_field,
 )
 from provisioner.synapse.config import (
@@ -295,9 +300,10 @@ def test_a_weakened_server_fails_the_probes(tmp_path: Path) -> None:
         admin = server.create_admin(ADMIN_LOCALPART)
         handle = SynapseHandle(server=server, admin=admin)
         employee = handle.register(unique_localpart("emp"), "Synapse-side-pw-1")
+        tree = _org_tree(handle)
         failures = closed_server_failures(
             server.public_url,
-            **_org_tree(handle),
+            **tree,
             employee={
                 "token": employee.access_token,
                 "user_id": employee.user_id,
@@ -305,8 +311,17 @@ def test_a_weakened_server_fails_the_probes(tmp_path: Path) -> None:
                 "new_password": "Second-password-2",
             },
         )
+        # nginx with the rule closes the tokenless reads on its own; what needs Synapse (a made-up token,
+        # local passwords) it cannot fix.
+        with _nginx_in_front_of(tmp_path, server.public_port) as url:
+            through_nginx = {f.split(":", 1)[0] for f in closed_server_failures(url, **tree)}
     finally:
         server.stop()
+    assert through_nginx == {
+        "alias lookup with a made-up token",
+        "admin password login",
+        "admin password login (legacy r0)",
+    }, through_nginx
     failed = {f.split(":", 1)[0] for f in failures}
     assert {
         "alias lookup",
@@ -694,3 +709,83 @@ def test_local_accounts_get_and_rotate_tokens_without_any_password(
     bot_file.write_text(bot_token)
     assert bootstrap.main(rotate_bot) == 1
     assert bot_file.read_text() == bot_token
+
+
+# --- the same rule in a real nginx in front of Synapse ------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _nginx_in_front_of(tmp_path: Path, upstream_port: int) -> Iterator[str]:
+    """A minimal real nginx on loopback with the token guard of provisioner.synapse.access, proxying to
+    ``upstream_port``; yields its base URL. (The production site config is the topology's; this one only
+    carries the rule, so the rule is tested on its own.)"""
+    root = tmp_path / "nginx"
+    (root / "logs").mkdir(parents=True)
+    port = free_port()
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf = f"""{user}worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/logs/error.log warn;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body; proxy_temp_path {root}/proxy; fastcgi_temp_path {root}/fcgi;
+    uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
+{nginx_token_guard_maps()}
+    server {{
+        listen 127.0.0.1:{port};
+{nginx_token_guard_server()}
+        location / {{
+            proxy_pass http://127.0.0.1:{upstream_port};
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+        }}
+    }}
+}}
+"""
+    (root / "nginx.conf").write_text(conf, encoding="utf-8")
+    process = subprocess.Popen(
+        ["nginx", "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while port_is_free(port, "127.0.0.1"):
+            if process.poll() is not None or time.monotonic() > deadline:
+                err = process.stderr.read().decode() if process.stderr else ""
+                raise AssertionError(f"nginx did not start: {err}\n{conf}")
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
+
+
+def test_nginx_with_the_rule_refuses_what_synapse_refuses(synapse: SynapseHandle, tmp_path: Path) -> None:
+    tree = _org_tree(synapse)
+    employee = synapse.register(unique_localpart("emp"), "Synapse-side-pw-1")
+    with _nginx_in_front_of(tmp_path, synapse.server.public_port) as url:
+        failures = closed_server_failures(
+            url,
+            **tree,
+            employee={
+                "token": employee.access_token,
+                "user_id": employee.user_id,
+                "password": employee.password,
+                "new_password": "Second-password-2",
+            },
+        )
+        assert not failures, "\n".join(failures)
+        # nginx's refusal carries CORS for Element Web, and a CORS preflight still passes.
+        alias = f"/_matrix/client/v3/directory/room/{urllib.parse.quote(tree['alias'])}"
+        with urllib.request.urlopen(urllib.request.Request(url + alias, method="OPTIONS"), timeout=10) as r:
+            assert r.status in (200, 204)  # answered by Synapse, not refused
+        try:
+            urllib.request.urlopen(url + alias, timeout=10)
+            raise AssertionError("nginx let a tokenless request through")
+        except urllib.error.HTTPError as err:
+            assert err.code == 401 and err.headers["Access-Control-Allow-Origin"] == "*"
+            assert json.loads(err.read())["errcode"] == "M_MISSING_TOKEN"
+        status, reply = http("GET", f"{url}{alias}?access_token={synapse.admin_token}")
+        assert (status, reply.get("room_id")) == (200, tree["space_id"])

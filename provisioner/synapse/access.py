@@ -4,7 +4,7 @@ The rule: every request under :data:`GUARDED_PREFIX` needs a valid access token,
 :data:`PUBLIC_CLIENT_PATHS`, which a client must reach *before* it has one. Both enforcers read this list:
 
 * the reverse proxy (the nginx renderer) answers ``401 M_MISSING_TOKEN`` itself when a request carries
-  no token at all (:func:`nginx_public_path_map` renders the list for it);
+  no token at all (:func:`nginx_token_guard_maps` and :func:`nginx_token_guard_server` render the rule);
 * Synapse's own listener (:mod:`provisioner.synapse.guard`) refuses a request whose token is missing *or
   invalid*, so a listener reached without the proxy is closed too, and a made-up ``Bearer x`` header does
   not open the servlets that Synapse serves without authentication (room alias lookup, room summary,
@@ -93,6 +93,43 @@ def nginx_public_path_map(variable: str = "$civmatrix_public_path", source: str 
     checks the raw path behind it anyway.
     """
     return _map(variable, source, ((p, "1") for p in PUBLIC_CLIENT_PATHS), default="0")
+
+
+def nginx_token_guard_maps() -> str:
+    """The ``http``-level half of the rule for nginx: ``$civmatrix_token_missing`` is 1 for a request that
+    :func:`needs_token` and carries neither an ``Authorization`` header nor an ``access_token`` argument.
+
+    Public paths come first (nginx tries regular expressions in order), then the guarded prefix.
+    """
+    rows = [(p, "public") for p in PUBLIC_CLIENT_PATHS] + [(f"^{GUARDED_PREFIX}", "guarded")]
+    classes = _map("$civmatrix_path_class", "$uri", rows, default="open")
+    methods = "|".join(TOKENLESS_METHODS)
+    missing = _map(
+        "$civmatrix_token_missing",
+        '"$civmatrix_path_class:$request_method:$http_authorization$arg_access_token"',
+        [(f"^guarded:(?!({methods}):)[^:]*:$", "1")],
+        default="0",
+    )
+    return classes + "\n" + missing
+
+
+def nginx_token_guard_server() -> str:
+    """The ``server``-level half: refuse before any ``location`` is chosen, with Synapse's own answer.
+
+    A server-level ``rewrite`` runs before location matching, so no route added later (a worker, the search
+    service) can bypass it.
+    """
+    return (
+        "if ($civmatrix_token_missing) {\n"
+        "    rewrite ^ /_civmatrix_missing_token last;\n"
+        "}\n"
+        "location = /_civmatrix_missing_token {\n"
+        "    internal;\n"
+        "    default_type application/json;\n"
+        "    add_header Access-Control-Allow-Origin * always;\n"
+        f"    return 401 '{MISSING_TOKEN_BODY}';\n"
+        "}"
+    )
 
 
 def _map(variable: str, source: str, rows: Iterable[tuple[str, str]], *, default: str) -> str:
