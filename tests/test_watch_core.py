@@ -1,0 +1,107 @@
+"""The watch's decisions (pure): interval, debounce and max delay with a moved clock; delta; fast locks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from provisioner.core.actions import LockUser, SaveRegistry
+from provisioner.core.model import DirectorySnapshot
+from provisioner.core.reconcile import ObservedUser, RegistryEntry
+from provisioner.core.watch import (
+    Decision,
+    WatchPolicy,
+    WatchState,
+    decide,
+    directory_delta,
+    handled,
+    leaver_locks,
+)
+from tests.test_reconcile import POLICY, PROV, SERVER, UNITS, person
+
+P = WatchPolicy(poll_seconds=1, debounce_seconds=2, max_delay_seconds=5, full_interval_seconds=100)
+
+
+def run(checks):
+    """Feed (time, token) checks; a run is 'done' right when it is decided. Returns the decisions."""
+    state, out = WatchState(), []
+    for now, token in checks:
+        d, state = decide(state, token, now, P)
+        out.append(d)
+        if d in (Decision.FULL, Decision.CHANGES):
+            state = handled(state, full=d is Decision.FULL, now=now)
+    return out
+
+
+def test_first_check_runs_a_full_sync_then_nothing_while_unchanged():
+    assert run([(0, "a"), (1, "a"), (2, "a")]) == [Decision.FULL, Decision.NONE, Decision.NONE]
+
+
+def test_a_change_waits_for_quiet_then_runs_once():
+    got = run([(0, "a"), (1, "b"), (2, "b"), (3, "b"), (4, "b")])
+    assert got == [Decision.FULL, Decision.WAIT, Decision.WAIT, Decision.CHANGES, Decision.NONE]
+
+
+def test_a_burst_is_one_run_and_a_trickle_is_cut_at_max_delay():
+    burst = run([(0, "a"), (1, "b"), (1.5, "c"), (2, "d"), (4, "d"), (5, "d")])
+    assert burst.count(Decision.CHANGES) == 1
+    trickle = run([(0, "a")] + [(t, f"t{t}") for t in range(1, 9)])
+    assert trickle[1:6] == [Decision.WAIT] * 5 and trickle[6] == Decision.CHANGES  # t=6: 5 s after the first
+
+
+def test_interval_runs_without_a_detector_and_unreachable_detector_never_triggers():
+    got = run([(0, None), (50, None), (99, None), (100, None), (150, None)])
+    assert got == [Decision.FULL, Decision.NONE, Decision.NONE, Decision.FULL, Decision.NONE]
+    # A detector that comes back with another token after an outage is a change (things happened meanwhile).
+    assert run([(0, "a"), (1, None), (2, "b"), (5, "b")])[-1] is Decision.CHANGES
+
+
+def test_tidy_full_sync_after_fast_locks():
+    state = handled(WatchState(token="a", last_full_at=0), full=False, now=1, tidy_at=61)
+    assert decide(state, "a", 60, P)[0] is Decision.NONE
+    assert decide(state, "a", 61, P)[0] is Decision.FULL
+    assert handled(state, full=True, now=61).tidy_at is None
+
+
+def snap(people, complete=True):
+    return DirectorySnapshot(tuple(people), UNITS, (), complete, None if complete else "limit", len(people))
+
+
+def test_delta_separates_leavers_from_the_rest():
+    a = [person(i) for i in range(5)]
+    b = [
+        a[0],
+        dataclasses.replace(a[1], disabled=True),
+        dataclasses.replace(a[2], title="Начальник"),
+        a[3],
+        person(9),
+    ]  # a[4] left, person 9 hired
+    d = directory_delta(snap(a), snap(b))
+    assert [p.anchor for p in d.left] == ["a004"] and [p.anchor for p in d.disabled] == ["a001"]
+    assert d.other == 2  # the title change and the hire
+    assert directory_delta(snap(a), snap(a)).leaving == ()
+
+
+@pytest.mark.parametrize("trusted", [True, False])
+def test_leaver_locks_keep_the_rails(trusted):
+    people = [person(i) for i in range(4)]
+    registry = {p.anchor: RegistryEntry(f"user{i}") for i, p in enumerate(people)}
+    registry["a002"] = RegistryEntry("boss")  # excluded
+    users = {
+        f"@user{i}:{SERVER}": ObservedUser(f"@user{i}:{SERVER}", None, i == 1, False, i == 3)
+        for i in range(4)
+    }
+    users[f"@boss:{SERVER}"] = ObservedUser(f"@boss:{SERVER}", None, False, False, False)
+    leaving = tuple((p, "left the directory") for p in people)
+    plan = leaver_locks(leaving, registry, users, POLICY, is_trusted=trusted, now=500.0)
+    if trusted:
+        # user1 is an admin, boss is excluded, user3 is already locked: only user0 is locked.
+        assert plan.actions == (
+            SaveRegistry((("a000", "user0", 500.0, None),)),
+            LockUser(f"@user0:{SERVER}", "left the directory"),
+        )
+        assert plan.held_removals == 0
+    else:
+        assert plan.actions == () and plan.held_removals == 1
+    assert PROV not in {getattr(a, "user_id", None) for a in plan.actions}
