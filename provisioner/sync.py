@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from provisioner.core.reconcile import (
     trusted,
 )
 from provisioner.core.saved import rail_violations, saved_plan_problem
+from provisioner.core.watch import keep_locked as keep_locked_plan
 from provisioner.ldap_reader import read_directory
 from provisioner.observe import RoomCache, observe, refresh_cache
 
@@ -162,8 +163,13 @@ async def run(
     progress: bool = True,
     snapshot: DirectorySnapshot | None = None,
     full_read: bool = False,
+    keep_locked: Collection[str] = (),
 ) -> RunResult:
-    """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI."""
+    """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI.
+
+    ``keep_locked``: accounts the watch locked while this run was reading (read when planning is done, so a
+    live set works): never unlocked by this run (``core.watch.keep_locked``).
+    """
     if snapshot is None:
         snapshot = interpret(await read_directory(cfg.directory), cfg.directory)
     token = cfg.homeserver.admin_token
@@ -177,6 +183,7 @@ async def run(
         # A saved plan is re-planned at its own time, so that unchanged inputs give exactly its actions.
         plan_now = saved_plan.created_at if saved_plan is not None else now
         plan, observed, desired, policy = await make_plan(cfg, client, snapshot, now=plan_now, cache=cache)
+        plan = keep_locked_plan(plan, keep_locked, cfg.homeserver.server_name)
         result = RunResult(plan, snapshot, observed, desired, RemovalCheck(0, 0, True, None))
         if saved_plan is not None:
             problem = saved_plan_problem(saved_plan, plan) or _saved_rails(

@@ -27,7 +27,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,7 +37,7 @@ from bridge.matrix.errors import HomeserverError, MNotFound
 from provisioner import exitcodes, runlock, sync
 from provisioner.apply import AuditLog, Executor
 from provisioner.config import Config, DirectoryConfig
-from provisioner.core.actions import LockUser
+from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry
 from provisioner.core.directory import interpret
 from provisioner.core.model import DirectorySnapshot
 from provisioner.core.reconcile import Observed, ObservedUser, check_removals, trusted
@@ -208,9 +208,18 @@ class FastResult:
 
 
 async def lock_leavers(
-    cfg: Config, snapshot: DirectorySnapshot, baseline: DirectorySnapshot, *, now: float
+    cfg: Config,
+    snapshot: DirectorySnapshot,
+    baseline: DirectorySnapshot,
+    *,
+    now: float,
+    announce: Callable[[list[str]], None] = lambda uids: None,
 ) -> FastResult:
-    """The fast path: lock the people who left or were disabled between ``baseline`` and ``snapshot``."""
+    """The fast path: lock the people who left or were disabled between ``baseline`` and ``snapshot``.
+
+    ``announce`` hears the accounts about to be locked before the first write (a full run in progress must
+    not unlock them: ``core.watch.keep_locked``).
+    """
     leaving = directory_delta(baseline, snapshot).leaving
     token = cfg.homeserver.admin_token
     assert token is not None
@@ -246,6 +255,7 @@ async def lock_leavers(
             return FastResult([], held=check.reason)
         if not plan.actions:
             return FastResult([])
+        announce(locks)
         audit = AuditLog(cfg.sync.audit_log, "watch-" + uuid.uuid4().hex[:8])
         try:
             executor = Executor(
@@ -257,8 +267,53 @@ async def lock_leavers(
         return FastResult(locks, failed=len(report.failed))
 
 
+async def confirm_locks(cfg: Config, uids: Collection[str], *, now: float) -> list[str]:
+    """After a full run that overlapped fast locks: each of ``uids`` is still locked, with its lock date.
+
+    The full run may have rewritten a registry shard from a copy read before the fast lock (Rule 6 of
+    ``core.watch``); this puts the lock date back (and the lock, should anything have lifted it).
+    """
+    token = cfg.homeserver.admin_token
+    assert token is not None
+    server = cfg.homeserver.server_name
+    async with HomeserverClient(cfg.homeserver.url, token) as client:
+        who = await client.whoami()
+        registry, _ = await read_registry(client, who.user_id)
+        actions: list[Action] = []
+        users: dict[str, ObservedUser] = {}
+        entries = []
+        for anchor, e in registry.items():
+            uid = f"@{e.localpart}:{server}"
+            if uid not in uids:
+                continue
+            u = await client.get_user(uid)
+            users[uid] = ObservedUser(uid, u.displayname, u.admin, u.deactivated, u.locked)
+            if not u.locked and not u.deactivated:
+                actions.append(LockUser(uid, "left the directory (re-locked after an overlapping full run)"))
+            if e.locked_since is None:
+                entries.append((anchor, e.localpart, now, e.profile))
+        if entries:
+            actions.insert(0, SaveRegistry(tuple(entries)))
+        if not actions:
+            return []
+        log.warning("re-recording %d fast locks after an overlapping full run", len(actions))
+        observed = Observed(users=users, rooms={}, registry=registry)
+        audit = AuditLog(cfg.sync.audit_log, "watch-" + uuid.uuid4().hex[:8])
+        try:
+            executor = Executor(client, observed, server_name=server, provisioner=who.user_id, audit=audit)
+            await executor.run(Plan(tuple(actions), "", now))
+        finally:
+            audit.close()
+        return [a.user_id for a in actions if isinstance(a, LockUser)]
+
+
 class Watch:
-    """One watch over one config. :meth:`run` loops until ``stop`` is set; every failure is retried."""
+    """One watch over one config. :meth:`run` loops until ``stop`` is set; every failure is retried.
+
+    Full runs (``sync.run``: ~8 s at 25,000 people) go in a background task so that the poll loop keeps
+    going: a leaver seen meanwhile is locked by the fast path at once, under the same run lock (this process
+    holds it while any of its runs acts), and the full run is told not to unlock them.
+    """
 
     def __init__(
         self,
@@ -273,41 +328,75 @@ class Watch:
         self.clock = clock
         self.rng = rng or random.Random()
         w = cfg.watch
-        self.policy = WatchPolicy(
-            w.poll_seconds,
-            w.debounce_seconds,
-            w.max_delay_seconds,
-            w.full_interval_seconds,
-            w.tidy_after_seconds,
-        )
+        self.policy = WatchPolicy(w.poll_seconds, w.debounce_seconds, w.max_delay_seconds,
+                                  w.full_interval_seconds, w.tidy_after_seconds)  # fmt: skip
         self.state = WatchState()
         self.baseline: DirectorySnapshot | None = None
+        self.baseline_at = float("-inf")
         self.status = WatchStatus(detector=self.detector.name)
         self.failures = 0
         self.runs = 0
+        self.full_task: asyncio.Task[int] | None = None
+        self.full_due = False  # changes the fast path cannot do arrived while a full run was going
+        self.locked_meanwhile: set[str] = set()  # fast locks during the current full run
+        self._lock = contextlib.ExitStack()
+        self._lock_users = 0
+
+    # --- the run lock, shared by this process's runs --------------------------------------------------
+
+    def _acquire(self, what: str) -> None:
+        if self._lock_users == 0:
+            self._lock.enter_context(runlock.hold(self.cfg.sync.state_dir, "run", what))
+        self._lock_users += 1
+
+    def _release(self) -> None:
+        self._lock_users -= 1
+        if self._lock_users == 0:
+            self._lock.close()
+
+    # --- status -----------------------------------------------------------------------------------------
 
     def _record_check(self, token: str | None, seconds: float, error: str | None = None) -> None:
-        self.status.last_check = {
-            "at": self.clock(),
-            "token": token,
-            "ms": round(seconds * 1000, 2),
-            "error": error,
-        }
+        self.status.last_check = {"at": self.clock(), "token": token, "ms": round(seconds * 1000, 2),
+                                  "error": error}  # fmt: skip
 
     def _record_run(self, kind: str, code: int, message: str | None, started: float, **extra: Any) -> None:
         self.runs += 1
-        self.status.last_run = {
-            "at": self.clock(),
-            "kind": kind,
-            "exit_code": code,
-            "message": message,
-            "seconds": round(time.monotonic() - started, 3),
-            **extra,
-        }
-        self.status.problem = message if code not in (exitcodes.OK,) else None
+        self.status.last_run = {"at": self.clock(), "kind": kind, "exit_code": code, "message": message,
+                                "seconds": round(time.monotonic() - started, 3), **extra}  # fmt: skip
+        self.status.problem = message if code != exitcodes.OK else None
         self.status.save(self.cfg.sync.state_dir)
         level = logging.INFO if code == exitcodes.OK else logging.WARNING
         log.log(level, "watch run (%s): exit %d%s", kind, code, f": {message}" if message else "")
+
+    async def _guarded(self, kind: str, what: Callable[[float], Awaitable[int]]) -> int:
+        """Run ``what`` under the run lock; any failure becomes an exit code in the status, never an error."""
+        started = time.monotonic()
+        try:
+            self._acquire(f"watch {kind} run")
+        except runlock.Locked as e:
+            self._record_run(kind, exitcodes.LOCKED, str(e), started)
+            return exitcodes.LOCKED
+        try:
+            return await what(started)
+        except DirectoryError as e:
+            self._record_run(kind, exitcodes.DIRECTORY, str(e), started)
+            return exitcodes.DIRECTORY
+        except (HomeserverError, OSError) as e:
+            self._record_run(
+                kind, exitcodes.HOMESERVER, f"homeserver {self.cfg.homeserver.url}: {e}", started
+            )
+            return exitcodes.HOMESERVER
+        except (
+            Exception
+        ) as e:  # a bug must not end the watch: leavers would stay unlocked until someone looks
+            log.exception("watch run (%s) failed", kind)
+            self._record_run(kind, exitcodes.UNEXPECTED, f"unexpected error (see the log): {e!r}", started)
+            return exitcodes.UNEXPECTED
+        finally:
+            self._release()
+
+    # --- one poll ---------------------------------------------------------------------------------------
 
     async def check(self) -> str | None:
         started = time.perf_counter()
@@ -320,7 +409,7 @@ class Watch:
         return token
 
     async def step(self) -> Decision:
-        """One poll: ask the detector, decide, and run if due. Raises nothing but CancelledError."""
+        """One poll: ask the detector, decide, and act if due. Raises nothing but CancelledError."""
         failed = False
         try:
             token = await self.check()
@@ -328,62 +417,92 @@ class Watch:
             token, failed = None, True
             self.status.problem = str(e)
             self.status.save(self.cfg.sync.state_dir)
+        if self.full_task is not None and self.full_task.done():
+            failed = await self._full_finished() or failed
         decision, self.state = decide(self.state, token, self.clock(), self.policy)
-        if decision in (Decision.FULL, Decision.CHANGES):
-            code = await self.act(full=decision is Decision.FULL or self.baseline is None)
-            failed = failed or code in (exitcodes.DIRECTORY, exitcodes.HOMESERVER, exitcodes.LOCKED)
+        code = exitcodes.OK
+        if (decision is Decision.FULL and self.full_task is None) or (
+            decision is Decision.CHANGES and self.baseline is None and self.full_task is None
+        ):
+            self._start_full(full=True)
+        elif decision is Decision.CHANGES and self.baseline is not None:
+            code = await self._guarded("leavers", self._changes)
+        if self.full_due and self.full_task is None:
+            self._start_full(full=False)
+        failed = failed or code in (exitcodes.DIRECTORY, exitcodes.HOMESERVER, exitcodes.LOCKED)
         self.failures = self.failures + 1 if failed else 0
         return decision
 
-    async def act(self, *, full: bool) -> int:
-        started = time.monotonic()
-        kind = "full" if full else "changes"
-        try:
-            with runlock.hold(self.cfg.sync.state_dir, "run", f"watch {kind} run"):
-                code = await self._act(full=full, started=started)
-        except runlock.Locked as e:
-            self._record_run(kind, exitcodes.LOCKED, str(e), started)
-            code = exitcodes.LOCKED
-        except DirectoryError as e:
-            self._record_run(kind, exitcodes.DIRECTORY, str(e), started)
-            code = exitcodes.DIRECTORY
-        except (HomeserverError, OSError) as e:
-            self._record_run(
-                kind, exitcodes.HOMESERVER, f"homeserver {self.cfg.homeserver.url}: {e}", started
-            )
-            code = exitcodes.HOMESERVER
-        return code
-
-    async def _act(self, *, full: bool, started: float) -> int:
+    async def _changes(self, started: float) -> int:
+        """Read the directory; lock leavers now; hand anything else to a full run."""
+        assert self.baseline is not None
         read_at = self.clock()
         snapshot = interpret(await read_directory(self.cfg.directory), self.cfg.directory)
+        delta = directory_delta(self.baseline, snapshot)
+        tidy_at = None
+        code = exitcodes.OK
+        if delta.leaving:
+            fast = await lock_leavers(self.cfg, snapshot, self.baseline, now=read_at,
+                                      announce=self._announce)  # fmt: skip
+            if fast.held:
+                # Nothing else runs either: the threshold holds the whole change, as it holds a sync.
+                self.state = handled(self.state, full=False, now=read_at)
+                self._record_run("leavers", exitcodes.REMOVALS_HELD, fast.held, started)
+                return exitcodes.REMOVALS_HELD
+            code = exitcodes.PARTIAL if fast.failed else exitcodes.OK
+            self._record_run("leavers", code, fast.untrusted, started, locked=fast.locked)
+            tidy_at = read_at + self.policy.tidy_after_seconds
+        if snapshot.complete:
+            self.baseline, self.baseline_at = snapshot, read_at
+        # An incomplete read still runs the pipeline: it applies the additions it can, and no removal.
+        if delta.other or not snapshot.complete:
+            self.full_due = True
+        self.state = handled(self.state, full=False, now=read_at, tidy_at=tidy_at)
+        return code
+
+    def _announce(self, uids: list[str]) -> None:
+        if self.full_task is not None:
+            self.locked_meanwhile.update(uids)
+
+    # --- full runs in the background ---------------------------------------------------------------------
+
+    def _start_full(self, *, full: bool) -> None:
         kind = "full" if full else "changes"
-        tidy_at: float | None = None
-        if not full and self.baseline is not None:
-            delta = directory_delta(self.baseline, snapshot)
-            if delta.leaving:
-                fast = await lock_leavers(self.cfg, snapshot, self.baseline, now=read_at)
-                if fast.held:
-                    # Nothing else runs either: the threshold holds the whole change, as it holds a sync.
-                    self.state = handled(self.state, full=False, now=read_at)
-                    self._record_run("leavers", exitcodes.REMOVALS_HELD, fast.held, started)
-                    return exitcodes.REMOVALS_HELD
-                code = exitcodes.PARTIAL if fast.failed else exitcodes.OK
-                self._record_run("leavers", code, fast.untrusted, started, locked=fast.locked)
-                tidy_at = read_at + self.policy.tidy_after_seconds
-            # An incomplete read still runs the pipeline: it applies the additions it can, and no removal.
-            if not delta.other and snapshot.complete:
-                self.baseline = snapshot if snapshot.complete else self.baseline
-                self.state = handled(self.state, full=False, now=read_at, tidy_at=tidy_at)
+        self.full_due = False
+        self.locked_meanwhile = set()
+
+        async def body(started: float) -> int:
+            read_at = self.clock()
+            snapshot = interpret(await read_directory(self.cfg.directory), self.cfg.directory)
+            result = await sync.run(self.cfg, apply=True, snapshot=snapshot, progress=False, clock=self.clock,
+                                    keep_locked=self.locked_meanwhile)  # fmt: skip
+            if (
+                snapshot.complete
+                and result.exit_code != exitcodes.REMOVALS_HELD
+                and read_at > self.baseline_at
+            ):
+                self.baseline, self.baseline_at = snapshot, read_at
+            self.state = handled(self.state, full=full, now=read_at)
+            done = dict(result.report.done) if result.report else {}
+            self._record_run(kind, result.exit_code, result.message, started, done=done)
+            return result.exit_code
+
+        self.full_task = asyncio.create_task(self._guarded(kind, body), name=f"watch {kind} run")
+
+    async def _full_finished(self) -> bool:
+        """Collect the finished full run; put back the fast locks it overlapped. True if it failed."""
+        assert self.full_task is not None
+        code = self.full_task.result()
+        self.full_task = None
+        if self.locked_meanwhile:
+            uids, self.locked_meanwhile = self.locked_meanwhile, set()
+
+            async def confirm(started: float) -> int:
+                await confirm_locks(self.cfg, uids, now=self.clock())
                 return exitcodes.OK
-            kind = "changes"
-        result = await sync.run(self.cfg, apply=True, snapshot=snapshot, progress=False, clock=self.clock)
-        if snapshot.complete and result.exit_code != exitcodes.REMOVALS_HELD:
-            self.baseline = snapshot
-        self.state = handled(self.state, full=full, now=read_at, tidy_at=tidy_at)
-        done = dict(result.report.done) if result.report else {}
-        self._record_run(kind, result.exit_code, result.message, started, done=done)
-        return result.exit_code
+
+            await self._guarded("leavers", confirm)
+        return code in (exitcodes.DIRECTORY, exitcodes.HOMESERVER, exitcodes.LOCKED)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Poll until ``stop`` is set; back off after failures with :data:`RECONNECT`."""
@@ -395,18 +514,15 @@ class Watch:
                 delay = self.policy.poll_seconds
                 if self.failures:
                     delay = max(delay, RECONNECT.backoff(self.failures - 1, self.rng))
-                with _suppress_timeout():
+                with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), delay)
         finally:
+            if self.full_task is not None:
+                # A full run is idempotent: stopping it half-way loses nothing the next run does not redo.
+                self.full_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self.full_task
             self.detector.close()
-
-
-class _suppress_timeout:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> bool:
-        return exc_type is TimeoutError
 
 
 async def watch_main(cfg: Config, stop: asyncio.Event | None = None) -> int:

@@ -16,6 +16,7 @@ from provisioner.core.watch import (
     decide,
     directory_delta,
     handled,
+    keep_locked,
     leaver_locks,
 )
 from tests.test_reconcile import POLICY, PROV, SERVER, UNITS, person
@@ -105,3 +106,29 @@ def test_leaver_locks_keep_the_rails(trusted):
     else:
         assert plan.actions == () and plan.held_removals == 1
     assert PROV not in {getattr(a, "user_id", None) for a in plan.actions}
+
+
+def test_keep_locked_drops_unlocks_and_stale_registry_entries_of_fast_locked_people():
+    from provisioner.core.actions import Join, Plan, UnlockUser
+
+    u1, u2 = f"@user1:{SERVER}", f"@user2:{SERVER}"
+    plan = Plan(
+        (
+            SaveRegistry((("a001", "user1", None, None), ("a002", "user2", None, None))),
+            UnlockUser(u1),
+            UnlockUser(u2),
+            Join("u:a#0", "room", u1),
+        ),
+        "fp",
+        1.0,
+    )
+    kept = keep_locked(plan, {u1}, SERVER)
+    assert kept.actions == (
+        SaveRegistry((("a002", "user2", None, None),)),
+        UnlockUser(u2),
+        Join("u:a#0", "room", u1),
+    )
+    assert kept.fingerprint == "fp"
+    assert keep_locked(plan, set(), SERVER) is plan
+    only = Plan((SaveRegistry((("a001", "user1", None, None),)), UnlockUser(u1)), "fp", 1.0)
+    assert keep_locked(only, {u1}, SERVER).actions == ()

@@ -13,15 +13,16 @@ Rules (each tested):
    count: counted as held instead), never an excluded or service account, an admin, or someone already
    locked or deactivated; the threshold (``check_removals``) is checked on the fast plan by the caller.
 5. Anything else that changed (hires, renames, moves, re-enabled people, units) needs the full pipeline.
+6. Leavers are locked even while a full run is going (~8 s at 25,000 people): see :func:`keep_locked`.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
-from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry
+from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry, UnlockUser
 from provisioner.core.model import DirectorySnapshot, Person
 from provisioner.core.reconcile import ObservedUser, RegistryEntry, SyncPolicy
 
@@ -146,3 +147,25 @@ def leaver_locks(
         entries.append((person.anchor, entry.localpart, now, entry.profile))
     actions: tuple[Action, ...] = ((SaveRegistry(tuple(entries)),) if entries else ()) + tuple(locks)
     return Plan(actions=actions, fingerprint="", created_at=now, held_removals=held)
+
+
+def keep_locked(plan: Plan, uids: Collection[str], server_name: str) -> Plan:
+    """``plan`` without unlocking ``uids`` (Rule 6), nor rewriting their registry entries.
+
+    Rule 6: a full run planned from a directory read made *before* a leaver left may find the account locked
+    by the fast path meanwhile and plan to unlock it ("back in the directory"); those unlocks are dropped, and
+    so is the run's stale registry entry for them (it would erase the lock date the fast path recorded).
+    """
+    if not uids:
+        return plan
+    actions: list[Action] = []
+    for a in plan.actions:
+        if isinstance(a, UnlockUser) and a.user_id in uids:
+            continue
+        if isinstance(a, SaveRegistry):
+            kept = tuple(e for e in a.entries if f"@{e[1]}:{server_name}" not in uids)
+            if not kept:
+                continue
+            a = SaveRegistry(kept, a.cause)
+        actions.append(a)
+    return replace(plan, actions=tuple(actions))
