@@ -364,7 +364,7 @@ class Watch:
         self.runs += 1
         self.status.last_run = {"at": self.clock(), "kind": kind, "exit_code": code, "message": message,
                                 "seconds": round(time.monotonic() - started, 3), **extra}  # fmt: skip
-        self.status.problem = message if code != exitcodes.OK else None
+        self.status.problem = message
         self.status.save(self.cfg.sync.state_dir)
         level = logging.INFO if code == exitcodes.OK else logging.WARNING
         log.log(level, "watch run (%s): exit %d%s", kind, code, f": {message}" if message else "")
@@ -484,7 +484,9 @@ class Watch:
                 self.baseline, self.baseline_at = snapshot, read_at
             self.state = handled(self.state, full=full, now=read_at)
             done = dict(result.report.done) if result.report else {}
-            self._record_run(kind, result.exit_code, result.message, started, done=done)
+            held = f"{result.plan.held_removals} removals held: " + "; ".join(result.plan.notes)
+            message = result.message or (held if result.plan.held_removals else None)
+            self._record_run(kind, result.exit_code, message, started, done=done)
             return result.exit_code
 
         self.full_task = asyncio.create_task(self._guarded(kind, body), name=f"watch {kind} run")

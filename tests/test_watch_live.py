@@ -36,6 +36,7 @@ from tests.test_sync_live import observed
 pytestmark = [pytest.mark.slapd, pytest.mark.synapse]
 
 PEOPLE = 120
+ARCHIVE = "Уволенные"
 WATCH = {"poll_seconds": 0.3, "debounce_seconds": 0.5, "max_delay_seconds": 3, "tidy_after_seconds": 2}
 
 
@@ -111,8 +112,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ldap.load_ldif(directory.to_ldif())
     ldap.start()
     hs = _start(tmp / "synapse")
+    # People moved under ou=Уволенные leave the scope, as in directories that park leavers in an OU.
+    scope = {"filter": f"(&(objectClass=inetOrgPerson)(!(ou:dn:={ARCHIVE})))"}
+    ldap.modify(
+        f"dn: ou={ARCHIVE},{ldap.suffix}\nchangetype: add\nobjectClass: organizationalUnit\nou: {ARCHIVE}\n\n"
+    )
     path = write_config(tmp, ldap, hs_url=hs.url, token=hs.admin_token, layout={"max_room_size": 30},
-                        safety={"max_removals": 8, "max_removal_percent": 50},
+                        directory=scope,
+                        safety={"max_removals": 8, "max_removal_percent": 50, "min_directory_fraction": 0.5},
                         extra={"watch": WATCH})  # fmt: skip
     w = World(ldap, hs, path)
     w.proc = w.start_watch()
@@ -151,6 +158,15 @@ def test_disabled_person_is_locked(world):
     p = world.people()[5]
     token = world.login(world.uid(p))
     world.ldap.modify(f"dn: {p.dn}\nchangetype: modify\nreplace: employeeType\nemployeeType: disabled\n\n")
+    assert wait_for("the lock", lambda: refused(world.hs, token), 15) == "M_USER_LOCKED"
+
+
+def test_moved_out_of_scope_is_locked(world):
+    p = world.people()[7]
+    token = world.login(world.uid(p))
+    rdn = p.dn.split(",", 1)[0]
+    world.ldap.modify(f"dn: {p.dn}\nchangetype: moddn\nnewrdn: {rdn}\ndeleteoldrdn: 1\n"
+                      f"newsuperior: ou={ARCHIVE},{world.ldap.suffix}\n\n")  # fmt: skip
     assert wait_for("the lock", lambda: refused(world.hs, token), 15) == "M_USER_LOCKED"
 
 
@@ -235,6 +251,20 @@ def test_threshold_holds_a_mass_removal_and_the_watch_keeps_running(world):
                          "--allow-removals", "12"], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert all(world.user(world.uid(p))["locked"] for p in victims)
+
+
+def test_synapse_restarted_mid_watch(world):
+    p = world.people()[45]
+    token = world.login(world.uid(p))
+    world.hs.server.kill()
+    world.ldap.modify(f"dn: {p.dn}\nchangetype: delete\n\n")
+    st = wait_for(
+        "the failed run", lambda: (s := world.status()) and s["last_run"]["exit_code"] == 5 and s, 30
+    )
+    assert "homeserver" in st["problem"]
+    assert world.proc.poll() is None
+    world.hs.server.start()
+    assert wait_for("the lock after the restart", lambda: refused(world.hs, token), 60) == "M_USER_LOCKED"
 
 
 def test_slapd_killed_and_restarted_mid_watch(world):
