@@ -110,7 +110,6 @@ class WatchConfig:
     debounce_seconds: float = 1.0
     max_delay_seconds: float = 10.0
     full_interval_seconds: float = 3600.0
-    tidy_after_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,7 +452,6 @@ def _watch(r: _Reader) -> WatchConfig:
         # Deletions on a server without change detection, and changes made on the Matrix side, show only in a
         # full run: at least daily.
         full_interval_seconds=r.float_("full_interval_seconds", 3600.0, 10.0, 86400.0),
-        tidy_after_seconds=r.float_("tidy_after_seconds", 60.0, 0.0, 86400.0),
     )
 
 

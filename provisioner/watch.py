@@ -1,17 +1,17 @@
 """``provisioner watch``: sync within seconds of a directory change, with the rails of ``sync``.
 
 The I/O shell around ``core.watch``: a change detector asked every ``watch.poll_seconds`` (one base-scope
-read: ``contextCSN`` on the OpenLDAP suffix, ``highestCommittedUSN`` on the AD rootDSE), then on a change a
-whole directory read (0.4 s at 25,000 people with the C client; it is also the only read that sees deletions
-and moves out of the base DN, which ``modifyTimestamp`` / ``uSNChanged`` filters miss), compared with the
-previous one:
+read: ``contextCSN`` on the OpenLDAP suffix, ``highestCommittedUSN`` on the AD rootDSE); on a change, once the
+directory is quiet (debounce), the *roster* is read — every in-scope anchor and the disabled ones, 0.4 s at
+25,000 people; unlike ``modifyTimestamp`` / ``uSNChanged`` filters it sees deletions and moves out of scope —
+and compared with the previous one:
 
 * leavers (deleted, moved out of scope, disabled) are locked at once by a fast plan that touches only them
-  (registry + one GET per leaver + one PUT), with the same rails: a read that is incomplete or short removes
+  (the registry, one GET and one PUT per leaver), with the same rails: an incomplete or short read removes
   nobody, the removal threshold holds the plan, protected accounts are never touched;
-* anything else (hires, renames, moves) runs the normal sync pipeline (``sync.run``) on that read;
-* a full sync runs at start, every ``watch.full_interval_seconds``, and ``watch.tidy_after_seconds`` after a
-  fast lock (to kick the leavers out of their rooms).
+* then a full run (``sync.run``) does the rest — hires, renames, moves, the leavers' kicks — in a background
+  task, so that leavers seen while it runs are still locked at once;
+* a full run also happens at start and every ``watch.full_interval_seconds``.
 
 Failures (directory or homeserver down, a lost connection) are recorded in ``state_dir/watch.json``, retried
 with the project's one :class:`RetryPolicy` backoff, and never stop the watch; a held threshold neither.
@@ -39,18 +39,26 @@ from provisioner.apply import AuditLog, Executor
 from provisioner.config import Config, DirectoryConfig
 from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry
 from provisioner.core.directory import interpret
-from provisioner.core.model import DirectorySnapshot
-from provisioner.core.reconcile import Observed, ObservedUser, check_removals, trusted
+from provisioner.core.model import RawEntry
+from provisioner.core.reconcile import Observed, ObservedUser, check_removals
 from provisioner.core.watch import (
     Decision,
+    Roster,
     WatchPolicy,
     WatchState,
     decide,
-    directory_delta,
     handled,
     leaver_locks,
+    leavers,
+    roster_trusted,
 )
-from provisioner.ldap_reader import DirectoryConfigError, DirectoryError, DirectoryUnreachable, read_directory
+from provisioner.ldap_reader import (
+    DirectoryConfigError,
+    DirectoryError,
+    DirectoryReader,
+    DirectoryUnreachable,
+    read_directory,
+)
 from provisioner.observe import read_registry
 
 log = logging.getLogger(__name__)
@@ -207,20 +215,37 @@ class FastResult:
     failed: int = 0
 
 
+def read_roster(cfg: DirectoryConfig) -> Roster:
+    """The in-scope anchors and the disabled ones (blocking): what the fast path compares."""
+    anchor = cfg.attributes.anchor
+    with DirectoryReader(cfg) as reader:
+        people, reason = reader.search_all(cfg.filter, [anchor])
+        disabled: list[RawEntry] = []
+        if cfg.disabled_filter and reason is None:
+            disabled, why = reader.search_all(f"(&{cfg.filter}{cfg.disabled_filter})", [anchor])
+            if why:
+                reason = f"reading disabled accounts: {why}"
+    return Roster(
+        frozenset(a for e in people if (a := e.first(anchor))),
+        frozenset(a for e in disabled if (a := e.first(anchor))),
+        reason is None,
+        reason,
+    )
+
+
 async def lock_leavers(
     cfg: Config,
-    snapshot: DirectorySnapshot,
-    baseline: DirectorySnapshot,
+    leaving: tuple[tuple[str, str], ...],
+    roster: Roster,
     *,
     now: float,
     announce: Callable[[list[str]], None] = lambda uids: None,
 ) -> FastResult:
-    """The fast path: lock the people who left or were disabled between ``baseline`` and ``snapshot``.
+    """The fast path: lock ``leaving`` (anchor, cause) with the rails of a sync, and nobody else.
 
     ``announce`` hears the accounts about to be locked before the first write (a full run in progress must
     not unlock them: ``core.watch.keep_locked``).
     """
-    leaving = directory_delta(baseline, snapshot).leaving
     token = cfg.homeserver.admin_token
     assert token is not None
     async with HomeserverClient(cfg.homeserver.url, token) as client:
@@ -228,8 +253,8 @@ async def lock_leavers(
         registry, last_good = await read_registry(client, who.user_id)
         policy = sync.sync_policy(cfg, who.user_id, profile_fields=True)
         users: dict[str, ObservedUser] = {}
-        for person, _ in leaving:
-            entry = registry.get(person.anchor)
+        for anchor, _ in leaving:
+            entry = registry.get(anchor)
             if entry is None:
                 continue
             uid = f"@{entry.localpart}:{cfg.homeserver.server_name}"
@@ -238,15 +263,14 @@ async def lock_leavers(
             except MNotFound:
                 continue
             users[uid] = ObservedUser(uid, u.displayname, u.admin, u.deactivated, u.locked)
-        observed = Observed(users=users, rooms={}, registry=registry, last_good_count=last_good)
-        is_trusted, why = trusted(snapshot, observed, policy)
+        is_trusted, why = roster_trusted(roster, last_good, cfg.safety.min_directory_fraction)
         plan = leaver_locks(leaving, registry, users, policy, is_trusted=is_trusted, now=now)
         locks = [a.user_id for a in plan.actions if isinstance(a, LockUser)]
         if plan.held_removals:
             return FastResult([], untrusted=f"{plan.held_removals} leavers not locked: {why}")
         check = check_removals(
             plan,
-            max(len(registry), len(snapshot.people)),
+            max(len(registry), len(roster.present)),
             max_removals=cfg.safety.max_removals,
             max_percent=cfg.safety.max_removal_percent,
             allow=None,
@@ -256,6 +280,7 @@ async def lock_leavers(
         if not plan.actions:
             return FastResult([])
         announce(locks)
+        observed = Observed(users=users, rooms={}, registry=registry, last_good_count=last_good)
         audit = AuditLog(cfg.sync.audit_log, "watch-" + uuid.uuid4().hex[:8])
         try:
             executor = Executor(
@@ -329,10 +354,10 @@ class Watch:
         self.rng = rng or random.Random()
         w = cfg.watch
         self.policy = WatchPolicy(w.poll_seconds, w.debounce_seconds, w.max_delay_seconds,
-                                  w.full_interval_seconds, w.tidy_after_seconds)  # fmt: skip
+                                  w.full_interval_seconds)  # fmt: skip
         self.state = WatchState()
-        self.baseline: DirectorySnapshot | None = None
-        self.baseline_at = float("-inf")
+        self.roster: Roster | None = None  # the last complete roster whose leavers were handled
+        self.roster_at = float("-inf")
         self.status = WatchStatus(detector=self.detector.name)
         self.failures = 0
         self.runs = 0
@@ -422,10 +447,10 @@ class Watch:
         decision, self.state = decide(self.state, token, self.clock(), self.policy)
         code = exitcodes.OK
         if (decision is Decision.FULL and self.full_task is None) or (
-            decision is Decision.CHANGES and self.baseline is None and self.full_task is None
+            decision is Decision.CHANGES and self.roster is None and self.full_task is None
         ):
             self._start_full(full=True)
-        elif decision is Decision.CHANGES and self.baseline is not None:
+        elif decision is Decision.CHANGES and self.roster is not None:
             code = await self._guarded("leavers", self._changes)
         if self.full_due and self.full_task is None:
             self._start_full(full=False)
@@ -434,16 +459,14 @@ class Watch:
         return decision
 
     async def _changes(self, started: float) -> int:
-        """Read the directory; lock leavers now; hand anything else to a full run."""
-        assert self.baseline is not None
+        """Read the roster; lock leavers now; queue a full run for everything else (Rule 5)."""
+        assert self.roster is not None
         read_at = self.clock()
-        snapshot = interpret(await read_directory(self.cfg.directory), self.cfg.directory)
-        delta = directory_delta(self.baseline, snapshot)
-        tidy_at = None
+        roster = await asyncio.to_thread(read_roster, self.cfg.directory)
+        leaving = leavers(self.roster, roster)
         code = exitcodes.OK
-        if delta.leaving:
-            fast = await lock_leavers(self.cfg, snapshot, self.baseline, now=read_at,
-                                      announce=self._announce)  # fmt: skip
+        if leaving:
+            fast = await lock_leavers(self.cfg, leaving, roster, now=read_at, announce=self._announce)
             if fast.held:
                 # Nothing else runs either: the threshold holds the whole change, as it holds a sync.
                 self.state = handled(self.state, full=False, now=read_at)
@@ -451,13 +474,10 @@ class Watch:
                 return exitcodes.REMOVALS_HELD
             code = exitcodes.PARTIAL if fast.failed else exitcodes.OK
             self._record_run("leavers", code, fast.untrusted, started, locked=fast.locked)
-            tidy_at = read_at + self.policy.tidy_after_seconds
-        if snapshot.complete:
-            self.baseline, self.baseline_at = snapshot, read_at
-        # An incomplete read still runs the pipeline: it applies the additions it can, and no removal.
-        if delta.other or not snapshot.complete:
-            self.full_due = True
-        self.state = handled(self.state, full=False, now=read_at, tidy_at=tidy_at)
+        if roster.complete:
+            self.roster, self.roster_at = roster, read_at
+        self.full_due = True
+        self.state = handled(self.state, full=False, now=read_at)
         return code
 
     def _announce(self, uids: list[str]) -> None:
@@ -476,12 +496,8 @@ class Watch:
             snapshot = interpret(await read_directory(self.cfg.directory), self.cfg.directory)
             result = await sync.run(self.cfg, apply=True, snapshot=snapshot, progress=False, clock=self.clock,
                                     keep_locked=self.locked_meanwhile)  # fmt: skip
-            if (
-                snapshot.complete
-                and result.exit_code != exitcodes.REMOVALS_HELD
-                and read_at > self.baseline_at
-            ):
-                self.baseline, self.baseline_at = snapshot, read_at
+            if snapshot.complete and result.exit_code != exitcodes.REMOVALS_HELD and read_at > self.roster_at:
+                self.roster, self.roster_at = Roster.of(snapshot), read_at
             self.state = handled(self.state, full=full, now=read_at)
             done = dict(result.report.done) if result.report else {}
             held = f"{result.plan.held_removals} removals held: " + "; ".join(result.plan.notes)

@@ -11,13 +11,15 @@ from provisioner.core.model import DirectorySnapshot
 from provisioner.core.reconcile import ObservedUser, RegistryEntry
 from provisioner.core.watch import (
     Decision,
+    Roster,
     WatchPolicy,
     WatchState,
     decide,
-    directory_delta,
     handled,
     keep_locked,
     leaver_locks,
+    leavers,
+    roster_trusted,
 )
 from tests.test_reconcile import POLICY, PROV, SERVER, UNITS, person
 
@@ -58,30 +60,36 @@ def test_interval_runs_without_a_detector_and_unreachable_detector_never_trigger
     assert run([(0, "a"), (1, None), (2, "b"), (5, "b")])[-1] is Decision.CHANGES
 
 
-def test_tidy_full_sync_after_fast_locks():
-    state = handled(WatchState(token="a", last_full_at=0), full=False, now=1, tidy_at=61)
-    assert decide(state, "a", 60, P)[0] is Decision.NONE
-    assert decide(state, "a", 61, P)[0] is Decision.FULL
-    assert handled(state, full=True, now=61).tidy_at is None
-
-
 def snap(people, complete=True):
     return DirectorySnapshot(tuple(people), UNITS, (), complete, None if complete else "limit", len(people))
 
 
-def test_delta_separates_leavers_from_the_rest():
+def test_leavers_are_the_gone_and_the_newly_disabled():
     a = [person(i) for i in range(5)]
+    before = Roster.of(snap(a))
     b = [
         a[0],
         dataclasses.replace(a[1], disabled=True),
         dataclasses.replace(a[2], title="Начальник"),
         a[3],
         person(9),
-    ]  # a[4] left, person 9 hired
-    d = directory_delta(snap(a), snap(b))
-    assert [p.anchor for p in d.left] == ["a004"] and [p.anchor for p in d.disabled] == ["a001"]
-    assert d.other == 2  # the title change and the hire
-    assert directory_delta(snap(a), snap(a)).leaving == ()
+    ]  # a[4] left, a[1] disabled, person 9 hired
+    assert leavers(before, Roster.of(snap(b))) == (("a004", "left the directory"),
+                                                    ("a001", "disabled in the directory"))  # fmt: skip
+    assert leavers(before, before) == ()
+    # Already disabled before: not a leaver again; a re-enabled person is none either.
+    again = Roster.of(snap(b))
+    assert leavers(again, Roster.of(snap(a))) == (("a009", "left the directory"),)
+
+
+def test_roster_trust_follows_the_rails():
+    full = Roster(frozenset(f"a{i}" for i in range(100)), frozenset(), True)
+    assert roster_trusted(full, 100, 0.9) == (True, None)
+    short = Roster(frozenset(f"a{i}" for i in range(80)), frozenset(), True)
+    ok, why = roster_trusted(short, 100, 0.9)
+    assert not ok and "fewer than 90% of the last good read (100)" in why
+    cut = Roster(full.present, frozenset(), False, "size limit")
+    assert roster_trusted(cut, None, 0.9) == (False, "the directory read was incomplete (size limit)")
 
 
 @pytest.mark.parametrize("trusted", [True, False])
@@ -94,7 +102,7 @@ def test_leaver_locks_keep_the_rails(trusted):
         for i in range(4)
     }
     users[f"@boss:{SERVER}"] = ObservedUser(f"@boss:{SERVER}", None, False, False, False)
-    leaving = tuple((p, "left the directory") for p in people)
+    leaving = tuple((p.anchor, "left the directory") for p in people)
     plan = leaver_locks(leaving, registry, users, POLICY, is_trusted=trusted, now=500.0)
     if trusted:
         # user1 is an admin, boss is excluded, user3 is already locked: only user0 is locked.

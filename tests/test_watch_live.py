@@ -37,7 +37,7 @@ pytestmark = [pytest.mark.slapd, pytest.mark.synapse]
 
 PEOPLE = 120
 ARCHIVE = "Уволенные"
-WATCH = {"poll_seconds": 0.3, "debounce_seconds": 0.5, "max_delay_seconds": 3, "tidy_after_seconds": 2}
+WATCH = {"poll_seconds": 0.3, "debounce_seconds": 0.5, "max_delay_seconds": 3}
 
 
 class World:
@@ -149,7 +149,7 @@ def test_deleted_person_is_locked_within_seconds(world):
     assert errcode in ("M_USER_LOCKED", "M_UNKNOWN_TOKEN")
     assert time.monotonic() - start < 10
     assert world.user(world.uid(p))["locked"] is True
-    # The tidy full sync follows and takes the leaver out of their rooms.
+    # The full run that follows takes the leaver out of their rooms.
     wait_for("the kick", lambda: not http(world.hs.url, "GET", f"/_synapse/admin/v1/users/{world.uid(p)}/joined_rooms",
                                           world.hs.admin_token)[1].get("joined_rooms"), 30)  # fmt: skip
 

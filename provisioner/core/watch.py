@@ -8,11 +8,13 @@ Rules (each tested):
    reorganisation of 300 entries) becomes one run, and a steady trickle cannot postpone a run for ever.
 3. A detector that cannot answer (``None``: no detection configured, or the directory unreachable) never
    triggers a run by itself; the interval still does.
-4. Leavers (gone from the read, or newly disabled) are locked by the fast path with the rails of a sync:
-   nobody is locked on an untrusted read (incomplete, or short of ``min_directory_fraction`` of the last good
-   count: counted as held instead), never an excluded or service account, an admin, or someone already
-   locked or deactivated; the threshold (``check_removals``) is checked on the fast plan by the caller.
-5. Anything else that changed (hires, renames, moves, re-enabled people, units) needs the full pipeline.
+4. Leavers (gone from the roster — the in-scope anchors — or newly disabled) are locked by the fast path with
+   the rails of a sync: nobody is locked on an untrusted roster (incomplete, or short of
+   ``min_directory_fraction`` of the last good count: counted as held instead), never an excluded or service
+   account, an admin, or someone already locked or deactivated; the threshold (``check_removals``) is
+   checked on the fast plan by the caller.
+5. Every change also gets a full run (hires, renames, moves, and the leavers' kicks): a roster of anchors
+   cannot tell a rename from nothing. Changes seen while one runs queue one more run, not one each.
 6. Leavers are locked even while a full run is going (~8 s at 25,000 people): see :func:`keep_locked`.
 """
 
@@ -23,7 +25,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
 
 from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry, UnlockUser
-from provisioner.core.model import DirectorySnapshot, Person
+from provisioner.core.model import DirectorySnapshot
 from provisioner.core.reconcile import ObservedUser, RegistryEntry, SyncPolicy
 
 
@@ -33,7 +35,6 @@ class WatchPolicy:
     debounce_seconds: float = 1.0
     max_delay_seconds: float = 10.0
     full_interval_seconds: float = 3600.0
-    tidy_after_seconds: float = 60.0
 
 
 class Decision(enum.Enum):
@@ -49,7 +50,6 @@ class WatchState:
     last_full_at: float | None = None
     pending_since: float | None = None  # first change not yet handled
     last_change_at: float | None = None
-    tidy_at: float | None = None  # a full sync is due then, to kick the leavers the fast path locked
 
 
 def decide(
@@ -63,23 +63,17 @@ def decide(
     if state.last_full_at is None or now - state.last_full_at >= policy.full_interval_seconds:
         return Decision.FULL, state
     if state.pending_since is None or state.last_change_at is None:
-        due = state.tidy_at is not None and now >= state.tidy_at
-        return (Decision.FULL if due else Decision.NONE), state
+        return Decision.NONE, state
     quiet = now - state.last_change_at >= policy.debounce_seconds
     overdue = now - state.pending_since >= policy.max_delay_seconds
     return (Decision.CHANGES if quiet or overdue else Decision.WAIT), state
 
 
-def handled(state: WatchState, *, full: bool, now: float, tidy_at: float | None = None) -> WatchState:
-    """The state after a run that read the directory at ``now`` (changes after it stay pending).
-
-    ``tidy_at``: the fast path locked leavers; their kicks are due in a full sync then (a full run clears it).
-    """
+def handled(state: WatchState, *, full: bool, now: float) -> WatchState:
+    """The state after a run that read the directory at ``now`` (changes after it stay pending)."""
     pending = state.last_change_at is not None and state.last_change_at > now
-    tidy = None if full else min(x for x in (tidy_at, state.tidy_at, float("inf")) if x is not None)
     return replace(
         state,
-        tidy_at=None if tidy == float("inf") else tidy,
         last_full_at=now if full else state.last_full_at,
         pending_since=state.pending_since if pending else None,
         last_change_at=state.last_change_at if pending else None,
@@ -87,35 +81,56 @@ def handled(state: WatchState, *, full: bool, now: float, tidy_at: float | None 
 
 
 @dataclass(frozen=True, slots=True)
-class Delta:
-    """What one directory read changed against the previous one, by anchor."""
+class Roster:
+    """Who is in scope, by anchor: the cheapest read that still sees every leaver.
 
-    left: tuple[Person, ...]  # gone from the read: deleted, or moved out of the base DN / filter
-    disabled: tuple[Person, ...]  # present, newly disabled
-    other: int  # hires, renames, moves, re-enabled people and unit changes: the full pipeline's work
+    Two searches asking for the anchor attribute only (0.4 s at 25,000 people, against ~3 s for the whole
+    read and its interpretation): the people the filter matches under the base DN, and those of them that
+    are disabled.
+    """
+
+    present: frozenset[str]
+    disabled: frozenset[str]
+    complete: bool
+    stop_reason: str | None = None
 
     @property
-    def leaving(self) -> tuple[tuple[Person, str], ...]:
-        return tuple((p, "left the directory") for p in self.left) + tuple(
-            (p, "disabled in the directory") for p in self.disabled
+    def enabled(self) -> frozenset[str]:
+        return self.present - self.disabled
+
+    @classmethod
+    def of(cls, snapshot: DirectorySnapshot) -> Roster:
+        return cls(
+            frozenset(p.anchor for p in snapshot.people),
+            frozenset(p.anchor for p in snapshot.people if p.disabled),
+            snapshot.complete,
+            snapshot.stop_reason,
         )
 
 
-def directory_delta(before: DirectorySnapshot, after: DirectorySnapshot) -> Delta:
-    old = {p.anchor: p for p in before.people}
-    new = {p.anchor: p for p in after.people}
-    left = tuple(old[a] for a in sorted(old.keys() - new.keys()))
-    disabled = tuple(new[a] for a in sorted(new) if a in old and new[a].disabled and not old[a].disabled)
-    # Being disabled is the fast path's; any other difference (or a hire) is the full pipeline's.
-    other = sum(1 for a, p in new.items() if a not in old or replace(old[a], disabled=p.disabled) != p)
-    other += sum(1 for a, p in new.items() if a in old and old[a].disabled and not p.disabled)
-    if set(before.units) != set(after.units):
-        other += 1
-    return Delta(left, disabled, other)
+def leavers(before: Roster, after: Roster) -> tuple[tuple[str, str], ...]:
+    """(anchor, cause) of everyone enabled in ``before`` who is gone from ``after`` or disabled in it."""
+    gone = sorted(before.enabled - after.present)
+    off = sorted(before.enabled & after.disabled)
+    return tuple((a, "left the directory") for a in gone) + tuple(
+        (a, "disabled in the directory") for a in off
+    )
+
+
+def roster_trusted(roster: Roster, last_good: int | None, min_fraction: float) -> tuple[bool, str | None]:
+    """Rule 4's trust, as ``reconcile.trusted`` judges a full read."""
+    if not roster.complete:
+        return False, f"the directory read was incomplete ({roster.stop_reason})"
+    if last_good and len(roster.present) < min_fraction * last_good:
+        return False, (
+            f"the directory returned {len(roster.present)} people, fewer than {min_fraction:.0%} of the last "
+            f"good read ({last_good})"
+        )
+    return True, None
 
 
 def leaver_locks(
-    leaving: tuple[tuple[Person, str], ...],
+    leaving: tuple[tuple[str, str], ...],
     registry: Mapping[str, RegistryEntry],
     users: Mapping[str, ObservedUser],
     policy: SyncPolicy,
@@ -132,8 +147,8 @@ def leaver_locks(
     locks: list[Action] = []
     entries: list[tuple[str, str, float | None, str | None]] = []
     held = 0
-    for person, cause in leaving:
-        entry = registry.get(person.anchor)
+    for anchor, cause in leaving:
+        entry = registry.get(anchor)
         if entry is None:
             continue  # never managed (a disabled person who never got an account)
         uid = f"@{entry.localpart}:{policy.server_name}"
@@ -144,7 +159,7 @@ def leaver_locks(
             held += 1
             continue
         locks.append(LockUser(uid, cause))
-        entries.append((person.anchor, entry.localpart, now, entry.profile))
+        entries.append((anchor, entry.localpart, now, entry.profile))
     actions: tuple[Action, ...] = ((SaveRegistry(tuple(entries)),) if entries else ()) + tuple(locks)
     return Plan(actions=actions, fingerprint="", created_at=now, held_removals=held)
 
