@@ -192,6 +192,23 @@ def _print_plan(plan: Plan, check: RemovalCheck, *, lines: int = 5) -> None:
     click.echo(f"  removals       {check.people} people of {check.managed} managed lose access")
 
 
+def _sync_run(cfg: Config, *, apply: bool, saved: Plan | None, allow: int | None, quiet: bool,
+              full_read: bool) -> sync.RunResult:  # fmt: skip
+    snapshot = read_snapshot(cfg)
+    if not snapshot.complete:
+        click.echo(f"warning: directory read incomplete ({snapshot.stop_reason}): no removals", err=True)
+    try:
+        result = asyncio.run(
+            sync.run(cfg, apply=apply, saved_plan=saved, allow_removals=allow, progress=not quiet,
+                     snapshot=snapshot, full_read=full_read)
+        )  # fmt: skip
+    except HomeserverError as e:
+        fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
+    except OSError as e:
+        fail(f"cannot reach the homeserver at {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
+    return result
+
+
 def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, allow: int | None,
          quiet: bool, full_read: bool = False) -> None:  # fmt: skip
     cfg = obj.config(token_required=True)
@@ -202,21 +219,14 @@ def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, a
                 saved = Plan.from_json(fh.read())
         except (OSError, ValueError, KeyError, TypeError) as e:
             fail(f"cannot use the saved plan {plan_path}: {e}", exitcodes.CONFIG)
-    snapshot = read_snapshot(cfg)
-    if not snapshot.complete:
-        click.echo(f"warning: directory read incomplete ({snapshot.stop_reason}): no removals", err=True)
-    try:
-        with runlock.hold(cfg.sync.state_dir, "run", "sync") if apply else contextlib.nullcontext():
-            result = asyncio.run(
-                sync.run(cfg, apply=apply, saved_plan=saved, allow_removals=allow, progress=not quiet,
-                         snapshot=snapshot, full_read=full_read)
-            )  # fmt: skip
-    except runlock.Locked as e:
-        fail(str(e), exitcodes.LOCKED)
-    except HomeserverError as e:
-        fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
-    except OSError as e:
-        fail(f"cannot reach the homeserver at {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
+    with contextlib.ExitStack() as held:
+        if apply:
+            # Before reading anything: a refused run must not cost the directory a full read.
+            try:
+                held.enter_context(runlock.hold(cfg.sync.state_dir, "run", "sync"))
+            except runlock.Locked as e:
+                fail(str(e), exitcodes.LOCKED)
+        result = _sync_run(cfg, apply=apply, saved=saved, allow=allow, quiet=quiet, full_read=full_read)
     _print_plan(result.plan, result.removal_check)
     if out:
         with open(out, "w", encoding="utf-8") as fh:
