@@ -412,9 +412,8 @@ class Watch:
                 kind, exitcodes.HOMESERVER, f"homeserver {self.cfg.homeserver.url}: {e}", started
             )
             return exitcodes.HOMESERVER
-        except (
-            Exception
-        ) as e:  # a bug must not end the watch: leavers would stay unlocked until someone looks
+        except Exception as e:
+            # A bug must not end the watch: leavers would stay unlocked until someone looked.
             log.exception("watch run (%s) failed", kind)
             self._record_run(kind, exitcodes.UNEXPECTED, f"unexpected error (see the log): {e!r}", started)
             return exitcodes.UNEXPECTED
@@ -444,7 +443,8 @@ class Watch:
             self.status.save(self.cfg.sync.state_dir)
         if self.full_task is not None and self.full_task.done():
             failed = await self._full_finished() or failed
-        decision, self.state = decide(self.state, token, self.clock(), self.policy)
+        running = self.full_task is not None
+        decision, self.state = decide(self.state, token, self.clock(), self.policy, full_running=running)
         code = exitcodes.OK
         if (decision is Decision.FULL and self.full_task is None) or (
             decision is Decision.CHANGES and self.roster is None and self.full_task is None
@@ -526,6 +526,12 @@ class Watch:
         """Poll until ``stop`` is set; back off after failures with :data:`RECONNECT`."""
         self.status.save(self.cfg.sync.state_dir)
         log.info("watching %s with %s change detection", self.cfg.directory.uri, self.detector.name)
+        # A roster now lets the fast path lock leavers during the first full run (an hour for a first sync of
+        # 25,000): whoever leaves after this read is caught; whoever left before is the full run's.
+        with contextlib.suppress(DirectoryError):
+            roster = await asyncio.to_thread(read_roster, self.cfg.directory)
+            if roster.complete:
+                self.roster, self.roster_at = roster, self.clock()
         try:
             while not stop.is_set():
                 await self.step()

@@ -140,3 +140,12 @@ def test_keep_locked_drops_unlocks_and_stale_registry_entries_of_fast_locked_peo
     assert keep_locked(plan, set(), SERVER) is plan
     only = Plan((SaveRegistry((("a001", "user1", None, None),)), UnlockUser(u1)), "fp", 1.0)
     assert keep_locked(only, {u1}, SERVER).actions == ()
+
+
+def test_a_due_full_run_waits_while_one_is_running_and_changes_are_still_decided():
+    state = WatchState(token="a", last_full_at=0)
+    d, state = decide(state, "b", 200, P, full_running=True)  # the interval is over, a full run is going
+    assert d is Decision.WAIT
+    d, state = decide(state, "b", 203, P, full_running=True)
+    assert d is Decision.CHANGES  # the leaver is not held behind the full run
+    assert decide(state, "b", 204, P)[0] is Decision.FULL  # the due full run, once the other one is done

@@ -53,14 +53,19 @@ class WatchState:
 
 
 def decide(
-    state: WatchState, token: str | None, now: float, policy: WatchPolicy
+    state: WatchState, token: str | None, now: float, policy: WatchPolicy, *, full_running: bool = False
 ) -> tuple[Decision, WatchState]:
-    """What to do after one detector check that answered ``token`` at ``now``; and the state to keep."""
+    """What to do after one detector check that answered ``token`` at ``now``; and the state to keep.
+
+    ``full_running``: a full run is in progress, so a due full run waits and changes are decided on (their
+    leavers must not wait for it, Rule 6).
+    """
     if token is not None and state.token is not None and token != state.token:
         state = replace(state, pending_since=state.pending_since or now, last_change_at=now)
     if token is not None:
         state = replace(state, token=token)
-    if state.last_full_at is None or now - state.last_full_at >= policy.full_interval_seconds:
+    full_due = state.last_full_at is None or now - state.last_full_at >= policy.full_interval_seconds
+    if full_due and not full_running:
         return Decision.FULL, state
     if state.pending_since is None or state.last_change_at is None:
         return Decision.NONE, state
