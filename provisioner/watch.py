@@ -25,12 +25,13 @@ import json
 import logging
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from bridge.matrix.client import HomeserverClient, RetryPolicy
 from bridge.matrix.errors import HomeserverError, MNotFound
@@ -39,7 +40,7 @@ from provisioner.apply import AuditLog, Executor
 from provisioner.config import Config, DirectoryConfig
 from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry
 from provisioner.core.directory import interpret
-from provisioner.core.model import RawEntry
+from provisioner.core.model import DirectorySnapshot, RawEntry
 from provisioner.core.reconcile import Observed, ObservedUser, check_removals
 from provisioner.core.watch import (
     Decision,
@@ -57,7 +58,7 @@ from provisioner.ldap_reader import (
     DirectoryError,
     DirectoryReader,
     DirectoryUnreachable,
-    read_directory,
+    read_directory_sync,
 )
 from provisioner.observe import read_registry
 
@@ -332,10 +333,40 @@ async def confirm_locks(cfg: Config, uids: Collection[str], *, now: float) -> li
         return [a.user_id for a in actions if isinstance(a, LockUser)]
 
 
+T = TypeVar("T")
+
+
+async def in_thread(fn: Callable[[], T], *, name: str) -> T:
+    """``fn()`` in a daemon thread with its own event loop.
+
+    Why not ``asyncio.to_thread``: a full run computes for seconds at 25,000 people (interpreting the read,
+    the layout, reconcile), which would stall this loop and the leavers' fast path with it; in a thread the
+    interpreter switches between the two every few milliseconds. Daemon, so that stopping the watch does not
+    wait for a first sync of an hour: a run stopped half-way loses nothing the next one does not redo.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(ok: bool, value: Any) -> None:
+        if not future.done():
+            (future.set_result if ok else future.set_exception)(value)
+
+    def target() -> None:
+        try:
+            value = fn()
+        except BaseException as e:  # handed to the awaiting coroutine, which records it
+            loop.call_soon_threadsafe(deliver, False, e)
+        else:
+            loop.call_soon_threadsafe(deliver, True, value)
+
+    threading.Thread(target=target, name=name, daemon=True).start()
+    return await future
+
+
 class Watch:
     """One watch over one config. :meth:`run` loops until ``stop`` is set; every failure is retried.
 
-    Full runs (``sync.run``: ~8 s at 25,000 people) go in a background task so that the poll loop keeps
+    Full runs (``sync.run``: ~8 s at 25,000 people) go in a background thread so that the poll loop keeps
     going: a leaver seen meanwhile is locked by the fast path at once, under the same run lock (this process
     holds it while any of its runs acts), and the full run is told not to unlock them.
     """
@@ -491,11 +522,15 @@ class Watch:
         self.full_due = False
         self.locked_meanwhile = set()
 
-        async def body(started: float) -> int:
+        def work() -> tuple[float, DirectorySnapshot, sync.RunResult]:
             read_at = self.clock()
-            snapshot = interpret(await read_directory(self.cfg.directory), self.cfg.directory)
-            result = await sync.run(self.cfg, apply=True, snapshot=snapshot, progress=False, clock=self.clock,
-                                    keep_locked=self.locked_meanwhile)  # fmt: skip
+            snapshot = interpret(read_directory_sync(self.cfg.directory), self.cfg.directory)
+            result = asyncio.run(sync.run(self.cfg, apply=True, snapshot=snapshot, progress=False,
+                                          clock=self.clock, keep_locked=self.locked_meanwhile))  # fmt: skip
+            return read_at, snapshot, result
+
+        async def body(started: float) -> int:
+            read_at, snapshot, result = await in_thread(work, name=f"watch {kind} run")
             if snapshot.complete and result.exit_code != exitcodes.REMOVALS_HELD and read_at > self.roster_at:
                 self.roster, self.roster_at = Roster.of(snapshot), read_at
             self.state = handled(self.state, full=full, now=read_at)
