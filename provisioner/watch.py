@@ -65,6 +65,8 @@ from provisioner.observe import read_registry
 log = logging.getLogger(__name__)
 
 #: Reconnecting to a directory or homeserver that went away: 1 s, 2 s, 4 s … capped at 30 s, jittered.
+STATUS_EVERY_SECONDS = 5.0
+
 RECONNECT = RetryPolicy(base_delay=1.0, multiplier=2.0, max_delay=30.0)
 
 
@@ -397,6 +399,7 @@ class Watch:
         self.locked_meanwhile: set[str] = set()  # fast locks during the current full run
         self._lock = contextlib.ExitStack()
         self._lock_users = 0
+        self._saved_at = float("-inf")
 
     # --- the run lock, shared by this process's runs --------------------------------------------------
 
@@ -413,15 +416,23 @@ class Watch:
     # --- status -----------------------------------------------------------------------------------------
 
     def _record_check(self, token: str | None, seconds: float, error: str | None = None) -> None:
-        self.status.last_check = {"at": self.clock(), "token": token, "ms": round(seconds * 1000, 2),
+        now = self.clock()
+        self.status.last_check = {"at": now, "token": token, "ms": round(seconds * 1000, 2),
                                   "error": error}  # fmt: skip
+        # `provisioner status` shows the last check; a write every few seconds keeps it current enough.
+        if now - self._saved_at >= STATUS_EVERY_SECONDS:
+            self._save_status()
+
+    def _save_status(self) -> None:
+        self._saved_at = self.clock()
+        self.status.save(self.cfg.sync.state_dir)
 
     def _record_run(self, kind: str, code: int, message: str | None, started: float, **extra: Any) -> None:
         self.runs += 1
         self.status.last_run = {"at": self.clock(), "kind": kind, "exit_code": code, "message": message,
                                 "seconds": round(time.monotonic() - started, 3), **extra}  # fmt: skip
         self.status.problem = message
-        self.status.save(self.cfg.sync.state_dir)
+        self._save_status()
         level = logging.INFO if code == exitcodes.OK else logging.WARNING
         log.log(level, "watch run (%s): exit %d%s", kind, code, f": {message}" if message else "")
 
@@ -471,7 +482,7 @@ class Watch:
         except DirectoryError as e:
             token, failed = None, True
             self.status.problem = str(e)
-            self.status.save(self.cfg.sync.state_dir)
+            self._save_status()
         if self.full_task is not None and self.full_task.done():
             failed = await self._full_finished() or failed
         running = self.full_task is not None
