@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import click
 
 from bridge.matrix.client import HomeserverClient
 from bridge.matrix.errors import HomeserverError
-from provisioner import exitcodes, sync
+from provisioner import exitcodes, runlock, sync
 from provisioner.config import Config, ConfigError, load_config
 from provisioner.core.actions import Plan, describe
 from provisioner.core.desired import Desired, desired_state
@@ -191,16 +192,8 @@ def _print_plan(plan: Plan, check: RemovalCheck, *, lines: int = 5) -> None:
     click.echo(f"  removals       {check.people} people of {check.managed} managed lose access")
 
 
-def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, allow: int | None,
-         quiet: bool, full_read: bool = False) -> None:  # fmt: skip
-    cfg = obj.config(token_required=True)
-    saved = None
-    if plan_path:
-        try:
-            with open(plan_path, encoding="utf-8") as fh:
-                saved = Plan.from_json(fh.read())
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            fail(f"cannot use the saved plan {plan_path}: {e}", exitcodes.CONFIG)
+def _sync_run(cfg: Config, *, apply: bool, saved: Plan | None, allow: int | None, quiet: bool,
+              full_read: bool) -> sync.RunResult:  # fmt: skip
     snapshot = read_snapshot(cfg)
     if not snapshot.complete:
         click.echo(f"warning: directory read incomplete ({snapshot.stop_reason}): no removals", err=True)
@@ -213,6 +206,27 @@ def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, a
         fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
     except OSError as e:
         fail(f"cannot reach the homeserver at {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
+    return result
+
+
+def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, allow: int | None,
+         quiet: bool, full_read: bool = False) -> None:  # fmt: skip
+    cfg = obj.config(token_required=True)
+    saved = None
+    if plan_path:
+        try:
+            with open(plan_path, encoding="utf-8") as fh:
+                saved = Plan.from_json(fh.read())
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            fail(f"cannot use the saved plan {plan_path}: {e}", exitcodes.CONFIG)
+    with contextlib.ExitStack() as held:
+        if apply:
+            # Before reading anything: a refused run must not cost the directory a full read.
+            try:
+                held.enter_context(runlock.hold(cfg.sync.state_dir, "run", "sync"))
+            except runlock.Locked as e:
+                fail(str(e), exitcodes.LOCKED)
+        result = _sync_run(cfg, apply=apply, saved=saved, allow=allow, quiet=quiet, full_read=full_read)
     _print_plan(result.plan, result.removal_check)
     if out:
         with open(out, "w", encoding="utf-8") as fh:
@@ -286,6 +300,7 @@ def status(obj: Context) -> None:
         click.echo(f"no run recorded yet in {cfg.sync.state_dir}")
     except (OSError, ValueError, KeyError) as e:
         click.echo(f"cannot read {path}: {e}", err=True)
+    _watch_status(cfg)
 
     async def read() -> Any:
         assert cfg.homeserver.admin_token is not None
@@ -307,6 +322,63 @@ def status(obj: Context) -> None:
         over += size > limit
         click.echo(f"  [{room.kind}] {room.name}  #{room.alias}  {size}/{limit}{flag}")
     click.echo(f"{len(observed.rooms)} managed rooms and spaces, {over} over the limit")
+
+
+def _when(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "never"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _watch_status(cfg: Config) -> None:
+    path = os.path.join(cfg.sync.state_dir, "watch.json")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            w = json.load(fh)
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError) as e:
+        click.echo(f"cannot read {path}: {e}", err=True)
+        return
+    try:
+        with runlock.hold(cfg.sync.state_dir, "watch", "status probe"):
+            alive = "NOT RUNNING (last seen as"
+    except runlock.Locked:
+        alive = "running (pid"
+    check, last = w.get("last_check") or {}, w.get("last_run") or {}
+    click.echo(f"watch: {alive} {w.get('pid')}), change detection {w.get('detector')}")
+    err = f", error: {check['error']}" if check.get("error") else ""
+    click.echo(f"  last check {_when(check.get('at'))} ({check.get('ms', '?')} ms{err})")
+    if last:
+        msg = f": {last['message']}" if last.get("message") else ""
+        click.echo(
+            f"  last run {_when(last.get('at'))}: {last.get('kind')}, exit {last.get('exit_code')}{msg}"
+        )
+    if w.get("problem"):
+        click.echo(f"  needs attention: {w['problem']}")
+
+
+@main.command("watch")
+@click.pass_obj
+def watch_cmd(obj: Context) -> None:
+    """Run for ever: lock leavers within seconds of a directory change, sync the rest (Ctrl-C stops)."""
+    import signal
+
+    from provisioner.watch import watch_main
+
+    cfg = obj.config(token_required=True)
+
+    async def main_() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await watch_main(cfg, stop)
+
+    try:
+        sys.exit(asyncio.run(main_()))
+    except runlock.Locked as e:
+        fail(str(e), exitcodes.LOCKED)
 
 
 @main.command()

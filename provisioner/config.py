@@ -52,6 +52,9 @@ class DirectoryConfig:
     timeout_seconds: float
     ca_file: str | None
     client: str = "auto"
+    # How `provisioner watch` notices changes: csn (OpenLDAP contextCSN, syncprov), usn (AD
+    # highestCommittedUSN), none (the interval only); auto picks by preset.
+    change_detection: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,14 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WatchConfig:
+    poll_seconds: float = 1.0
+    debounce_seconds: float = 1.0
+    max_delay_seconds: float = 10.0
+    full_interval_seconds: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     path: str
     homeserver: HomeserverConfig
@@ -97,6 +108,7 @@ class Config:
     sync: SyncConfig
     exclude: frozenset[str]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    watch: WatchConfig = field(default_factory=WatchConfig)
 
     @property
     def bot_user_id(self) -> str | None:
@@ -172,7 +184,19 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-_TOP_KEYS = {"homeserver", "directory", "layout", "safety", "sync", "exclude", "bot", "server", "demo"}
+_TOP_KEYS = {
+    "homeserver",
+    "directory",
+    "layout",
+    "safety",
+    "sync",
+    "exclude",
+    "bot",
+    "server",
+    "demo",
+    "watch",
+}
+CHANGE_DETECTION = ("auto", "csn", "usn", "none")
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+$")
 
 
@@ -301,7 +325,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
             "uri", "bind_dn", "bind_password_file", "bind_password_env", "bind_password", "base_dn",
             "preset", "filter", "attributes", "department_from", "department_separator",
             "disabled_filter", "unit_filter", "start_tls", "page_size", "timeout_seconds", "ca_file",
-            "client",
+            "client", "change_detection",
         }
     )  # fmt: skip
     preset_name = r.choice("preset", "openldap", tuple(PRESETS))
@@ -349,6 +373,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
         timeout_seconds=r.float_("timeout_seconds", 30.0, 1.0, 3600.0),
         ca_file=r.path_("ca_file", ca_file) if ca_file else None,
         client=r.choice("client", "auto", ("auto", "python-ldap", "ldap3")),
+        change_detection=r.choice("change_detection", "auto", CHANGE_DETECTION),
     )
 
 
@@ -411,6 +436,33 @@ def _sync(r: _Reader) -> SyncConfig:
     )
 
 
+def _watch(r: _Reader) -> WatchConfig:
+    r.check_known(
+        {
+            "poll_seconds",
+            "debounce_seconds",
+            "max_delay_seconds",
+            "full_interval_seconds",
+            "tidy_after_seconds",
+        }
+    )
+    poll = r.float_("poll_seconds", 1.0, 0.05, 3600.0)
+    debounce = r.float_("debounce_seconds", 1.0, 0.0, 3600.0)
+    max_delay = r.float_("max_delay_seconds", 10.0, 0.0, 86400.0)
+    if max_delay < debounce:
+        raise r.fail(
+            "max_delay_seconds", f"must be at least debounce_seconds ({debounce:g}), not {max_delay:g}"
+        )
+    return WatchConfig(
+        poll_seconds=poll,
+        debounce_seconds=debounce,
+        max_delay_seconds=max_delay,
+        # Deletions on a server without change detection, and changes made on the Matrix side, show only in a
+        # full run: at least daily.
+        full_interval_seconds=r.float_("full_interval_seconds", 3600.0, 10.0, 86400.0),
+    )
+
+
 def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = None,
                  token_required: bool = False) -> Config:  # fmt: skip
     """Validate an already-loaded YAML document into a :class:`Config`."""
@@ -445,6 +497,7 @@ def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = N
         sync=_sync(root.section("sync")),
         exclude=frozenset(exclude),
         raw=root.data,
+        watch=_watch(root.section("watch")),
     )
 
 

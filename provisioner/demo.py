@@ -236,6 +236,9 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> i
             _print_welcome(state, cfg)
             if once:
                 return exitcodes.OK
+            processes.append(_start_watch(root, cfg))
+            _say("the directory watch is running (state/watch.log): a person deleted or disabled in LDAP is "
+                 "locked within seconds, a hire appears in their room.")  # fmt: skip
             _wait_for_ctrl_c(processes)
             return exitcodes.OK
         finally:
@@ -252,6 +255,18 @@ def _start_bot(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
     log = open(root / "bot" / "bot.log", "ab")  # noqa: SIM115 - owned by the child process
     return subprocess.Popen(
         [sys.executable, "-m", "bridge.cli", "--config", cfg.path, "run"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+        start_new_session=True,
+    )
+
+
+def _start_watch(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
+    (root / "state").mkdir(exist_ok=True)
+    log = open(root / "state" / "watch.log", "ab")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "provisioner.cli", "--config", cfg.path, "-v", "watch"],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=root,
@@ -281,7 +296,9 @@ def _wait_for_ctrl_c(processes: list[subprocess.Popen[bytes]]) -> None:
     while not stop:
         for proc in processes:
             if proc.poll() is not None:
-                _say(f"warning: the event bot exited with code {proc.returncode} (see bot/bot.log)")
+                is_bot = "bridge.cli" in list(proc.args)  # type: ignore[arg-type]
+                name = "the event bot (bot/bot.log)" if is_bot else "the watch (state/watch.log)"
+                _say(f"warning: {name} exited with code {proc.returncode}")
                 processes.remove(proc)
         time.sleep(0.5)
 

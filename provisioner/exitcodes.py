@@ -9,3 +9,4 @@ HOMESERVER = 5  # the homeserver could not be reached or refused the provisioner
 REMOVALS_HELD = 6  # the run would remove more people than safety allows; nothing was applied
 STALE_PLAN = 7  # a saved plan no longer matches the directory or the server; nothing was applied
 PARTIAL = 8  # the run applied, but some actions failed (see the report and the audit log)
+LOCKED = 9  # another sync or watch holds the lock on this state directory; nothing was touched

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,8 @@ from provisioner.core.reconcile import (
     reconcile,
     trusted,
 )
+from provisioner.core.saved import rail_violations, saved_plan_problem
+from provisioner.core.watch import keep_locked as keep_locked_plan
 from provisioner.ldap_reader import read_directory
 from provisioner.observe import RoomCache, observe, refresh_cache
 
@@ -124,6 +126,22 @@ async def make_plan(
     return plan, observed, desired, policy
 
 
+def _saved_rails(
+    saved: Plan, snapshot: DirectorySnapshot, observed: Observed, policy: SyncPolicy
+) -> str | None:
+    is_trusted, why = trusted(snapshot, observed, policy)
+    protected = policy.exclude | {policy.provisioner} | policy.service_accounts
+    if policy.bot:
+        protected |= {policy.bot}
+    broken = rail_violations(
+        saved.actions, protected=protected, users=observed.users, is_trusted=is_trusted, why_untrusted=why
+    )
+    if not broken:
+        return None
+    more = f" (and {len(broken) - 3} more)" if len(broken) > 3 else ""
+    return "the saved plan breaks the safety rails: " + "; ".join(broken[:3]) + more + "; nothing was applied"
+
+
 def managed_count(observed: Observed, snapshot: DirectorySnapshot) -> int:
     return max(len(observed.registry), len(snapshot.people))
 
@@ -138,8 +156,13 @@ async def run(
     progress: bool = True,
     snapshot: DirectorySnapshot | None = None,
     full_read: bool = False,
+    keep_locked: Collection[str] = (),
 ) -> RunResult:
-    """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI."""
+    """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI.
+
+    ``keep_locked``: accounts the watch locked while this run was reading (read when planning is done, so a
+    live set works): never unlocked by this run (``core.watch.keep_locked``).
+    """
     if snapshot is None:
         snapshot = interpret(await read_directory(cfg.directory), cfg.directory_policy())
     token = cfg.homeserver.admin_token
@@ -150,7 +173,22 @@ async def run(
         before = client.stats
         now = clock()
         cache = room_cache(cfg, now=now, full_read=full_read)
-        plan, observed, desired, policy = await make_plan(cfg, client, snapshot, now=now, cache=cache)
+        # A saved plan is re-planned at its own time, so that unchanged inputs give exactly its actions.
+        plan_now = saved_plan.created_at if saved_plan is not None else now
+        plan, observed, desired, policy = await make_plan(cfg, client, snapshot, now=plan_now, cache=cache)
+        plan = keep_locked_plan(plan, keep_locked, cfg.homeserver.server_name)
+        result = RunResult(plan, snapshot, observed, desired, RemovalCheck(0, 0, True, None))
+        if saved_plan is not None:
+            problem = saved_plan_problem(saved_plan, plan) or _saved_rails(
+                saved_plan, snapshot, observed, policy
+            )
+            if problem:
+                result.exit_code = exitcodes.STALE_PLAN
+                result.message = problem
+                return result
+            # From here on the saved file is the plan: every rail below runs on the actions it holds.
+            plan = saved_plan
+            result.plan = plan
         check = check_removals(
             plan,
             managed_count(observed, snapshot),
@@ -158,17 +196,7 @@ async def run(
             max_percent=cfg.safety.max_removal_percent,
             allow=allow_removals,
         )
-        result = RunResult(plan, snapshot, observed, desired, check)
-        if saved_plan is not None:
-            if saved_plan.fingerprint != plan.fingerprint:
-                result.exit_code = exitcodes.STALE_PLAN
-                result.message = (
-                    "the saved plan is stale: the directory or the server changed since it was made; "
-                    "nothing was applied. Make a new plan with `provisioner plan --out FILE`."
-                )
-                return result
-            plan = saved_plan
-            result.plan = plan
+        result.removal_check = check
         if not check.allowed:
             result.exit_code = exitcodes.REMOVALS_HELD
             result.message = check.reason

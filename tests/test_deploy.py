@@ -175,7 +175,7 @@ def test_compose_runs_every_generated_worker_with_its_own_config() -> None:
     # The admin listener is loopback inside the synapse container (Rule 1): whoever talks to it shares it.
     for name in ("provisioner", "bot"):
         assert compose["services"][name]["network_mode"] == "service:synapse"
-    assert "provisioner --config /etc/civmatrix/civmatrix.yaml sync --quiet" in commands["provisioner"]
+    assert "provisioner --config /etc/civmatrix/civmatrix.yaml -v watch" in commands["provisioner"]
     assert "bridge --config /etc/civmatrix/civmatrix.yaml run" in commands["bot"]
     # Only the proxy publishes ports.
     published = [name for name, s in compose["services"].items() if s.get("ports")]
@@ -296,7 +296,13 @@ HARDENING = {
 
 @pytest.mark.parametrize(
     "unit",
-    ["synapse.service", "synapse-worker@.service", "civmatrix-sync.service", "civmatrix-bot.service"],
+    [
+        "synapse.service",
+        "synapse-worker@.service",
+        "civmatrix-sync.service",
+        "civmatrix-watch.service",
+        "civmatrix-bot.service",
+    ],
 )
 def test_systemd_services_are_hardened(unit: str) -> None:
     service = _unit(unit)["Service"]
@@ -306,15 +312,17 @@ def test_systemd_services_are_hardened(unit: str) -> None:
     assert "ExecStart" in service
 
 
-def test_systemd_workers_and_sync_timer() -> None:
+def test_systemd_workers_watch_and_manual_sync() -> None:
     worker = _unit("synapse-worker@.service")
     assert "/etc/matrix-synapse/workers/%i.yaml" in worker["Service"]["ExecStart"]
     assert "synapse.service" in worker["Unit"]["After"] and "synapse.service" in worker["Unit"]["BindsTo"]
-    timer = _unit("civmatrix-sync.timer")["Timer"]
-    assert timer["OnCalendar"] == "*:0/15" and timer["Persistent"] == "true"
+    # The watch replaced the 15-minute timer: it runs for ever, restarts after a crash, and a second one
+    # (exit 9: the lock is held) is not restarted in a loop.
+    assert not (DEPLOY / "systemd" / "civmatrix-sync.timer").exists()
+    watch = _unit("civmatrix-watch.service")["Service"]
+    assert "provisioner --config /etc/civmatrix/civmatrix.yaml watch" in watch["ExecStart"]
+    assert watch["Restart"] == "always" and watch["RestartPreventExitStatus"] == "9"
     sync = _unit("civmatrix-sync.service")["Service"]
-    # A oneshot is "activating" until it exits, and systemd never starts a unit that is already starting:
-    # a run longer than 15 minutes delays the next one instead of overlapping it.
     assert sync["Type"] == "oneshot"
     assert "provisioner --config /etc/civmatrix/civmatrix.yaml sync --quiet" in sync["ExecStart"]
     bot = _unit("civmatrix-bot.service")["Service"]

@@ -7,6 +7,7 @@ not by room ID: a room created earlier in the same plan has no ID when the plan 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -230,6 +231,9 @@ class Plan:
     created_at: float
     notes: tuple[str, ...] = field(default=())
     held_removals: int = 0  # removals left out because the directory read was not trustworthy
+    # The content digest a saved file carried (``None`` for a plan made in this process): a plan whose
+    # content no longer hashes to it was edited after it was made.
+    saved_digest: str | None = field(default=None, compare=False)
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -240,19 +244,23 @@ class Plan:
     def removals(self) -> int:
         return sum(1 for a in self.actions if a.kind in REMOVALS)
 
+    def _content(self) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "fingerprint": self.fingerprint,
+            "created_at": self.created_at,
+            "notes": list(self.notes),
+            "held_removals": self.held_removals,
+            "actions": [action_to_dict(a) for a in self.actions],
+        }
+
+    def content_digest(self) -> str:
+        """SHA-256 over the inputs' fingerprint *and* every action: what a saved plan's file must hash to."""
+        canonical = json.dumps(self._content(), ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "version": 1,
-                "fingerprint": self.fingerprint,
-                "created_at": self.created_at,
-                "notes": list(self.notes),
-                "held_removals": self.held_removals,
-                "actions": [action_to_dict(a) for a in self.actions],
-            },
-            ensure_ascii=False,
-            indent=1,
-        )
+        return json.dumps({**self._content(), "digest": self.content_digest()}, ensure_ascii=False, indent=1)
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
@@ -265,4 +273,5 @@ class Plan:
             created_at=float(data["created_at"]),
             notes=tuple(data.get("notes", ())),
             held_removals=int(data.get("held_removals", 0)),
+            saved_digest=str(data["digest"]) if data.get("digest") is not None else None,
         )

@@ -14,6 +14,8 @@ Rules the configuration keeps:
 * Rule 3: the service account's password is the one this object holds: :meth:`start` sets it (and creates the
   entry if the loaded data has none), whatever the LDIF said.
 * Rule 4: anonymous clients may read the root DSE and the schema, nothing else.
+* Rule 5: the ``syncprov`` overlay runs on the database, so ``contextCSN`` on the suffix moves with each write
+  (``provisioner watch`` polls it) and syncrepl consumers can attach, as on a production OpenLDAP.
 
 ``slapadd -q`` loads LDIF offline before :meth:`start`; :meth:`modify` applies live changes through
 ``ldapmodify`` as the rootdn. slapd keeps ``entryUUID`` across modrdn, so an anchor survives renames and
@@ -168,6 +170,7 @@ class EmbeddedSlapd:
             f"argsfile {d / 'slapd.args'}",
             f"modulepath {MODULE_DIR}",
             "moduleload back_mdb",
+            "moduleload syncprov",
             f"sizelimit {self.sizelimit}",
             "",
             'access to dn.base="" by * read',
@@ -185,6 +188,7 @@ class EmbeddedSlapd:
             "index entryUUID eq",
             "index uid eq",
             "index employeeType eq",
+            "index entryCSN eq",
         ]
         if self.paged_total_unlimited_for_service:
             # The soft/hard limits stay at sizelimit: only a paged search may read past it (Rule 2).
@@ -201,6 +205,10 @@ class EmbeddedSlapd:
             f"    by dn.exact={service} read",
             "    by users read",
             "    by * none",
+            "",
+            # Rule 5. Last: the directives after ``overlay`` configure the overlay, not the database.
+            "overlay syncprov",
+            "syncprov-checkpoint 100 1",
             "",
         ]
         return "\n".join(lines)
