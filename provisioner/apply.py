@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
-from bridge.matrix.client import ExternalId, HomeserverClient, JsonValue
-from bridge.matrix.contract import MARKER_TYPE, PROFILE_FIELD
+from bridge.matrix.client import ExternalId, HomeserverClient
+from bridge.matrix.contract import MARKER_TYPE, PROFILE_KEYS
 from bridge.matrix.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
 from provisioner.core.actions import (
     Action,
@@ -366,16 +366,15 @@ class Executor:
             if "not in the room" not in str(e).lower() and "not a member" not in str(e).lower():
                 raise
 
-    async def _profile(self, user_id: str, fields: Iterable[tuple[str, str | None]]) -> None:
-        given = list(fields)
-        if not given:
-            return
-        values: dict[str, JsonValue] = {k: v for k, v in given if v}
-        if values:
-            await self.client.set_profile_field(user_id, PROFILE_FIELD, values)
-        else:
-            with contextlib.suppress(MNotFound):
-                await self.client.delete_profile_field(user_id, PROFILE_FIELD)
+    async def _profile(self, user_id: str, fields: Iterable[tuple[str, str | None]], *, new: bool) -> None:
+        """One MSC4133 key per field; an empty field is deleted (a new account has nothing to delete)."""
+        for name, value in fields:
+            key = PROFILE_KEYS[name]
+            if value:
+                await self.client.set_profile_field(user_id, key, value)
+            elif not new:
+                with contextlib.suppress(MNotFound):
+                    await self.client.delete_profile_field(user_id, key)
 
     async def handle(self, action: Action) -> None:
         c = self.client
@@ -384,14 +383,14 @@ class Executor:
                 await self._save_registry(action)
             case CreateUser(user_id=u, anchor=anchor, displayname=d, profile=p):
                 await c.put_user(u, displayname=d, external_ids=[ExternalId(EXTERNAL_ID_PROVIDER, anchor)])
-                await self._profile(u, p)
+                await self._profile(u, p, new=True)
             case UpdateUser(user_id=u, displayname=d, profile=p, anchor=anchor):
                 if anchor is not None:
                     ext = [ExternalId(EXTERNAL_ID_PROVIDER, anchor)]
                     await c.put_user(u, displayname=d, external_ids=ext)
                 elif d is not None:
                     await c.put_user(u, displayname=d)
-                await self._profile(u, p)
+                await self._profile(u, p, new=False)
             case LockUser(user_id=u):
                 await c.put_user(u, locked=True)
             case UnlockUser(user_id=u):

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.matrix.client import HomeserverClient, RoomSummary, StateEvent
-from bridge.matrix.contract import MARKER_TYPE, META_TYPE, REGISTRY_TYPE
+from bridge.matrix.contract import MARKER_TYPE, META_TYPE, PROFILE_KEYS, REGISTRY_TYPE
 from bridge.matrix.errors import MNotFound
 from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, RegistryEntry
 
@@ -210,10 +210,13 @@ async def observe(
     concurrency: int = 8,
     cache: RoomCache | None = None,
     service_accounts: Iterable[str] = (),
+    read_profiles: bool = False,
 ) -> Observed:
     """The server as the provisioner sees it; rooms it did not create are never read.
 
     ``service_accounts`` (the provisioner is always one) are checked for their rate-limit exemption.
+    ``read_profiles`` also reads the directory fields of every active managed person (one GET each, so
+    only on a full read): what people changed by hand is then put back.
     """
     users: dict[str, ObservedUser] = {}
     async for u in client.list_users():
@@ -255,4 +258,35 @@ async def observe(
     unlimited = frozenset(
         [u for u in {provisioner, *service_accounts} if u in users and not await client.rate_limited(u)]
     )
-    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=last, unlimited=unlimited)
+    profiles: dict[str, tuple[tuple[str, str | None], ...]] = {}
+    if read_profiles:
+        server = provisioner.split(":", 1)[1]
+        uids = (f"@{e.localpart}:{server}" for e in registry.values())
+        active = [
+            uid for uid in uids if (seen := users.get(uid)) and not seen.deactivated and not seen.locked
+        ]
+        profiles = await read_profile_fields(client, active, concurrency=concurrency)
+    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=last, unlimited=unlimited,
+                    profiles=profiles)  # fmt: skip
+
+
+async def read_profile_fields(
+    client: HomeserverClient, user_ids: Iterable[str], *, concurrency: int = 8
+) -> dict[str, tuple[tuple[str, str | None], ...]]:
+    """User ID → the sync's fields as found on the profile (absent or non-text reads as ``None``)."""
+    sem = asyncio.Semaphore(concurrency)
+    out: dict[str, tuple[tuple[str, str | None], ...]] = {}
+
+    async def one(uid: str) -> None:
+        async with sem:
+            try:
+                profile = await client.get_profile(uid)
+            except MNotFound:
+                return
+        out[uid] = tuple(
+            (name, v if isinstance(v := profile.get(key), str) else None)
+            for name, key in PROFILE_KEYS.items()
+        )
+
+    await asyncio.gather(*(one(u) for u in user_ids))
+    return out

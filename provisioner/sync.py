@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.matrix.client import HomeserverClient
-from bridge.matrix.contract import META_TYPE, PROFILE_FIELD
+from bridge.matrix.contract import META_TYPE, PROFILE_KEYS
 from bridge.matrix.errors import HomeserverError
 from provisioner import exitcodes
 from provisioner.apply import AuditLog, Executor, Progress, Report
@@ -108,11 +108,13 @@ async def make_plan(
         concurrency=cfg.sync.concurrency,
         cache=cache,
         service_accounts=[bot] if bot else [],
+        # A full read (no warm room cache: first run, expired, or --full-read) also checks every profile.
+        read_profiles=cache is None or not cache.entries,
     )
     policy = sync_policy(
         cfg,
         who.user_id,
-        profile_fields=caps.can_set_profile_field(PROFILE_FIELD),
+        profile_fields=all(caps.can_set_profile_field(k) for k in PROFILE_KEYS.values()),
         room_version=caps.default_room_version,
     )
     previous, taken = previous_identities(snapshot, observed, cfg.homeserver.server_name)

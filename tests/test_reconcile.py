@@ -291,6 +291,21 @@ def test_profile_change_and_rename_are_single_updates():
     )
 
 
+def test_a_field_edited_by_hand_is_put_back_on_a_full_read():
+    people = [person(1, phone="+7 495 111-22-33")]
+    obs = simulate(plan_for(people, empty()), empty())
+    uid = f"@user1:{SERVER}"
+    # The person overwrote the title the sync wrote; the registry hash alone cannot see it.
+    edited = (("title", "Министр"), ("department", None), ("phone", "+7 495 111-22-33"), ("email", None))
+    assert not [a for a in plan_for(people, obs).actions if isinstance(a, UpdateUser)]
+    plan = plan_for(people, dataclasses.replace(obs, profiles={uid: edited}))
+    updates = [a for a in plan.actions if isinstance(a, UpdateUser)]
+    assert len(updates) == 1 and dict(updates[0].profile)["title"] == "Специалист"
+    # A profile that already matches costs nothing.
+    same = (("title", "Специалист"), ("department", None), ("phone", "+7 495 111-22-33"), ("email", None))
+    assert not plan_for(people, dataclasses.replace(obs, profiles={uid: same})).actions
+
+
 def test_service_accounts_are_exempted_from_rate_limits_once():
     # Synapse's default limits (0.2 messages/s) would stretch one event's reminders over minutes.
     obs = dataclasses.replace(

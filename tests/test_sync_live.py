@@ -166,7 +166,14 @@ def test_real_client_sees_room_space_and_finds_colleague(world):
                 ) as r,
             ):
                 profile = await r.json()
-            assert profile.get("org.civmatrix.directory", {}).get("department") == other_person.department
+            # One MSC4133 key per field; the department is the path people see in the space names.
+            unit_space = next(s for s in desired.layout.spaces if s.unit_key == other_person.unit_key)
+            department = profile["org.civmatrix.department"]
+            assert department.split(" / ")[-1] == unit_space.name
+            assert department == other_person.department and not department.startswith("ou:")
+            assert profile.get("org.civmatrix.title") == other_person.title
+            assert profile.get("org.civmatrix.email") == other_person.email
+            assert profile.get("org.civmatrix.phone") == other_person.phone
         finally:
             await client.close()
 
@@ -534,3 +541,33 @@ def test_renamed_units_old_name_reused_and_unit_moved_converge(world):
     assert [k for k, r in obs.rooms.items() if space in r.children] == [top_key]
     last = sync(path)
     assert last.exit_code == exitcodes.OK and last.plan.actions == ()
+
+
+def test_profile_field_edited_by_its_owner_is_put_back_on_a_full_read(world):
+    ldap, hs, path, directory = world
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK
+    uid, person = next((u, p) for u, p in sorted(first.desired.people.items()) if p.title and not p.disabled)
+    token = login_as(hs, uid)
+    url = f"{hs.url}/_matrix/client/v3/profile/{urllib.request.quote(uid)}/org.civmatrix.title"
+
+    def call(method: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req) as resp:
+            return json.loads(resp.read())
+
+    # MSC4133 lets people overwrite fields an admin set; the sync owns these four.
+    call("PUT", {"org.civmatrix.title": "Министр всего"})
+    assert call("GET")["org.civmatrix.title"] == "Министр всего"
+    cfg = load_config(path, token_required=True)
+    fixed = asyncio.run(run(cfg, apply=True, progress=False, full_read=True))
+    assert fixed.exit_code == exitcodes.OK
+    assert fixed.plan.counts() == {"update_user": 1}, fixed.plan.counts()
+    assert call("GET")["org.civmatrix.title"] == person.title
+    again = asyncio.run(run(cfg, apply=True, progress=False, full_read=True))
+    assert again.plan.actions == () and again.stats["writes"] == 0

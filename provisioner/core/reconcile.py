@@ -85,6 +85,9 @@ class Observed:
     last_good_count: int | None = None
     # Service accounts (provisioner, bot) that already have a "no rate limits" override.
     unlimited: frozenset[str] = frozenset()
+    # Directory fields as found on people's profiles, read only on a full read (one GET per person): a
+    # person who edited a field the sync owns gets it re-asserted even though the registry hash still matches.
+    profiles: Mapping[str, tuple[tuple[str, str | None], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +110,14 @@ def profile_of(p: Person) -> tuple[tuple[str, str | None], ...]:
     return tuple((k, getattr(p, k)) for k in PROFILE_FIELDS)
 
 
+# Bumped when the way fields are stored on the server changes (v2: one MSC4133 key per field instead of one
+# nested object), so the next sync rewrites everyone once in the new form.
+PROFILE_SCHEME = 2
+
+
 def profile_hash(p: Person) -> str:
-    return hashlib.sha256(json.dumps(profile_of(p), ensure_ascii=False).encode()).hexdigest()[:16]
+    data = [PROFILE_SCHEME, profile_of(p)]
+    return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def previous_identities(
@@ -228,9 +237,9 @@ def reconcile(
             continue
         locked_since = entry.locked_since if entry else None
         name_change = person.display_name if obs.displayname != person.display_name else None
-        prof_change = (
-            profile_of(person) if policy.profile_fields and (entry is None or entry.profile != prof) else ()
-        )
+        seen = observed.profiles.get(uid)
+        stale = entry is None or entry.profile != prof or (seen is not None and seen != profile_of(person))
+        prof_change = profile_of(person) if policy.profile_fields and stale else ()
         # An account found without a registry entry (made at first login, or a lost registry) is adopted:
         # its external id is (re)written so the login module finds it by anchor.
         adopt = anchor if entry is None else None
