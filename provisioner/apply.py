@@ -64,6 +64,8 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     stopped: str | None = None
     seconds: float = 0.0
+    # Users whose own action (create, unlock, …) did not go through: the search snapshot leaves them out.
+    failed_users: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -429,11 +431,13 @@ class Executor:
             self.audit.write(action, "stopped", str(e))
             raise StopRun(self.report.stopped) from None
         except LookupError as e:
+            self._user_failed(action)
             self.report.skipped.append((action.kind, str(e)))
             self.audit.write(action, "skipped", str(e))
             self._step(False)
             return
         except (HomeserverError, ValueError) as e:
+            self._user_failed(action)
             self.report.failed.append((action.kind, f"{describe(action)}: {e}"))
             self.audit.write(action, "failed", str(e))
             self._step(False)
@@ -441,6 +445,10 @@ class Executor:
         self.report.done[action.kind] += 1
         self.audit.write(action, "ok")
         self._step(True)
+
+    def _user_failed(self, action: Action) -> None:
+        if isinstance(action, CreateUser | UnlockUser):
+            self.report.failed_users.add(action.user_id)
 
     def _step(self, ok: bool) -> None:
         if self.progress is not None:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import yaml
 
+from bridge.search.config import SearchConfigError, index_path
+
 Preset = Literal["openldap", "active_directory"]
 DepartmentFrom = Literal["dn", "attribute"]
 
@@ -111,6 +113,7 @@ class Config:
     sync: SyncConfig
     exclude: frozenset[str]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
+    search_index: str | None = None  # search.index: where each sync leaves the search snapshot
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -156,7 +159,18 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
-_TOP_KEYS = {"homeserver", "directory", "layout", "safety", "sync", "exclude", "bot", "server", "demo"}
+_TOP_KEYS = {
+    "homeserver",
+    "directory",
+    "layout",
+    "safety",
+    "sync",
+    "exclude",
+    "bot",
+    "server",
+    "demo",
+    "search",
+}
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+$")
 
 
@@ -428,8 +442,13 @@ def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = N
             path,
             "layout.max_room_size",
         )
+    try:
+        search_index = index_path(root.data, path, base_dir=root.base_dir)
+    except SearchConfigError as e:
+        raise ConfigError(e.message, path, e.key) from None
     return Config(
         path=path,
+        search_index=str(search_index) if search_index else None,
         homeserver=hs,
         directory=_directory(root.section("directory")),
         layout=layout,

@@ -38,6 +38,7 @@ from provisioner.core.reconcile import (
 )
 from provisioner.ldap_reader import read_directory
 from provisioner.observe import RoomCache, observe, refresh_cache
+from provisioner.search_feed import searchable, write_search_index
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,10 @@ async def run(
             cache.save()
         result.report = report
         is_trusted, _ = trusted(snapshot, observed, policy)
+        if cfg.search_index:
+            # Written before anything else can fail, so a hire is findable the moment this run ends.
+            people = searchable(desired, observed, snapshot, plan, policy, failed_users=report.failed_users)
+            write_search_index(cfg.search_index, people, desired, trusted=is_trusted, now=clock())
         if is_trusted and report.ok and observed.last_good_count != len(snapshot.people):
             await client.put_account_data(
                 policy.provisioner, META_TYPE, {"last_good_count": len(snapshot.people)}
