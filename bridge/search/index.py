@@ -46,15 +46,6 @@ def _spellings(word: str) -> tuple[str, ...]:
     return (word,) if latin == word or not latin else (word, latin)
 
 
-def _word_tokens(text: str | None) -> set[str]:
-    if not text:
-        return set()
-    out: set[str] = set()
-    for word in _WORD.findall(fold(text)):
-        out.update(_spellings(word))
-    return out
-
-
 def phone_digits(phone: str | None) -> tuple[str, ...]:
     """The digit strings a phone is matched on: as written, and without a leading 7/8 trunk code."""
     digits = "".join(ch for ch in phone or "" if ch.isdigit())
@@ -84,7 +75,8 @@ class _Postings:
 
     def __init__(self, by_token: dict[str, list[int]]) -> None:
         self.tokens = sorted(by_token)
-        self.lists = [array("i", sorted(set(by_token[t]))) for t in self.tokens]
+        # Each person adds a token once and people are added in number order: lists are already sorted.
+        self.lists = [array("i", by_token[t]) for t in self.tokens]
         # cum[i] = postings in tokens[:i]: the cost of a prefix range without walking it.
         self.cum = array("q", [0])
         total = 0
@@ -160,33 +152,52 @@ class SearchIndex:
         all_tokens: dict[str, list[int]] = defaultdict(list)
         self._phones: dict[str, list[int]] = defaultdict(list)
         self._full: dict[str, list[int]] = defaultdict(list)
-        self._name_of: list[tuple[str, ...]] = []
-        self._all_of: list[tuple[str, ...]] = []
+        self._name_of: list[frozenset[str]] = []
+        self._all_of: list[frozenset[str]] = []
         self._digits_of: list[tuple[str, ...]] = []
         self._email_of: list[str] = []
+        # Titles, unit names and common names repeat across thousands of people: tokenise each text once.
+        cache: dict[str | tuple[str, ...], frozenset[str]] = {}
+        spelled: dict[str, tuple[str, ...]] = {}
+
+        def spell(word: str) -> tuple[str, ...]:
+            got = spelled.get(word)
+            if got is None:
+                got = spelled[word] = _spellings(word)
+            return got
+
+        def tokens(text: str | tuple[str, ...] | None) -> frozenset[str]:
+            if not text:
+                return frozenset()
+            got = cache.get(text)
+            if got is None:
+                parts = (text,) if isinstance(text, str) else text
+                got = cache[text] = frozenset(
+                    t for part in parts for w in _WORD.findall(fold(part)) for t in spell(w)
+                )
+            return got
+
         for n, p in enumerate(self.people):
-            names = _word_tokens(p.display_name) | _word_tokens(p.login)
-            names.add(fold(p.login))
-            names.add(fold(p.user_id[1:].split(":", 1)[0]))
-            others = _word_tokens(p.title) | _word_tokens(p.email)
-            for level in p.department:
-                others |= _word_tokens(level)
+            localpart = fold(p.user_id[1:].split(":", 1)[0])
+            names = tokens(p.display_name) | tokens(p.login) | {fold(p.login), localpart}
             email = fold(p.email) if p.email else ""
+            every = names | tokens(p.title) | tokens(p.department) | tokens(p.email)
             if email:
-                others.add(email)
+                every = every | {email}
             for t in names:
                 name_tokens[t].append(n)
-            every = names | others
             for t in every:
                 all_tokens[t].append(n)
             digits = phone_digits(p.phone)
-            suffixes = {d[i:] for d in digits for i in range(len(d) - MIN_PHONE_DIGITS + 1)}
-            for s in suffixes:
+            for s in {d[i:] for d in digits for i in range(len(d) - MIN_PHONE_DIGITS + 1)}:
                 self._phones[s].append(n)
-            for full in _spellings(" ".join(_WORD.findall(fold(p.display_name)))):
-                self._full[full].append(n)
-            self._name_of.append(tuple(names))
-            self._all_of.append(tuple(every))
+            words = _WORD.findall(fold(p.display_name))
+            self._full[" ".join(words)].append(n)
+            latin = " ".join(spell(w)[-1] for w in words)  # transliteration works letter by letter
+            if latin != " ".join(words):
+                self._full[latin].append(n)
+            self._name_of.append(names)
+            self._all_of.append(every)
             self._digits_of.append(digits)
             self._email_of.append(email)
         self._names = _Postings(name_tokens)
