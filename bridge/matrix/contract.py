@@ -19,3 +19,9 @@ META_TYPE: Final = "org.civmatrix.meta"
 # phone, email): one request per person instead of four, which at 25,000 people saves 75,000 requests on
 # the first sync.
 PROFILE_FIELD: Final = "org.civmatrix.directory"
+
+# A random value in the content of every room's create event the provisioner or the bot makes. From room
+# version 12 the room ID is the hash of the create event, whose only other entropy is a millisecond
+# timestamp: two createRoom calls with the same content in the same millisecond (the sync creates rooms in
+# parallel) would collide on one room ID, which Synapse resolves only after failing to store the room.
+CREATE_NONCE: Final = "org.civmatrix.nonce"
