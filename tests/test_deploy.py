@@ -197,13 +197,19 @@ def test_no_process_serves_federation() -> None:
 # --- nginx: a small model of its location matching, applied to the generated config -------------------
 
 
+_QUOTED = r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\""
+
+
 def _server_blocks(conf: str) -> list[str]:
+    """Top-level ``server {}`` blocks; braces inside quoted strings (JSON answers) do not count."""
     blocks, depth, start = [], 0, None
-    for m in re.finditer(r"\bserver\s*\{|\{|\}", conf):
-        if m.group().startswith("server") and depth == 0:
-            start = m.start()
-            depth = 1
-        elif m.group().endswith("{"):
+    for m in re.finditer(_QUOTED + r"|\bserver\s*\{|\{|\}", conf):
+        token = m.group()
+        if token[0] in "'\"":
+            continue
+        if token.startswith("server") and depth == 0:
+            start, depth = m.start(), 1
+        elif token.endswith("{"):
             depth += bool(start is not None)
         elif start is not None:
             depth -= 1
@@ -216,16 +222,27 @@ def _server_blocks(conf: str) -> list[str]:
 def _route(block: str, path: str) -> str:
     """Which location body serves ``path``: nginx picks the longest prefix; ``^~`` stops there,
     otherwise the first matching regex (in file order) wins, else that longest prefix."""
-    locations: list[tuple[str, str, str]] = re.findall(r"location\s+(\^~|~|=)?\s*(\S+)\s*\{([^}]*)\}", block)
-    prefixes = [(m, p, body) for m, p, body in locations if m in ("", "^~", "=") and path.startswith(p)]
+    body = rf"((?:{_QUOTED}|[^{{}}'\"])*)"
+    locations: list[tuple[str, str, str]] = re.findall(
+        r"location\s+(\^~|~|=)?\s*(\S+)\s*\{" + body + r"\}", block
+    )
+    exact = [body for m, p, body in locations if m == "=" and path == p]
+    if exact:
+        return exact[0].strip()
+    prefixes = [(m, p, body) for m, p, body in locations if m in ("", "^~") and path.startswith(p)]
     best = max(prefixes, key=lambda x: len(x[1]), default=None)
-    if best and best[0] in ("^~", "="):
+    if best and best[0] == "^~":
         return best[2].strip()
     for m, pattern, body in locations:
         if m == "~" and re.search(pattern, path):
             return body.strip()
     assert best is not None, f"no location for {path}"
     return best[2].strip()
+
+
+def _upstream(body: str) -> str:
+    found = re.match(r"proxy_pass http://(\w+);", body)
+    return found.group(1) if found else body
 
 
 def test_nginx_blocks_the_admin_api_and_federation_and_routes_to_workers() -> None:
@@ -237,24 +254,37 @@ def test_nginx_blocks_the_admin_api_and_federation_and_routes_to_workers() -> No
         "/_synapse/admin",
         "/_matrix/federation/v1/version",
         "/_matrix/key/v2/server",
+        "/.well-known/matrix/server",
+        "/index.html",
     ):
-        assert _route(matrix, path) == "return 404;", path
+        assert _route(matrix, path).startswith("return 404 "), path
     expected = {
         "/_matrix/client/v3/sync": "synapse_sync",
         "/_matrix/client/r0/sync": "synapse_sync",
         "/_matrix/client/v3/rooms/!r:city.example/messages": "synapse_sync",
-        "/_matrix/client/v3/user_directory/search": "synapse_sync",
+        "/_matrix/client/v3/user_directory/search": "civmatrix_search",
         "/_matrix/client/v3/keys/query": "synapse_sync",
         "/_matrix/client/v3/presence/@a:city.example/status": "synapse_presence",
         "/_matrix/client/v3/login": "synapse_main",
         "/_matrix/client/v3/rooms/!r:city.example/send/m.room.message/1": "synapse_main",
         "/_matrix/client/versions": "synapse_main",
         "/_synapse/client/pick_username": "synapse_main",
-        "/.well-known/matrix/client": "synapse_main",
     }
     for path, upstream in expected.items():
-        assert _route(matrix, path) == f"proxy_pass http://{upstream};", path
+        assert _upstream(_route(matrix, path)) == upstream, path
+    # The search service's fallback is the pool that serves the user directory without it.
+    assert "error_page 502 503 504 = @synapse_user_directory;" in _route(
+        matrix, "/_matrix/client/v3/user_directory/search"
+    )
+    assert re.search(r"location @synapse_user_directory \{\s*proxy_pass http://synapse_sync;", matrix)
+    wellknown = _route(matrix, "/.well-known/matrix/client")
+    answer = re.search(r"return 200 '(.*)';", wellknown)
+    assert answer and json.loads(answer.group(1)) == {
+        "m.homeserver": {"base_url": EXAMPLE_BASEURL.rstrip("/")}
+    }
     assert "ssl_certificate /run/secrets/tls_cert;" in matrix
+    hs = yaml.safe_load((DEPLOY / "synapse" / "homeserver.yaml").read_text(encoding="utf-8"))
+    assert f"client_max_body_size {hs['max_upload_size']};" in matrix
     assert re.search(r"listen 80;.*return 301 https://", conf, re.S)
 
 

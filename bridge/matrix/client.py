@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import secrets
 import time
 import urllib.parse
 from collections import Counter
@@ -48,6 +49,7 @@ from typing import Any, Final, TypeAlias
 
 import aiohttp
 
+from bridge.matrix.contract import CREATE_NONCE
 from bridge.matrix.errors import (
     MatrixError,
     MForbidden,
@@ -705,6 +707,10 @@ class HomeserverClient:
         alias (a run killed after the create, or synapse#13427) instead of raising MRoomInUse.
         """
         has_alias = isinstance(body.get("room_alias_name"), str)
+        # A fresh create event per call, so parallel identical rooms never share a v12 room ID.
+        body = dict(body)
+        body["creation_content"] = dict(body.get("creation_content") or {})
+        body["creation_content"].setdefault(CREATE_NONCE, secrets.token_hex(8))
         req = Request(
             "POST", f"{CLIENT_V3}/createRoom", "client.create_room", body=body, retry_on_429=has_alias
         )

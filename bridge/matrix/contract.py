@@ -27,3 +27,9 @@ PROFILE_KEYS: Final = {
 # The earlier single nested field (all four in one object). No longer written; kept so readers that still
 # look for it can be found and moved to PROFILE_KEYS.
 PROFILE_FIELD: Final = "org.civmatrix.directory"
+
+# A random value in the content of every room's create event the provisioner or the bot makes. From room
+# version 12 the room ID is the hash of the create event, whose only other entropy is a millisecond
+# timestamp: two createRoom calls with the same content in the same millisecond (the sync creates rooms in
+# parallel) would collide on one room ID, which Synapse resolves only after failing to store the room.
+CREATE_NONCE: Final = "org.civmatrix.nonce"

@@ -130,6 +130,7 @@ class EmbeddedSynapse:
         admin_port: int | None = None,
         bind_host: str = LOOPBACK,
         public_baseurl: str | None = None,
+        behind_proxy: bool = False,
         database: str | Path | Mapping[str, Any] | None = None,
         password_providers: Sequence[Mapping[str, Any]] = (),
         modules: Sequence[Mapping[str, Any]] = (),
@@ -156,6 +157,7 @@ class EmbeddedSynapse:
             admin_port=admin_port,
             bind_host=bind_host,
             public_baseurl=public_baseurl,
+            behind_proxy=behind_proxy,
             database=database,
             password_providers=password_providers,
             modules=modules,
@@ -348,22 +350,6 @@ class EmbeddedSynapse:
 
     # --- accounts (blocking HTTP on the admin listener) -----------------------------------------------
 
-    def _request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, token: str | None = None
-    ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.admin_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                parsed: dict[str, Any] = json.loads(response.read() or b"{}")
-                return parsed
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode("utf-8", errors="replace")[:500]
-            raise SynapseError(f"{method} {path} answered {err.code}: {detail}") from None
-
     def _shared_secret(self) -> str:
         if "registration_shared_secret_path" not in self.config:
             raise SynapseError(
@@ -381,28 +367,8 @@ class EmbeddedSynapse:
         displayname: str | None = None,
     ) -> RegisteredAccount:
         """Register an account with ``/_synapse/admin/v1/register`` and the shared secret (HMAC-SHA1)."""
-        password = password or secrets.token_urlsafe(18)
-        nonce = str(self._request("GET", "/_synapse/admin/v1/register")["nonce"])
-        mac = hmac.new(self._shared_secret().encode(), digestmod=hashlib.sha1)
-        for part in (nonce, localpart, password):
-            mac.update(part.encode("utf-8"))
-            mac.update(b"\x00")
-        mac.update(b"admin" if admin else b"notadmin")
-        body: dict[str, Any] = {
-            "nonce": nonce,
-            "username": localpart,
-            "password": password,
-            "admin": admin,
-            "mac": mac.hexdigest(),
-        }
-        if displayname is not None:
-            body["displayname"] = displayname
-        reply = self._request("POST", "/_synapse/admin/v1/register", body)
-        return RegisteredAccount(
-            user_id=str(reply["user_id"]),
-            access_token=str(reply["access_token"]),
-            device_id=str(reply.get("device_id", "")),
-            password=password,
+        return register_account(
+            self.admin_url, self._shared_secret(), localpart, password, admin=admin, displayname=displayname
         )
 
     def create_admin(
@@ -413,13 +379,7 @@ class EmbeddedSynapse:
         Returns the account; its ``access_token`` is what the provisioner uses.
         """
         account = self.register(localpart, password, admin=True, displayname=displayname)
-        quoted = urllib.parse.quote(account.user_id, safe="")
-        self._request(
-            "POST",
-            f"/_synapse/admin/v1/users/{quoted}/override_ratelimit",
-            {"messages_per_second": 0, "burst_count": 0},
-            token=account.access_token,
-        )
+        exempt_from_rate_limits(self.admin_url, account)
         return account
 
     def create_user_with_password(
@@ -427,6 +387,79 @@ class EmbeddedSynapse:
     ) -> RegisteredAccount:
         """Register an ordinary account with a Synapse password (test clients only; people use LDAP)."""
         return self.register(localpart, password, admin=False, displayname=displayname)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Accounts through the admin listener (blocking HTTP); shared with the worker topology
+# --------------------------------------------------------------------------------------------------------
+
+
+def admin_request(
+    admin_url: str,
+    method: str,
+    path: str,
+    body: Mapping[str, Any] | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(admin_url + path, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            parsed: dict[str, Any] = json.loads(response.read() or b"{}")
+            return parsed
+    except urllib.error.HTTPError as err:
+        detail = err.read().decode("utf-8", errors="replace")[:500]
+        raise SynapseError(f"{method} {path} answered {err.code}: {detail}") from None
+
+
+def register_account(
+    admin_url: str,
+    shared_secret: str,
+    localpart: str,
+    password: str | None = None,
+    *,
+    admin: bool = False,
+    displayname: str | None = None,
+) -> RegisteredAccount:
+    """Shared-secret registration (``/_synapse/admin/v1/register``, HMAC-SHA1): dev and test only."""
+    password = password or secrets.token_urlsafe(18)
+    nonce = str(admin_request(admin_url, "GET", "/_synapse/admin/v1/register")["nonce"])
+    mac = hmac.new(shared_secret.encode(), digestmod=hashlib.sha1)
+    for part in (nonce, localpart, password):
+        mac.update(part.encode("utf-8"))
+        mac.update(b"\x00")
+    mac.update(b"admin" if admin else b"notadmin")
+    body: dict[str, Any] = {
+        "nonce": nonce,
+        "username": localpart,
+        "password": password,
+        "admin": admin,
+        "mac": mac.hexdigest(),
+    }
+    if displayname is not None:
+        body["displayname"] = displayname
+    reply = admin_request(admin_url, "POST", "/_synapse/admin/v1/register", body)
+    return RegisteredAccount(
+        user_id=str(reply["user_id"]),
+        access_token=str(reply["access_token"]),
+        device_id=str(reply.get("device_id", "")),
+        password=password,
+    )
+
+
+def exempt_from_rate_limits(admin_url: str, account: RegisteredAccount) -> None:
+    """``override_ratelimit`` for an admin account (the provisioner's, which makes thousands of calls)."""
+    quoted = urllib.parse.quote(account.user_id, safe="")
+    admin_request(
+        admin_url,
+        "POST",
+        f"/_synapse/admin/v1/users/{quoted}/override_ratelimit",
+        {"messages_per_second": 0, "burst_count": 0},
+        token=account.access_token,
+    )
 
 
 @contextlib.contextmanager
