@@ -1,8 +1,9 @@
-"""Directory search against a real slapd, a real Synapse, the real sync and the service started by its CLI.
+"""Directory search against a real slapd, a real Synapse, the real sync, the service started by its CLI and
+a real nginx with the project's own site (provisioner.proxy) in front of both.
 
-A nio client (knowing nothing of this project) calls the standard ``user_directory/search`` endpoint. One
-world per module: 60 people, one sync, one service process; the tests that change the directory (hire,
-leaver) or stop the service run last.
+A nio client (knowing nothing of this project) calls the standard ``user_directory/search`` endpoint through
+nginx, as Element would. One world per module: 60 people, one sync, one service process; the tests that
+change the directory (hire, leaver) or stop the service run last.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Any
 import pytest
 from nio import AsyncClient
 
-from provisioner import exitcodes
+from provisioner import exitcodes, proxy
 from provisioner.config import load_config
 from provisioner.core.model import Person
+from provisioner.embedded.nginx import EmbeddedNginx
 from provisioner.embedded.ports import free_port
 from provisioner.embedded.slapd import EmbeddedSlapd
 from provisioner.sample import generate_directory
@@ -47,10 +49,16 @@ class World:
     service: subprocess.Popen[bytes]
     me: str
     token: str
+    nginx: EmbeddedNginx
 
     @property
     def service_url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def public_url(self) -> str:
+        """What clients reach: nginx, routing the search to the service and everything else to Synapse."""
+        return f"http://127.0.0.1:{self.nginx.port}"
 
     def people(self) -> dict[str, Person]:
         return {u: p for u, p in self.first.desired.people.items() if not p.disabled}
@@ -103,8 +111,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ldap.start()
     hs = _start(tmp / "synapse")
     service: subprocess.Popen[bytes] | None = None
+    nginx: EmbeddedNginx | None = None
     try:
-        port = free_port()
+        port, nginx_port = free_port(), free_port()
         search = {"listen": f"127.0.0.1:{port}", "index": "state/search.json", "homeserver": hs.public_url,
                   "auth_cache_seconds": 1, "reload_seconds": 0.2}  # fmt: skip
         path = write_config(
@@ -118,9 +127,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         first = sync(path)
         assert first.exit_code == exitcodes.OK, first.message
         service = start_service(path, port, tmp / "search.log")
+        site = proxy.Proxy(
+            server_name="example.test",
+            public_baseurl=f"http://127.0.0.1:{nginx_port}/",
+            listen=(f"127.0.0.1:{nginx_port}",),
+            main=proxy.Upstream(proxy.MAIN, (f"127.0.0.1:{hs.server.public_port}",)),
+            search=f"127.0.0.1:{port}",
+        )
+        nginx = EmbeddedNginx(tmp / "nginx", proxy.site(site), port=nginx_port)
+        nginx.start()
         me = sorted(u for u, p in first.desired.people.items() if not p.disabled)[0]
-        yield World(ldap, hs, path, port, first, service, me, admin_login(hs, me))
+        yield World(ldap, hs, path, port, first, service, me, admin_login(hs, me), nginx)
     finally:
+        if nginx is not None:
+            nginx.stop()
         if service is not None and service.poll() is None:
             service.send_signal(signal.SIGINT)
             try:
@@ -151,7 +171,7 @@ def search(w: World, term: str, limit: int | None = None, *, version: str = "v3"
     if limit is not None:
         body["limit"] = limit
     status, data = asyncio.run(
-        _search(w.service_url, w.token if token == "me" else token, body, version=version)
+        _search(w.public_url, w.token if token == "me" else token, body, version=version)
     )
     assert status == 200, data
     return data
@@ -292,25 +312,27 @@ def test_cors_preflight_matches_synapse(world: World) -> None:
         with urllib.request.urlopen(req) as r:
             return r.status, {k: v for k, v in r.headers.items() if k.lower().startswith("access-control-")}
 
-    ours, theirs = preflight(world.service_url), preflight(world.hs.public_url)
+    ours, theirs = preflight(world.public_url), preflight(world.hs.public_url)
     assert ours == theirs and ours[0] == 204
 
 
 def test_no_token_bad_token_get_synapses_own_errors(world: World) -> None:
     for token in (None, "syt_not_a_token"):
         body = {"search_term": "a"}
-        ours = asyncio.run(_search(world.service_url, token, body))
+        ours = asyncio.run(_search(world.public_url, token, body))
+        direct = asyncio.run(_search(world.service_url, token, body))  # the service itself, without nginx
         theirs = asyncio.run(_search(world.hs.public_url, token, body))
-        assert ours[0] == theirs[0] == 401
+        assert ours[0] == direct[0] == theirs[0] == 401
+        assert direct[1]["errcode"] == theirs[1]["errcode"]
         assert ours[1]["errcode"] == theirs[1]["errcode"]  # M_MISSING_TOKEN / M_UNKNOWN_TOKEN
-    status, data = asyncio.run(_search(world.service_url, world.token, {"limit": 5}))
+    status, data = asyncio.run(_search(world.public_url, world.token, {"limit": 5}))
     assert status == 400 and "search_term" in data["error"]
 
 
 def test_locked_caller_is_refused_like_synapse(world: World) -> None:
     uid = sorted(world.people())[-1]
     token = admin_login(world.hs, uid)
-    assert asyncio.run(_search(world.service_url, token, {"search_term": "a"}))[0] == 200
+    assert asyncio.run(_search(world.public_url, token, {"search_term": "a"}))[0] == 200
     req = urllib.request.Request(
         f"{world.hs.url}/_synapse/admin/v2/users/{urllib.request.quote(uid)}",
         data=json.dumps({"locked": True}).encode(),
@@ -320,7 +342,7 @@ def test_locked_caller_is_refused_like_synapse(world: World) -> None:
     urllib.request.urlopen(req).close()
     try:
         time.sleep(1.2)  # auth_cache_seconds: 1
-        ours = asyncio.run(_search(world.service_url, token, {"search_term": "a"}))
+        ours = asyncio.run(_search(world.public_url, token, {"search_term": "a"}))
         theirs = asyncio.run(_search(world.hs.public_url, token, {"search_term": "a"}))
         assert ours[0] == theirs[0] == 401 and ours[1]["errcode"] == theirs[1]["errcode"] == "M_USER_LOCKED"
     finally:
@@ -370,10 +392,27 @@ def test_hire_found_and_leaver_gone_right_after_the_sync(world: World) -> None:
     assert leaver_uid not in ids(search(world, leaver.display_name, 50))
 
 
-def test_service_down_is_a_clear_connection_error_and_restart_serves_again(world: World) -> None:
+def test_service_down_falls_back_to_synapse_and_restart_serves_again(world: World) -> None:
+    people = world.people()
+    uid, p = next((u, p) for u, p in sorted(people.items()) if p.title and u != world.me)
+    title_word = max(p.title.split(), key=len)  # type: ignore[union-attr]
+    assert ids(search(world, title_word, 50))
     world.service.send_signal(signal.SIGINT)
     world.service.wait(10)
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(f"{world.service_url}/health", timeout=2)
+    # nginx answers from Synapse's own user directory: names are still found, titles no longer.
+    surname = p.display_name.split()[0]
+    deadline = time.monotonic() + 10  # Synapse fills its directory in the background after the sync
+    while time.monotonic() < deadline and uid not in ids(search(world, surname, 50)):
+        time.sleep(0.3)
+    fallback = search(world, surname, 50)
+    assert uid in ids(fallback)
+    assert all(
+        r["display_name"] == people[r["user_id"]].display_name
+        for r in fallback["results"]
+        if r["user_id"] in people
+    )
+    assert ids(search(world, title_word, 50)) == []
     world.service = start_service(world.config, world.port, world.config.parent / "search.log")
-    assert search(world, "a")["results"]
+    assert uid in ids(search(world, title_word, 50))
