@@ -2,13 +2,14 @@
 
     nice python bench/search.py --people 25000 250000            # the service alone (real Synapse for tokens)
     nice python bench/search.py --people 25000 --synapse-compare # + the same queries through Synapse's search
-    nice python bench/search.py --people 25000 --via http://127.0.0.1:8448   # through a proxy already running
+    nice python bench/search.py --people 25000 --direct          # the service without nginx in front
 
 People come from ``provisioner.sample`` (the same generator as the demo), read through the real directory
 interpreter, so titles, unit paths, phones and e-mails look like the city's. The query mix is what people
 type: surname prefixes of 1–6 letters, full names, surname + first name, Latin transliterations, title
 words, unit words, phone suffixes, e-mail prefixes; drawn with a fixed seed. The service runs as the real
-CLI (``bridge --config F search``) in its own process, checking the token against a real Synapse.
+CLI (``bridge --config F search``) in its own process, checking the token against a real Synapse, behind
+a private nginx with the project's own site (``provisioner.proxy``), as clients reach it.
 """
 
 from __future__ import annotations
@@ -32,9 +33,11 @@ import aiohttp
 import yaml
 
 from bridge.search.snapshot import IndexedPerson, write_snapshot
+from provisioner import proxy
 from provisioner.core.directory import ReadResult, interpret, units_by_key
 from provisioner.core.identity import assign_localparts, transliterate
 from provisioner.core.model import RawEntry
+from provisioner.embedded.nginx import EmbeddedNginx
 from provisioner.embedded.ports import free_port
 from provisioner.embedded.synapse import EmbeddedSynapse
 from provisioner.sample import generate_directory
@@ -110,7 +113,7 @@ def pct(values: list[float], q: float) -> float:
 
 def measure_build(path: str) -> dict[str, float]:
     """Run in a child process: RSS before/after loading the snapshot and building the index."""
-    from bridge.search.index import SearchIndex
+    from bridge.search.index import build_index
     from bridge.search.snapshot import read_snapshot
 
     def rss_mb() -> float:
@@ -123,7 +126,7 @@ def measure_build(path: str) -> dict[str, float]:
     t0 = time.perf_counter()
     _, people = read_snapshot(path)
     t1 = time.perf_counter()
-    index = SearchIndex(people)
+    index = build_index(people)
     t2 = time.perf_counter()
     queries = query_mix(list(people), 3000)
     lat = []
@@ -257,7 +260,8 @@ def main() -> None:
     ap.add_argument(
         "--synapse-compare", action="store_true", help="also query Synapse's own search (<= 25,000)"
     )
-    ap.add_argument("--via", help="base URL of a proxy in front of the service (else the service directly)")
+    ap.add_argument("--via", help="base URL of another proxy in front of the service")
+    ap.add_argument("--direct", action="store_true", help="query the service itself, not through nginx")
     ap.add_argument("--measure-build", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.measure_build:
@@ -282,8 +286,18 @@ def main() -> None:
                 check=True, env={**os.environ, "PYTHONPATH": str(ROOT)},
             ).stdout)  # fmt: skip
             proc, port = start_service(tmp, index, hs)
+            nginx_port = free_port()
+            site = proxy.Proxy(
+                server_name=SERVER, public_baseurl=f"http://127.0.0.1:{nginx_port}/",
+                listen=(f"127.0.0.1:{nginx_port}",),
+                main=proxy.Upstream(proxy.MAIN, (f"127.0.0.1:{hs.public_port}",)), search=f"127.0.0.1:{port}",
+            )  # fmt: skip
+            nginx = EmbeddedNginx(tmp / f"nginx-{n}", proxy.site(site), port=nginx_port)
+            nginx.start()
             try:
-                base = args.via or f"http://127.0.0.1:{port}"
+                base = args.via or (
+                    f"http://127.0.0.1:{port}" if args.direct else f"http://127.0.0.1:{nginx_port}"
+                )
                 url = f"{base}/_matrix/client/v3/user_directory/search"
                 queries = query_mix(people, args.queries)
                 asyncio.run(load(url, token, queries[:200], 10))  # warm-up: token cache, connections
@@ -291,6 +305,7 @@ def main() -> None:
                 fifty = wrk_load(url, token, queries, 50, args.seconds, tmp)
                 zero = asyncio.run(zero_hits(url, token, queries[:500]))
             finally:
+                nginx.stop()
                 proc.terminate()
                 proc.wait(10)
             row: dict[str, Any] = {"people": len(people), "snapshot_mb": size_mb, "generate_s": gen, **built,

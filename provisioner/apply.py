@@ -228,6 +228,8 @@ class Executor:
         }
         if space:
             body["creation_content"] = {"type": "m.space"}
+        if a.room_version is not None:
+            body["room_version"] = a.room_version
         room_id = await self.client.create_room(body, existing_alias_ok=True)
         marker = await self._marker(room_id)
         if marker is None:

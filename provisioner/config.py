@@ -19,6 +19,9 @@ import yaml
 from bridge.search.config import SearchConfigError, index_path
 
 Preset = Literal["openldap", "active_directory"]
+# Version 11 is the newest whose room IDs keep the ":server" part: v12's bare "!…" IDs fail the room-ID checks
+# of Cinny 4.2 and matrix-commander 8, and with no federation its state-resolution fixes protect little.
+DEFAULT_ROOM_VERSION = "11"
 DepartmentFrom = Literal["dn", "attribute"]
 
 
@@ -85,6 +88,7 @@ class LayoutConfig:
     head_title_pattern: str | None
     room_encryption: bool
     moderator_power_level: int
+    room_version: str | None = DEFAULT_ROOM_VERSION
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,8 +378,13 @@ def _homeserver(r: _Reader, *, token_required: bool) -> HomeserverConfig:
 def _layout(r: _Reader, server_name: str) -> LayoutConfig:
     r.check_known(
         {"max_room_size", "org_name", "alias_prefix", "head_title_pattern", "room_encryption",
-         "moderator_power_level"}
+         "moderator_power_level", "room_version"}
     )  # fmt: skip
+    version = r.opt_str("room_version", DEFAULT_ROOM_VERSION)
+    if version is not None and not re.fullmatch(r"[0-9a-z][0-9a-z.\-]*", version):
+        raise r.fail(
+            "room_version", f"must be a room version like 11, not {version!r} (null: the server's default)"
+        )
     pattern = r.opt_str("head_title_pattern")
     if pattern:
         try:
@@ -393,6 +402,7 @@ def _layout(r: _Reader, server_name: str) -> LayoutConfig:
         head_title_pattern=pattern,
         room_encryption=r.bool_("room_encryption", True),
         moderator_power_level=r.int_("moderator_power_level", 50, 1, 99),
+        room_version=version,
     )
 
 

@@ -26,6 +26,8 @@ from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, Reg
 log = logging.getLogger(__name__)
 
 REGISTRY_SHARDS = 64
+# Bumped when what the cache holds per room changes (2: the room version), so an older cache is re-read.
+CACHE_VERSION = 2
 
 
 def registry_shard(anchor: str) -> int:
@@ -58,6 +60,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     name = by_type.get(("m.room.name", ""), {}).get("name")
     topic = by_type.get(("m.room.topic", ""), {}).get("topic")
     join_rule = by_type.get(("m.room.join_rules", ""), {}).get("join_rule")
+    version = by_type.get(("m.room.create", ""), {}).get("room_version", "1")
     return ObservedRoom(
         room_id=room_id,
         kind=kind,
@@ -69,6 +72,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
         power_users={str(k): int(v) for k, v in users_pl.items() if isinstance(v, int)},
         members=members,
         children=children,
+        room_version=str(version),
     )
 
 
@@ -109,7 +113,7 @@ def _room_to_json(room: ObservedRoom) -> dict[str, Any]:
     return {
         "room_id": room.room_id, "kind": room.kind, "key": room.key, "name": room.name, "topic": room.topic,
         "alias": room.alias, "join_rule": room.join_rule, "power_users": dict(room.power_users),
-        "members": sorted(room.members), "children": sorted(room.children),
+        "members": sorted(room.members), "children": sorted(room.children), "room_version": room.room_version,
     }  # fmt: skip
 
 
@@ -118,7 +122,7 @@ def _room_from_json(d: dict[str, Any]) -> ObservedRoom:
         room_id=d["room_id"], kind=d["kind"], key=d["key"], name=d["name"], topic=d["topic"],
         alias=d["alias"], join_rule=d["join_rule"],
         power_users={str(k): int(v) for k, v in d["power_users"].items()},
-        members=frozenset(d["members"]), children=frozenset(d["children"]),
+        members=frozenset(d["members"]), children=frozenset(d["children"]), room_version=d["room_version"],
     )  # fmt: skip
 
 
@@ -143,7 +147,7 @@ class RoomCache:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             created = float(data["created_at"])
-            if data.get("v") != 1 or now - created > max_age or now < created:
+            if data.get("v") != CACHE_VERSION or now - created > max_age or now < created:
                 return cls(path, now)
             entries: dict[str, tuple[Signature, ObservedRoom | None]] = {}
             for room_id, (sig, room) in data["rooms"].items():
@@ -157,7 +161,7 @@ class RoomCache:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {
-            "v": 1,
+            "v": CACHE_VERSION,
             "created_at": self.created_at,
             "rooms": {rid: [list(sig), _room_to_json(room) if room else None]
                       for rid, (sig, room) in self.entries.items()},

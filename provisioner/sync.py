@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.matrix.client import HomeserverClient
-from bridge.matrix.contract import META_TYPE, PROFILE_KEYS
+from bridge.matrix.contract import CREATOR_POWER_VERSIONS, META_TYPE, PROFILE_KEYS
 from bridge.matrix.errors import HomeserverError
 from provisioner import exitcodes
 from provisioner.apply import AuditLog, Executor, Progress, Report
@@ -65,10 +65,6 @@ def bot_user_id(cfg: Config) -> str | None:
     return None
 
 
-# Room versions whose creators hold unlimited power outside power_levels (MSC4289).
-CREATOR_POWER_VERSIONS = frozenset({"12", "org.matrix.hydra.11"})
-
-
 def sync_policy(
     cfg: Config, provisioner: str, *, profile_fields: bool, room_version: str | None = None
 ) -> SyncPolicy:
@@ -82,7 +78,8 @@ def sync_policy(
         profile_fields=profile_fields,
         deactivate_after_seconds=cfg.safety.deactivate_after_days * 86400.0,
         min_directory_fraction=cfg.safety.min_directory_fraction,
-        creator_in_power_levels=room_version not in CREATOR_POWER_VERSIONS,
+        creator_in_power_levels=(cfg.layout.room_version or room_version) not in CREATOR_POWER_VERSIONS,
+        room_version=cfg.layout.room_version,
     )
 
 

@@ -571,3 +571,36 @@ def test_profile_field_edited_by_its_owner_is_put_back_on_a_full_read(world):
     assert call("GET")["org.civmatrix.title"] == person.title
     again = asyncio.run(run(cfg, apply=True, progress=False, full_read=True))
     assert again.plan.actions == () and again.stats["writes"] == 0
+
+
+def test_room_version_setting_applies_to_new_rooms_only(world, tmp_path):
+    ldap, hs, path, directory = world
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK
+    cfg = load_config(path, token_required=True)
+    obs = asyncio.run(observed(cfg))
+    # The default keeps "!id:server" room IDs, which Cinny 4.2 and matrix-commander 8 require.
+    assert {r.room_version for r in obs.rooms.values()} == {"11"}
+    assert all(":" in r.room_id for r in obs.rooms.values())
+    # Changing the setting later never recreates or rewrites existing rooms.
+    text = path.read_text(encoding="utf-8").replace(
+        "max_room_size: 20", "max_room_size: 20\n  room_version: '12'"
+    )
+    path.write_text(text, encoding="utf-8")
+    again = sync(path)
+    assert again.plan.actions == () and again.stats["writes"] == 0, again.plan.counts()
+    # A unit added afterwards gets the new version, with the creator kept out of its power levels (v12).
+    unit_dn = next(e.dn for e in directory.entries if e.dn.startswith("ou=") and e.dn.count(",") == 2)
+    ldap.modify(
+        f"dn: ou=Новый сектор,{unit_dn}\nchangetype: add\nobjectClass: organizationalUnit\nou: Новый сектор\n\n"
+        f"dn: uid=novyy.v12,ou=Новый сектор,{unit_dn}\nchangetype: add\nobjectClass: inetOrgPerson\n"
+        "uid: novyy.v12\ncn: Новый Двенадцатый\nsn: Новый\ndisplayName: Новый Двенадцатый\n\n"
+    )
+    third = sync(path)
+    assert third.exit_code == exitcodes.OK, (third.message, third.report and third.report.failed)
+    after = asyncio.run(observed(cfg))
+    new = [r for k, r in after.rooms.items() if k not in obs.rooms]
+    assert new and {r.room_version for r in new} == {"12"}
+    assert {r.room_version for k, r in after.rooms.items() if k in obs.rooms} == {"11"}
+    fourth = sync(path)
+    assert fourth.plan.actions == () and fourth.stats["writes"] == 0, fourth.plan.counts()

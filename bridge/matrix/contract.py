@@ -28,6 +28,10 @@ PROFILE_KEYS: Final = {
 # look for it can be found and moved to PROFILE_KEYS.
 PROFILE_FIELD: Final = "org.civmatrix.directory"
 
+# Room versions whose creators hold unlimited power outside power_levels (MSC4289): listing the creator in
+# ``power_levels.users`` is refused there, and needed everywhere else.
+CREATOR_POWER_VERSIONS: Final = frozenset({"12", "org.matrix.hydra.11"})
+
 # A random value in the content of every room's create event the provisioner or the bot makes. From room
 # version 12 the room ID is the hash of the create event, whose only other entropy is a millisecond
 # timestamp: two createRoom calls with the same content in the same millisecond (the sync creates rooms in

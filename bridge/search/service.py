@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from bridge.search.config import SearchConfig
-from bridge.search.index import SearchIndex, result_label
+from bridge.search.index import SearchIndex, build_index, result_label
 from bridge.search.snapshot import SnapshotError, read_snapshot
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ class IndexHolder:
         except SnapshotError as e:
             log.warning("%s; answering from the previous index (%d people)", e, len(self.index))
             return False
-        index = SearchIndex(people)
+        index = build_index(people)
         self.index, self.generated_at, self._stamp = index, generated_at, stamp
         self.loads += 1
         log.info("search index loaded: %d people in %.2f s", len(index), time.perf_counter() - began)

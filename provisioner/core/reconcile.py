@@ -22,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from bridge.matrix.contract import CREATOR_POWER_VERSIONS
 from provisioner.core.actions import (
     Action,
     CreateRoom,
@@ -68,6 +69,7 @@ class ObservedRoom:
     power_users: Mapping[str, int]
     members: frozenset[str]  # joined or invited
     children: frozenset[str]  # room IDs linked with m.space.child
+    room_version: str | None = None  # from m.room.create; None when not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +105,9 @@ class SyncPolicy:
     min_directory_fraction: float = 0.9
     service_accounts: frozenset[str] = field(default=frozenset())
     # Room versions 12+ (MSC4289) give creators unlimited power and refuse them in power_levels.users.
+    # This is for rooms still to be created; an existing room follows its own version.
     creator_in_power_levels: bool = True
+    room_version: str | None = None  # for new rooms (layout.room_version); existing rooms keep theirs
 
 
 def profile_of(p: Person) -> tuple[tuple[str, str | None], ...]:
@@ -283,8 +287,11 @@ def reconcile(
     kicks: list[Action] = []
     closes: list[Action] = []
 
-    def power(mods: Iterable[str]) -> tuple[tuple[str, int], ...]:
-        users = {policy.provisioner: 100} if policy.creator_in_power_levels else {}
+    def power(mods: Iterable[str], room: ObservedRoom | None = None) -> tuple[tuple[str, int], ...]:
+        creator_listed = policy.creator_in_power_levels
+        if room is not None and room.room_version is not None:
+            creator_listed = room.room_version not in CREATOR_POWER_VERSIONS
+        users = {policy.provisioner: 100} if creator_listed else {}
         for m in mods:
             users.setdefault(m, policy.moderator_level)
         return tuple(sorted(users.items()))
@@ -307,7 +314,7 @@ def reconcile(
         desired_keys.add(key)
         parent_key = plan.parent_key if isinstance(plan, SpacePlan) else plan.unit_key
         obs_room = observed.rooms.get(key)
-        pw = power(plan.moderators)
+        pw = power(plan.moderators, obs_room)
         members = wanted_members(plan.members)
         if isinstance(plan, SpacePlan) and policy.bot and not plan.members:
             members.discard(policy.bot)
@@ -318,6 +325,7 @@ def reconcile(
                     unit_key=plan.unit_key, shard=plan.shard if isinstance(plan, RoomPlan) else 0,
                     name=plan.name, alias=plan.alias, topic=plan.topic, parent_key=parent_key,
                     power_users=pw, encrypted=policy.encrypted and kind == "room",
+                    room_version=policy.room_version,
                 )
             )  # fmt: skip
             if parent_key is not None:
