@@ -89,6 +89,7 @@ class LayoutConfig:
     room_encryption: bool
     moderator_power_level: int
     room_version: str | None = DEFAULT_ROOM_VERSION
+    space_members: str = "tree"
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +379,7 @@ def _homeserver(r: _Reader, *, token_required: bool) -> HomeserverConfig:
 def _layout(r: _Reader, server_name: str) -> LayoutConfig:
     r.check_known(
         {"max_room_size", "org_name", "alias_prefix", "head_title_pattern", "room_encryption",
-         "moderator_power_level", "room_version"}
+         "moderator_power_level", "room_version", "space_members"}
     )  # fmt: skip
     version = r.opt_str("room_version", DEFAULT_ROOM_VERSION)
     if version is not None and not re.fullmatch(r"[0-9a-z][0-9a-z.\-]*", version):
@@ -403,6 +404,7 @@ def _layout(r: _Reader, server_name: str) -> LayoutConfig:
         room_encryption=r.bool_("room_encryption", True),
         moderator_power_level=r.int_("moderator_power_level", 50, 1, 99),
         room_version=version,
+        space_members=r.choice("space_members", "tree", ("tree", "unit")),
     )
 
 

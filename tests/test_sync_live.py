@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from aiohttp import web
 from nio import AsyncClient
 
@@ -92,7 +93,7 @@ def test_full_sync_converges_and_second_sync_writes_nothing(world):
     cfg = load_config(path, token_required=True)
     obs = asyncio.run(observed(cfg))
     rooms = [r for r in obs.rooms.values() if r.kind == "room"]
-    assert all(len(r.members) <= ROOM for r in obs.rooms.values())
+    assert all(len(r.members) <= ROOM for r in rooms)
     big = [r for r in rooms if "контакт" in (r.name or "").lower()]
     assert len(big) >= 2  # the 30-person unit was split
     snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
@@ -105,8 +106,22 @@ def test_full_sync_converges_and_second_sync_writes_nothing(world):
     assert all(counted[m] == 1 for m in enabled)
     # Disabled people never got an account.
     assert all(f"@{first.desired.localparts[p.anchor]}:example.test" not in obs.users for p in snap.disabled)
-    # Rooms are closed again after the initial joins.
-    assert all(r.join_rule == "invite" for r in obs.rooms.values())
+    # Rooms are closed again after the initial joins; spaces stay public (layout.space_members: tree).
+    assert all(r.join_rule == "invite" for r in rooms)
+    spaces = {r.key: r for r in obs.rooms.values() if r.kind == "space"}
+    assert all(r.join_rule == "public" for r in spaces.values())
+    # Everyone is in their unit's space and every space above it, the split contact centre included.
+    units = {u.key: u for u in snap.units}
+    for p in snap.enabled:
+        uid = f"@{first.desired.localparts[p.anchor]}:example.test"
+        k = p.unit_key
+        while k is not None:
+            assert uid in spaces[k].members, (uid, k)
+            k = units[k].parent_key if k in units else None
+        assert uid in spaces[ROOT_UNIT].members
+    # ... and the spaces are listed for Synapse to keep out of presence fan-out.
+    exclusions = yaml.safe_load((path.parent / "state" / "presence-exclude.yaml").read_text())
+    assert set(exclusions["exclude_rooms_from_presence"]) == {r.room_id for r in spaces.values()}
 
 
 def test_real_client_sees_room_space_and_finds_colleague(world):

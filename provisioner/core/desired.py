@@ -32,6 +32,7 @@ def layout_policy(cfg: Config, *, reserved_seats: int = 1) -> LayoutPolicy:
         alias_prefix=cfg.layout.alias_prefix,
         head_title_pattern=cfg.layout.head_title_pattern,
         reserved_seats=reserved_seats,
+        space_members=cfg.layout.space_members,
     )
 
 

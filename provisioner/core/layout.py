@@ -6,8 +6,11 @@ Invariants (tested as properties):
 3. Stability: a person already in a shard of their unit stays there unless that shard is over the limit;
    adding or removing one person moves nobody else. Shards are never merged (that would move people).
 4. Names keep the directory's spelling; aliases are ASCII, unique and stable for a unit while its path stays.
-5. No space is joined by more people than fit in a room: people join their unit's space only when the
-   unit's direct members fit in one room, so presence never fans out beyond a room's size.
+5. With ``space_members="unit"``, no space is joined by more people than fit in a room: people join their
+   unit's space only when the unit's direct members fit in one room, so presence never fans out beyond a
+   room's size. With ``"tree"`` (the default) everyone joins their unit's space and every space above it,
+   split units included, so the whole tree shows in the space panel; those spaces are then public (counted
+   linearly by the user directory) and kept out of presence (``exclude_rooms_from_presence``).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class LayoutPolicy:
     alias_prefix: str = ""
     head_title_pattern: str | None = None
     reserved_seats: int = 1  # the provisioner stays in every room it manages
+    space_members: str = "unit"  # "unit" (rule 5, small units only) | "tree" (unit and ancestors, everyone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -309,12 +313,16 @@ def plan_layout(
         parent = all_units[key].parent_key
         if key != ROOT_UNIT and parent is not None:
             children[parent].append(key)
+    in_tree = _tree_members(members_by_unit, all_units) if policy.space_members == "tree" else {}
     spaces: list[SpacePlan] = []
     for key in sorted(live, key=lambda k: (all_units[k].path, k)):
         unit = all_units[key]
         direct = members_by_unit.get(key, [])
-        # Joining the space adds no presence fan-out only when its members are exactly one room's.
-        space_members = tuple(sorted(direct)) if 0 < len(direct) <= capacity else ()
+        if policy.space_members == "tree":
+            space_members = tuple(sorted(in_tree.get(key, ())))
+        else:
+            # Joining the space adds no presence fan-out only when its members are exactly one room's.
+            space_members = tuple(sorted(direct)) if 0 < len(direct) <= capacity else ()
         spaces.append(
             SpacePlan(
                 unit_key=key,
@@ -329,6 +337,18 @@ def plan_layout(
             )
         )
     return _unique_aliases(Layout(spaces=tuple(spaces), rooms=tuple(rooms)))
+
+
+def _tree_members(members_by_unit: Mapping[str, list[str]], units: Mapping[str, Unit]) -> dict[str, set[str]]:
+    """Unit key → everyone in the unit or below it (the people who join its space in "tree" mode)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for key, members in members_by_unit.items():
+        k: str | None = key
+        while k is not None:
+            out[k].update(members)
+            k = units[k].parent_key if k in units and k != ROOT_UNIT else None
+        out[ROOT_UNIT].update(members)
+    return out
 
 
 def _unique_aliases(layout: Layout) -> Layout:

@@ -12,6 +12,7 @@ Rules (each tested):
    cannot give the same person a second ID on the next run.
 6. New rooms are created with a ``public`` join rule (one event per admin join instead of invite + join,
    FACTS.md) and closed to ``invite`` right after their initial joins; any managed room found open is closed.
+   With ``public_spaces`` spaces are the exception: they stay (or are made) ``public``.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ class SyncPolicy:
     # This is for rooms still to be created; an existing room follows its own version.
     creator_in_power_levels: bool = True
     room_version: str | None = None  # for new rooms (layout.room_version); existing rooms keep theirs
+    # layout.space_members: tree — everyone is in the spaces above them, so spaces stay public (the user
+    # directory counts public rooms linearly, private ones pairwise) and only rooms are closed.
+    public_spaces: bool = False
 
 
 def profile_of(p: Person) -> tuple[tuple[str, str | None], ...]:
@@ -331,7 +335,8 @@ def reconcile(
             if parent_key is not None:
                 links.append(LinkChild(parent_key, key, kind))  # type: ignore[arg-type]
             joins.extend(Join(key, kind, m) for m in sorted(members))  # type: ignore[arg-type]
-            closes.append(UpdateRoom(key, join_rule="invite", cause="closed after the initial joins"))
+            if not (kind == "space" and policy.public_spaces):
+                closes.append(UpdateRoom(key, join_rule="invite", cause="closed after the initial joins"))
             continue
         want_power = {u: lvl for u, lvl in pw if obs_room.power_users.get(u, 0) < lvl}
         upd = UpdateRoom(
@@ -343,7 +348,10 @@ def reconcile(
         )
         if any(x is not None for x in (upd.name, upd.topic, upd.alias, upd.power_users)):
             updates.append(upd)
-        if obs_room.join_rule not in ("invite", None):
+        if kind == "space" and policy.public_spaces:
+            if obs_room.join_rule != "public":
+                closes.append(UpdateRoom(key, join_rule="public", cause="spaces are open to colleagues"))
+        elif obs_room.join_rule not in ("invite", None):
             closes.append(UpdateRoom(key, join_rule="invite", cause="managed rooms are invite-only"))
         if parent_key is not None:
             parent = observed.rooms.get(parent_key)
