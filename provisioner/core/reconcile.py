@@ -418,7 +418,12 @@ def check_removals(
     """The deletion threshold: people who lose access (locked, or kicked without joining elsewhere)."""
     joined = {a.user_id for a in plan.actions if isinstance(a, Join)}
     losing = {a.user_id for a in plan.actions if isinstance(a, LockUser | DeactivateUser)}
-    losing |= {a.user_id for a in plan.actions if isinstance(a, Kick) and a.user_id not in joined}
+    # Leaving a space takes no conversation away (a unit moved in the tree leaves the spaces above it).
+    losing |= {
+        a.user_id
+        for a in plan.actions
+        if isinstance(a, Kick) and a.room_kind == "room" and a.user_id not in joined
+    }
     n = len(losing)
     limit_pct = max_percent / 100 * managed_count if managed_count else float("inf")
     over = n > max_removals or n > limit_pct
