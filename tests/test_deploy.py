@@ -192,6 +192,21 @@ def test_compose_matches_the_model_nginx_and_synapse_are_rendered_from() -> None
     assert {w.name for w in d.workers} <= set(services)
 
 
+def test_production_keeps_synapses_login_limits_and_trusts_forwarded_addresses_behind_nginx() -> None:
+    """The demo's raised login limits (provisioner.demo.DEMO_RATE_LIMITS) never reach deploy/."""
+    from provisioner.demo import DEMO_RATE_LIMITS
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in (DEPLOY / "synapse").rglob("*.yaml"))
+    assert not any(key in text for key in DEMO_RATE_LIMITS), "a demo rate limit is in deploy/synapse"
+    hs = deploy.homeserver_config(example_deployment())
+    public = next(listener for listener in hs["listeners"] if listener["port"] == 8008)
+    assert public["x_forwarded"] is True
+    for worker in example_deployment().workers:
+        for listener in deploy.worker_config(example_deployment(), worker)["worker_listeners"]:
+            if "client" in listener["resources"][0]["names"]:
+                assert listener["x_forwarded"] is True, worker.name
+
+
 def test_no_process_serves_federation() -> None:
     d = example_deployment()
     hs = deploy.homeserver_config(d)
