@@ -322,11 +322,16 @@ def status(obj: Context) -> None:
 @click.option(
     "--once", is_flag=True, help="Bring everything up, sync, print the login, then stop (for tests)."
 )
-def demo(root: str, people: int, once: bool) -> None:
+@click.option(
+    "--workers",
+    is_flag=True,
+    help="The production topology: Synapse main + workers on a private PostgreSQL and Redis, behind nginx.",
+)
+def demo(root: str, people: int, once: bool, workers: bool) -> None:
     """Run the whole thing on this machine: slapd + Synapse + sync + event bot, and print how to log in."""
     from provisioner.demo import demo_main
 
-    sys.exit(demo_main(root, people, once))
+    sys.exit(demo_main(root, people, once, workers=workers))
 
 
 @main.command("deploy-config")
