@@ -181,14 +181,16 @@ end
 
 
 def wrk_load(
-    url: str, token: str, queries: list[str], connections: int, seconds: int, tmp: Path
+    url: str, token: str, queries: list[str], connections: int, seconds: int, tmp: Path, *, pause_ms: int = 0
 ) -> dict[str, Any]:
-    """Closed loop: ``connections`` clients each sending the next query as soon as the answer is in (wrk, C)."""
+    """``connections`` clients each sending the next query as soon as the answer is in (closed loop, wrk in
+    C), or ``pause_ms`` after it: a person typing (10 keystrokes a second at 100 ms)."""
     bodies = ",".join(
         "[==[" + json.dumps({"search_term": q, "limit": 10}, ensure_ascii=False) + "]==]" for q in queries
     )
-    script = tmp / f"wrk-{connections}.lua"
-    script.write_text(WRK_SCRIPT % (bodies, token), encoding="utf-8")
+    script = tmp / f"wrk-{connections}-{pause_ms}.lua"
+    pause = f"delay = function() return {pause_ms} end\n" if pause_ms else ""
+    script.write_text(WRK_SCRIPT % (bodies, token) + pause, encoding="utf-8")
     threads = min(2, connections)
     out = subprocess.run(
         ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
@@ -303,19 +305,21 @@ def main() -> None:
                 asyncio.run(load(url, token, queries[:200], 10))  # warm-up: token cache, connections
                 one = wrk_load(url, token, queries, 1, args.seconds, tmp)
                 fifty = wrk_load(url, token, queries, 50, args.seconds, tmp)
+                typing = wrk_load(url, token, queries, 50, args.seconds, tmp, pause_ms=100)
                 zero = asyncio.run(zero_hits(url, token, queries[:500]))
             finally:
                 nginx.stop()
                 proc.terminate()
                 proc.wait(10)
             row: dict[str, Any] = {"people": len(people), "snapshot_mb": size_mb, "generate_s": gen, **built,
-                                   "c1": one, "c50": fifty, "zero_hits": zero}  # fmt: skip
+                                   "c1": one, "c50": fifty, "c50_typing": typing, "zero_hits": zero}  # fmt: skip
             if args.synapse_compare and n <= 25000:
                 row["synapse_fill_s"] = asyncio.run(fill_synapse(hs, token, people))
                 time.sleep(5)  # the user directory is updated in the background
                 url = f"{hs.public_url}/_matrix/client/v3/user_directory/search"
                 row["synapse_c1"] = wrk_load(url, token, queries, 1, args.seconds, tmp)
                 row["synapse_c50"] = wrk_load(url, token, queries, 50, args.seconds, tmp)
+                row["synapse_c50_typing"] = wrk_load(url, token, queries, 50, args.seconds, tmp, pause_ms=100)
                 row["synapse_zero_hits"] = asyncio.run(zero_hits(url, token, queries[:500]))
             rows.append(row)
             print(json.dumps(row, ensure_ascii=False), flush=True)
