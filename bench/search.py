@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import statistics
 import subprocess
 import sys
@@ -269,6 +270,8 @@ def main() -> None:
     if args.measure_build:
         print(json.dumps(measure_build(args.measure_build)))
         return
+    # Stopped with SIGTERM, still stop the servers it started (the finally blocks below).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
     hs = EmbeddedSynapse(tmp / "synapse", log_level="WARNING", rate_limits=TEST_RATE_LIMITS,
                          overrides={"rc_user_directory": {"per_second": 10000, "burst_count": 10000}})  # fmt: skip

@@ -75,6 +75,8 @@ class DemoState:
     # Added with nginx in front; 0 in a directory made before (a port is picked on resume).
     nginx_port: int = 0
     workers: bool = False
+    # Added with the directory search service (bridge search); 0 in an older directory (picked on resume).
+    search_port: int = 0
 
     @classmethod
     def load(cls, path: Path) -> DemoState | None:
@@ -129,6 +131,8 @@ def _check_ports(state: DemoState) -> None:
     ports = [("LDAP", state.ldap_port)]
     if not state.workers:  # the topology checks its own ports
         ports += [("Matrix", state.public_port), ("admin", state.admin_port), ("proxy", state.nginx_port)]
+    if state.search_port:
+        ports.append(("search", state.search_port))
     for name, port in ports:
         if not port_is_free(port):
             raise DemoError(
@@ -137,7 +141,7 @@ def _check_ports(state: DemoState) -> None:
             )
 
 
-def _write_config(root: Path, slapd: EmbeddedSlapd, admin_url: str) -> Path:
+def _write_config(root: Path, slapd: EmbeddedSlapd, admin_url: str, search_port: int) -> Path:
     data: dict[str, Any] = {
         "homeserver": {
             "url": admin_url,
@@ -166,6 +170,8 @@ def _write_config(root: Path, slapd: EmbeddedSlapd, admin_url: str) -> Path:
             "crypto_store_dir": "bot/crypto",
             "timezone": "Europe/Moscow",
         },
+        # The proxy sends user_directory/search here: colleagues found by title, unit, phone, e-mail.
+        "search": {"listen": f"{LOOPBACK}:{search_port}", "index": "state/search.json"},
     }
     path = root / "civmatrix.yaml"
     path.write_text(
@@ -183,7 +189,7 @@ def _say(msg: str) -> None:
 class _Single:
     """nginx in front of one Synapse process on SQLite (the default demo)."""
 
-    def __init__(self, root: Path, state: DemoState, login: dict[str, Any]) -> None:
+    def __init__(self, root: Path, state: DemoState, login: dict[str, Any], search: str | None) -> None:
         self.public_url = f"http://{LOOPBACK}:{state.nginx_port}"
         self.synapse = EmbeddedSynapse(
             root / "synapse",
@@ -203,6 +209,7 @@ class _Single:
             listen=(f"{LOOPBACK}:{state.nginx_port}",),
             main=proxy.Upstream(proxy.MAIN, (f"{LOOPBACK}:{state.public_port}",)),
             max_body_size=MAX_UPLOAD,
+            search=search,
         )
         self.nginx = EmbeddedNginx(root / "nginx", proxy.site(site), port=state.nginx_port)
         self.admin_url = self.synapse.admin_url
@@ -227,9 +234,13 @@ class _Single:
 class _Workers:
     """The production topology: PostgreSQL + Redis + Synapse main and workers + nginx (``--workers``)."""
 
-    def __init__(self, root: Path, login: dict[str, Any]) -> None:
+    def __init__(self, root: Path, login: dict[str, Any], search_port: int | None) -> None:
         self.topology = Topology(
-            root / "topology", server_name=SERVER_NAME, login=login, overrides=DEMO_RATE_LIMITS
+            root / "topology",
+            server_name=SERVER_NAME,
+            login=login,
+            overrides=DEMO_RATE_LIMITS,
+            search_port=search_port,
         )
         self.public_url = self.topology.public_url
         self.admin_url = self.topology.admin_url
@@ -255,9 +266,17 @@ def _new_state(root: Path, people: int, seed: int, workers: bool) -> tuple[DemoS
     directory = generate_directory(people, seed=seed)
     samples = [{"login": p.uid, "name": p.display_name, "title": p.title, "dn": p.dn}
                for p in directory.samples]  # fmt: skip
-    ports = free_ports(4)
+    ports = free_ports(5)
     state = DemoState(
-        ports[0], ports[1], ports[2], people, seed, samples, nginx_port=ports[3], workers=workers
+        ports[0],
+        ports[1],
+        ports[2],
+        people,
+        seed,
+        samples,
+        nginx_port=ports[3],
+        workers=workers,
+        search_port=ports[4],
     )
     return state, directory
 
@@ -279,6 +298,8 @@ def _load_state(
              "(use another --dir for a different size)")  # fmt: skip
     if not state.nginx_port:
         state.nginx_port = free_port()
+    if not state.search_port:
+        state.search_port = free_port()
     return state, None
 
 
@@ -317,15 +338,21 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, work
             if placeholder:
                 # The login module's settings come from the directory section; the admin URL is known
                 # once the servers are laid out below.
-                _write_config(root, slapd, "http://127.0.0.1:1")
-            login = module_config_from(load_config(cfg_path))
-            servers = _Workers(root, login) if state.workers else _Single(root, state, login)
+                _write_config(root, slapd, "http://127.0.0.1:1", state.search_port)
+            first_cfg = load_config(cfg_path)
+            login = module_config_from(first_cfg)
+            # A config kept from before the search service has no search: section: Synapse answers alone.
+            search = _search_listen(first_cfg)
+            search_port = int(search.rsplit(":", 1)[1]) if search else None
+            servers = (
+                _Workers(root, login, search_port) if state.workers else _Single(root, state, login, search)
+            )
             if isinstance(servers, _Workers):
                 topo = servers.topology
                 state.public_port, state.admin_port = topo.deployment.public_port, topo.deployment.admin_port
                 state.nginx_port = topo.nginx_port
             if placeholder:
-                _write_config(root, slapd, servers.admin_url)
+                _write_config(root, slapd, servers.admin_url, state.search_port)
             state.save(state_path)
             _say(f"starting {servers.what} (closed server, directory login)…")
             servers.start()
@@ -351,14 +378,21 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, work
                     state.samples.append(split)
                     state.save(state_path)
             processes.append(_start_bot(root, cfg))
+            if search:
+                processes.append(_start_search(root, cfg))
             token = cfg.homeserver.admin_token or ""
             user_ids = {p.login: uid for uid, p in result.desired.people.items()}
             findable = _wait_until_findable(servers.public_url, token, state.samples[-1], user_ids)
+            by_title = _title_query(state.samples[-1]) if search else None
+            if by_title and not _wait_until_findable(
+                servers.public_url, token, state.samples[-1], user_ids, term=by_title
+            ):
+                by_title = None
             joined = {
                 s["login"]: _joined(servers.admin_url, token, user_ids.get(s["login"], ""))
                 for s in state.samples
             }
-            _print_welcome(state, cfg, servers, findable=findable, joined=joined)
+            _print_welcome(state, cfg, servers, findable=findable, joined=joined, by_title=by_title)
             if once:
                 return exitcodes.OK
             _wait_for_ctrl_c(processes)
@@ -396,11 +430,19 @@ def _split_unit_person(result: Any, taken: set[str]) -> dict[str, str] | None:
     return None
 
 
+def _title_query(colleague: dict[str, str]) -> str | None:
+    """Surname and the longest word of the title: a query only the directory search can answer."""
+    words = (colleague.get("title") or "").split()
+    return f"{_surname(colleague['name'])} {max(words, key=len).lower()}" if words else None
+
+
 def _surname(name: str) -> str:
     return name.split()[0] if name.split() else name
 
 
-def _wait_until_findable(url: str, token: str, colleague: dict[str, str], user_ids: dict[str, str]) -> bool:
+def _wait_until_findable(
+    url: str, token: str, colleague: dict[str, str], user_ids: dict[str, str], term: str | None = None
+) -> bool:
     """Poll the user directory through the public URL until ``colleague`` is found by surname.
 
     Synapse fills its user directory in the background after a bulk sync; a banner printed before that
@@ -409,7 +451,7 @@ def _wait_until_findable(url: str, token: str, colleague: dict[str, str], user_i
     target = user_ids.get(colleague["login"])
     if target is None:
         return False
-    body = {"search_term": _surname(colleague["name"]), "limit": 50}
+    body = {"search_term": term or _surname(colleague["name"]), "limit": 50}
     deadline = time.monotonic() + FINDABLE_TIMEOUT
     said = False
     while time.monotonic() < deadline:
@@ -456,6 +498,26 @@ def _start_bot(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
     )
 
 
+def _search_listen(cfg: Config) -> str | None:
+    section = cfg.raw.get("search")
+    if not isinstance(section, dict):
+        return None
+    return str(section.get("listen") or f"{LOOPBACK}:8010")
+
+
+def _start_search(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
+    """The directory search service, behind the demo's nginx (which falls back to Synapse without it)."""
+    (root / "state").mkdir(exist_ok=True)
+    log = open(root / "state" / "search.log", "ab")  # noqa: SIM115 - owned by the child process
+    return subprocess.Popen(
+        [sys.executable, "-m", "bridge.cli", "--config", cfg.path, "search"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=root,
+        start_new_session=True,
+    )
+
+
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
     if proc.poll() is None:
         proc.terminate()
@@ -478,7 +540,12 @@ def _wait_for_ctrl_c(processes: list[subprocess.Popen[bytes]]) -> None:
     while not stop:
         for proc in processes:
             if proc.poll() is not None:
-                _say(f"warning: the event bot exited with code {proc.returncode} (see bot/bot.log)")
+                what = (
+                    "search service (see state/search.log)"
+                    if "search" in list(proc.args)  # type: ignore[arg-type]
+                    else "event bot (see bot/bot.log)"
+                )
+                _say(f"warning: the {what} exited with code {proc.returncode}")
                 processes.remove(proc)
         time.sleep(0.5)
 
@@ -490,6 +557,7 @@ def _print_welcome(
     *,
     findable: bool,
     joined: dict[str, list[str]],
+    by_title: str | None = None,
 ) -> None:
     url = servers.public_url
     first = state.samples[0] if state.samples else {"login": "?", "name": "?", "title": "?"}
@@ -525,6 +593,11 @@ def _print_welcome(
     else:
         lines.append(
             "  Colleague search is still being indexed by Synapse; names become findable within minutes."
+        )
+    if by_title:
+        lines.append(
+            f"  The search also takes titles, units, phone digits and e-mail: «{by_title}» finds "
+            f"{colleague['name']} (checked the same way)."
         )
     lines += [
         f"  The event bot is @{BOT_LOCALPART}:{SERVER_NAME} (try `!event help` in a room).",

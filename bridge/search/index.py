@@ -19,19 +19,21 @@ the smallest numbers that pass, found by a lazy merge of the posting lists that 
 from __future__ import annotations
 
 import gc
-import heapq
 import re
 import unicodedata
 from array import array
 from bisect import bisect_left
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict, defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bridge.search.snapshot import IndexedPerson
 from provisioner.core.identity import transliterate
 
 MAX_LIMIT = 50
+SEP = "\x00"  # never inside a token: tokens are runs of letters and digits, e-mails, logins
+# Answers kept per index: the first letters of names are what everyone types first, over and over.
+CACHE_SIZE = 4096
 MIN_PHONE_DIGITS = 4
 _WORD = re.compile(r"[^\W_]+")
 _PHONE_LIKE = re.compile(r"^[\d\s+()\-.]+$")
@@ -97,15 +99,14 @@ class _Postings:
             total += self.cum[hi] - self.cum[lo]
         return total
 
-    def stream(self, prefixes: Iterable[str]) -> Iterator[int]:
+    def holders(self, prefixes: Iterable[str]) -> list[int]:
         """Person numbers holding a token with one of ``prefixes``, ascending, each once."""
-        ranges = [self.span(p) for p in prefixes]
-        merged = heapq.merge(*(self.lists[i] for lo, hi in ranges for i in range(lo, hi)))
-        last = -1
-        for n in merged:
-            if n != last:
-                last = n
-                yield n
+        found: set[int] = set()
+        for p in prefixes:
+            lo, hi = self.span(p)
+            for i in range(lo, hi):
+                found.update(self.lists[i])
+        return sorted(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,11 @@ class _Word:
     spellings: tuple[str, ...] = ()
     digits: str | None = None
     email: str | None = None
+
+    @property
+    def needles(self) -> tuple[str, ...]:
+        # A token starts with s exactly when SEP + s occurs in the person's SEP-joined tokens.
+        return tuple(SEP + s for s in self.spellings)
 
 
 def parse_query(term: str) -> tuple[_Word, ...]:
@@ -153,9 +159,10 @@ class SearchIndex:
         all_tokens: dict[str, list[int]] = defaultdict(list)
         phones: list[tuple[str, int]] = []  # reversed digits: a suffix of the number is a prefix of these
         full: dict[str, list[int]] = defaultdict(list)
-        # Per person, for checking the other words of a query: tuples, a third of a frozenset's memory.
-        self._name_of: list[tuple[str, ...]] = []
-        self._other_of: list[tuple[str, ...]] = []
+        # Per person, for checking the other words of a query: tokens joined by SEP, so that "some token
+        # starts with s" is one substring search in C.
+        self._name_of: list[str] = []
+        self._other_of: list[str] = []
         self._digits_of: list[tuple[str, ...]] = []
         self._email_of: list[str] = []
         # Titles, unit names and common names repeat across thousands of people: tokenise each text once.
@@ -198,8 +205,8 @@ class SearchIndex:
             latin = " ".join(spell(w)[-1] for w in words)  # transliteration works letter by letter
             if latin != " ".join(words):
                 full[latin].append(n)
-            self._name_of.append(tuple(names))
-            self._other_of.append(tuple(others))
+            self._name_of.append(SEP + SEP.join(names))
+            self._other_of.append(SEP + SEP.join(others))
             self._digits_of.append(digits)
             self._email_of.append(email)
         self._names = _Postings(name_tokens)
@@ -208,6 +215,8 @@ class SearchIndex:
         self._phone_keys = [k for k, _ in phones]
         self._phone_owner = array("i", [n for _, n in phones])
         self._full = {k: v[0] if len(v) == 1 else tuple(v) for k, v in full.items()}
+        # The index never changes once built (a new snapshot makes a new index), so answers can be kept.
+        self._cache: OrderedDict[tuple[str, int], Result] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.people)
@@ -219,19 +228,23 @@ class SearchIndex:
             return not names_only and any(d.endswith(word.digits) for d in self._digits_of[n])
         if word.email is not None:
             return not names_only and self._email_of[n].startswith(word.email)
-        spellings = word.spellings
-        if any(t.startswith(s) for t in self._name_of[n] for s in spellings):
+        needles = word.needles
+        names = self._name_of[n]
+        if any(s in names for s in needles):
             return True
-        return not names_only and any(t.startswith(s) for t in self._other_of[n] for s in spellings)
+        if names_only:
+            return False
+        others = self._other_of[n]
+        return any(s in others for s in needles)
 
-    def _stream(self, word: _Word, *, names_only: bool) -> Iterator[int]:
+    def _holders(self, word: _Word, *, names_only: bool) -> Iterable[int]:
         if word.digits is not None:
-            return iter(() if names_only else self._phone_matches(word.digits))
+            return () if names_only else self._phone_matches(word.digits)
         if word.email is not None:
             if names_only:
-                return iter(())
-            return (n for n in self._all.stream((word.email,)) if self._email_of[n].startswith(word.email))
-        return (self._names if names_only else self._all).stream(word.spellings)
+                return ()
+            return [n for n in self._all.holders((word.email,)) if self._email_of[n].startswith(word.email)]
+        return (self._names if names_only else self._all).holders(word.spellings)
 
     def _cost(self, word: _Word, *, names_only: bool) -> int:
         if word.digits is not None:
@@ -259,9 +272,10 @@ class SearchIndex:
         if want <= 0:
             return []
         lead = min(range(len(words)), key=lambda i: self._cost(words[i], names_only=names_only))
+        holders = self._holders(words[lead], names_only=names_only)
         rest = [w for i, w in enumerate(words) if i != lead]
         out: list[int] = []
-        for n in self._stream(words[lead], names_only=names_only):
+        for n in holders:
             if n in skip or not all(self._matches(n, w, names_only=names_only) for w in rest):
                 continue
             out.append(n)
@@ -272,6 +286,18 @@ class SearchIndex:
     def search(self, term: str, limit: int = 10) -> Result:
         """The best ``limit`` people for ``term`` (clamped to 0..50, like Synapse), and whether more exist."""
         limit = max(0, min(limit, MAX_LIMIT))
+        key = (fold(term).strip(), limit)
+        cached = self._cache.get(key)
+        if cached is not None:
+            self._cache.move_to_end(key)
+            return cached
+        result = self._search(term, limit)
+        self._cache[key] = result
+        if len(self._cache) > CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return result
+
+    def _search(self, term: str, limit: int) -> Result:
         words = parse_query(term)
         if not words:
             return Result(False, ())
