@@ -254,7 +254,7 @@ def plan(obj: Context, out: str | None, allow_removals: int | None) -> None:
     help="Let this run lock or kick up to N people even above the safety threshold.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--full-read", is_flag=True, help="Read every managed room again (ignore the room cache).")
+@click.option("--full-read", is_flag=True, help="Read every room and profile again (no cache).")
 @click.pass_obj
 def sync_cmd(
     obj: Context, plan_path: str | None, allow_removals: int | None, quiet: bool, full_read: bool
