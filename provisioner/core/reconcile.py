@@ -320,7 +320,9 @@ def reconcile(
         obs_room = observed.rooms.get(key)
         pw = power(plan.moderators, obs_room)
         members = wanted_members(plan.members)
-        if isinstance(plan, SpacePlan) and policy.bot and not plan.members:
+        # In tree mode every space has members, the top one everybody: the bot (a plain client, no lazy
+        # loading) would sync 25,000 member events for nothing; it reads the world-readable spaces anyway.
+        if isinstance(plan, SpacePlan) and policy.bot and (not plan.members or policy.public_spaces):
             members.discard(policy.bot)
         if obs_room is None:
             creates.append(
