@@ -70,7 +70,7 @@ def main() -> None:
                 py_times.append(time.perf_counter() - t0)
                 n_py = len(result.people)
                 t0 = time.perf_counter()
-                snap = interpret(result, cfg.directory, skip_log=False)
+                snap = interpret(result, cfg.directory_policy(), skip_log=False)
                 interp_times.append(time.perf_counter() - t0)
             c, same_t, py, it = min(c_times), min(same_times), min(py_times), min(interp_times)
             print(f"people generated        {args.people}")

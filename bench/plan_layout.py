@@ -58,15 +58,15 @@ def main() -> None:
         gc.collect()
         # Timed without tracemalloc (it slows Python several-fold); memory measured in a second pass.
         t0 = time.perf_counter()
-        snap = interpret(result, cfg.directory, skip_log=False)
+        snap = interpret(result, cfg.directory_policy(), skip_log=False)
         t1 = time.perf_counter()
-        desired = desired_state(snap, cfg)
+        desired = desired_state(snap, cfg.layout_policy())
         t2 = time.perf_counter()
         del snap, desired
         gc.collect()
         tracemalloc.start()
-        snap = interpret(result, cfg.directory, skip_log=False)
-        desired = desired_state(snap, cfg)
+        snap = interpret(result, cfg.directory_policy(), skip_log=False)
+        desired = desired_state(snap, cfg.layout_policy())
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         rooms = desired.layout.rooms

@@ -68,7 +68,7 @@ def sample_people(n: int, seed: int = 1) -> list[IndexedPerson]:
                 disabled.add(e.dn)
         elif "organizationalunit" in classes:
             units.append(raw)
-    snap = interpret(ReadResult(people, units, frozenset(disabled), True, None), cfg.directory)
+    snap = interpret(ReadResult(people, units, frozenset(disabled), True, None), cfg.directory_policy())
     lps = assign_localparts((p.anchor, p.login) for p in snap.people)
     paths = {k: u.path for k, u in units_by_key(snap.units).items()}
     return [

@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml
 
 from bridge.matrix.client import ExternalId, HomeserverClient
-from bridge.matrix.contract import MARKER_TYPE, PROFILE_KEYS
-from provisioner.apply import power_levels_content
+from bridge.matrix.contract import PROFILE_KEYS
+from provisioner.apply import create_room_body
 from provisioner.config import load_config
+from provisioner.core.actions import CreateRoom
 from provisioner.core.desired import desired_state
 from provisioner.core.directory import interpret
 from provisioner.core.reconcile import RegistryEntry, profile_hash, profile_of
@@ -102,9 +103,9 @@ def write_cfg(tmp: Path, ldap: EmbeddedSlapd, hs: EmbeddedSynapse, token: str, c
 async def raw_floor(cfg_path: Path, hs: EmbeddedSynapse, token: str, concurrency: int) -> float:
     """The same end state with the minimal admin-API calls; the plan is computed before the clock starts."""
     cfg = load_config(cfg_path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory, skip_log=False)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy(), skip_log=False)
     admin = f"@admin:{hs.server_name}"
-    desired = desired_state(snap, cfg, taken={"admin"})
+    desired = desired_state(snap, cfg.layout_policy(), taken={"admin"})
     server = hs.server_name
     sem = asyncio.Semaphore(concurrency)
     async with HomeserverClient(hs.admin_url, token, pool_limit=concurrency * 2) as c:
@@ -143,31 +144,11 @@ async def raw_floor(cfg_path: Path, hs: EmbeddedSynapse, token: str, concurrency
                  mods: tuple[str, ...], space: bool) -> dict[str, Any]:  # fmt: skip
             users = {admin: 100} if creator_in_pl else {}
             users.update({m: 50 for m in mods})
-            state: list[dict[str, Any]] = [
-                {"type": MARKER_TYPE, "state_key": "", "content": {"kind": "space" if space else "room",
-                                                                  "unit": unit, "shard": shard, "version": 1}},
-                {"type": "m.room.history_visibility", "state_key": "",
-                 "content": {"history_visibility": "world_readable" if space else "shared"}},
-                {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
-            ]  # fmt: skip
-            if not space and cfg.layout.room_encryption:
-                state.append({"type": "m.room.encryption", "state_key": "",
-                              "content": {"algorithm": "m.megolm.v1.aes-sha2"}})  # fmt: skip
-            if parent and parent in ids:
-                state.append({"type": "m.space.parent", "state_key": ids[parent],
-                              "content": {"via": [server], "canonical": True}})  # fmt: skip
-            b: dict[str, Any] = {
-                "name": name,
-                "topic": topic,
-                "preset": "public_chat",
-                "visibility": "private",
-                "room_alias_name": alias,
-                "initial_state": state,
-                "power_level_content_override": power_levels_content(users.items(), space=space),
-            }
-            if space:
-                b["creation_content"] = {"type": "m.space"}
-            return b
+            room = CreateRoom(key=key, room_kind="space" if space else "room", unit_key=unit, shard=shard,
+                              name=name, alias=alias, topic=topic, parent_key=parent,
+                              power_users=tuple(users.items()),
+                              encrypted=not space and cfg.layout.room_encryption)  # fmt: skip
+            return create_room_body(room, server=server, parent_room_id=ids.get(parent) if parent else None)
 
         spaces = list(desired.layout.spaces)
         depth: dict[str, int] = {}
@@ -229,7 +210,7 @@ def run_cli(cfg_path: Path, *extra: str) -> tuple[float, dict[str, Any], int, st
 
 def churn(ldap: EmbeddedSlapd, cfg_path: Path, fraction: float) -> int:
     cfg = load_config(cfg_path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory, skip_log=False)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy(), skip_log=False)
     people = sorted(snap.enabled, key=lambda p: p.anchor)
     n = max(4, int(len(people) * fraction))
     quarter = n // 4

@@ -2,7 +2,7 @@
 search service (its ``search:`` keys are documented in :mod:`bridge.search.config`).
 
 The shared YAML file is read once; this module parses its ``bot:`` section (and ``homeserver.url``) into a
-frozen :class:`~bridge.bot.BotConfig`. Errors name the file and the dotted key. The token is read from
+frozen :class:`~bridge.bot.config.BotConfig`. Errors name the file and the dotted key. The token is read from
 ``bot.access_token_file`` or the ``CIVMATRIX_BOT_TOKEN`` variable, never from the command line.
 
 ``bot:`` keys:
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -35,8 +34,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 import yaml
 
-from bridge.bot import TOKEN_ENV, BotConfig, open_bot, read_token
+from bridge.bot.app import open_bot
+from bridge.bot.config import TOKEN_ENV, BotConfig
 from bridge.events.reminders import DEFAULT_OFFSETS
+from bridge.matrix.secrets import SecretError, read_secret
 
 log = logging.getLogger(__name__)
 
@@ -103,20 +104,11 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
         raise err("must be a Matrix user id like @events:city.example", "bot.user_id")
     token_file = opt_str("access_token_file", None)
     token_path = None if token_file is None else base / token_file
-    environ = env if env is not None else os.environ
     try:
-        if token_path is not None:
-            token = read_token(token_path)
-        else:
-            token = str(environ.get(TOKEN_ENV, "")).strip()
-            if not token:
-                raise ValueError(f"set bot.access_token_file or the {TOKEN_ENV} environment variable")
-    except OSError as e:
-        raise err(f"cannot read the token file: {e.strerror}", "bot.access_token_file") from None
-    except ValueError as e:
-        raise err(str(e), "bot.access_token_file") from None
-    if not token:
-        raise err("the token file is empty", "bot.access_token_file")
+        token = read_secret(file=token_path, env=TOKEN_ENV, environ=env)
+    except SecretError as e:
+        hint = "" if token_path else ", and bot.access_token_file is not set either"
+        raise err(e.message + hint, "bot.access_token_file") from None
     tz_name = opt_str("timezone", "Europe/Moscow")
     assert tz_name is not None
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
 from bridge.matrix.client import ExternalId, HomeserverClient
-from bridge.matrix.contract import MARKER_TYPE, PROFILE_KEYS
+from bridge.matrix.contract import EXTERNAL_ID_PROVIDER, MARKER_TYPE, PROFILE_KEYS
 from bridge.matrix.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
 from provisioner.core.actions import (
     Action,
@@ -49,8 +49,6 @@ from provisioner.core.reconcile import Observed, RegistryEntry
 from provisioner.observe import registry_content, registry_shard, shard_type
 
 log = logging.getLogger(__name__)
-
-EXTERNAL_ID_PROVIDER = "civmatrix"
 
 
 class StopRun(Exception):
@@ -161,6 +159,50 @@ def power_levels_content(users: Iterable[tuple[str, int]], *, space: bool) -> di
     }  # fmt: skip
 
 
+def create_room_body(a: CreateRoom, *, server: str, parent_room_id: str | None) -> dict[str, Any]:
+    """The ``createRoom`` request of a managed room or space, its marker and closed defaults included.
+
+    ``parent_room_id`` is the parent space when it already exists: the room then points at it from the
+    start. The bench's raw floor creates its rooms with this too, so both make the same rooms.
+    """
+    space = a.room_kind == "space"
+    initial: list[dict[str, Any]] = [
+        {"type": MARKER_TYPE, "state_key": "",
+         "content": {"kind": a.room_kind, "unit": a.unit_key, "shard": a.shard, "version": 1}},
+        # Public only until the initial joins are done (one event per join); closed right after.
+        {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "public"}},
+        {"type": "m.room.history_visibility", "state_key": "",
+         "content": {"history_visibility": "world_readable" if space else "shared"}},
+        {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
+    ]  # fmt: skip
+    if a.encrypted:
+        initial.append(
+            {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
+        )
+    if parent_room_id is not None:
+        initial.append(
+            {
+                "type": "m.space.parent",
+                "state_key": parent_room_id,
+                "content": {"via": [server], "canonical": True},
+            }
+        )
+    body: dict[str, Any] = {
+        "name": a.name,
+        "topic": a.topic,
+        "preset": "public_chat",  # not private_chat: that would turn on E2EE by server default in spaces
+        "visibility": "private",  # never listed in the room directory
+        "room_alias_name": a.alias,
+        "power_level_content_override": power_levels_content(a.power_users, space=space),
+        "initial_state": initial,
+    }
+    if space:
+        body["creation_content"] = {"type": "m.space"}
+    if a.room_version is not None:
+        body["room_version"] = a.room_version
+    return body
+
+
 class Executor:
     def __init__(
         self,
@@ -193,43 +235,10 @@ class Executor:
         return room_id
 
     async def _create_room(self, a: CreateRoom) -> None:
-        space = a.room_kind == "space"
-        initial: list[dict[str, Any]] = [
-            {"type": MARKER_TYPE, "state_key": "",
-             "content": {"kind": a.room_kind, "unit": a.unit_key, "shard": a.shard, "version": 1}},
-            # Public only until the initial joins are done (one event per join); closed right after.
-            {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "public"}},
-            {"type": "m.room.history_visibility", "state_key": "",
-             "content": {"history_visibility": "world_readable" if space else "shared"}},
-            {"type": "m.room.guest_access", "state_key": "", "content": {"guest_access": "forbidden"}},
-        ]  # fmt: skip
-        if a.encrypted:
-            initial.append(
-                {
-                    "type": "m.room.encryption",
-                    "state_key": "",
-                    "content": {"algorithm": "m.megolm.v1.aes-sha2"},
-                }
-            )
-        if a.parent_key and a.parent_key in self.room_ids:
-            self.parent_written.add((a.key, self.room_ids[a.parent_key]))
-            initial.append(
-                {"type": "m.space.parent", "state_key": self.room_ids[a.parent_key],
-                 "content": {"via": [self.server], "canonical": True}}
-            )  # fmt: skip
-        body: dict[str, Any] = {
-            "name": a.name,
-            "topic": a.topic,
-            "preset": "public_chat",  # not private_chat: that would turn on E2EE by server default in spaces
-            "visibility": "private",  # never listed in the room directory
-            "room_alias_name": a.alias,
-            "power_level_content_override": power_levels_content(a.power_users, space=space),
-            "initial_state": initial,
-        }
-        if space:
-            body["creation_content"] = {"type": "m.space"}
-        if a.room_version is not None:
-            body["room_version"] = a.room_version
+        parent_id = self.room_ids.get(a.parent_key) if a.parent_key else None
+        if parent_id is not None:
+            self.parent_written.add((a.key, parent_id))
+        body = create_room_body(a, server=self.server, parent_room_id=parent_id)
         room_id = await self.client.create_room(body, existing_alias_ok=True)
         marker = await self._marker(room_id)
         if marker is None:

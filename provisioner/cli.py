@@ -62,7 +62,7 @@ def read_snapshot(cfg: Config) -> DirectorySnapshot:
         result = asyncio.run(read_directory(cfg.directory))
     except DirectoryError as e:
         fail(str(e), exitcodes.DIRECTORY)
-    return interpret(result, cfg.directory, skip_log=False)
+    return interpret(result, cfg.directory_policy(), skip_log=False)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -141,7 +141,7 @@ def layout(obj: Context, as_json: bool) -> None:
     """Plan the spaces and rooms from the directory (no homeserver needed)."""
     cfg = obj.config()
     snap = read_snapshot(cfg)
-    desired = desired_state(snap, cfg, taken=_excluded_localparts(cfg))
+    desired = desired_state(snap, cfg.layout_policy(), taken=_excluded_localparts(cfg))
     if as_json:
         click.echo(json.dumps(_layout_json(desired), ensure_ascii=False, indent=2))
     else:

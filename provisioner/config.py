@@ -16,13 +16,15 @@ from typing import Any, Literal
 
 import yaml
 
+from bridge.matrix.secrets import SecretError, read_secret
 from bridge.search.config import SearchConfigError, index_path
+from provisioner.core.policy import AttributeMap, DepartmentFrom, DirectoryPolicy, LayoutPolicy
+from provisioner.ldap_common import is_filter
 
 Preset = Literal["openldap", "active_directory"]
 # Version 11 is the newest whose room IDs keep the ":server" part: v12's bare "!…" IDs fail the room-ID checks
 # of Cinny 4.2 and matrix-commander 8, and with no federation its state-resolution fixes protect little.
 DEFAULT_ROOM_VERSION = "11"
-DepartmentFrom = Literal["dn", "attribute"]
 
 
 class ConfigError(Exception):
@@ -34,23 +36,6 @@ class ConfigError(Exception):
         self.key = key
         where = ":".join(x for x in (path, key) if x)
         super().__init__(f"{where}: {message}" if where else message)
-
-
-@dataclass(frozen=True, slots=True)
-class AttributeMap:
-    """Which LDAP attribute carries each field of a person; ``None`` means "not read"."""
-
-    anchor: str
-    login: str
-    display_name: str | None
-    title: str | None
-    department: str | None
-    phone: str | None
-    email: str | None
-    given_name: str | None
-    surname: str | None
-    common_name: str | None
-    manager: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +104,37 @@ class Config:
     exclude: frozenset[str]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     search_index: str | None = None  # search.index: where each sync leaves the search snapshot
+
+    @property
+    def bot_user_id(self) -> str | None:
+        """The event bot's account when the file has a ``bot`` section: it keeps a seat in every room."""
+        bot = self.raw.get("bot")
+        if isinstance(bot, dict) and isinstance(bot.get("user_id"), str):
+            return str(bot["user_id"])
+        return None
+
+    def directory_policy(self) -> DirectoryPolicy:
+        """What the pure core needs to interpret the entries read with :attr:`directory`."""
+        d = self.directory
+        return DirectoryPolicy(
+            base_dn=d.base_dn,
+            attributes=d.attributes,
+            department_from=d.department_from,
+            department_separator=d.department_separator,
+        )
+
+    def layout_policy(self) -> LayoutPolicy:
+        """The layout policy of the sync, and so of every preview of it (``layout``, ``plan``)."""
+        return LayoutPolicy(
+            server_name=self.homeserver.server_name,
+            max_room_size=self.layout.max_room_size,
+            org_name=self.layout.org_name,
+            alias_prefix=self.layout.alias_prefix,
+            head_title_pattern=self.layout.head_title_pattern,
+            # The provisioner, and the bot if there is one, stay in every managed room.
+            reserved_seats=2 if self.bot_user_id else 1,
+            space_members=self.layout.space_members,
+        )
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -266,22 +282,14 @@ class _Reader:
         if name in self.data:
             raise self.fail(name, f"secrets are never written in the config: use {name}_file or {name}_env")
         file_key, env_key = f"{name}_file", f"{name}_env"
-        if self.data.get(file_key):
-            p = Path(os.path.expanduser(self.str_(file_key)))
-            p = p if p.is_absolute() else self.base_dir / p
-            try:
-                text = p.read_text(encoding="utf-8").strip()
-            except OSError as e:
-                raise self.fail(file_key, f"cannot read {p}: {e.strerror or e}") from None
-            if not text:
-                raise self.fail(file_key, f"{p} is empty")
-            return text
-        if self.data.get(env_key):
-            var = self.str_(env_key)
-            env_value = os.environ.get(var)
-            if not env_value:
-                raise self.fail(env_key, f"environment variable {var} is not set")
-            return env_value
+        try:
+            if self.data.get(file_key):
+                p = Path(os.path.expanduser(self.str_(file_key)))
+                return read_secret(file=p if p.is_absolute() else self.base_dir / p)
+            if self.data.get(env_key):
+                return read_secret(env=self.str_(env_key))
+        except SecretError as e:
+            raise self.fail(file_key if e.source == "file" else env_key, e.message) from None
         if required:
             raise self.fail(file_key, f"is required (or {env_key})")
         return None
@@ -302,7 +310,7 @@ def _attribute_map(r: _Reader, preset: dict[str, Any]) -> AttributeMap:
 def _check_filter(r: _Reader, name: str, value: str | None) -> None:
     if value is None:
         return
-    if not (value.startswith("(") and value.endswith(")")) or value.count("(") != value.count(")"):
+    if not is_filter(value):
         raise r.fail(name, f"is not an LDAP filter (RFC 4515): {value!r}")
 
 
@@ -355,7 +363,7 @@ def _directory(r: _Reader) -> DirectoryConfig:
         disabled_filter=disabled,
         unit_filter=unit_filter,
         start_tls=r.bool_("start_tls", False),
-        # 1000 is AD's MaxPageSize and keeps ldap3's per-page overhead low (FACTS.md).
+        # 1000 is AD's default MaxPageSize, and pages that large keep ldap3's per-page overhead low.
         page_size=r.int_("page_size", 1000, 1, 100_000),
         timeout_seconds=r.float_("timeout_seconds", 30.0, 1.0, 3600.0),
         ca_file=r.path_("ca_file", ca_file) if ca_file else None,

@@ -11,27 +11,28 @@ import asyncio
 import contextlib
 import logging
 import ssl
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ldap3
 from ldap3.core import exceptions as lex
-from ldap3.utils.conv import escape_filter_chars
 
 from provisioner.config import DirectoryConfig
 from provisioner.core.directory import ReadResult
 from provisioner.core.model import RawEntry
+from provisioner.ldap_common import (
+    BINARY_ANCHORS,
+    LDAP_ADMINLIMIT_EXCEEDED,
+    LDAP_INVALID_CREDENTIALS,
+    LDAP_NO_SUCH_OBJECT,
+    LDAP_SIZELIMIT_EXCEEDED,
+    LDAP_TIMELIMIT_EXCEEDED,
+    decode_value,
+    person_filter,
+)
 
 log = logging.getLogger(__name__)
-
-_BINARY_ANCHORS = frozenset({"objectguid", "msds-consistencyguid"})
-_RESULT_SIZE_LIMIT = 4
-_RESULT_TIME_LIMIT = 3
-_RESULT_ADMIN_LIMIT = 11
-_RESULT_NO_SUCH_OBJECT = 32
-_RESULT_INVALID_CREDENTIALS = 49
 
 
 class DirectoryError(Exception):
@@ -89,17 +90,7 @@ def _lean_entries(conn: ldap3.Connection) -> None:
 
 def login_filter(cfg: DirectoryConfig, login: str) -> str:
     """The filter that finds one person by login, the value escaped per RFC 4515."""
-    return f"(&{cfg.filter}({cfg.attributes.login}={escape_filter_chars(login)}))"
-
-
-def _decode(name: str, value: bytes) -> str:
-    if name in _BINARY_ANCHORS and len(value) == 16:
-        # AD stores GUIDs little-endian in the first three fields; this is the form AD tools print.
-        return str(uuid.UUID(bytes_le=value))
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.hex()
+    return person_filter(cfg.filter, cfg.attributes.login, login)
 
 
 def _person_attributes(cfg: DirectoryConfig) -> list[str]:
@@ -150,7 +141,7 @@ class _Ldap3Backend:
         if not ok:
             code = conn.result.get("result")
             desc = conn.result.get("description")
-            if code == _RESULT_INVALID_CREDENTIALS:
+            if code == LDAP_INVALID_CREDENTIALS:
                 raise DirectoryAuthError(
                     f"the directory refused the bind as {cfg.bind_dn}: wrong DN or password "
                     "(check directory.bind_dn and directory.bind_password_file)"
@@ -173,7 +164,7 @@ class _Ldap3Backend:
         except lex.LDAPException as e:
             raise DirectoryUnreachable(f"the directory closed the connection: {e}") from None
         code = self.conn.result.get("result")
-        if code == _RESULT_NO_SUCH_OBJECT:
+        if code == LDAP_NO_SUCH_OBJECT:
             raise DirectoryConfigError(
                 f"base DN {self.cfg.base_dn!r} does not exist in the directory (check directory.base_dn)"
             )
@@ -213,20 +204,20 @@ class _Ldap3Backend:
                 for k, vals in raw.items():
                     name = k.lower()
                     if name in wanted and vals:
-                        attrs[name] = tuple(_decode(name, v) for v in vals)
+                        attrs[name] = tuple(decode_value(name, v) for v in vals)
                 entries.append(RawEntry(item["dn"], attrs))
             total += len(entries)
             code = conn.result.get("result")
-            if code == _RESULT_SIZE_LIMIT:
+            if code == LDAP_SIZELIMIT_EXCEEDED:
                 yield _Page(entries, f"the server's size limit stopped the read after {total} entries")
                 return
-            if code == _RESULT_TIME_LIMIT:
+            if code == LDAP_TIMELIMIT_EXCEEDED:
                 yield _Page(entries, f"the server's time limit stopped the read after {total} entries")
                 return
-            if code == _RESULT_ADMIN_LIMIT:
+            if code == LDAP_ADMINLIMIT_EXCEEDED:
                 yield _Page(entries, f"an administrative limit stopped the read after {total} entries")
                 return
-            if code == _RESULT_NO_SUCH_OBJECT:
+            if code == LDAP_NO_SUCH_OBJECT:
                 raise DirectoryConfigError(f"base DN {self.cfg.base_dn!r} does not exist in the directory")
             if code not in (0, None):
                 desc = conn.result.get("description")
@@ -355,13 +346,13 @@ def _decode_attrs(attrs: dict[str, list[bytes]]) -> dict[str, tuple[str, ...]]:
     out: dict[str, tuple[str, ...]] = {}
     for key, values in attrs.items():
         name = key.lower()
-        if name not in _BINARY_ANCHORS:
+        if name not in BINARY_ANCHORS:
             try:
                 out[name] = tuple([v.decode("utf-8") for v in values])
                 continue
             except UnicodeDecodeError:
                 pass
-        out[name] = tuple(_decode(name, v) for v in values)
+        out[name] = tuple(decode_value(name, v) for v in values)
     return out
 
 

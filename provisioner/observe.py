@@ -21,6 +21,7 @@ from typing import Any
 from bridge.matrix.client import HomeserverClient, RoomSummary, StateEvent
 from bridge.matrix.contract import MARKER_TYPE, META_TYPE, PROFILE_KEYS, REGISTRY_TYPE
 from bridge.matrix.errors import MNotFound
+from provisioner.core.actions import RoomKind
 from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, RegistryEntry
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     marker = by_type.get((MARKER_TYPE, ""))
     if not marker or not isinstance(marker.get("unit"), str):
         return None
-    kind = "space" if marker.get("kind") == "space" else "room"
+    kind: RoomKind = "space" if marker.get("kind") == "space" else "room"
     unit = str(marker["unit"])
     shard = marker.get("shard")
     key = unit if kind == "space" else f"{unit}#{shard if isinstance(shard, int) else 1}"

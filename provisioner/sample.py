@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from provisioner.core.dn import AVA, format_dn, parse_dn
+from provisioner.core.identity import transliterate
 
 __all__ = [
     "SAMPLE_NAMESPACE",
@@ -238,21 +239,6 @@ def _female_surname_part(part: str) -> str:
 def female_surname(male: str) -> str:
     """The feminine form of a Russian surname, part by part for hyphenated ones (Римская-Корсакова)."""
     return "-".join(_female_surname_part(p) for p in male.split("-"))
-
-
-_TRANSLIT = {
-    "а": "a", "б": "b", "в": "v", "г": "g", "д": "d", "е": "e", "ё": "e", "ж": "zh", "з": "z", "и": "i",
-    "й": "y", "к": "k", "л": "l", "м": "m", "н": "n", "о": "o", "п": "p", "р": "r", "с": "s", "т": "t",
-    "у": "u", "ф": "f", "х": "kh", "ц": "ts", "ч": "ch", "ш": "sh", "щ": "shch", "ъ": "", "ы": "y", "ь": "",
-    "э": "e", "ю": "yu", "я": "ya",
-}  # fmt: skip
-
-
-_TRANSLIT_TABLE = str.maketrans(_TRANSLIT)
-
-
-def _translit(text: str) -> str:
-    return text.lower().translate(_TRANSLIT_TABLE)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -908,7 +894,7 @@ def generate_directory(
                     )
                 else:
                     surname, first, patronymic = male_surname, first_m, father_m
-                stem = f"{_translit(surname)}.{_translit(first)[0]}{_translit(patronymic)[0]}"
+                stem = f"{transliterate(surname)}.{transliterate(first)[0]}{transliterate(patronymic)[0]}"
                 uid, n = stem, 1
                 while uid in used:
                     n += 1

@@ -58,20 +58,13 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-def bot_user_id(cfg: Config) -> str | None:
-    bot = cfg.raw.get("bot")
-    if isinstance(bot, dict) and isinstance(bot.get("user_id"), str):
-        return str(bot["user_id"])
-    return None
-
-
 def sync_policy(
     cfg: Config, provisioner: str, *, profile_fields: bool, room_version: str | None = None
 ) -> SyncPolicy:
     return SyncPolicy(
         server_name=cfg.homeserver.server_name,
         provisioner=provisioner,
-        bot=bot_user_id(cfg),
+        bot=cfg.bot_user_id,
         exclude=cfg.exclude,
         encrypted=cfg.layout.room_encryption,
         moderator_level=cfg.layout.moderator_power_level,
@@ -100,7 +93,7 @@ async def make_plan(
 ) -> tuple[Plan, Observed, Desired, SyncPolicy]:
     who = await client.whoami()
     caps = await client.capabilities()
-    bot = bot_user_id(cfg)
+    bot = cfg.bot_user_id
     observed = await observe(
         client,
         who.user_id,
@@ -123,7 +116,7 @@ async def make_plan(
     }
     desired = desired_state(
         snapshot,
-        cfg,
+        cfg.layout_policy(),
         previous_localparts=previous,
         taken=taken,
         previous_rooms=previous_rooms,
@@ -149,7 +142,7 @@ async def run(
 ) -> RunResult:
     """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI."""
     if snapshot is None:
-        snapshot = interpret(await read_directory(cfg.directory), cfg.directory)
+        snapshot = interpret(await read_directory(cfg.directory), cfg.directory_policy())
     token = cfg.homeserver.admin_token
     assert token is not None, "load the config with token_required=True"
     async with HomeserverClient(

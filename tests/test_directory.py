@@ -20,7 +20,7 @@ CFG = parse_config(
             "attributes": {"anchor": "employeeNumber", "department": "departmentNumber"},
         },
     }
-).directory
+).directory_policy()
 
 
 def entry(n: int, department: str, name: str | None = None) -> RawEntry:

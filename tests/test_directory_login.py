@@ -24,7 +24,6 @@ import pytest
 from ldap3.utils.conv import escape_bytes
 
 from provisioner import exitcodes
-from provisioner.apply import EXTERNAL_ID_PROVIDER as SYNC_PROVIDER
 from provisioner.config import ConfigError, load_config
 from provisioner.core.identity import base_localpart
 from provisioner.embedded.slapd import EmbeddedSlapd, ssha
@@ -32,7 +31,6 @@ from provisioner.embedded.synapse import EmbeddedSynapse
 from provisioner.ldap_reader import login_filter
 from provisioner.sample import SampleDirectory, generate_directory
 from provisioner.synapse.auth import (
-    EXTERNAL_ID_PROVIDER,
     ModuleConfig,
     Person,
     anchor_filter,
@@ -122,7 +120,7 @@ def test_module_config_from_active_directory(tmp_path):
     assert mc["disabled_filter"] == "(userAccountControl:1.2.840.113556.1.4.803:=2)"
     parsed = parse_module_config(mc)
     guid = uuid.uuid4()
-    # The anchor is str(UUID(bytes_le=raw)) (ldap_reader._decode); the search needs the raw bytes back.
+    # The anchor is str(UUID(bytes_le=raw)) (ldap_common.decode_value); the search needs the raw bytes back.
     assert anchor_filter(parsed, str(guid)) == f"(&{mc['filter']}(objectGUID={escape_bytes(guid.bytes_le)}))"
     assert anchor_filter(parsed, "not-a-guid") is None
 
@@ -178,7 +176,6 @@ def test_parse_module_config_defaults():
         filter="(objectClass=inetOrgPerson)", login_attribute="uid", anchor_attribute="entryUUID",
         disabled_filter=None, start_tls=False, timeout=10.0,
     )  # fmt: skip
-    assert EXTERNAL_ID_PROVIDER == SYNC_PROVIDER
 
 
 def P(login: str, anchor: str) -> Person:

@@ -32,7 +32,7 @@ def test_reads_everyone_past_sizelimit_500(make_slapd, tmp_path, client):
     cfg = config(tmp_path, server, directory={"client": client})
     result = read_directory_sync(cfg.directory)
     assert result.complete, result.stop_reason
-    snap = interpret(result, cfg.directory)
+    snap = interpret(result, cfg.directory_policy())
     # 700 generated people plus the broken entries, all read although slapd's sizelimit is 500.
     assert len(result.people) >= 700
     assert len(snap.people) >= 700 - 5
@@ -53,7 +53,7 @@ def test_truncated_read_is_reported_not_hidden(make_slapd, tmp_path, client):
 def test_interpretation_of_sample(slapd, sample_directory, tmp_path, client):
     cfg = config(tmp_path, slapd, directory={"client": client})
     result = read_directory_sync(cfg.directory)
-    snap = interpret(result, cfg.directory)
+    snap = interpret(result, cfg.directory_policy())
     assert snap.complete
     assert len(snap.people) + len(snap.skipped) == len(result.people)
     assert len(snap.people) >= sample_directory.people

@@ -94,7 +94,9 @@ def plan_for(people, observed, *, complete=True, now=1000.0, policy=POLICY) -> P
     previous, taken = previous_identities(s, observed, SERVER)
     taken |= {"admin", "events", "boss"}
     rooms = {m: k for k, r in observed.rooms.items() if r.kind == "room" for m in r.members}
-    desired = desired_state(s, CFG, previous_localparts=previous, taken=taken, previous_rooms=rooms)
+    desired = desired_state(
+        s, CFG.layout_policy(), previous_localparts=previous, taken=taken, previous_rooms=rooms
+    )
     return reconcile(desired, observed, s, policy, now=now)
 
 
@@ -317,7 +319,11 @@ def test_space_tree_everyone_in_their_spaces_and_spaces_stay_public():
         prev, taken = previous_identities(s, obs, SERVER)
         rooms = {m: k for k, r in obs.rooms.items() if r.kind == "room" for m in r.members}
         desired = desired_state(
-            s, cfg, previous_localparts=prev, taken=taken | {"admin", "events", "boss"}, previous_rooms=rooms
+            s,
+            cfg.layout_policy(),
+            previous_localparts=prev,
+            taken=taken | {"admin", "events", "boss"},
+            previous_rooms=rooms,
         )
         return reconcile(desired, obs, s, policy, now=1000.0)
 
@@ -369,7 +375,7 @@ def test_unit_moved_under_another_parent_leaves_the_old_one():
     s = DirectorySnapshot(tuple(people), moved, (), True, None, len(people))
     previous, taken = previous_identities(s, obs, SERVER)
     rooms = {m: k for k, r in obs.rooms.items() if r.kind == "room" for m in r.members}
-    desired = desired_state(s, CFG, previous_localparts=previous, taken=taken | {"admin", "events", "boss"},
+    desired = desired_state(s, CFG.layout_policy(), previous_localparts=previous, taken=taken | {"admin", "events", "boss"},
                             previous_rooms=rooms)  # fmt: skip
     plan = reconcile(desired, obs, s, POLICY, now=1000.0)
     space_b = obs.rooms["u:b"].room_id

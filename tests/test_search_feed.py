@@ -26,7 +26,7 @@ def person(login: str, **kw) -> Person:
 
 def world(people: list[Person]):
     snap = DirectorySnapshot(tuple(people), UNITS, (), True, None, len(people))
-    desired = desired_state(snap, CFG, taken={"admin", "events"})
+    desired = desired_state(snap, CFG.layout_policy(), taken={"admin", "events"})
     return snap, desired
 
 

@@ -13,13 +13,8 @@ import pytest
 
 from provisioner.core.dn import format_dn, normalize_dn, parse_dn
 from provisioner.embedded import slapd as slapd_module
-from provisioner.embedded.slapd import (
-    LDAP_INVALID_CREDENTIALS,
-    LDAP_SIZELIMIT_EXCEEDED,
-    EmbeddedSlapd,
-    SlapdError,
-    SlapdNotInstalled,
-)
+from provisioner.embedded.slapd import EmbeddedSlapd, SlapdError, SlapdNotInstalled
+from provisioner.ldap_common import LDAP_INVALID_CREDENTIALS, LDAP_SIZELIMIT_EXCEEDED
 from provisioner.sample import (
     BIG_UNIT,
     FEMALE_FIRST_NAMES,

@@ -96,7 +96,7 @@ def test_full_sync_converges_and_second_sync_writes_nothing(world):
     assert all(len(r.members) <= ROOM for r in rooms)
     big = [r for r in rooms if "контакт" in (r.name or "").lower()]
     assert len(big) >= 2  # the 30-person unit was split
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
     enabled = {f"@{first.desired.localparts[p.anchor]}:example.test" for p in snap.enabled}
     counted: dict[str, int] = {}
     for r in rooms:
@@ -204,7 +204,7 @@ def test_churn_converges_in_one_sync(world):
     first = sync(path)
     assert first.exit_code == exitcodes.OK
     cfg = load_config(path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
     people = sorted(snap.enabled, key=lambda p: p.dn)
     uid_of = {p.anchor: f"@{first.desired.localparts[p.anchor]}:example.test" for p in snap.people}
     room_of = first.desired.layout.room_of()
@@ -257,7 +257,7 @@ def test_deletion_threshold_holds_everything(world):
     ldap, hs, path, directory = world
     assert sync(path).exit_code == exitcodes.OK
     cfg = load_config(path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
     victims = sorted(snap.enabled, key=lambda p: p.dn)[:5]  # 5 of ~60 is over 5 %
     ldap.modify("".join(f"dn: {p.dn}\nchangetype: delete\n\n" for p in victims))
     held = cli(path, "sync", "--quiet")
@@ -275,7 +275,7 @@ def test_short_directory_read_removes_nobody_but_adds(world, tmp_path):
     ldap, hs, path, directory = world
     assert sync(path).exit_code == exitcodes.OK
     cfg = load_config(path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
     big_unit = max({p.unit_key for p in snap.people}, key=lambda u: sum(p.unit_key == u for p in snap.people))
     gone = [p for p in snap.people if p.unit_key == big_unit]
     assert len(gone) > 0.1 * len(snap.people)
@@ -517,7 +517,7 @@ def test_renamed_units_old_name_reused_and_unit_moved_converge(world):
     ldap, hs, path, directory = world
     assert sync(path).exit_code == exitcodes.OK
     cfg = load_config(path, token_required=True)
-    snap = interpret(read_directory_sync(cfg.directory), cfg.directory)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
     people = sorted(snap.enabled, key=lambda p: p.dn)
     unit = next(
         u for u in snap.units

@@ -13,6 +13,9 @@ from typing import Final
 MARKER_TYPE: Final = "org.civmatrix.managed"
 # The provisioner's account data: the anchor → localpart registry (sharded) and the last run's summary.
 REGISTRY_TYPE: Final = "org.civmatrix.registry"
+# The auth provider of the external id (provider, anchor) the provisioner writes on every account; the
+# login module inside Synapse finds a person's account by it, so a renamed login keeps its account.
+EXTERNAL_ID_PROVIDER: Final = "civmatrix"
 META_TYPE: Final = "org.civmatrix.meta"
 
 # MSC4133 custom profile fields with a person's directory details, one namespaced key per field so any

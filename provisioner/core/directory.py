@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import unicodedata
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from provisioner.config import DirectoryConfig
 from provisioner.core.dn import DN, DNError, normalize_dn, parse_dn, relative_to, split_first_rdn
 from provisioner.core.identity import clean_text, display_name
 from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, Skipped, Unit
+from provisioner.core.policy import DirectoryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -117,107 +118,112 @@ class _UnitIndex:
         ]
 
 
-def interpret(result: ReadResult, cfg: DirectoryConfig, *, skip_log: bool = True) -> DirectorySnapshot:
+def interpret(result: ReadResult, policy: DirectoryPolicy, *, skip_log: bool = True) -> DirectorySnapshot:
     """Turn a read into people and units; every entry that cannot be used is skipped with its reason."""
-    attrs = cfg.attributes
-    base = parse_dn(cfg.base_dn)
+    base = parse_dn(policy.base_dn)
     skipped: list[Skipped] = []
+    index = _UnitIndex(_anchors_by_path(result.units, policy, base))
 
-    def skip(dn: str, reason: str) -> None:
-        skipped.append(Skipped(dn, reason))
-        if skip_log:
-            log.warning("skipped %s: %s", dn, reason)
-
-    anchors_by_path: dict[str, str] = {}
-    if cfg.department_from == "dn":
-        for entry in result.units:
-            try:
-                path = _unit_path_from_dn(parse_dn(entry.dn), base)
-            except DNError:
-                continue
-            anchor = entry.first(attrs.anchor)
-            if path and anchor:
-                anchors_by_path.setdefault(path_key(path), anchor)
-    index = _UnitIndex(anchors_by_path)
-    # The disabled search comes from the same server in the same session: its DNs are byte-identical.
-    disabled = result.disabled_dns
-    unit_paths: dict[str, tuple[str, ...] | None] = {}
-
+    @functools.cache
     def unit_path_of(parent_dn: str) -> tuple[str, ...] | None:
-        if parent_dn not in unit_paths:
-            try:
-                unit_paths[parent_dn] = _unit_path_from_dn(parse_dn(parent_dn), base) if parent_dn else None
-            except DNError:
-                unit_paths[parent_dn] = None
-        return unit_paths[parent_dn]
+        try:
+            return _unit_path_from_dn(parse_dn(parent_dn), base) if parent_dn else None
+        except DNError:
+            return None
 
     people: list[Person] = []
     seen_anchor: dict[str, str] = {}
     # Sorted by DN so that "which of two duplicates is kept" does not depend on the server's order.
     for entry in sorted(result.people, key=lambda e: e.dn.casefold()):
-        try:
-            first_rdn, parent_dn = split_first_rdn(entry.dn)
-            parse_dn(first_rdn)
-        except DNError as e:
-            skip(entry.dn, f"unparseable DN: {e}")
+        read = _person(entry, policy, unit_path_of, seen_anchor, result.disabled_dns, index.key_for)
+        if isinstance(read, str):
+            skipped.append(Skipped(entry.dn, read))
+            if skip_log:
+                log.warning("skipped %s: %s", entry.dn, read)
             continue
-        anchor = entry.first(attrs.anchor)
-        if not anchor or not anchor.strip():
-            skip(entry.dn, f"no {attrs.anchor} (anchor)")
-            continue
-        if anchor in seen_anchor:
-            skip(entry.dn, f"duplicate {attrs.anchor} {anchor} (also on {seen_anchor[anchor]})")
-            continue
-        login = clean_text(entry.first(attrs.login), max_len=255)
-        if not login:
-            skip(entry.dn, f"no usable {attrs.login} (login)")
-            continue
-        name, why = display_name(
-            entry.first(attrs.display_name),
-            entry.first(attrs.common_name),
-            entry.first(attrs.surname),
-            entry.first(attrs.given_name),
-        )
-        if name is None:
-            skip(entry.dn, f"no usable name: {why}")
-            continue
-        if cfg.department_from == "dn":
-            path = unit_path_of(parent_dn)
-            if path is None:
-                skip(entry.dn, f"not under base DN {cfg.base_dn}")
-                continue
-        else:
-            path = _split_department(entry.first(attrs.department), cfg.department_separator)
-        seen_anchor[anchor] = entry.dn
-        manager = entry.first(attrs.manager)
-        try:
-            manager_dn = normalize_dn(manager) if manager else None
-        except DNError:
-            manager_dn = None
-        people.append(
-            Person(
-                anchor=anchor,
-                login=login,
-                dn=entry.dn,
-                display_name=name,
-                unit_key=index.key_for(path),
-                title=clean_text(entry.first(attrs.title)),
-                department=" / ".join(path) or None,
-                phone=clean_text(entry.first(attrs.phone), max_len=64),
-                email=clean_text(entry.first(attrs.email), max_len=254),
-                manager_dn=manager_dn,
-                disabled=entry.dn in disabled,
-                sort_name=name.casefold(),
-            )
-        )
-    units = tuple(sorted(index.units(), key=lambda u: u.path))
+        seen_anchor[read.anchor] = entry.dn
+        people.append(read)
     return DirectorySnapshot(
         people=tuple(people),
-        units=units,
+        units=tuple(sorted(index.units(), key=lambda u: u.path)),
         skipped=tuple(skipped),
         complete=result.complete,
         stop_reason=result.stop_reason,
         entries_read=len(result.people),
+    )
+
+
+def _anchors_by_path(units: Iterable[RawEntry], policy: DirectoryPolicy, base: DN) -> dict[str, str]:
+    """Path key → the anchor of the OU entry at that path, so a renamed OU keeps its unit key."""
+    anchors: dict[str, str] = {}
+    if policy.department_from != "dn":
+        return anchors
+    for entry in units:
+        try:
+            path = _unit_path_from_dn(parse_dn(entry.dn), base)
+        except DNError:
+            continue
+        anchor = entry.first(policy.attributes.anchor)
+        if path and anchor:
+            anchors.setdefault(path_key(path), anchor)
+    return anchors
+
+
+def _person(
+    entry: RawEntry,
+    policy: DirectoryPolicy,
+    unit_path_of: Callable[[str], tuple[str, ...] | None],
+    seen_anchor: Mapping[str, str],
+    disabled: frozenset[str],
+    unit_key_for: Callable[[tuple[str, ...]], str],
+) -> Person | str:
+    """The person an entry describes, or why it cannot be used (checked in this order)."""
+    attrs = policy.attributes
+    try:
+        first_rdn, parent_dn = split_first_rdn(entry.dn)
+        parse_dn(first_rdn)
+    except DNError as e:
+        return f"unparseable DN: {e}"
+    anchor = entry.first(attrs.anchor)
+    if not anchor or not anchor.strip():
+        return f"no {attrs.anchor} (anchor)"
+    if anchor in seen_anchor:
+        return f"duplicate {attrs.anchor} {anchor} (also on {seen_anchor[anchor]})"
+    login = clean_text(entry.first(attrs.login), max_len=255)
+    if not login:
+        return f"no usable {attrs.login} (login)"
+    name, why = display_name(
+        entry.first(attrs.display_name),
+        entry.first(attrs.common_name),
+        entry.first(attrs.surname),
+        entry.first(attrs.given_name),
+    )
+    if name is None:
+        return f"no usable name: {why}"
+    if policy.department_from == "dn":
+        path = unit_path_of(parent_dn)
+        if path is None:
+            return f"not under base DN {policy.base_dn}"
+    else:
+        path = _split_department(entry.first(attrs.department), policy.department_separator)
+    manager = entry.first(attrs.manager)
+    try:
+        manager_dn = normalize_dn(manager) if manager else None
+    except DNError:
+        manager_dn = None
+    return Person(
+        anchor=anchor,
+        login=login,
+        dn=entry.dn,
+        display_name=name,
+        unit_key=unit_key_for(path),  # last: it counts this spelling of the unit's name
+        title=clean_text(entry.first(attrs.title)),
+        department=" / ".join(path) or None,
+        phone=clean_text(entry.first(attrs.phone), max_len=64),
+        email=clean_text(entry.first(attrs.email), max_len=254),
+        manager_dn=manager_dn,
+        disabled=entry.dn in disabled,
+        sort_name=name.casefold(),
     )
 
 

@@ -8,9 +8,9 @@ Invariants (tested as properties):
 4. Names keep the directory's spelling; aliases are ASCII, unique and stable for a unit while its path stays.
 5. With ``space_members="unit"``, no space is joined by more people than fit in a room: people join their
    unit's space only when the unit's direct members fit in one room, so presence never fans out beyond a
-   room's size. With ``"tree"`` (the default) everyone joins their unit's space and every space above it,
-   split units included, so the whole tree shows in the space panel; those spaces are then public (counted
-   linearly by the user directory) and kept out of presence (``exclude_rooms_from_presence``).
+   room's size. With ``"tree"`` everyone joins their unit's space and every space above it, split units
+   included, so the whole tree shows in the space panel; those spaces are then public (counted linearly by
+   the user directory) and kept out of presence (``exclude_rooms_from_presence``).
 """
 
 from __future__ import annotations
@@ -23,21 +23,11 @@ from dataclasses import dataclass, replace
 
 from provisioner.core.identity import short_hash, transliterate
 from provisioner.core.model import ROOT_UNIT, Person, Unit
+from provisioner.core.policy import LayoutPolicy as LayoutPolicy  # re-exported for the layout's callers
 
 MAX_NAME = 120
 MAX_ALIAS_LOCALPART = 180  # the whole alias, '#' and ':server' included, must stay under 255 bytes
 MAX_SLUG_PART = 40
-
-
-@dataclass(frozen=True, slots=True)
-class LayoutPolicy:
-    server_name: str
-    max_room_size: int
-    org_name: str
-    alias_prefix: str = ""
-    head_title_pattern: str | None = None
-    reserved_seats: int = 1  # the provisioner stays in every room it manages
-    space_members: str = "unit"  # "unit" (rule 5, small units only) | "tree" (unit and ancestors, everyone)
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,117 +228,146 @@ def plan_layout(
     ``people`` are the enabled people; ``localparts`` maps their anchors to localparts; ``previous_rooms``
     maps user IDs to the room key they are in now (read from the server), for stable assignment.
     """
-    previous_rooms = previous_rooms or {}
     capacity = policy.max_room_size - policy.reserved_seats
     if capacity < 1:
         raise ValueError(
             f"layout.max_room_size {policy.max_room_size} leaves no seat after {policy.reserved_seats} "
             "service accounts"
         )
+    tree = _tree(people, units, localparts, policy)
+    rooms = [r for key in tree.live for r in _unit_rooms(tree, key, capacity, previous_rooms or {})]
+    spaces = _spaces(tree, rooms, capacity, tree_mode=policy.space_members == "tree")
+    return _unique_aliases(Layout(spaces=tuple(spaces), rooms=tuple(rooms)))
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    """The units as the planner sees them: who sits directly in each, and how each is named."""
+
+    units: Mapping[str, Unit]
+    live: tuple[str, ...]  # units with members and all their ancestors, in path order
+    members: Mapping[str, Sequence[str]]  # unit key → user IDs of its direct members
+    sort_key: Mapping[str, str]  # user ID → how their name sorts
+    heads: Mapping[str, set[str]]  # unit key → user IDs of its heads (moderators)
+    names: Mapping[str, str]
+    aliases: Mapping[str, str]
+    org_name: str
+
+    def topic(self, key: str) -> str:
+        return " / ".join(self.units[key].path) or self.org_name
+
+
+def _tree(
+    people: Sequence[Person], units: Sequence[Unit], localparts: Mapping[str, str], policy: LayoutPolicy
+) -> _Tree:
     user_of = {a: f"@{lp}:{policy.server_name}" for a, lp in localparts.items()}
     all_units: dict[str, Unit] = {ROOT_UNIT: Unit(ROOT_UNIT, (), None)}
     for u in units:
         all_units[u.key] = u
-    members_by_unit: dict[str, list[str]] = defaultdict(list)
+    members: dict[str, list[str]] = defaultdict(list)
     sort_key: dict[str, str] = {}
     for p in people:
         uid = user_of.get(p.anchor)
         if uid is None:
             continue
-        unit_key = p.unit_key if p.unit_key in all_units else ROOT_UNIT
-        members_by_unit[unit_key].append(uid)
+        members[p.unit_key if p.unit_key in all_units else ROOT_UNIT].append(uid)
         sort_key[uid] = p.sort_name or p.display_name.casefold()
-    heads = _heads(people, user_of, policy.head_title_pattern)
-    aliases = _aliases(all_units, policy.alias_prefix)
-    names = _names(all_units, policy.org_name)
-
     # Units that matter: those with members, and all their ancestors.
     live: set[str] = set()
-    for key in members_by_unit:
+    for key in members:
         k: str | None = key
         while k is not None and k not in live:
             live.add(k)
             k = all_units[k].parent_key if k in all_units else None
     live.add(ROOT_UNIT)
+    return _Tree(
+        units=all_units,
+        live=tuple(sorted(live, key=lambda k: (all_units[k].path, k))),
+        members=members,
+        sort_key=sort_key,
+        heads=_heads(people, user_of, policy.head_title_pattern),
+        names=_names(all_units, policy.org_name),
+        aliases=_aliases(all_units, policy.alias_prefix),
+        org_name=policy.org_name,
+    )
 
-    rooms: list[RoomPlan] = []
-    rooms_by_unit: dict[str, list[str]] = defaultdict(list)
-    for key in sorted(live, key=lambda k: (all_units[k].path, k)):
-        members = members_by_unit.get(key, [])
-        if not members:
-            continue
-        prev = {}
-        for uid in members:
-            prev_key = previous_rooms.get(uid)
-            if prev_key:
-                prev_unit, shard = split_room_key(prev_key)
-                if prev_unit == key:
-                    prev[uid] = shard
-        shards = assign_shards(members, capacity, prev, sort_key)
-        unit = all_units[key]
-        base_name = names[key]
-        mods = tuple(sorted(heads.get(key, ())))
-        for i, shard_members in enumerate(shards, start=1):
-            name = base_name if len(shards) == 1 else f"{base_name} ({i}/{len(shards)})"
-            alias = aliases[key] if i == 1 else f"{aliases[key]}-{i}"
-            topic = " / ".join(unit.path) or policy.org_name
-            rk = room_key(key, i)
-            rooms.append(
-                RoomPlan(
-                    key=rk,
-                    unit_key=key,
-                    shard=i,
-                    shard_count=len(shards),
-                    name=name,
-                    alias=alias,
-                    topic=topic,
-                    members=tuple(sorted(shard_members)),
-                    moderators=mods,
-                )
-            )
-            rooms_by_unit[key].append(rk)
 
-    children: dict[str, list[str]] = defaultdict(list)
-    for key in live:
-        parent = all_units[key].parent_key
-        if key != ROOT_UNIT and parent is not None:
-            children[parent].append(key)
-    in_tree = _tree_members(members_by_unit, all_units) if policy.space_members == "tree" else {}
-    spaces: list[SpacePlan] = []
-    for key in sorted(live, key=lambda k: (all_units[k].path, k)):
-        unit = all_units[key]
-        direct = members_by_unit.get(key, [])
-        if policy.space_members == "tree":
-            space_members = tuple(sorted(in_tree.get(key, ())))
-        else:
-            # Joining the space adds no presence fan-out only when its members are exactly one room's.
-            space_members = tuple(sorted(direct)) if 0 < len(direct) <= capacity else ()
-        spaces.append(
-            SpacePlan(
-                unit_key=key,
-                name=names[key],
-                alias=f"{aliases[key]}.space",
-                parent_key=unit.parent_key if key != ROOT_UNIT else None,
-                topic=" / ".join(unit.path) or policy.org_name,
-                members=space_members,
-                moderators=tuple(sorted(heads.get(key, ()))),
-                children=tuple(sorted(children.get(key, []), key=lambda k: all_units[k].path))
-                + tuple(rooms_by_unit.get(key, [])),
-            )
+def _unit_rooms(tree: _Tree, key: str, capacity: int, previous_rooms: Mapping[str, str]) -> list[RoomPlan]:
+    """The rooms of one unit: its direct members in shards, each keeping the shard they are in."""
+    members = tree.members.get(key, [])
+    if not members:
+        return []
+    prev = {}
+    for uid in members:
+        prev_key = previous_rooms.get(uid)
+        if prev_key:
+            prev_unit, shard = split_room_key(prev_key)
+            if prev_unit == key:
+                prev[uid] = shard
+    shards = assign_shards(members, capacity, prev, tree.sort_key)
+    base_name, n = tree.names[key], len(shards)
+    return [
+        RoomPlan(
+            key=room_key(key, i),
+            unit_key=key,
+            shard=i,
+            shard_count=n,
+            name=base_name if n == 1 else f"{base_name} ({i}/{n})",
+            alias=tree.aliases[key] if i == 1 else f"{tree.aliases[key]}-{i}",
+            topic=tree.topic(key),
+            members=tuple(sorted(shard_members)),
+            moderators=tuple(sorted(tree.heads.get(key, ()))),
         )
-    return _unique_aliases(Layout(spaces=tuple(spaces), rooms=tuple(rooms)))
+        for i, shard_members in enumerate(shards, start=1)
+    ]
 
 
-def _tree_members(members_by_unit: Mapping[str, list[str]], units: Mapping[str, Unit]) -> dict[str, set[str]]:
+def _tree_members(tree: _Tree) -> dict[str, set[str]]:
     """Unit key → everyone in the unit or below it (the people who join its space in "tree" mode)."""
     out: dict[str, set[str]] = defaultdict(set)
-    for key, members in members_by_unit.items():
+    for key, members in tree.members.items():
         k: str | None = key
         while k is not None:
             out[k].update(members)
-            k = units[k].parent_key if k in units and k != ROOT_UNIT else None
+            k = tree.units[k].parent_key if k in tree.units and k != ROOT_UNIT else None
         out[ROOT_UNIT].update(members)
     return out
+
+
+def _spaces(tree: _Tree, rooms: Sequence[RoomPlan], capacity: int, *, tree_mode: bool) -> list[SpacePlan]:
+    """A space per live unit, holding its sub-units' spaces and its own rooms."""
+    rooms_by_unit: dict[str, list[str]] = defaultdict(list)
+    for r in rooms:
+        rooms_by_unit[r.unit_key].append(r.key)
+    children: dict[str, list[str]] = defaultdict(list)
+    for key in tree.live:
+        parent = tree.units[key].parent_key
+        if key != ROOT_UNIT and parent is not None:
+            children[parent].append(key)
+    below = _tree_members(tree) if tree_mode else {}
+    spaces: list[SpacePlan] = []
+    for key in tree.live:
+        unit = tree.units[key]
+        direct = tree.members.get(key, [])
+        if tree_mode:
+            members = tuple(sorted(below.get(key, ())))
+        else:
+            # Joining the space adds no presence fan-out only when its members are exactly one room's.
+            members = tuple(sorted(direct)) if 0 < len(direct) <= capacity else ()
+        spaces.append(
+            SpacePlan(
+                unit_key=key,
+                name=tree.names[key],
+                alias=f"{tree.aliases[key]}.space",
+                parent_key=unit.parent_key if key != ROOT_UNIT else None,
+                topic=tree.topic(key),
+                members=members,
+                moderators=tuple(sorted(tree.heads.get(key, ()))),
+                children=tuple(sorted(children.get(key, []), key=lambda k: tree.units[k].path))
+                + tuple(rooms_by_unit.get(key, [])),
+            )
+        )
+    return spaces
 
 
 def _unique_aliases(layout: Layout) -> Layout:

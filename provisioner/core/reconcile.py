@@ -10,9 +10,12 @@ Rules (each tested):
 4. A user is unlocked only if the provisioner locked them: a lock set by an admin by hand stays.
 5. The registry entry of a new person is saved before the account is created, so a run killed in between
    cannot give the same person a second ID on the next run.
-6. New rooms are created with a ``public`` join rule (one event per admin join instead of invite + join,
-   FACTS.md) and closed to ``invite`` right after their initial joins; any managed room found open is closed.
-   With ``public_spaces`` spaces are the exception: they stay (or are made) ``public``.
+6. New rooms are created with a ``public`` join rule (an admin join into a public room is one event; into
+   an invite-only one it is an invite and a join) and closed to ``invite`` right after their initial joins;
+   any managed room found open is closed. With ``public_spaces`` spaces are the exception: they stay (or
+   are made) ``public``.
+7. A full read's profiles (``Observed.profiles``) that differ from the directory are written again, even
+   when the registry's hash says they were written: people may overwrite fields an admin set (MSC4133).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bridge.matrix.contract import CREATOR_POWER_VERSIONS
@@ -35,6 +38,7 @@ from provisioner.core.actions import (
     LinkChild,
     LockUser,
     Plan,
+    RoomKind,
     SaveRegistry,
     UnlinkChild,
     UnlockUser,
@@ -61,7 +65,7 @@ class ObservedUser:
 @dataclass(frozen=True, slots=True)
 class ObservedRoom:
     room_id: str
-    kind: str  # "room" | "space"
+    kind: RoomKind
     key: str
     name: str | None
     topic: str | None
@@ -199,211 +203,319 @@ def reconcile(
     *,
     now: float,
 ) -> Plan:
-    """The ordered plan that makes the server match the directory."""
+    """The ordered plan that makes the server match the directory.
+
+    The steps below each add their actions to one phase list of :class:`_Builder`; the phases, not the
+    steps, decide the order the plan is applied in (:meth:`_Builder.actions`).
+    """
     is_trusted, why = trusted(snapshot, observed, policy)
-    server = policy.server_name
-    protected = set(policy.exclude) | {policy.provisioner} | set(policy.service_accounts)
-    if policy.bot:
-        protected.add(policy.bot)
-    anchor_of = {f"@{lp}:{server}": a for a, lp in desired.localparts.items()}
-    registry_uid = {f"@{e.localpart}:{server}": a for a, e in observed.registry.items()}
-    managed = (set(anchor_of) | set(registry_uid)) - protected
-
-    registry_updates: dict[str, tuple[str, str, float | None, str | None]] = {}
-
-    def reg(anchor: str, localpart: str, locked_since: float | None, prof: str | None) -> None:
-        old = observed.registry.get(anchor)
-        new = (anchor, localpart, locked_since, prof)
-        if old is None or (old.localpart, old.locked_since, old.profile) != new[1:]:
-            registry_updates[anchor] = new
-
-    users_first: list[Action] = []
-    users_last: list[Action] = []
-    removals_held = 0
-    in_layout = {m for r in desired.layout.rooms for m in r.members}
-
-    # --- users -------------------------------------------------------------------------------------------
-    for uid, person in sorted(desired.people.items()):
-        if uid in protected:
-            continue
-        anchor = person.anchor
-        lp = desired.localparts[anchor]
-        entry = observed.registry.get(anchor)
-        obs = observed.users.get(uid)
-        prof = profile_hash(person) if policy.profile_fields else None
-        if obs is None:
-            if person.disabled:
-                continue  # never create an account only to lock it
-            reg(anchor, lp, None, prof)
-            # A new account has no fields yet: writing the empty ones would only cost requests.
-            profile = (
-                profile_of(person) if policy.profile_fields and any(v for _, v in profile_of(person)) else ()
-            )
-            users_first.append(CreateUser(uid, anchor, person.display_name, profile))
-            continue
-        if obs.deactivated:
-            continue
-        locked_since = entry.locked_since if entry else None
-        name_change = person.display_name if obs.displayname != person.display_name else None
-        seen = observed.profiles.get(uid)
-        stale = entry is None or entry.profile != prof or (seen is not None and seen != profile_of(person))
-        prof_change = profile_of(person) if policy.profile_fields and stale else ()
-        # An account found without a registry entry (made at first login, or a lost registry) is adopted:
-        # its external id is (re)written so the login module finds it by anchor.
-        adopt = anchor if entry is None else None
-        if name_change or prof_change or adopt:
-            users_first.append(UpdateUser(uid, name_change, prof_change, anchor=adopt))
-        if person.disabled and not obs.locked and not obs.admin:
-            if is_trusted:
-                users_last.append(LockUser(uid, "disabled in the directory"))
-                locked_since = now
-            else:
-                removals_held += 1
-        elif not person.disabled and obs.locked and locked_since is not None:
-            users_first.append(UnlockUser(uid))
-            locked_since = None
-        reg(anchor, lp, locked_since, prof if policy.profile_fields else (entry.profile if entry else None))
-
-    # Leavers: in the registry, gone from the directory.
-    present = {p.anchor for p in snapshot.people}
-    for anchor, entry in sorted(observed.registry.items()):
-        if anchor in present:
-            continue
-        uid = f"@{entry.localpart}:{server}"
-        obs = observed.users.get(uid)
-        if uid in protected or obs is None or obs.deactivated or obs.admin:
-            continue
-        if not is_trusted:
-            if not obs.locked:
-                removals_held += 1
-            continue
-        if not obs.locked:
-            users_last.append(LockUser(uid, "left the directory"))
-            reg(anchor, entry.localpart, now, entry.profile)
-        elif entry.locked_since is not None and now - entry.locked_since >= policy.deactivate_after_seconds:
-            users_last.append(DeactivateUser(uid, entry.locked_since))
-
-    # --- rooms and spaces --------------------------------------------------------------------------------
-    creates: list[Action] = []
-    links: list[Action] = []
-    updates: list[Action] = []
-    joins: list[Action] = []
-    kicks: list[Action] = []
-    closes: list[Action] = []
-
-    def power(mods: Iterable[str], room: ObservedRoom | None = None) -> tuple[tuple[str, int], ...]:
-        creator_listed = policy.creator_in_power_levels
-        if room is not None and room.room_version is not None:
-            creator_listed = room.room_version not in CREATOR_POWER_VERSIONS
-        users = {policy.provisioner: 100} if creator_listed else {}
-        for m in mods:
-            users.setdefault(m, policy.moderator_level)
-        return tuple(sorted(users.items()))
-
-    def wanted_members(members: Iterable[str]) -> set[str]:
-        out = set(members) - set(policy.exclude)
-        if policy.bot:
-            out.add(policy.bot)
-        return out
-
-    plans: list[tuple[str, SpacePlan | RoomPlan]] = [("space", s) for s in desired.layout.spaces]
-    plans += [("room", r) for r in desired.layout.rooms]
-    desired_keys = set()
-    linked_from: dict[str, set[str]] = defaultdict(set)  # child room ID → keys of managed spaces linking it
-    for space in observed.rooms.values():
-        for child in space.children:
-            linked_from[child].add(space.key)
-    for kind, plan in plans:
-        key = plan.unit_key if isinstance(plan, SpacePlan) else plan.key
-        desired_keys.add(key)
-        parent_key = plan.parent_key if isinstance(plan, SpacePlan) else plan.unit_key
-        obs_room = observed.rooms.get(key)
-        pw = power(plan.moderators, obs_room)
-        members = wanted_members(plan.members)
-        # In tree mode every space has members, the top one everybody: the bot (a plain client, no lazy
-        # loading) would sync 25,000 member events for nothing; it reads the world-readable spaces anyway.
-        if isinstance(plan, SpacePlan) and policy.bot and (not plan.members or policy.public_spaces):
-            members.discard(policy.bot)
-        if obs_room is None:
-            creates.append(
-                CreateRoom(
-                    key=key, room_kind=kind,  # type: ignore[arg-type]
-                    unit_key=plan.unit_key, shard=plan.shard if isinstance(plan, RoomPlan) else 0,
-                    name=plan.name, alias=plan.alias, topic=plan.topic, parent_key=parent_key,
-                    power_users=pw, encrypted=policy.encrypted and kind == "room",
-                    room_version=policy.room_version,
-                )
-            )  # fmt: skip
-            if parent_key is not None:
-                links.append(LinkChild(parent_key, key, kind))  # type: ignore[arg-type]
-            joins.extend(Join(key, kind, m) for m in sorted(members))  # type: ignore[arg-type]
-            if not (kind == "space" and policy.public_spaces):
-                closes.append(UpdateRoom(key, join_rule="invite", cause="closed after the initial joins"))
-            continue
-        want_power = {u: lvl for u, lvl in pw if obs_room.power_users.get(u, 0) < lvl}
-        upd = UpdateRoom(
-            key,
-            name=plan.name if obs_room.name != plan.name else None,
-            topic=plan.topic if obs_room.topic != plan.topic else None,
-            alias=plan.alias if obs_room.alias != plan.alias else None,
-            power_users=tuple(sorted({**obs_room.power_users, **want_power}.items())) if want_power else None,
-        )
-        if any(x is not None for x in (upd.name, upd.topic, upd.alias, upd.power_users)):
-            updates.append(upd)
-        if kind == "space" and policy.public_spaces:
-            if obs_room.join_rule != "public":
-                closes.append(UpdateRoom(key, join_rule="public", cause="spaces are open to colleagues"))
-        elif obs_room.join_rule not in ("invite", None):
-            closes.append(UpdateRoom(key, join_rule="invite", cause="managed rooms are invite-only"))
-        if parent_key is not None:
-            parent = observed.rooms.get(parent_key)
-            if parent is None or obs_room.room_id not in parent.children:
-                links.append(LinkChild(parent_key, key, kind))  # type: ignore[arg-type]
-        # A unit moved to another parent (an OU moved in the tree) leaves its old parent space.
-        links.extend(
-            UnlinkChild(old, obs_room.room_id)
-            for old in sorted(linked_from.get(obs_room.room_id, ()))
-            if old != parent_key
-        )
-        for m in sorted(members - obs_room.members):
-            joins.append(Join(key, kind, m))  # type: ignore[arg-type]
-        for m in sorted((obs_room.members - members) & managed):
-            cause = "left or disabled" if m not in in_layout else "moved to another room"
-            if is_trusted:
-                kicks.append(Kick(key, kind, m, cause))  # type: ignore[arg-type]
-            else:
-                removals_held += 1
-
-    # Managed rooms the layout no longer has (unit gone, shard emptied): emptied and unlinked, history kept.
-    for key, obs_room in sorted(observed.rooms.items()):
-        if key in desired_keys:
-            continue
-        for m in sorted(obs_room.members & managed):
-            if is_trusted:
-                kicks.append(Kick(key, obs_room.kind, m, "the unit no longer exists"))  # type: ignore[arg-type]
-            else:
-                removals_held += 1
-        for parent in observed.rooms.values():
-            if obs_room.room_id in parent.children and parent.key in desired_keys:
-                links.append(UnlinkChild(parent.key, obs_room.room_id))
-
-    actions: list[Action] = []
-    if registry_updates:
-        actions.append(SaveRegistry(tuple(registry_updates[a] for a in sorted(registry_updates))))
-    actions += [
-        ExemptRateLimit(uid, cause)
-        for uid, cause in ((policy.provisioner, "the provisioner"), (policy.bot, "the event bot"))
-        if uid and uid in observed.users and uid not in observed.unlimited
-    ]
-    actions += users_first + creates + links + updates + joins + closes + kicks + users_last
-    notes = (f"removals held: {why}",) if not is_trusted else ()
+    scope = _scope(desired, observed, snapshot, policy, now=now, is_trusted=is_trusted)
+    out = _Builder(observed.registry)
+    _people(scope, out)
+    _leavers(scope, out)
+    _rooms(scope, out)
+    _removed_rooms(scope, out)
     return Plan(
-        actions=tuple(actions),
+        actions=out.actions(scope),
         fingerprint=fingerprint(snapshot, observed),
         created_at=now,
-        notes=notes,
-        held_removals=removals_held,
+        notes=(f"removals held: {why}",) if not is_trusted else (),
+        held_removals=out.held,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Scope:
+    """What every step of :func:`reconcile` reads."""
+
+    desired: Desired
+    observed: Observed
+    snapshot: DirectorySnapshot
+    policy: SyncPolicy
+    now: float
+    trusted: bool  # removals (locks, kicks, deactivations) may go ahead
+    protected: frozenset[str]  # never touched: excluded accounts, the provisioner, the bot
+    managed: frozenset[str]  # the only accounts ever kicked: in the directory or the registry
+    in_layout: frozenset[str]  # everyone with a seat in some room of the layout
+
+
+def _scope(
+    desired: Desired,
+    observed: Observed,
+    snapshot: DirectorySnapshot,
+    policy: SyncPolicy,
+    *,
+    now: float,
+    is_trusted: bool,
+) -> _Scope:
+    server = policy.server_name
+    protected = {*policy.exclude, policy.provisioner, *policy.service_accounts}
+    if policy.bot:
+        protected.add(policy.bot)
+    known = {f"@{lp}:{server}" for lp in desired.localparts.values()}
+    known |= {f"@{e.localpart}:{server}" for e in observed.registry.values()}
+    return _Scope(
+        desired=desired,
+        observed=observed,
+        snapshot=snapshot,
+        policy=policy,
+        now=now,
+        trusted=is_trusted,
+        protected=frozenset(protected),
+        managed=frozenset(known - protected),
+        in_layout=frozenset(m for r in desired.layout.rooms for m in r.members),
+    )
+
+
+RegistryRow = tuple[str, str, float | None, str | None]  # anchor, localpart, locked_since, profile hash
+
+
+@dataclass(slots=True)
+class _Builder:
+    """The plan being built: one list per phase, and the removals held back by an untrusted read."""
+
+    registry: Mapping[str, RegistryEntry]
+    registry_updates: dict[str, RegistryRow] = field(default_factory=dict)
+    users_first: list[Action] = field(default_factory=list)
+    creates: list[Action] = field(default_factory=list)
+    links: list[Action] = field(default_factory=list)
+    updates: list[Action] = field(default_factory=list)
+    joins: list[Action] = field(default_factory=list)
+    closes: list[Action] = field(default_factory=list)
+    kicks: list[Action] = field(default_factory=list)
+    users_last: list[Action] = field(default_factory=list)
+    held: int = 0
+
+    def record(self, anchor: str, localpart: str, locked_since: float | None, profile: str | None) -> None:
+        """Registry entry for ``anchor``; saved only if it differs from the one on the server."""
+        old = self.registry.get(anchor)
+        row = (anchor, localpart, locked_since, profile)
+        if old is None or (anchor, old.localpart, old.locked_since, old.profile) != row:
+            self.registry_updates[anchor] = row
+
+    def kick(self, scope: _Scope, action: Kick) -> None:
+        if scope.trusted:
+            self.kicks.append(action)
+        else:
+            self.held += 1
+
+    def actions(self, scope: _Scope) -> tuple[Action, ...]:
+        """Registry first (rule 5), people before their rooms, removals last."""
+        policy, observed = scope.policy, scope.observed
+        out: list[Action] = []
+        if self.registry_updates:
+            out.append(SaveRegistry(tuple(self.registry_updates[a] for a in sorted(self.registry_updates))))
+        out += [
+            ExemptRateLimit(uid, cause)
+            for uid, cause in ((policy.provisioner, "the provisioner"), (policy.bot, "the event bot"))
+            if uid and uid in observed.users and uid not in observed.unlimited
+        ]
+        out += self.users_first + self.creates + self.links + self.updates + self.joins + self.closes
+        out += self.kicks + self.users_last
+        return tuple(out)
+
+
+# --- people ------------------------------------------------------------------------------------------------
+
+
+def _people(s: _Scope, out: _Builder) -> None:
+    """Everyone read: accounts created, renamed, re-profiled, adopted, locked when disabled, unlocked."""
+    for uid, person in sorted(s.desired.people.items()):
+        if uid in s.protected:
+            continue
+        obs = s.observed.users.get(uid)
+        if obs is None:
+            if not person.disabled:  # never create an account only to lock it
+                _new_person(s, out, uid, person)
+        elif not obs.deactivated:
+            _known_person(s, out, uid, person, obs)
+
+
+def _new_person(s: _Scope, out: _Builder, uid: str, person: Person) -> None:
+    fields = s.policy.profile_fields
+    prof = profile_hash(person) if fields else None
+    out.record(person.anchor, s.desired.localparts[person.anchor], None, prof)
+    # A new account has no fields yet: writing the empty ones would only cost requests.
+    profile = profile_of(person) if fields and any(v for _, v in profile_of(person)) else ()
+    out.users_first.append(CreateUser(uid, person.anchor, person.display_name, profile))
+
+
+def _known_person(s: _Scope, out: _Builder, uid: str, person: Person, obs: ObservedUser) -> None:
+    fields = s.policy.profile_fields
+    anchor = person.anchor
+    entry = s.observed.registry.get(anchor)
+    prof = profile_hash(person) if fields else None
+    locked_since = entry.locked_since if entry else None
+    name_change = person.display_name if obs.displayname != person.display_name else None
+    seen = s.observed.profiles.get(uid)
+    stale = entry is None or entry.profile != prof or (seen is not None and seen != profile_of(person))
+    prof_change = profile_of(person) if fields and stale else ()
+    # An account found without a registry entry (made at first login, or a lost registry) is adopted:
+    # its external id is (re)written so the login module finds it by anchor.
+    adopt = anchor if entry is None else None
+    if name_change or prof_change or adopt:
+        out.users_first.append(UpdateUser(uid, name_change, prof_change, anchor=adopt))
+    if person.disabled and not obs.locked and not obs.admin:
+        if s.trusted:
+            out.users_last.append(LockUser(uid, "disabled in the directory"))
+            locked_since = s.now
+        else:
+            out.held += 1
+    elif not person.disabled and obs.locked and locked_since is not None:
+        out.users_first.append(UnlockUser(uid))
+        locked_since = None
+    kept_profile = prof if fields else (entry.profile if entry else None)
+    out.record(anchor, s.desired.localparts[anchor], locked_since, kept_profile)
+
+
+def _leavers(s: _Scope, out: _Builder) -> None:
+    """In the registry, gone from the directory: locked, then deactivated after the grace period."""
+    present = {p.anchor for p in s.snapshot.people}
+    for anchor, entry in sorted(s.observed.registry.items()):
+        if anchor in present:
+            continue
+        uid = f"@{entry.localpart}:{s.policy.server_name}"
+        obs = s.observed.users.get(uid)
+        if uid in s.protected or obs is None or obs.deactivated or obs.admin:
+            continue
+        if not s.trusted:
+            if not obs.locked:
+                out.held += 1
+            continue
+        if not obs.locked:
+            out.users_last.append(LockUser(uid, "left the directory"))
+            out.record(anchor, entry.localpart, s.now, entry.profile)
+        elif entry.locked_since is not None and _grace_over(s, entry.locked_since):
+            out.users_last.append(DeactivateUser(uid, entry.locked_since))
+
+
+def _grace_over(s: _Scope, locked_since: float) -> bool:
+    return s.now - locked_since >= s.policy.deactivate_after_seconds
+
+
+# --- rooms and spaces --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    """One space or room of the layout as the server should have it."""
+
+    key: str
+    kind: RoomKind
+    plan: SpacePlan | RoomPlan
+    parent_key: str | None
+    power: tuple[tuple[str, int], ...]
+    members: frozenset[str]
+
+
+def _creator_listed(policy: SyncPolicy, room: ObservedRoom | None) -> bool:
+    """Whether the provisioner (the creator) belongs in ``power_levels.users``: by the room's own version."""
+    if room is not None and room.room_version is not None:
+        return room.room_version not in CREATOR_POWER_VERSIONS
+    return policy.creator_in_power_levels
+
+
+def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
+    policy = s.policy
+    key = plan.unit_key if isinstance(plan, SpacePlan) else plan.key
+    users = {policy.provisioner: 100} if _creator_listed(policy, s.observed.rooms.get(key)) else {}
+    for m in plan.moderators:
+        users.setdefault(m, policy.moderator_level)
+    members = set(plan.members) - set(policy.exclude)
+    # The bot sits in every room, and in every space people join (not in spaces only linked into the tree).
+    # In tree mode every space has members, the top one everybody: the bot (a plain client, no lazy
+    # loading) would sync 25,000 member events for nothing; it reads the world-readable spaces anyway.
+    if policy.bot and (isinstance(plan, RoomPlan) or (plan.members and not policy.public_spaces)):
+        members.add(policy.bot)
+    power, wanted = tuple(sorted(users.items())), frozenset(members)
+    if isinstance(plan, SpacePlan):
+        return _Target(plan.unit_key, kind, plan, plan.parent_key, power, wanted)
+    return _Target(plan.key, kind, plan, plan.unit_key, power, wanted)
+
+
+def _rooms(s: _Scope, out: _Builder) -> None:
+    """Every space and room of the layout: created with its members, or brought in line with the plan."""
+    linked_from: dict[str, set[str]] = defaultdict(set)  # child room ID → keys of managed spaces linking it
+    for space in s.observed.rooms.values():
+        for child in space.children:
+            linked_from[child].add(space.key)
+    targets = [_target(s, "space", p) for p in s.desired.layout.spaces]
+    targets += [_target(s, "room", p) for p in s.desired.layout.rooms]
+    for t in targets:
+        obs_room = s.observed.rooms.get(t.key)
+        if obs_room is None:
+            _new_room(s, out, t)
+            continue
+        _room_settings(s, out, t, obs_room)
+        _room_links(s, out, t, obs_room, linked_from.get(obs_room.room_id, set()))
+        _room_members(s, out, t, obs_room)
+
+
+def _new_room(s: _Scope, out: _Builder, t: _Target) -> None:
+    p = t.plan
+    out.creates.append(
+        CreateRoom(
+            key=t.key, room_kind=t.kind, unit_key=p.unit_key, shard=p.shard if isinstance(p, RoomPlan) else 0,
+            name=p.name, alias=p.alias, topic=p.topic, parent_key=t.parent_key, power_users=t.power,
+            encrypted=s.policy.encrypted and t.kind == "room", room_version=s.policy.room_version,
+        )
+    )  # fmt: skip
+    if t.parent_key is not None:
+        out.links.append(LinkChild(t.parent_key, t.key, t.kind))
+    out.joins.extend(Join(t.key, t.kind, m) for m in sorted(t.members))
+    if not (t.kind == "space" and s.policy.public_spaces):
+        out.closes.append(UpdateRoom(t.key, join_rule="invite", cause="closed after the initial joins"))
+
+
+def _room_settings(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
+    """Name, topic, alias and power levels; moderators are raised, never lowered; open rooms closed."""
+    p = t.plan
+    want_power = {u: lvl for u, lvl in t.power if obs_room.power_users.get(u, 0) < lvl}
+    upd = UpdateRoom(
+        t.key,
+        name=p.name if obs_room.name != p.name else None,
+        topic=p.topic if obs_room.topic != p.topic else None,
+        alias=p.alias if obs_room.alias != p.alias else None,
+        power_users=tuple(sorted({**obs_room.power_users, **want_power}.items())) if want_power else None,
+    )
+    if any(x is not None for x in (upd.name, upd.topic, upd.alias, upd.power_users)):
+        out.updates.append(upd)
+    if t.kind == "space" and s.policy.public_spaces:
+        if obs_room.join_rule != "public":
+            out.closes.append(UpdateRoom(t.key, join_rule="public", cause="spaces are open to colleagues"))
+    elif obs_room.join_rule not in ("invite", None):
+        out.closes.append(UpdateRoom(t.key, join_rule="invite", cause="managed rooms are invite-only"))
+
+
+def _room_links(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom, linked_from: set[str]) -> None:
+    """Linked under its parent space; a unit moved to another parent (an OU moved) leaves its old one."""
+    if t.parent_key is not None:
+        parent = s.observed.rooms.get(t.parent_key)
+        if parent is None or obs_room.room_id not in parent.children:
+            out.links.append(LinkChild(t.parent_key, t.key, t.kind))
+    out.links.extend(UnlinkChild(old, obs_room.room_id) for old in sorted(linked_from) if old != t.parent_key)
+
+
+def _room_members(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
+    """Missing members joined; managed accounts that no longer belong kicked (rule 2)."""
+    out.joins.extend(Join(t.key, t.kind, m) for m in sorted(t.members - obs_room.members))
+    for m in sorted((obs_room.members - t.members) & s.managed):
+        cause = "left or disabled" if m not in s.in_layout else "moved to another room"
+        out.kick(s, Kick(t.key, t.kind, m, cause))
+
+
+def _removed_rooms(s: _Scope, out: _Builder) -> None:
+    """Managed rooms the layout no longer has (unit gone, shard emptied): emptied, unlinked, history kept."""
+    layout = s.desired.layout
+    desired_keys = {sp.unit_key for sp in layout.spaces} | {r.key for r in layout.rooms}
+    for key, obs_room in sorted(s.observed.rooms.items()):
+        if key in desired_keys:
+            continue
+        for m in sorted(obs_room.members & s.managed):
+            out.kick(s, Kick(key, obs_room.kind, m, "the unit no longer exists"))
+        for parent in s.observed.rooms.values():
+            if obs_room.room_id in parent.children and parent.key in desired_keys:
+                out.links.append(UnlinkChild(parent.key, obs_room.room_id))
 
 
 @dataclass(frozen=True, slots=True)

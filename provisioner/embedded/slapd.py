@@ -37,6 +37,7 @@ from types import TracebackType
 
 from provisioner.core.dn import parse_dn
 from provisioner.embedded.ports import LOOPBACK, free_port, port_is_free
+from provisioner.ldap_common import LDAP_NO_SUCH_OBJECT, LDAP_SUCCESS
 
 __all__ = ["EmbeddedSlapd", "SlapdError", "SlapdNotInstalled"]
 
@@ -48,13 +49,6 @@ MODULE_DIR = Path("/usr/lib/ldap")
 INSTALL_HINT = "apt-get install slapd ldap-utils"
 #: Where the Debian packages put the binaries when they are not on PATH (/usr/sbin often is not).
 SEARCH_DIRS: tuple[Path, ...] = (Path("/usr/sbin"), Path("/usr/bin"))
-
-#: ldapsearch/ldapmodify exit codes we interpret (they are the LDAP result codes).
-LDAP_SUCCESS = 0
-LDAP_SIZELIMIT_EXCEEDED = 4
-LDAP_NO_SUCH_OBJECT = 32
-LDAP_INVALID_CREDENTIALS = 49
-LDAP_ALREADY_EXISTS = 68
 
 
 class SlapdError(RuntimeError):

@@ -44,7 +44,6 @@ import logging
 import os
 import re
 import ssl
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,11 +51,21 @@ from typing import TYPE_CHECKING, Any
 
 import ldap3
 from ldap3.core import exceptions as lex
-from ldap3.utils.conv import escape_bytes, escape_filter_chars
 
+from bridge.matrix.contract import EXTERNAL_ID_PROVIDER
+from bridge.matrix.secrets import SecretError, read_secret
 from provisioner.config import Config, ConfigError
 from provisioner.core.identity import base_localpart, clean_text, is_valid_localpart
-from provisioner.ldap_reader import _BINARY_ANCHORS, _decode
+from provisioner.ldap_common import (
+    LDAP_INVALID_CREDENTIALS,
+    LDAP_NO_SUCH_OBJECT,
+    LDAP_SIZELIMIT_EXCEEDED,
+    LDAP_SUCCESS,
+    decode_value,
+    is_filter,
+)
+from provisioner.ldap_common import anchor_filter as _anchor_filter
+from provisioner.ldap_common import person_filter as _person_filter
 
 if TYPE_CHECKING:
     from synapse.module_api import ModuleApi
@@ -64,12 +73,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# The auth provider of the external ids the provisioner writes (provisioner.apply.EXTERNAL_ID_PROVIDER;
-# not imported from there because that module pulls in the HTTP client).
-EXTERNAL_ID_PROVIDER = "civmatrix"
 LOGIN_TYPE = "m.login.password"
 
-_RESULT_INVALID_CREDENTIALS = 49
 _MAX_MATCHES = 10
 _KEYS = {
     "uri", "bind_dn", "bind_password_file", "bind_password_env", "base_dn", "filter", "login_attribute",
@@ -101,10 +106,6 @@ class ModuleConfig:
     ca_file: str | None = None
 
 
-def _is_filter(value: str) -> bool:
-    return value.startswith("(") and value.endswith(")") and value.count("(") == value.count(")")
-
-
 def parse_module_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> ModuleConfig:
     """Validate the ``config:`` mapping of the module; raises :class:`ConfigError` naming the key.
 
@@ -112,7 +113,6 @@ def parse_module_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | 
     from the config itself.
     """
     where = "modules[DirectoryAuthProvider].config"
-    environ = os.environ if environ is None else environ
     if not isinstance(raw, Mapping):
         raise ConfigError("must be a mapping", where)
     unknown = sorted(set(raw) - _KEYS)
@@ -135,7 +135,7 @@ def parse_module_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | 
     flt = text("filter") or ""
     disabled = text("disabled_filter", required=False)
     for key, value in (("filter", flt), ("disabled_filter", disabled)):
-        if value is not None and not _is_filter(value):
+        if value is not None and not is_filter(value):
             raise ConfigError(f"is not an LDAP filter (RFC 4515): {value!r}", where, key)
     if "bind_password" in raw:
         raise ConfigError("secrets are never written in the config: use bind_password_file", where,
@@ -144,19 +144,13 @@ def parse_module_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | 
     if bool(file_key) == bool(env_key):
         raise ConfigError("exactly one of bind_password_file and bind_password_env is required", where,
                           "bind_password_file")  # fmt: skip
-    if file_key:
-        path = Path(text("bind_password_file") or "")
-        try:
-            password = path.read_text(encoding="utf-8").strip()
-        except OSError as e:
-            raise ConfigError(f"cannot read {path}: {e.strerror or e}", where, "bind_password_file") from None
-    else:
-        var = text("bind_password_env") or ""
-        password = environ.get(var, "").strip()
-        if not password:
-            raise ConfigError(f"environment variable {var} is not set", where, "bind_password_env")
-    if not password:
-        raise ConfigError("the service account's password is empty", where, "bind_password_file")
+    try:
+        if file_key:
+            password = read_secret(file=text("bind_password_file") or "")
+        else:
+            password = read_secret(env=text("bind_password_env") or "", environ=environ)
+    except SecretError as e:
+        raise ConfigError(e.message, where, f"bind_password_{e.source}") from None
     start_tls = raw.get("start_tls", False)
     if not isinstance(start_tls, bool):
         raise ConfigError(f"must be true or false, not {start_tls!r}", where, "start_tls")
@@ -232,20 +226,13 @@ def typed_login(username: str, server_name: str) -> str | None:
 
 
 def person_filter(cfg: ModuleConfig, login: str) -> str:
-    """One person by login: the same shape as ``provisioner.ldap_reader.login_filter``, RFC 4515-escaped."""
-    return f"(&{cfg.filter}({cfg.login_attribute}={escape_filter_chars(login)}))"
+    """One person by login: the filter the sync uses too (:mod:`provisioner.ldap_common`)."""
+    return _person_filter(cfg.filter, cfg.login_attribute, login)
 
 
 def anchor_filter(cfg: ModuleConfig, anchor: str) -> str | None:
     """One person by anchor; binary GUIDs are matched on their little-endian bytes (AD's form)."""
-    if cfg.anchor_attribute.lower() in _BINARY_ANCHORS:
-        try:
-            value = escape_bytes(uuid.UUID(anchor).bytes_le)
-        except ValueError:
-            return None
-    else:
-        value = escape_filter_chars(anchor)
-    return f"(&{cfg.filter}({cfg.anchor_attribute}={value}))"
+    return _anchor_filter(cfg.filter, cfg.anchor_attribute, anchor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -327,7 +314,8 @@ class Directory:
             # A handful is enough: several matches are resolved by exact case (see _one) or refused.
             conn.search(base or cfg.base_dn, flt, scope, attributes=attrs, size_limit=_MAX_MATCHES)
             code = conn.result.get("result")
-            if code not in (0, 4, 32, None):  # 4: size limit (more than _MAX_MATCHES); 32: no such DN
+            # A size limit means more than _MAX_MATCHES; no such object, a DN that is gone: both are answers.
+            if code not in (LDAP_SUCCESS, LDAP_SIZELIMIT_EXCEEDED, LDAP_NO_SUCH_OBJECT, None):
                 raise DirectoryUnavailable(f"search {flt} failed: {conn.result.get('description')} ({code})")
             people: list[Person] = []
             for item in conn.response or ():
@@ -336,9 +324,9 @@ class Directory:
                 raw = {k.lower(): v for k, v in (item.get("raw_attributes") or {}).items()}
                 anchors = raw.get(cfg.anchor_attribute.lower()) or []
                 logins = raw.get(cfg.login_attribute.lower()) or []
-                anchor = _decode(cfg.anchor_attribute.lower(), anchors[0]).strip() if anchors else ""
+                anchor = decode_value(cfg.anchor_attribute.lower(), anchors[0]).strip() if anchors else ""
                 login = (
-                    clean_text(_decode(cfg.login_attribute.lower(), logins[0]), max_len=255)
+                    clean_text(decode_value(cfg.login_attribute.lower(), logins[0]), max_len=255)
                     if logins
                     else None
                 )
@@ -400,7 +388,7 @@ class Directory:
             if conn.bind():
                 return True
             code = conn.result.get("result")
-            if code == _RESULT_INVALID_CREDENTIALS:
+            if code == LDAP_INVALID_CREDENTIALS:
                 return False
             raise DirectoryUnavailable(f"bind as {dn} failed: {conn.result.get('description')} ({code})")
         except lex.LDAPException as e:

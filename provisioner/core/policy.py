@@ -1,0 +1,57 @@
+"""The small frozen policies the pure core takes instead of the configuration.
+
+:mod:`provisioner.config` builds them once from the parsed file (:meth:`Config.directory_policy`,
+:meth:`Config.layout_policy`); the core sees only the few values each step decides with, so it can be
+used and tested without YAML, secret files or the environment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+DepartmentFrom = Literal["dn", "attribute"]
+
+
+@dataclass(frozen=True, slots=True)
+class AttributeMap:
+    """Which LDAP attribute carries each field of a person; ``None`` means "not read"."""
+
+    anchor: str
+    login: str
+    display_name: str | None
+    title: str | None
+    department: str | None
+    phone: str | None
+    email: str | None
+    given_name: str | None
+    surname: str | None
+    common_name: str | None
+    manager: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class DirectoryPolicy:
+    """What :func:`provisioner.core.directory.interpret` needs to give raw entries a meaning."""
+
+    base_dn: str
+    attributes: AttributeMap
+    department_from: DepartmentFrom
+    # Not stripped: " / " splits "Префектура ЮАО / Отдел ЖКХ" but keeps "Юр/Отдел" one name.
+    department_separator: str = " / "
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutPolicy:
+    """What the layout and the desired state need: room size, names, aliases, who moderates."""
+
+    server_name: str
+    max_room_size: int
+    org_name: str
+    alias_prefix: str = ""
+    head_title_pattern: str | None = None
+    # Seats every room keeps for service accounts: the provisioner, and the event bot if one is set.
+    reserved_seats: int = 1
+    # "unit": people join their unit's space only when its direct members fit in one room (layout rule 5);
+    # "tree": everyone joins their unit's space and every space above it.
+    space_members: str = "unit"
