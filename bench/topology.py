@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import statistics
@@ -89,6 +90,7 @@ class Single(Shape):
         self.postgres = postgres
         database = None
         if postgres is not None:
+            postgres.initialise()  # makes the password the DSN below names
             database = {k: v for k, v in postgres.dsn().items() if k != "passfile"} | {
                 "password": postgres.password
             }
@@ -319,6 +321,8 @@ def main() -> None:
                 else:
                     shape = Workers(work / name)
                 results[name] = run_shape(work, ldap, shape, args.commands, with_bot=name != "single-pg")
+                # Each shape's figures as soon as they exist: a later failure loses nothing measured.
+                print(json.dumps({name: results[name]}), file=sys.stderr, flush=True)
         finally:
             ldap.stop()
     print_table(args, results)
