@@ -178,6 +178,7 @@ def server_block(p: Proxy) -> str:
     head.append(f"    server_name {p.server_name};")
     settings = f"""
     default_type application/json;
+    server_tokens off;
     # Synapse's max_upload_size: a larger body is refused here, before it crosses the proxy.
     client_max_body_size {p.max_body_size};
     proxy_http_version 1.1;

@@ -66,7 +66,6 @@ def main_config(run_dir: Path, site: str) -> str:
         "http {\n"
         f"    access_log {run_dir / ACCESS_LOG};\n"
         f"{temp}"
-        "    server_tokens off;\n"
         f"{body}"
         "}\n"
     )
