@@ -40,7 +40,8 @@ from nio import (
     RoomSendResponse,
 )
 
-from bridge.bot import BotConfig, EventBot
+from bridge.bot.app import EventBot
+from bridge.bot.config import BotConfig
 from bridge.events.clock import ManualClock
 from bridge.events.store import open_sqlite
 from provisioner import exitcodes, proxy, sync
