@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml
 
 from bridge.matrix.client import ExternalId, HomeserverClient
-from bridge.matrix.contract import PROFILE_FIELD
+from bridge.matrix.contract import PROFILE_KEYS
 from provisioner.apply import create_room_body
 from provisioner.config import load_config
 from provisioner.core.actions import CreateRoom
@@ -122,9 +122,9 @@ async def raw_floor(cfg_path: Path, hs: EmbeddedSynapse, token: str, concurrency
             await c.put_user(
                 uid, displayname=p.display_name, external_ids=[ExternalId("civmatrix", p.anchor)]
             )
-            values = {k: v for k, v in profile_of(p) if v}
-            if values:
-                await c.set_profile_field(uid, PROFILE_FIELD, values)
+            for name, value in profile_of(p):
+                if value:
+                    await c.set_profile_field(uid, PROFILE_KEYS[name], value)
 
         registry = {
             p.anchor: RegistryEntry(desired.localparts[p.anchor], None, profile_hash(p)) for p in snap.enabled

@@ -1,4 +1,5 @@
-"""``bridge --config FILE run``: the event bot's command line.
+"""``bridge --config FILE run``: the event bot's command line; ``bridge --config FILE search``: the directory
+search service (its ``search:`` keys are documented in :mod:`bridge.search.config`).
 
 The shared YAML file is read once; this module parses its ``bot:`` section (and ``homeserver.url``) into a
 frozen :class:`~bridge.bot.config.BotConfig`. Errors name the file and the dotted key. The token is read from
@@ -202,6 +203,41 @@ def run(ctx: click.Context) -> None:
         asyncio.run(go())
     except KeyboardInterrupt:
         log.info("stopped")
+
+
+@main.command()
+@click.pass_context
+def search(ctx: click.Context) -> None:
+    """Serve the directory search (``user_directory/search``) from the sync's snapshot (``search:``)."""
+    from bridge.search.config import SearchConfigError, parse_search
+    from bridge.search.service import serve
+
+    logging.basicConfig(
+        level=logging.DEBUG if ctx.obj["verbose"] else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    path = ctx.obj["config"]
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f)
+    except OSError as e:
+        raise click.ClickException(f"{path}: cannot read: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise click.ClickException(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, Mapping):
+        raise click.ClickException(f"{path}: the file must hold a mapping of sections")
+    try:
+        cfg = parse_search(raw, path)
+    except SearchConfigError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        asyncio.run(serve(cfg))
+    except KeyboardInterrupt:
+        log.info("stopped")
+    except OSError as e:
+        raise click.ClickException(
+            f"cannot listen on {cfg.host}:{cfg.port} (search.listen): {e.strerror}"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any, assert_never
 
-from bridge.matrix.client import ExternalId, HomeserverClient, JsonValue
-from bridge.matrix.contract import EXTERNAL_ID_PROVIDER, MARKER_TYPE, PROFILE_FIELD
+from bridge.matrix.client import ExternalId, HomeserverClient
+from bridge.matrix.contract import EXTERNAL_ID_PROVIDER, MARKER_TYPE, PROFILE_KEYS
 from bridge.matrix.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
 from provisioner.core.actions import (
     MEMBERS_ONLY,
@@ -63,6 +63,8 @@ class Report:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     stopped: str | None = None
     seconds: float = 0.0
+    # Users whose own action (create, unlock, …) did not go through: the search snapshot leaves them out.
+    failed_users: set[str] = field(default_factory=set)
 
     @property
     def ok(self) -> bool:
@@ -197,6 +199,8 @@ def create_room_body(a: CreateRoom, *, server: str, parent_room_id: str | None) 
     }
     if space:
         body["creation_content"] = {"type": "m.space"}
+    if a.room_version is not None:
+        body["room_version"] = a.room_version
     return body
 
 
@@ -380,16 +384,15 @@ class Executor:
             if "not in the room" not in str(e).lower() and "not a member" not in str(e).lower():
                 raise
 
-    async def _profile(self, user_id: str, fields: Iterable[tuple[str, str | None]]) -> None:
-        given = list(fields)
-        if not given:
-            return
-        values: dict[str, JsonValue] = {k: v for k, v in given if v}
-        if values:
-            await self.client.set_profile_field(user_id, PROFILE_FIELD, values)
-        else:
-            with contextlib.suppress(MNotFound):
-                await self.client.delete_profile_field(user_id, PROFILE_FIELD)
+    async def _profile(self, user_id: str, fields: Iterable[tuple[str, str | None]], *, new: bool) -> None:
+        """One MSC4133 key per field; an empty field is deleted (a new account has nothing to delete)."""
+        for name, value in fields:
+            key = PROFILE_KEYS[name]
+            if value:
+                await self.client.set_profile_field(user_id, key, value)
+            elif not new:
+                with contextlib.suppress(MNotFound):
+                    await self.client.delete_profile_field(user_id, key)
 
     async def handle(self, action: Action) -> None:
         c = self.client
@@ -398,14 +401,14 @@ class Executor:
                 await self._save_registry(action)
             case CreateUser(user_id=u, anchor=anchor, displayname=d, profile=p):
                 await c.put_user(u, displayname=d, external_ids=[ExternalId(EXTERNAL_ID_PROVIDER, anchor)])
-                await self._profile(u, p)
+                await self._profile(u, p, new=True)
             case UpdateUser(user_id=u, displayname=d, profile=p, anchor=anchor):
                 if anchor is not None:
                     ext = [ExternalId(EXTERNAL_ID_PROVIDER, anchor)]
                     await c.put_user(u, displayname=d, external_ids=ext)
                 elif d is not None:
                     await c.put_user(u, displayname=d)
-                await self._profile(u, p)
+                await self._profile(u, p, new=False)
             case LockUser(user_id=u):
                 await c.put_user(u, locked=True)
             case UnlockUser(user_id=u):
@@ -444,11 +447,13 @@ class Executor:
             self.audit.write(action, "stopped", str(e))
             raise StopRun(self.report.stopped) from None
         except LookupError as e:
+            self._user_failed(action)
             self.report.skipped.append((action.kind, str(e)))
             self.audit.write(action, "skipped", str(e))
             self._step(False)
             return
         except (HomeserverError, ValueError) as e:
+            self._user_failed(action)
             self.report.failed.append((action.kind, f"{describe(action)}: {e}"))
             self.audit.write(action, "failed", str(e))
             self._step(False)
@@ -456,6 +461,10 @@ class Executor:
         self.report.done[action.kind] += 1
         self.audit.write(action, "ok")
         self._step(True)
+
+    def _user_failed(self, action: Action) -> None:
+        if isinstance(action, CreateUser | UnlockUser):
+            self.report.failed_users.add(action.user_id)
 
     def _step(self, ok: bool) -> None:
         if self.progress is not None:

@@ -268,7 +268,7 @@ def plan(obj: Context, out: str | None, allow_removals: int | None) -> None:
     help="Let this run lock or kick up to N people even above the safety threshold.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--full-read", is_flag=True, help="Read every managed room again (ignore the room cache).")
+@click.option("--full-read", is_flag=True, help="Read every room and profile again (no cache).")
 @click.pass_obj
 def sync_cmd(
     obj: Context, plan_path: str | None, allow_removals: int | None, quiet: bool, full_read: bool
@@ -394,11 +394,16 @@ def watch_cmd(obj: Context) -> None:
 @click.option(
     "--once", is_flag=True, help="Bring everything up, sync, print the login, then stop (for tests)."
 )
-def demo(root: str, people: int, once: bool) -> None:
+@click.option(
+    "--workers",
+    is_flag=True,
+    help="The production topology: Synapse main + workers on a private PostgreSQL and Redis, behind nginx.",
+)
+def demo(root: str, people: int, once: bool, workers: bool) -> None:
     """Run the whole thing on this machine: slapd + Synapse + sync + event bot, and print how to log in."""
     from provisioner.demo import demo_main
 
-    sys.exit(demo_main(root, people, once))
+    sys.exit(demo_main(root, people, once, workers=workers))
 
 
 @main.command("deploy-config")

@@ -17,10 +17,14 @@ from typing import Any, Literal
 import yaml
 
 from bridge.matrix.secrets import SecretError, read_secret
+from bridge.search.config import SearchConfigError, index_path
 from provisioner.core.policy import AttributeMap, DepartmentFrom, DirectoryPolicy, LayoutPolicy
 from provisioner.ldap_common import is_filter
 
 Preset = Literal["openldap", "active_directory"]
+# Version 11 is the newest whose room IDs keep the ":server" part: v12's bare "!…" IDs fail the room-ID checks
+# of Cinny 4.2 and matrix-commander 8, and with no federation its state-resolution fixes protect little.
+DEFAULT_ROOM_VERSION = "11"
 
 
 class ConfigError(Exception):
@@ -72,6 +76,8 @@ class LayoutConfig:
     head_title_pattern: str | None
     room_encryption: bool
     moderator_power_level: int
+    room_version: str | None = DEFAULT_ROOM_VERSION
+    space_members: str = "tree"
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +115,7 @@ class Config:
     exclude: frozenset[str]
     raw: Mapping[str, Any] = field(repr=False, compare=False)
     watch: WatchConfig = field(default_factory=WatchConfig)
+    search_index: str | None = None  # search.index: where each sync leaves the search snapshot
 
     @property
     def bot_user_id(self) -> str | None:
@@ -138,6 +145,7 @@ class Config:
             head_title_pattern=self.layout.head_title_pattern,
             # The provisioner, and the bot if there is one, stay in every managed room.
             reserved_seats=2 if self.bot_user_id else 1,
+            space_members=self.layout.space_members,
         )
 
 
@@ -195,6 +203,7 @@ _TOP_KEYS = {
     "server",
     "demo",
     "watch",
+    "search",
 }
 CHANGE_DETECTION = ("auto", "csn", "usn", "none")
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+$")
@@ -393,8 +402,13 @@ def _homeserver(r: _Reader, *, token_required: bool) -> HomeserverConfig:
 def _layout(r: _Reader, server_name: str) -> LayoutConfig:
     r.check_known(
         {"max_room_size", "org_name", "alias_prefix", "head_title_pattern", "room_encryption",
-         "moderator_power_level"}
+         "moderator_power_level", "room_version", "space_members"}
     )  # fmt: skip
+    version = r.opt_str("room_version", DEFAULT_ROOM_VERSION)
+    if version is not None and not re.fullmatch(r"[0-9a-z][0-9a-z.\-]*", version):
+        raise r.fail(
+            "room_version", f"must be a room version like 11, not {version!r} (null: the server's default)"
+        )
     pattern = r.opt_str("head_title_pattern")
     if pattern:
         try:
@@ -412,6 +426,8 @@ def _layout(r: _Reader, server_name: str) -> LayoutConfig:
         head_title_pattern=pattern,
         room_encryption=r.bool_("room_encryption", True),
         moderator_power_level=r.int_("moderator_power_level", 50, 1, 99),
+        room_version=version,
+        space_members=r.choice("space_members", "tree", ("tree", "unit")),
     )
 
 
@@ -488,8 +504,13 @@ def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = N
             path,
             "layout.max_room_size",
         )
+    try:
+        search_index = index_path(root.data, path, base_dir=root.base_dir)
+    except SearchConfigError as e:
+        raise ConfigError(e.message, path, e.key) from None
     return Config(
         path=path,
+        search_index=str(search_index) if search_index else None,
         homeserver=hs,
         directory=_directory(root.section("directory")),
         layout=layout,

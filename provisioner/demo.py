@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,11 +26,15 @@ from typing import IO, Any
 
 import yaml
 
-from provisioner import exitcodes
+from provisioner import exitcodes, proxy
 from provisioner.config import Config, load_config
-from provisioner.embedded.ports import free_ports, port_is_free
+from provisioner.embedded.nginx import EmbeddedNginx, NginxError
+from provisioner.embedded.ports import LOOPBACK, free_port, free_ports, port_is_free
+from provisioner.embedded.postgres import PostgresError
+from provisioner.embedded.redis import RedisError
 from provisioner.embedded.slapd import EmbeddedSlapd, SlapdError, ssha
-from provisioner.embedded.synapse import EmbeddedSynapse
+from provisioner.embedded.synapse import EmbeddedSynapse, RegisteredAccount, admin_request
+from provisioner.embedded.topology import Topology
 from provisioner.sample import SampleDirectory, generate_directory
 from provisioner.synapse.config import SynapseError
 
@@ -38,6 +43,21 @@ DEMO_PASSWORD = "demo-password"
 BOT_LOCALPART = "events"
 STATE_FILE = "demo.json"
 PENDING = "pending"
+MAX_UPLOAD = "50M"
+# How long the banner waits for Synapse to index colleagues for search (it does so after the sync, in the
+# background); at 25,000 people this takes minutes.
+FINDABLE_TIMEOUT = 900.0
+
+# A demo setting, never used in deploy/: one person at one machine tries every login the banner offers,
+# mistypes a password, logs in again from a second client. Synapse's defaults (a burst of 5 logins per
+# address, then one every ~5 minutes) would answer the seventh with 429 M_LIMIT_EXCEEDED.
+DEMO_RATE_LIMITS: dict[str, Any] = {
+    "rc_login": {
+        "address": {"per_second": 1, "burst_count": 30},
+        "account": {"per_second": 1, "burst_count": 30},
+        "failed_attempts": {"per_second": 1, "burst_count": 10},
+    }
+}
 
 
 class DemoError(Exception):
@@ -52,6 +72,11 @@ class DemoState:
     people: int
     seed: int
     samples: list[dict[str, str]]
+    # Added with nginx in front; 0 in a directory made before (a port is picked on resume).
+    nginx_port: int = 0
+    workers: bool = False
+    # Added with the directory search service (bridge search); 0 in an older directory (picked on resume).
+    search_port: int = 0
 
     @classmethod
     def load(cls, path: Path) -> DemoState | None:
@@ -103,7 +128,12 @@ def _secret(path: Path, make: str | None = None) -> str:
 
 
 def _check_ports(state: DemoState) -> None:
-    for name, port in (("Matrix", state.public_port), ("admin", state.admin_port), ("LDAP", state.ldap_port)):
+    ports = [("LDAP", state.ldap_port)]
+    if not state.workers:  # the topology checks its own ports
+        ports += [("Matrix", state.public_port), ("admin", state.admin_port), ("proxy", state.nginx_port)]
+    if state.search_port:
+        ports.append(("search", state.search_port))
+    for name, port in ports:
         if not port_is_free(port):
             raise DemoError(
                 f"the demo's {name} port 127.0.0.1:{port} is in use by another program; stop it, or use "
@@ -111,10 +141,10 @@ def _check_ports(state: DemoState) -> None:
             )
 
 
-def _write_config(root: Path, state: DemoState, slapd: EmbeddedSlapd) -> Path:
+def _write_config(root: Path, slapd: EmbeddedSlapd, admin_url: str, search_port: int) -> Path:
     data: dict[str, Any] = {
         "homeserver": {
-            "url": f"http://127.0.0.1:{state.admin_port}",
+            "url": admin_url,
             "server_name": SERVER_NAME,
             "admin_token_file": "secrets/admin_token",
         },
@@ -140,6 +170,8 @@ def _write_config(root: Path, state: DemoState, slapd: EmbeddedSlapd) -> Path:
             "crypto_store_dir": "bot/crypto",
             "timezone": "Europe/Moscow",
         },
+        # The proxy sends user_directory/search here: colleagues found by title, unit, phone, e-mail.
+        "search": {"listen": f"{LOOPBACK}:{search_port}", "index": "state/search.json"},
     }
     path = root / "civmatrix.yaml"
     path.write_text(
@@ -154,7 +186,124 @@ def _say(msg: str) -> None:
     print(msg, flush=True)
 
 
-def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> int:
+class _Single:
+    """nginx in front of one Synapse process on SQLite (the default demo)."""
+
+    def __init__(self, root: Path, state: DemoState, login: dict[str, Any], search: str | None) -> None:
+        self.public_url = f"http://{LOOPBACK}:{state.nginx_port}"
+        self.synapse = EmbeddedSynapse(
+            root / "synapse",
+            server_name=SERVER_NAME,
+            public_port=state.public_port,
+            admin_port=state.admin_port,
+            public_baseurl=self.public_url + "/",
+            behind_proxy=True,
+            modules=[{"module": "provisioner.synapse.auth.DirectoryAuthProvider", "config": login}],
+            rate_limits=DEMO_RATE_LIMITS,
+            overrides={"max_upload_size": MAX_UPLOAD},
+            log_level="WARNING",
+        )
+        site = proxy.Proxy(
+            server_name="_",
+            public_baseurl=self.public_url,
+            listen=(f"{LOOPBACK}:{state.nginx_port}",),
+            main=proxy.Upstream(proxy.MAIN, (f"{LOOPBACK}:{state.public_port}",)),
+            max_body_size=MAX_UPLOAD,
+            search=search,
+        )
+        self.nginx = EmbeddedNginx(root / "nginx", proxy.site(site), port=state.nginx_port)
+        self.admin_url = self.synapse.admin_url
+        self.what = "nginx in front of one Synapse process (SQLite)"
+        self.logs = [self.synapse.log_path]
+
+    def start(self) -> None:
+        self.synapse.start()
+        self.nginx.start()
+
+    def stop(self) -> None:
+        self.nginx.stop()
+        self.synapse.stop()
+
+    def create_admin(self) -> RegisteredAccount:
+        return self.synapse.create_admin("admin")
+
+    def register(self, localpart: str, displayname: str) -> RegisteredAccount:
+        return self.synapse.register(localpart, displayname=displayname)
+
+
+class _Workers:
+    """The production topology: PostgreSQL + Redis + Synapse main and workers + nginx (``--workers``)."""
+
+    def __init__(self, root: Path, login: dict[str, Any], search_port: int | None) -> None:
+        self.topology = Topology(
+            root / "topology",
+            server_name=SERVER_NAME,
+            login=login,
+            overrides=DEMO_RATE_LIMITS,
+            search_port=search_port,
+        )
+        self.public_url = self.topology.public_url
+        self.admin_url = self.topology.admin_url
+        names = ", ".join(w.name for w in self.topology.deployment.workers)
+        self.what = f"nginx in front of Synapse main + {names}, on PostgreSQL and Redis"
+        self.logs = [self.topology.log_path(n) for n in self.topology.process_names]
+
+    def start(self) -> None:
+        self.topology.start()
+
+    def stop(self) -> None:
+        self.topology.stop()
+
+    def create_admin(self) -> RegisteredAccount:
+        return self.topology.create_admin("admin")
+
+    def register(self, localpart: str, displayname: str) -> RegisteredAccount:
+        return self.topology.register(localpart, displayname=displayname)
+
+
+def _new_state(root: Path, people: int, seed: int, workers: bool) -> tuple[DemoState, SampleDirectory]:
+    _say(f"civmatrix demo: generating a city government of {people} people…")
+    directory = generate_directory(people, seed=seed)
+    samples = [{"login": p.uid, "name": p.display_name, "title": p.title, "dn": p.dn}
+               for p in directory.samples]  # fmt: skip
+    ports = free_ports(5)
+    state = DemoState(
+        ports[0],
+        ports[1],
+        ports[2],
+        people,
+        seed,
+        samples,
+        nginx_port=ports[3],
+        workers=workers,
+        search_port=ports[4],
+    )
+    return state, directory
+
+
+def _load_state(
+    root: Path, people: int, seed: int, workers: bool
+) -> tuple[DemoState, SampleDirectory | None]:
+    state = DemoState.load(root / STATE_FILE)
+    if state is None:
+        return _new_state(root, people, seed, workers)
+    if state.workers != workers:
+        made, asked = ("--workers", "without it") if state.workers else ("no --workers", "with --workers")
+        raise DemoError(
+            f"{root} holds a demo made with {made} (its accounts live in that server's database); run it "
+            f"{asked} again as before, or use another --dir for this one"
+        )
+    if people != state.people:
+        _say(f"note: this demo directory holds {state.people} people; --people {people} is ignored "
+             "(use another --dir for a different size)")  # fmt: skip
+    if not state.nginx_port:
+        state.nginx_port = free_port()
+    if not state.search_port:
+        state.search_port = free_port()
+    return state, None
+
+
+def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, workers: bool = False) -> int:
     """Bring everything up, sync, start the bot, print how to log in; wait for Ctrl-C unless ``once``."""
     from provisioner import sync
     from provisioner.synapse.auth import module_config_from
@@ -162,19 +311,8 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> i
     root = root.resolve()
     with demo_lock(root):
         state_path = root / STATE_FILE
-        state = DemoState.load(state_path)
-        fresh = state is None
-        directory: SampleDirectory | None = None
-        if state is None:
-            ports = free_ports(3)
-            _say(f"civmatrix demo: generating a city government of {people} people…")
-            directory = generate_directory(people, seed=seed)
-            samples = [{"login": p.uid, "name": p.display_name, "title": p.title, "dn": p.dn}
-                       for p in directory.samples]  # fmt: skip
-            state = DemoState(ports[0], ports[1], ports[2], people, seed, samples)
-        elif people != state.people:
-            _say(f"note: this demo directory holds {state.people} people; --people {people} is ignored "
-                 "(use another --dir for a different size)")  # fmt: skip
+        state, directory = _load_state(root, people, seed, workers)
+        fresh = directory is not None
         _check_ports(state)
         slapd = EmbeddedSlapd(
             root / "ldap",
@@ -182,44 +320,45 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> i
             root_password=_secret(root / "secrets" / "ldap_root_password"),
             service_password=_secret(root / "secrets" / "ldap_service_password"),
         )
-        if fresh:
-            assert directory is not None
+        if directory is not None:
             _say("starting OpenLDAP (slapd) and loading the directory…")
             slapd.load_ldif(directory.to_ldif())
         slapd.start()
-        processes: list[subprocess.Popen[bytes]] = []
-        synapse: EmbeddedSynapse | None = None
+        processes: dict[str, subprocess.Popen[bytes]] = {}
+        servers: _Single | _Workers | None = None
         try:
             if fresh:
                 # The demo's sample employees get a known password, so a person can log in from Element.
-                hashed = ssha(DEMO_PASSWORD)
-                slapd.modify("".join(
-                    f"dn: {s['dn']}\nchangetype: modify\nreplace: userPassword\nuserPassword: {hashed}\n\n"
-                    for s in state.samples
-                ))  # fmt: skip
-                state.save(state_path)
+                _set_demo_password(slapd, [s["dn"] for s in state.samples])
             cfg_path = root / "civmatrix.yaml"
-            if not cfg_path.exists():
-                _write_config(root, state, slapd)
             # Placeholders until Synapse is up and the accounts exist (the config names the files).
             _secret(root / "secrets" / "admin_token", PENDING)
             _secret(root / "secrets" / "bot_token", PENDING)
-            cfg = load_config(cfg_path)
-            _say("starting Synapse (closed server, directory login)…")
-            synapse = EmbeddedSynapse(
-                root / "synapse",
-                server_name=SERVER_NAME,
-                public_port=state.public_port,
-                admin_port=state.admin_port,
-                modules=[{"module": "provisioner.synapse.auth.DirectoryAuthProvider",
-                          "config": module_config_from(cfg)}],
-                log_level="WARNING",
-            )  # fmt: skip
-            synapse.start()
+            placeholder = not cfg_path.exists()
+            if placeholder:
+                # The login module's settings come from the directory section; the admin URL is known
+                # once the servers are laid out below.
+                _write_config(root, slapd, "http://127.0.0.1:1", state.search_port)
+            first_cfg = load_config(cfg_path)
+            login = module_config_from(first_cfg)
+            # A config kept from before the search service has no search: section: Synapse answers alone.
+            search = _search_listen(first_cfg)
+            search_port = int(search.rsplit(":", 1)[1]) if search else None
+            servers = (
+                _Workers(root, login, search_port) if state.workers else _Single(root, state, login, search)
+            )
+            if isinstance(servers, _Workers):
+                topo = servers.topology
+                state.public_port, state.admin_port = topo.deployment.public_port, topo.deployment.admin_port
+                state.nginx_port = topo.nginx_port
+            if placeholder:
+                _write_config(root, slapd, servers.admin_url, state.search_port)
+            state.save(state_path)
+            _say(f"starting {servers.what} (closed server, directory login)…")
+            servers.start()
             if (root / "secrets" / "admin_token").read_text().strip() == PENDING:
-                admin = synapse.create_admin("admin")
-                (root / "secrets" / "admin_token").write_text(admin.access_token)
-                bot = synapse.register(BOT_LOCALPART, displayname="События")
+                (root / "secrets" / "admin_token").write_text(servers.create_admin().access_token)
+                bot = servers.register(BOT_LOCALPART, "События")
                 (root / "secrets" / "bot_token").write_text(bot.access_token)
             cfg = load_config(cfg_path, token_required=True)
             _say("syncing the directory into Matrix…")
@@ -232,29 +371,140 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False) -> i
                 _say(f"sync finished in {result.report.seconds:.0f} s: {done}")
             if result.exit_code not in (exitcodes.OK, exitcodes.PARTIAL):
                 raise DemoError(f"the sync stopped: {result.message}")
-            processes.append(_start_bot(root, cfg))
-            _print_welcome(state, cfg)
+            if not any(s.get("note") == SPLIT_NOTE for s in state.samples):
+                split = _split_unit_person(result, {s["login"] for s in state.samples})
+                if split is not None:
+                    _set_demo_password(slapd, [split["dn"]])
+                    state.samples.append(split)
+                    state.save(state_path)
+            processes["bot"] = _start_child(root, cfg, "bot")
+            if search:
+                processes["search"] = _start_child(root, cfg, "search")
+            token = cfg.homeserver.admin_token or ""
+            user_ids = {p.login: uid for uid, p in result.desired.people.items()}
+            findable = _wait_until_findable(servers.public_url, token, state.samples[-1], user_ids)
+            by_title = _title_query(state.samples[-1]) if search else None
+            if by_title and not _wait_until_findable(
+                servers.public_url, token, state.samples[-1], user_ids, term=by_title
+            ):
+                by_title = None
+            joined = {
+                s["login"]: _joined(servers.admin_url, token, user_ids.get(s["login"], ""))
+                for s in state.samples
+            }
+            _print_welcome(state, cfg, servers, findable=findable, joined=joined, by_title=by_title)
             if once:
                 return exitcodes.OK
-            processes.append(_start_watch(root, cfg))
+            processes["watch"] = _start_child(root, cfg, "watch")
             _say("the directory watch is running (state/watch.log): a person deleted or disabled in LDAP is "
                  "locked within seconds, a hire appears in their room.")  # fmt: skip
             _wait_for_ctrl_c(processes)
             return exitcodes.OK
         finally:
-            for proc in processes:
+            for proc in processes.values():
                 _stop_process(proc)
-            if synapse is not None:
-                synapse.stop()
+            if servers is not None:
+                servers.stop()
             slapd.stop()
             _say("demo stopped; run the same command again to resume.")
 
 
-def _start_bot(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
-    (root / "bot").mkdir(exist_ok=True)
-    log = open(root / "bot" / "bot.log", "ab")  # noqa: SIM115 - owned by the child process
+SPLIT_NOTE = "split unit"
+
+
+def _set_demo_password(slapd: EmbeddedSlapd, dns: list[str]) -> None:
+    hashed = ssha(DEMO_PASSWORD)
+    slapd.modify("".join(
+        f"dn: {dn}\nchangetype: modify\nreplace: userPassword\nuserPassword: {hashed}\n\n" for dn in dns
+    ))  # fmt: skip
+
+
+def _split_unit_person(result: Any, taken: set[str]) -> dict[str, str] | None:
+    """Someone in the second room of a unit too big for one room, to show what a split looks like."""
+    rooms = sorted(
+        (r for r in result.desired.layout.rooms if r.shard_count > 1), key=lambda r: (r.shard != 2, r.key)
+    )
+    for room in rooms:
+        for user_id in room.members:
+            person = result.desired.people.get(user_id)
+            if person is not None and not person.disabled and person.login not in taken:
+                return {"login": person.login, "name": person.display_name, "title": person.title or "",
+                        "dn": person.dn, "note": SPLIT_NOTE}  # fmt: skip
+    return None
+
+
+def _title_query(colleague: dict[str, str]) -> str | None:
+    """Surname and the longest word of the title: a query only the directory search can answer."""
+    words = (colleague.get("title") or "").split()
+    return f"{_surname(colleague['name'])} {max(words, key=len).lower()}" if words else None
+
+
+def _surname(name: str) -> str:
+    return name.split()[0] if name.split() else name
+
+
+def _wait_until_findable(
+    url: str, token: str, colleague: dict[str, str], user_ids: dict[str, str], term: str | None = None
+) -> bool:
+    """Poll the user directory through the public URL until ``colleague`` is found by surname.
+
+    Synapse fills its user directory in the background after a bulk sync; a banner printed before that
+    would promise a search that finds nobody yet.
+    """
+    target = user_ids.get(colleague["login"])
+    if target is None:
+        return False
+    body = {"search_term": term or _surname(colleague["name"]), "limit": 50}
+    deadline = time.monotonic() + FINDABLE_TIMEOUT
+    said = False
+    while time.monotonic() < deadline:
+        with contextlib.suppress(SynapseError):
+            reply = admin_request(url, "POST", "/_matrix/client/v3/user_directory/search", body, token)
+            if any(r.get("user_id") == target for r in reply.get("results", [])):
+                return True
+        if not said:
+            _say("waiting until colleagues can be found by name (Synapse indexes them after the sync)…")
+            said = True
+        time.sleep(1.0)
+    return False
+
+
+def _joined(admin_url: str, token: str, user_id: str) -> list[str]:
+    """The names of the rooms and spaces ``user_id`` has joined, as the server reports them."""
+    if not user_id:
+        return []
+    quoted = urllib.parse.quote(user_id, safe="")
+    try:
+        rooms = admin_request(
+            admin_url, "GET", f"/_synapse/admin/v1/users/{quoted}/joined_rooms", token=token
+        )
+        names = []
+        for room_id in rooms.get("joined_rooms", []):
+            info = admin_request(admin_url, "GET", f"/_synapse/admin/v1/rooms/{urllib.parse.quote(room_id)}",
+                                 token=token)  # fmt: skip
+            kind = "space" if info.get("room_type") == "m.space" else "room"
+            names.append(f"{kind} «{info.get('name') or room_id}»")
+        return sorted(names, key=lambda n: (n.startswith("space"), n))
+    except SynapseError as e:
+        return [f"(could not be read: {e})"]
+
+
+# The demo's long-running children: what a warning calls each, where it logs (under the demo dir), and
+# its command after ``python -m``; ``--config`` is inserted after the module.
+_CHILDREN: dict[str, tuple[str, str, tuple[str, ...]]] = {
+    "bot": ("the event bot", "bot/bot.log", ("bridge.cli", "run")),
+    "search": ("the search service", "state/search.log", ("bridge.cli", "search")),
+    "watch": ("the directory watch", "state/watch.log", ("provisioner.cli", "-v", "watch")),
+}
+
+
+def _start_child(root: Path, cfg: Config, which: str) -> subprocess.Popen[bytes]:
+    _, log_name, (module, *command) = _CHILDREN[which]
+    log_path = root / log_name
+    log_path.parent.mkdir(exist_ok=True)
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the child process
     return subprocess.Popen(
-        [sys.executable, "-m", "bridge.cli", "--config", cfg.path, "run"],
+        [sys.executable, "-m", module, "--config", cfg.path, *command],
         stdout=log,
         stderr=subprocess.STDOUT,
         cwd=root,
@@ -262,16 +512,11 @@ def _start_bot(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
     )
 
 
-def _start_watch(root: Path, cfg: Config) -> subprocess.Popen[bytes]:
-    (root / "state").mkdir(exist_ok=True)
-    log = open(root / "state" / "watch.log", "ab")  # noqa: SIM115 - owned by the child process
-    return subprocess.Popen(
-        [sys.executable, "-m", "provisioner.cli", "--config", cfg.path, "-v", "watch"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=root,
-        start_new_session=True,
-    )
+def _search_listen(cfg: Config) -> str | None:
+    section = cfg.raw.get("search")
+    if not isinstance(section, dict):
+        return None
+    return str(section.get("listen") or f"{LOOPBACK}:8010")
 
 
 def _stop_process(proc: subprocess.Popen[bytes]) -> None:
@@ -284,7 +529,7 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _wait_for_ctrl_c(processes: list[subprocess.Popen[bytes]]) -> None:
+def _wait_for_ctrl_c(processes: dict[str, subprocess.Popen[bytes]]) -> None:
     stop = False
 
     def handler(signum: int, frame: object) -> None:
@@ -294,37 +539,74 @@ def _wait_for_ctrl_c(processes: list[subprocess.Popen[bytes]]) -> None:
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
     while not stop:
-        for proc in processes:
+        for which, proc in list(processes.items()):
             if proc.poll() is not None:
-                is_bot = "bridge.cli" in list(proc.args)  # type: ignore[arg-type]
-                name = "the event bot (bot/bot.log)" if is_bot else "the watch (state/watch.log)"
-                _say(f"warning: {name} exited with code {proc.returncode}")
-                processes.remove(proc)
+                what, log_name, _ = _CHILDREN[which]
+                _say(f"warning: {what} exited with code {proc.returncode} (see {log_name})")
+                del processes[which]
         time.sleep(0.5)
 
 
-def _print_welcome(state: DemoState, cfg: Config) -> None:
-    url = f"http://127.0.0.1:{state.public_port}"
+def _print_welcome(
+    state: DemoState,
+    cfg: Config,
+    servers: _Single | _Workers,
+    *,
+    findable: bool,
+    joined: dict[str, list[str]],
+    by_title: str | None = None,
+) -> None:
+    url = servers.public_url
     first = state.samples[0] if state.samples else {"login": "?", "name": "?", "title": "?"}
+    colleague = state.samples[-1] if state.samples else first
+    split = next((s for s in state.samples if s.get("note") == SPLIT_NOTE), None)
     lines = [
         "",
-        "civmatrix demo is running.",
+        f"civmatrix demo is running: {servers.what}.",
         f"  Homeserver URL : {url}   (server name {cfg.homeserver.server_name})",
         f"  Log in as      : {first['login']}  /  {DEMO_PASSWORD}   ({first['name']}, {first['title']})",
         "  Other employees with the same password:",
         *[f"      {s['login']:<20} {s['name']} — {s['title']}" for s in state.samples[1:]],
         "  Use any Matrix client: Element web, desktop or mobile — choose 'custom homeserver' and enter the",
-        "  URL above. Colleagues are found by surname in 'Start chat'; your department room and space are",
-        f"  already joined. The event bot is @{BOT_LOCALPART}:{SERVER_NAME} (try `!event help` in a room).",
+        "  URL above. What each of them has joined, read back from the server:",
+        *[
+            f"        {s['login']}: {', '.join(joined.get(s['login']) or ['nothing yet'])}"
+            for s in state.samples
+        ],
+    ]
+    if split is not None:
+        lines.append(
+            f"  {split['name']} ({split['login']}) works in a unit larger than one room "
+            f"({cfg.layout.max_room_size} seats): they sit in one of its rooms, and in the unit's space "
+            "with everyone else."
+        )
+    else:
+        lines.append(f"  No unit at this size is larger than one room ({cfg.layout.max_room_size} seats).")
+    if findable:
+        lines.append(
+            f"  Colleagues are found by surname in 'Start chat': «{_surname(colleague['name'])}» finds "
+            f"{colleague['name']} (checked through the URL above)."
+        )
+    else:
+        lines.append(
+            "  Colleague search is still being indexed by Synapse; names become findable within minutes."
+        )
+    if by_title:
+        lines.append(
+            f"  The search also takes titles, units, phone digits and e-mail: «{by_title}» finds "
+            f"{colleague['name']} (checked the same way)."
+        )
+    lines += [
+        f"  The event bot is @{BOT_LOCALPART}:{SERVER_NAME} (try `!event help` in a room).",
         "  Press Ctrl-C to stop; the same command resumes with everything kept.",
         "",
     ]
     _say("\n".join(lines))
 
 
-def demo_main(root: str, people: int, once: bool) -> int:
+def demo_main(root: str, people: int, once: bool, *, workers: bool = False) -> int:
     try:
-        return run_demo(Path(root), people=people, once=once)
-    except (DemoError, SlapdError, SynapseError) as e:
+        return run_demo(Path(root), people=people, once=once, workers=workers)
+    except (DemoError, SlapdError, SynapseError, NginxError, PostgresError, RedisError) as e:
         print(f"error: {e}", file=sys.stderr)
         return exitcodes.CONFIG

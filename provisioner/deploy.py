@@ -45,6 +45,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from provisioner import proxy
 from provisioner.embedded.ports import LOOPBACK
 from provisioner.synapse.config import check_config, render_homeserver_config
 
@@ -102,6 +103,10 @@ ROUTES: Mapping[Role, tuple[str, ...]] = {
     "presence": PRESENCE_ROUTES,
     "events": (),
 }
+
+
+# Where the search service listens by default (config ``search.listen``), beside the main process.
+SEARCH_PORT = 8090
 
 
 class DeploymentError(Exception):
@@ -195,6 +200,11 @@ class Deployment:
     login: Mapping[str, Any] | None = None
     # Extra homeserver.yaml settings merged last (tests use it for shared-secret registration).
     overrides: Mapping[str, Any] = field(default_factory=dict)
+    # ``host:port`` of the colleague search service (config ``search.listen``); nginx falls back to
+    # Synapse's user directory when it is down. None: Synapse answers every search.
+    search: str | None = None
+    # Synapse's ``max_upload_size``; nginx's ``client_max_body_size`` is the same value.
+    max_upload_size: str = "50M"
 
     def writers(self, role: Role) -> list[str]:
         return [w.name for w in self.workers if w.role == role]
@@ -226,6 +236,8 @@ def standard_deployment(
     paths: Paths | None = None,
     ports: Iterator[int] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    search_port: int | None = SEARCH_PORT,
+    max_upload_size: str = "50M",
 ) -> Deployment:
     """The recommended topology: main process, N sync workers, M event persisters, one presence writer.
 
@@ -234,6 +246,8 @@ def standard_deployment(
     machine (systemd). ``ports`` overrides the default port numbers in order (main public, admin,
     replication, then each worker's client and replication port); tests pass free ports.
     ``element_url`` defaults to ``https://chat.<public host without its first label>/``.
+    ``search_port``: the search service listens there on the main host (it runs beside the bot, which
+    shares the main process's network namespace in compose); None routes searches to Synapse only.
     """
     host = _host_name(public_baseurl, "public_baseurl")
     if element_url is None:
@@ -278,6 +292,8 @@ def standard_deployment(
         workers=workers,
         login=dict(login) if login is not None else None,
         overrides=dict(overrides or {}),
+        search=f"{'synapse' if compose else LOOPBACK}:{search_port}" if search_port else None,
+        max_upload_size=max_upload_size,
     )
 
 
@@ -307,6 +323,7 @@ def homeserver_config(d: Deployment) -> dict[str, Any]:
         "macaroon_secret_key_path": d.secret(MACAROON_SECRET),
         "form_secret_path": d.secret(FORM_SECRET),
         "presence": dict(PRESENCE_TUNING),
+        "max_upload_size": d.max_upload_size,
         # --- workers -------------------------------------------------------------------------------
         "instance_map": {"main": {"host": d.main_host, "port": d.replication_port}}
         | {w.name: {"host": w.host, "port": w.replication_port} for w in d.workers if w.replication_port},
@@ -420,53 +437,53 @@ def element_config(d: Deployment) -> dict[str, Any]:
     }
 
 
-def _nginx_upstream(name: str, servers: Sequence[str], *, sticky: bool) -> str:
-    lines = [f"upstream {name} {{"]
-    if sticky:
-        # One person's long-polling /sync keeps hitting the same worker, whose caches hold their rooms.
-        lines.append("    hash $http_authorization consistent;")
-    lines += [f"    server {s};" for s in servers]
-    lines += ["    keepalive 32;", "}"]
-    return "\n".join(lines)
+def proxy_model(
+    d: Deployment, *, listen: Sequence[str] | None = None, tls: proxy.Tls | None = None
+) -> proxy.Proxy:
+    """The nginx site of this deployment (:mod:`provisioner.proxy`): main process, worker pools, search.
+
+    Defaults are the production ones: TLS on 443 with the deployment's certificate paths. The embedded
+    topology passes a loopback ``listen`` and no (or a test) ``tls``.
+    """
+    if listen is None:
+        # "listen ... ssl http2" rather than "http2 on": Debian 12 ships nginx 1.22, which lacks the latter.
+        listen = ("443 ssl http2", "[::]:443 ssl http2")
+        tls = tls or proxy.Tls(d.paths.tls_cert, d.paths.tls_key)
+    pools = []
+    for role in ("sync", "presence"):
+        servers = tuple(f"{w.host}:{w.client_port}" for w in d.workers if w.role == role and w.client_port)
+        if servers:
+            pools.append(proxy.Upstream(f"synapse_{role}", servers, ROUTES[role], sticky=role == "sync"))
+    return proxy.Proxy(
+        server_name=_host_name(d.public_baseurl, "public_baseurl"),
+        public_baseurl=d.public_baseurl,
+        listen=tuple(listen),
+        main=proxy.Upstream(proxy.MAIN, (f"{d.main_host}:{d.public_port}",)),
+        workers=tuple(pools),
+        tls=tls,
+        search=d.search,
+        max_body_size=d.max_upload_size,
+    )
 
 
 def nginx_config(d: Deployment) -> str:
-    """nginx site: TLS, /_synapse/admin blocked, worker routes, Element on its own host name."""
+    """nginx site: the Matrix host of :func:`proxy_model` (TLS), the HTTP redirect, Element's host."""
     matrix_host = _host_name(d.public_baseurl, "public_baseurl")
     element_host = _host_name(d.element_url, "element_url")
-    upstreams = [_nginx_upstream("synapse_main", [f"{d.main_host}:{d.public_port}"], sticky=False)]
+    model = proxy_model(d)
+    assert model.tls is not None
     if d.target == "compose":
-        upstreams.append(_nginx_upstream("element_web", ["element:80"], sticky=False))
+        element_upstream = "\nupstream element_web {\n    server element:80;\n    keepalive 32;\n}\n"
         element = "        proxy_pass http://element_web;"
     else:
         # Element Web is static files: unpack a release there and put element-config.json in as config.json.
+        element_upstream = ""
         element = "        root /var/www/element-web;\n        try_files $uri $uri/ /index.html;"
-    locations: list[str] = []
-    for role in ("sync", "presence"):
-        servers = [f"{w.host}:{w.client_port}" for w in d.workers if w.role == role and w.client_port]
-        if not servers:
-            continue
-        upstream = f"synapse_{role}"
-        upstreams.append(_nginx_upstream(upstream, servers, sticky=role == "sync"))
-        locations += [
-            f"    location ~ {route} {{\n        proxy_pass http://{upstream};\n    }}"
-            for route in ROUTES[role]
-        ]
-    tls = (
-        # "listen ... ssl http2" rather than "http2 on": Debian 12 ships nginx 1.22, which lacks the latter.
-        "    listen 443 ssl http2;\n"
-        "    listen [::]:443 ssl http2;\n"
-        f"    ssl_certificate {d.paths.tls_cert};\n"
-        f"    ssl_certificate_key {d.paths.tls_key};\n"
-        "    ssl_protocols TLSv1.2 TLSv1.3;\n"
-        "    ssl_session_cache shared:civmatrix:10m;\n"
-        '    add_header Strict-Transport-Security "max-age=31536000" always;\n'
-    )
     return (
         HEADER
-        + "\n\n".join(upstreams)
+        + proxy.http_context(model)
+        + element_upstream
         + f"""
-
 # Everything is HTTPS; plain HTTP only redirects.
 server {{
     listen 80;
@@ -475,44 +492,18 @@ server {{
     return 301 https://$host$request_uri;
 }}
 
+"""
+        + proxy.server_block(model)
+        + f"""
 server {{
-{tls}    server_name {matrix_host};
+    listen 443 ssl http2;
+    listen [::]:443 ssl http2;
+    ssl_certificate {model.tls.cert};
+    ssl_certificate_key {model.tls.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    server_name {element_host};
 
-    # Synapse's default max_upload_size is 50M; a larger body would be refused by Synapse anyway.
-    client_max_body_size 50M;
-    proxy_http_version 1.1;
-    proxy_set_header Connection "";
-    proxy_set_header Host $host;
-    proxy_set_header X-Forwarded-For $remote_addr;
-    proxy_set_header X-Forwarded-Proto $scheme;
-    # Long-polling /sync holds a request up to 30 s (Element); give it room.
-    proxy_read_timeout 120s;
-
-    # The admin API is for the provisioner on the machine itself, never for the outside (Rule 2).
-    location ^~ /_synapse/admin {{
-        return 404;
-    }}
-    # No federation: there is no federation listener behind this proxy either (Rule 3).
-    location ^~ /_matrix/federation {{
-        return 404;
-    }}
-    location ^~ /_matrix/key {{
-        return 404;
-    }}
-
-{chr(10).join(locations)}
-
-    location ~ ^(/_matrix|/_synapse/client|/\\.well-known/matrix/client) {{
-        proxy_pass http://synapse_main;
-    }}
-    location / {{
-        return 404;
-    }}
-}}
-
-server {{
-{tls}    server_name {element_host};
-
+    add_header Strict-Transport-Security "max-age=31536000" always;
     add_header X-Frame-Options SAMEORIGIN always;
     add_header X-Content-Type-Options nosniff always;
     add_header Content-Security-Policy "frame-ancestors 'self'" always;

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.matrix.client import HomeserverClient, RoomSummary, StateEvent
-from bridge.matrix.contract import MARKER_TYPE, META_TYPE, REGISTRY_TYPE
+from bridge.matrix.contract import MARKER_TYPE, META_TYPE, PROFILE_KEYS, REGISTRY_TYPE
 from bridge.matrix.errors import MNotFound
 from provisioner.core.actions import RoomKind
 from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, RegistryEntry
@@ -27,6 +27,10 @@ from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, Reg
 log = logging.getLogger(__name__)
 
 REGISTRY_SHARDS = 64
+# Bumped when what the cache holds per room changes, so an older cache is read as no cache:
+# 2 added the room version, 3 the history visibility (a cache without it would hide world-readable rooms
+# from the sync that closes them). Branches that each took 2 for one of them meet at 3.
+CACHE_VERSION = 3
 
 
 def registry_shard(anchor: str) -> int:
@@ -60,6 +64,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     topic = by_type.get(("m.room.topic", ""), {}).get("topic")
     join_rule = by_type.get(("m.room.join_rules", ""), {}).get("join_rule")
     visibility = by_type.get(("m.room.history_visibility", ""), {}).get("history_visibility")
+    version = by_type.get(("m.room.create", ""), {}).get("room_version", "1")
     return ObservedRoom(
         room_id=room_id,
         kind=kind,
@@ -72,6 +77,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
         members=members,
         children=children,
         history_visibility=visibility if isinstance(visibility, str) else None,
+        room_version=str(version),
     )
 
 
@@ -113,7 +119,7 @@ def _room_to_json(room: ObservedRoom) -> dict[str, Any]:
         "room_id": room.room_id, "kind": room.kind, "key": room.key, "name": room.name, "topic": room.topic,
         "alias": room.alias, "join_rule": room.join_rule, "power_users": dict(room.power_users),
         "members": sorted(room.members), "children": sorted(room.children),
-        "history_visibility": room.history_visibility,
+        "history_visibility": room.history_visibility, "room_version": room.room_version,
     }  # fmt: skip
 
 
@@ -123,13 +129,8 @@ def _room_from_json(d: dict[str, Any]) -> ObservedRoom:
         alias=d["alias"], join_rule=d["join_rule"],
         power_users={str(k): int(v) for k, v in d["power_users"].items()},
         members=frozenset(d["members"]), children=frozenset(d["children"]),
-        history_visibility=d.get("history_visibility"),
+        history_visibility=d.get("history_visibility"), room_version=d["room_version"],
     )  # fmt: skip
-
-
-# 2: rooms carry their history visibility; a version-1 cache would hide world-readable rooms from the
-# sync that closes them, so it is read as no cache.
-CACHE_VERSION = 2
 
 
 @dataclass
@@ -220,10 +221,13 @@ async def observe(
     concurrency: int = 8,
     cache: RoomCache | None = None,
     service_accounts: Iterable[str] = (),
+    read_profiles: bool = False,
 ) -> Observed:
     """The server as the provisioner sees it; rooms it did not create are never read.
 
     ``service_accounts`` (the provisioner is always one) are checked for their rate-limit exemption.
+    ``read_profiles`` also reads the directory fields of every active managed person (one GET each, so
+    only on a full read): what people changed by hand is then put back.
     """
     users: dict[str, ObservedUser] = {}
     async for u in client.list_users():
@@ -265,4 +269,35 @@ async def observe(
     unlimited = frozenset(
         [u for u in {provisioner, *service_accounts} if u in users and not await client.rate_limited(u)]
     )
-    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=last, unlimited=unlimited)
+    profiles: dict[str, tuple[tuple[str, str | None], ...]] = {}
+    if read_profiles:
+        server = provisioner.split(":", 1)[1]
+        uids = (f"@{e.localpart}:{server}" for e in registry.values())
+        active = [
+            uid for uid in uids if (seen := users.get(uid)) and not seen.deactivated and not seen.locked
+        ]
+        profiles = await read_profile_fields(client, active, concurrency=concurrency)
+    return Observed(users=users, rooms=rooms, registry=registry, last_good_count=last, unlimited=unlimited,
+                    profiles=profiles)  # fmt: skip
+
+
+async def read_profile_fields(
+    client: HomeserverClient, user_ids: Iterable[str], *, concurrency: int = 8
+) -> dict[str, tuple[tuple[str, str | None], ...]]:
+    """User ID → the sync's fields as found on the profile (absent or non-text reads as ``None``)."""
+    sem = asyncio.Semaphore(concurrency)
+    out: dict[str, tuple[tuple[str, str | None], ...]] = {}
+
+    async def one(uid: str) -> None:
+        async with sem:
+            try:
+                profile = await client.get_profile(uid)
+            except MNotFound:
+                return
+        out[uid] = tuple(
+            (name, v if isinstance(v := profile.get(key), str) else None)
+            for name, key in PROFILE_KEYS.items()
+        )
+
+    await asyncio.gather(*(one(u) for u in user_ids))
+    return out

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bridge.matrix.client import HomeserverClient
-from bridge.matrix.contract import META_TYPE, PROFILE_FIELD
+from bridge.matrix.contract import CREATOR_POWER_VERSIONS, META_TYPE, PROFILE_KEYS
 from bridge.matrix.errors import HomeserverError
 from provisioner import exitcodes
 from provisioner.apply import AuditLog, Executor, Progress, Report
@@ -40,6 +40,7 @@ from provisioner.core.saved import rail_violations, saved_plan_problem
 from provisioner.core.watch import keep_locked as keep_locked_plan
 from provisioner.ldap_reader import read_directory
 from provisioner.observe import RoomCache, observe, refresh_cache
+from provisioner.search_feed import searchable, write_search_index
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,6 @@ class RunResult:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-# Room versions whose creators hold unlimited power outside power_levels (MSC4289).
-CREATOR_POWER_VERSIONS = frozenset({"12", "org.matrix.hydra.11"})
-
-
 def sync_policy(
     cfg: Config, provisioner: str, *, profile_fields: bool, room_version: str | None = None
 ) -> SyncPolicy:
@@ -76,7 +73,9 @@ def sync_policy(
         profile_fields=profile_fields,
         deactivate_after_seconds=cfg.safety.deactivate_after_days * 86400.0,
         min_directory_fraction=cfg.safety.min_directory_fraction,
-        creator_in_power_levels=room_version not in CREATOR_POWER_VERSIONS,
+        creator_in_power_levels=(cfg.layout.room_version or room_version) not in CREATOR_POWER_VERSIONS,
+        room_version=cfg.layout.room_version,
+        public_spaces=cfg.layout.space_members == "tree",
     )
 
 
@@ -103,11 +102,13 @@ async def make_plan(
         concurrency=cfg.sync.concurrency,
         cache=cache,
         service_accounts=[bot] if bot else [],
+        # A full read (no warm room cache: first run, expired, or --full-read) also checks every profile.
+        read_profiles=cache is None or not cache.entries,
     )
     policy = sync_policy(
         cfg,
         who.user_id,
-        profile_fields=caps.can_set_profile_field(PROFILE_FIELD),
+        profile_fields=all(caps.can_set_profile_field(k) for k in PROFILE_KEYS.values()),
         room_version=caps.default_room_version,
     )
     previous, taken = previous_identities(snapshot, observed, cfg.homeserver.server_name)
@@ -230,6 +231,17 @@ async def run(
             cache.save()
         result.report = report
         is_trusted, _ = trusted(snapshot, observed, policy)
+        if policy.public_spaces:
+            spaces = {
+                rid
+                for key, rid in executor.room_ids.items()
+                if key in {s.unit_key for s in desired.layout.spaces}
+            }
+            write_presence_exclusions(cfg, spaces)
+        if cfg.search_index:
+            # Written before anything else can fail, so a hire is findable the moment this run ends.
+            people = searchable(desired, observed, snapshot, plan, policy, failed_users=report.failed_users)
+            write_search_index(cfg.search_index, people, desired, trusted=is_trusted, now=clock())
         if is_trusted and report.ok and observed.last_good_count != len(snapshot.people):
             await client.put_account_data(
                 policy.provisioner, META_TYPE, {"last_good_count": len(snapshot.people)}
@@ -247,6 +259,38 @@ async def run(
                         "rooms_cached": cache.hits}  # fmt: skip
         write_last_run(cfg, result, run_id)
         return result
+
+
+PRESENCE_FILE = "presence-exclude.yaml"
+
+
+def write_presence_exclusions(cfg: Config, space_ids: set[str]) -> bool:
+    """Leave ``state_dir/presence-exclude.yaml`` (Synapse's ``exclude_rooms_from_presence``) for the spaces.
+
+    Everyone is in the spaces above them, so without this a presence update would reach the whole
+    organisation through the top space. Synapse reads it as an extra config file (``-c``) at start; returns
+    True when the list changed, which needs a Synapse restart to take effect (new units are rare).
+    """
+    path = Path(cfg.sync.state_dir) / PRESENCE_FILE
+    text = (
+        "# Written by `provisioner sync`: the managed spaces, kept out of presence fan-out.\n"
+        "# Load it with Synapse's own config: -c homeserver.yaml -c "
+        + PRESENCE_FILE
+        + " (restart on change).\n"
+        + "exclude_rooms_from_presence:\n"
+        + "".join(f'  - "{rid}"\n' for rid in sorted(space_ids))
+    )
+    try:
+        if path.read_text(encoding="utf-8") == text:
+            return False
+    except OSError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    log.warning("%d spaces written to %s: restart Synapse so that presence skips them", len(space_ids), path)
+    return True
 
 
 def touched_rooms(plan: Plan) -> set[str]:

@@ -10,6 +10,13 @@ command -v ldapsearch >/dev/null 2>&1 || need_apt+=(ldap-utils)
 # Headers python-ldap (the fast directory reader) builds against.
 [ -f /usr/include/ldap.h ] || need_apt+=(libldap2-dev)
 [ -f /usr/include/sasl/sasl.h ] || need_apt+=(libsasl2-dev)
+# The production topology the demo (--workers) and the tests start for themselves: nginx in front,
+# PostgreSQL (initdb/pg_ctl of the Debian package) and Redis. Each runs privately on a loopback port.
+[ -x /usr/sbin/nginx ] || command -v nginx >/dev/null 2>&1 || need_apt+=(nginx)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+# The TLS test makes a self-signed pair.
+command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2
@@ -17,7 +24,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
   echo "setup: installing ${need_apt[*]}" >&2
   export DEBIAN_FRONTEND=noninteractive
-  # The Debian package would start a system slapd; ours run on their own ports with their own config.
+  # The Debian packages would start system services (slapd, nginx, PostgreSQL, Redis); ours run on their
+  # own ports with their own config, so package scripts may not start anything.
   printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
   apt-get update -q >/dev/null
   apt-get install -y -q --no-install-recommends "${need_apt[@]}" >/dev/null

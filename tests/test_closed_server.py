@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -21,15 +19,14 @@ from typing import Any
 import pytest
 import yaml
 
-from provisioner.embedded.ports import free_port, port_is_free
+from provisioner import proxy
+from provisioner.embedded.nginx import EmbeddedNginx
+from provisioner.embedded.ports import free_port
 from provisioner.embedded.synapse import EmbeddedSynapse, write_homeserver_config
 from provisioner.synapse import bootstrap
 from provisioner.synapse.access import (
     PUBLIC_CLIENT_PATHS,
     needs_token,
-    nginx_public_path_map,
-    nginx_token_guard_maps,
-    nginx_token_guard_server,
     writes_directory_profile_field,
 )
 from provisioner.synapse.config import (
@@ -622,12 +619,17 @@ def test_which_profile_writes_belong_to_the_directory(method: str, path: str, ow
     assert writes_directory_profile_field(method, path) is owned
 
 
-def test_the_nginx_map_is_the_same_list() -> None:
-    rendered = nginx_public_path_map()
-    lines = rendered.splitlines()
-    assert lines[0] == "map $uri $civmatrix_public_path {" and lines[-1] == "}"
-    assert "    default 0;" in lines
-    patterns = [line.split('"~', 1)[1].rsplit('" 1;', 1)[0] for line in lines if line.startswith('    "~')]
+def test_the_nginx_site_takes_its_public_paths_from_the_one_list() -> None:
+    site = proxy.http_context(
+        proxy.Proxy(
+            server_name="city.example",
+            public_baseurl="https://matrix.city.example/",
+            listen=("127.0.0.1:8443",),
+            main=proxy.Upstream("synapse_main", ("127.0.0.1:8008",)),
+        )
+    )
+    block = site.split("$civmatrix_needs_token {", 1)[1].split("}", 1)[0]
+    patterns = [line.split('"~', 1)[1].rsplit('" 0;', 1)[0] for line in block.splitlines() if '" 0;' in line]
     assert patterns == list(PUBLIC_CLIENT_PATHS)
     # nginx regexes are PCRE; Python's re reads these the same (no lookarounds, no named groups).
     assert all(p.startswith("^/_matrix/client/") and p.endswith("$") and "(?" not in p for p in patterns)
@@ -716,50 +718,19 @@ def test_local_accounts_get_and_rotate_tokens_without_any_password(
 
 @contextlib.contextmanager
 def _nginx_in_front_of(tmp_path: Path, upstream_port: int) -> Iterator[str]:
-    """A minimal real nginx on loopback with the token guard of provisioner.synapse.access, proxying to
-    ``upstream_port``; yields its base URL. (The production site config is the topology's; this one only
-    carries the rule, so the rule is tested on its own.)"""
-    root = tmp_path / "nginx"
-    (root / "logs").mkdir(parents=True)
+    """The product's nginx site (provisioner.proxy, as deploy/ and the demo render it) in a real nginx on
+    loopback in front of one Synapse listener; yields its base URL."""
     port = free_port()
-    user = "user root;\n" if os.geteuid() == 0 else ""
-    conf = f"""{user}worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/logs/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body; proxy_temp_path {root}/proxy; fastcgi_temp_path {root}/fcgi;
-    uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
-{nginx_token_guard_maps()}
-    server {{
-        listen 127.0.0.1:{port};
-{nginx_token_guard_server()}
-        location / {{
-            proxy_pass http://127.0.0.1:{upstream_port};
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $remote_addr;
-        }}
-    }}
-}}
-"""
-    (root / "nginx.conf").write_text(conf, encoding="utf-8")
-    process = subprocess.Popen(
-        ["nginx", "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+    site = proxy.site(
+        proxy.Proxy(
+            server_name="city.example",
+            public_baseurl=f"http://127.0.0.1:{port}/",
+            listen=(f"127.0.0.1:{port}",),
+            main=proxy.Upstream("synapse_main", (f"127.0.0.1:{upstream_port}",)),
+        )
     )
-    try:
-        deadline = time.monotonic() + 20
-        while port_is_free(port, "127.0.0.1"):
-            if process.poll() is not None or time.monotonic() > deadline:
-                err = process.stderr.read().decode() if process.stderr else ""
-                raise AssertionError(f"nginx did not start: {err}\n{conf}")
-            time.sleep(0.05)
+    with EmbeddedNginx(tmp_path / "nginx", site, port=port):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(timeout=20)
 
 
 def test_nginx_with_the_rule_refuses_what_synapse_refuses(synapse: SynapseHandle, tmp_path: Path) -> None:

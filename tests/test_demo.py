@@ -58,12 +58,26 @@ def test_demo_runs_resumes_and_lets_a_person_log_in(tmp_path):
     root = tmp_path / "demo"
     first = subprocess.run(demo_cmd(root, "--once"), capture_output=True, text=True, timeout=600, env=env())
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]
-    assert "civmatrix demo is running." in first.stdout
+    assert "civmatrix demo is running: nginx in front of one Synapse process (SQLite)." in first.stdout
     url = re.search(r"Homeserver URL : (http://\S+)", first.stdout).group(1)
     user = re.search(r"Log in as\s+: (\S+)\s+/\s+(\S+)", first.stdout)
     assert user
-    # Everything the demo wrote lives under its directory.
-    assert {"ldap", "synapse", "secrets", "civmatrix.yaml", "demo.json"} <= {p.name for p in root.iterdir()}
+    # Everything the demo wrote lives under its directory; people reach Synapse through the demo's nginx.
+    assert {"ldap", "synapse", "nginx", "secrets", "civmatrix.yaml", "demo.json"} <= {
+        p.name for p in root.iterdir()
+    }
+    state = json.loads((root / "demo.json").read_text())
+    assert url == f"http://127.0.0.1:{state['nginx_port']}"
+    # The banner promises nothing that was not checked: the colleague search was tried through that URL.
+    assert "checked through the URL above" in first.stdout
+    # Nothing the sync did made Synapse log an error. (One line at startup is Synapse's own: each client
+    # listener builds a /sync servlet, and the second registers its cache metric again.)
+    errors = [
+        line
+        for line in (root / "synapse" / "homeserver.log").read_text().splitlines()
+        if " ERROR " in line and "Metric named cache_lru_cache_sync_valid_filter" not in line
+    ]
+    assert errors == []
 
     proc = subprocess.Popen(
         demo_cmd(root), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
@@ -76,7 +90,7 @@ def test_demo_runs_resumes_and_lets_a_person_log_in(tmp_path):
             if not line:
                 break
             out += line
-        assert "civmatrix demo is running." in out, out
+        assert "civmatrix demo is running:" in out, out
         # Resumed: same URL, and the sync found nothing (or almost nothing) to do.
         assert url in out
         assert "create_user" not in out
@@ -121,6 +135,12 @@ def test_demo_runs_resumes_and_lets_a_person_log_in(tmp_path):
         assert room in synced["rooms"]["invite"]
         status, body = login(url, user.group(1), "wrong-password")
         assert status == 403
+        # One person at one machine tries every login the banner offers, and the first one again: no 429
+        # (Synapse's default allows a burst of five per address; the demo documents its own limit).
+        offered = [m[0] for m in re.findall(r"^\s{6}(\S+)\s+(\S+) ", out, re.MULTILINE)]
+        for name in [user.group(1), *offered, user.group(1)]:
+            status, body = login(url, name, user.group(2))
+            assert status == 200, (name, body)
         # A second demo in the same directory is refused with a clear message.
         second = subprocess.run(
             demo_cmd(root, "--once"), capture_output=True, text=True, timeout=60, env=env()
@@ -133,3 +153,52 @@ def test_demo_runs_resumes_and_lets_a_person_log_in(tmp_path):
         rest, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0
     assert "demo stopped" in rest
+
+
+def test_demo_with_workers_prints_a_login_that_works_through_the_proxy() -> None:
+    """``make demo ARGS="--workers"``: PostgreSQL, Redis, Synapse main + workers and nginx, all private."""
+    import shutil
+    import tempfile
+
+    # Not tmp_path: the demo's PostgreSQL runs as the postgres user, which must be able to enter it.
+    base = Path(tempfile.mkdtemp(prefix="civmatrix-demo-workers-"))
+    base.chmod(0o711)
+    root = base / "demo"
+    proc = subprocess.Popen(
+        demo_cmd(root, "--workers"), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env()
+    )
+    try:
+        out = ""
+        deadline = time.time() + 400
+        while "Press Ctrl-C" not in out and time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            out += line
+        assert (
+            "Synapse main + synapse-sync-1, synapse-events-1, synapse-presence, on PostgreSQL and Redis"
+            in out
+        )
+        url = re.search(r"Homeserver URL : (http://\S+)", out).group(1)
+        user = re.search(r"Log in as\s+: (\S+)\s+/\s+(\S+)", out)
+        status, body = login(url, user.group(1), user.group(2))
+        assert status == 200, body
+        synced = call(url, "GET", "/_matrix/client/v3/sync?timeout=0", body["access_token"])
+        assert synced["rooms"]["join"], "the person's department room and space"
+        # The sync went through the worker topology: its own cluster, its own Redis.
+        topology = root / "topology"
+        assert (topology / "postgres" / "data" / "PG_VERSION").exists()
+        assert "GET /_matrix/client/v3/sync" in (topology / "logs" / "synapse-sync-1.log").read_text()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, _ = proc.communicate(timeout=120)
+    try:
+        assert proc.returncode == 0, rest
+        assert "demo stopped" in rest
+        # The same directory cannot be resumed as the other kind of demo: its accounts live in PostgreSQL.
+        other = subprocess.run(
+            demo_cmd(root, "--once"), capture_output=True, text=True, timeout=60, env=env()
+        )
+        assert other.returncode != 0 and "--workers" in other.stderr and "Traceback" not in other.stderr
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

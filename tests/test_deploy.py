@@ -10,21 +10,12 @@ persister and the presence writer, started from the generated files against Post
 from __future__ import annotations
 
 import configparser
-import hashlib
-import hmac
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +23,8 @@ import pytest
 import yaml
 
 from provisioner import deploy
-from provisioner.embedded.ports import LOOPBACK, free_port, free_ports
+from provisioner.embedded.ports import LOOPBACK
 from provisioner.synapse.config import PROJECT_ROOT, closed_config_violations
-from tests.closed_probes import closed_server_failures
 
 DEPLOY = PROJECT_ROOT / "deploy"
 PG = {"host": LOOPBACK, "port": 5432, "user": "postgres"}
@@ -182,6 +172,41 @@ def test_compose_runs_every_generated_worker_with_its_own_config() -> None:
     assert published == ["nginx"]
 
 
+def test_compose_matches_the_model_nginx_and_synapse_are_rendered_from() -> None:
+    """The compose file is hand-written around the generated files: every host:port the proxy model routes
+    to is a compose service listening there, and the services Synapse's config names exist."""
+    compose = _compose()
+    services = compose["services"]
+    d = example_deployment()
+    model = deploy.proxy_model(d)
+    routed = [server for upstream in (model.main, *model.workers) for server in upstream.servers]
+    for server in routed:
+        host, port = server.rsplit(":", 1)
+        assert host in services, f"nginx routes to {server}, but compose has no service {host}"
+        assert host in services["nginx"]["depends_on"], f"nginx does not wait for {host}"
+        check = " ".join(services[host].get("healthcheck", {}).get("test", []))
+        assert host == d.main_host or f":{port}/health" in check, f"{host}'s healthcheck is not on :{port}"
+    assert model.search is not None and model.search.split(":")[0] == d.main_host
+    assert d.database.host in services and d.redis.host in services
+    assert "./nginx/civmatrix.conf:/etc/nginx/conf.d/default.conf:ro" in services["nginx"]["volumes"]
+    assert {w.name for w in d.workers} <= set(services)
+
+
+def test_production_keeps_synapses_login_limits_and_trusts_forwarded_addresses_behind_nginx() -> None:
+    """The demo's raised login limits (provisioner.demo.DEMO_RATE_LIMITS) never reach deploy/."""
+    from provisioner.demo import DEMO_RATE_LIMITS
+
+    text = "\n".join(p.read_text(encoding="utf-8") for p in (DEPLOY / "synapse").rglob("*.yaml"))
+    assert not any(key in text for key in DEMO_RATE_LIMITS), "a demo rate limit is in deploy/synapse"
+    hs = deploy.homeserver_config(example_deployment())
+    public = next(listener for listener in hs["listeners"] if listener["port"] == 8008)
+    assert public["x_forwarded"] is True
+    for worker in example_deployment().workers:
+        for listener in deploy.worker_config(example_deployment(), worker)["worker_listeners"]:
+            if "client" in listener["resources"][0]["names"]:
+                assert listener["x_forwarded"] is True, worker.name
+
+
 def test_no_process_serves_federation() -> None:
     d = example_deployment()
     hs = deploy.homeserver_config(d)
@@ -200,13 +225,19 @@ def test_no_process_serves_federation() -> None:
 # --- nginx: a small model of its location matching, applied to the generated config -------------------
 
 
+_QUOTED = r"'(?:\\.|[^'\\])*'|\"(?:\\.|[^\"\\])*\""
+
+
 def _server_blocks(conf: str) -> list[str]:
+    """Top-level ``server {}`` blocks; braces inside quoted strings (JSON answers) do not count."""
     blocks, depth, start = [], 0, None
-    for m in re.finditer(r"\bserver\s*\{|\{|\}", conf):
-        if m.group().startswith("server") and depth == 0:
-            start = m.start()
-            depth = 1
-        elif m.group().endswith("{"):
+    for m in re.finditer(_QUOTED + r"|\bserver\s*\{|\{|\}", conf):
+        token = m.group()
+        if token[0] in "'\"":
+            continue
+        if token.startswith("server") and depth == 0:
+            start, depth = m.start(), 1
+        elif token.endswith("{"):
             depth += bool(start is not None)
         elif start is not None:
             depth -= 1
@@ -219,16 +250,27 @@ def _server_blocks(conf: str) -> list[str]:
 def _route(block: str, path: str) -> str:
     """Which location body serves ``path``: nginx picks the longest prefix; ``^~`` stops there,
     otherwise the first matching regex (in file order) wins, else that longest prefix."""
-    locations: list[tuple[str, str, str]] = re.findall(r"location\s+(\^~|~|=)?\s*(\S+)\s*\{([^}]*)\}", block)
-    prefixes = [(m, p, body) for m, p, body in locations if m in ("", "^~", "=") and path.startswith(p)]
+    body = rf"((?:{_QUOTED}|[^{{}}'\"])*)"
+    locations: list[tuple[str, str, str]] = re.findall(
+        r"location\s+(\^~|~|=)?\s*(\S+)\s*\{" + body + r"\}", block
+    )
+    exact = [body for m, p, body in locations if m == "=" and path == p]
+    if exact:
+        return exact[0].strip()
+    prefixes = [(m, p, body) for m, p, body in locations if m in ("", "^~") and path.startswith(p)]
     best = max(prefixes, key=lambda x: len(x[1]), default=None)
-    if best and best[0] in ("^~", "="):
+    if best and best[0] == "^~":
         return best[2].strip()
     for m, pattern, body in locations:
         if m == "~" and re.search(pattern, path):
             return body.strip()
     assert best is not None, f"no location for {path}"
     return best[2].strip()
+
+
+def _upstream(body: str) -> str:
+    found = re.match(r"proxy_pass http://(\w+);", body)
+    return found.group(1) if found else body
 
 
 def test_nginx_blocks_the_admin_api_and_federation_and_routes_to_workers() -> None:
@@ -240,24 +282,37 @@ def test_nginx_blocks_the_admin_api_and_federation_and_routes_to_workers() -> No
         "/_synapse/admin",
         "/_matrix/federation/v1/version",
         "/_matrix/key/v2/server",
+        "/.well-known/matrix/server",
+        "/index.html",
     ):
-        assert _route(matrix, path) == "return 404;", path
+        assert _route(matrix, path).startswith("return 404 "), path
     expected = {
         "/_matrix/client/v3/sync": "synapse_sync",
         "/_matrix/client/r0/sync": "synapse_sync",
         "/_matrix/client/v3/rooms/!r:city.example/messages": "synapse_sync",
-        "/_matrix/client/v3/user_directory/search": "synapse_sync",
+        "/_matrix/client/v3/user_directory/search": "civmatrix_search",
         "/_matrix/client/v3/keys/query": "synapse_sync",
         "/_matrix/client/v3/presence/@a:city.example/status": "synapse_presence",
         "/_matrix/client/v3/login": "synapse_main",
         "/_matrix/client/v3/rooms/!r:city.example/send/m.room.message/1": "synapse_main",
         "/_matrix/client/versions": "synapse_main",
         "/_synapse/client/pick_username": "synapse_main",
-        "/.well-known/matrix/client": "synapse_main",
     }
     for path, upstream in expected.items():
-        assert _route(matrix, path) == f"proxy_pass http://{upstream};", path
+        assert _upstream(_route(matrix, path)) == upstream, path
+    # The search service's fallback is the pool that serves the user directory without it.
+    assert "error_page 502 503 504 = @synapse_user_directory;" in _route(
+        matrix, "/_matrix/client/v3/user_directory/search"
+    )
+    assert re.search(r"location @synapse_user_directory \{\s*proxy_pass http://synapse_sync;", matrix)
+    wellknown = _route(matrix, "/.well-known/matrix/client")
+    answer = re.search(r"return 200 '(.*)';", wellknown)
+    assert answer and json.loads(answer.group(1)) == {
+        "m.homeserver": {"base_url": EXAMPLE_BASEURL.rstrip("/")}
+    }
     assert "ssl_certificate /run/secrets/tls_cert;" in matrix
+    hs = yaml.safe_load((DEPLOY / "synapse" / "homeserver.yaml").read_text(encoding="utf-8"))
+    assert f"client_max_body_size {hs['max_upload_size']};" in matrix
     assert re.search(r"listen 80;.*return 301 https://", conf, re.S)
 
 
@@ -427,343 +482,3 @@ def test_deploy_civmatrix_yaml_is_a_valid_config_matching_the_login_module(tmp_p
     login = synapse_auth.module_config_from(cfg)
     login["bind_password_file"] = login["bind_password_file"].replace(str(secrets_dir), "/run/secrets")
     assert login == dict(EXAMPLE_LOGIN)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Real: main process + sync worker + event persister + presence writer on PostgreSQL and Redis
-# --------------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def postgres_database() -> Iterator[str]:
-    """A fresh database with the C collation Synapse requires; dropped afterwards."""
-    psycopg2 = pytest.importorskip(
-        "psycopg2", reason="psycopg2 is in the test extra: pip install -e '.[test]'"
-    )
-    try:
-        admin = psycopg2.connect(dbname="postgres", connect_timeout=3, **PG)
-    except psycopg2.OperationalError as e:
-        pytest.skip(f"no PostgreSQL at {PG['host']}:{PG['port']} (user {PG['user']}): {e}".strip())
-    admin.autocommit = True
-    name = f"civmatrix_deploy_{uuid.uuid4().hex[:10]}"
-    with admin.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {name} LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
-    try:
-        yield name
-    finally:
-        with admin.cursor() as cur:
-            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[int]:
-    """A private redis-server on a free loopback port (no persistence: Synapse uses it for pub/sub only)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (apt install redis-server)")
-    pytest.importorskip(
-        "txredisapi", reason="Synapse's redis extra is missing: pip install 'matrix-synapse[redis]'"
-    )
-    port = free_port()
-    log = open(tmp_path / "redis.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [
-            binary,
-            "--port",
-            str(port),
-            "--bind",
-            LOOPBACK,
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=tmp_path,
-    )
-    try:
-        _wait_for(lambda: _redis_ping(port), 10, "redis-server", process)
-        yield port
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
-        log.close()
-
-
-def _redis_ping(port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((LOOPBACK, port), timeout=1) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-def _wait_for(
-    check: Any, timeout: float, what: str, process: subprocess.Popen[bytes], log: Path | None = None
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if process.poll() is not None or time.monotonic() > deadline:
-            tail = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
-            state = (
-                f"exited with {process.returncode}"
-                if process.poll() is not None
-                else f"not ready after {timeout:.0f}s"
-            )
-            raise AssertionError(f"{what} {state}\n{tail}")
-        time.sleep(0.1)
-
-
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-def _call(
-    port: int, method: str, path: str, body: Mapping[str, Any] | None = None, token: str | None = None
-) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        f"http://{LOOPBACK}:{port}{path}",
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Content-Type": "application/json"}
-        | ({"Authorization": f"Bearer {token}"} if token else {}),
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
-
-
-def _register(admin_port: int, secret: str, localpart: str, password: str) -> str:
-    """Shared-secret registration on the loopback admin listener (the test's own way in; production has none).
-
-    Returns the access token: the account's password logs nobody in (local passwords are off)."""
-    status, reply = _call(admin_port, "GET", "/_synapse/admin/v1/register")
-    assert status == 200, reply
-    message = "\x00".join((reply["nonce"], localpart, password, "notadmin")).encode()
-    mac = hmac.new(secret.encode(), message, hashlib.sha1).hexdigest()
-    body = {"nonce": reply["nonce"], "username": localpart, "password": password, "admin": False, "mac": mac}
-    status, reply = _call(admin_port, "POST", "/_synapse/admin/v1/register", body)
-    assert status == 200, reply
-    return str(reply["access_token"])
-
-
-class Processes:
-    """The Synapse processes of one test; all are stopped (SIGTERM, then SIGKILL) at the end."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.running: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
-
-    def start(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        log = self.root / f"{name}.log"
-        env = dict(os.environ)
-        # The main process imports the admin refuser (and the login module) from civmatrix.
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(PROJECT_ROOT), env.get("PYTHONPATH")]))
-        with open(log, "wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", *args],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=self.root,
-                start_new_session=True,
-            )
-        self.running[name] = (process, log)
-        return process
-
-    def wait_healthy(self, name: str, port: int, timeout: float = 90) -> None:
-        process, log = self.running[name]
-        _wait_for(lambda: _healthy(port), timeout, name, process, log)
-
-    def rss_mib(self) -> dict[str, float]:
-        sizes = {}
-        for name, (process, _) in self.running.items():
-            status = Path(f"/proc/{process.pid}/status").read_text()
-            kib = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-            sizes[name] = kib / 1024
-        return sizes
-
-    def stop_all(self) -> None:
-        for process, _ in self.running.values():
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process, _ in self.running.values():
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-@pytest.mark.synapse
-def test_synapse_with_workers_on_postgres_and_redis(
-    tmp_path: Path, postgres_database: str, redis_server: int
-) -> None:
-    import psycopg2  # type: ignore[import-untyped]
-
-    paths = _local_paths(tmp_path)
-    d = deploy.standard_deployment(
-        "deploy.test",
-        "https://matrix.deploy.test/",
-        target="host",
-        paths=paths,
-        database=deploy.Postgres(host=LOOPBACK, port=5432, user="postgres", database=postgres_database),
-        redis=deploy.Redis(host=LOOPBACK, port=redis_server),
-        ports=iter(free_ports(8)),
-        # The test's only way to make accounts with a password: shared-secret registration on the admin
-        # listener. Production has no such secret (people log in through LDAP).
-        overrides={"registration_shared_secret_path": f"{paths.secrets_dir}/registration_shared_secret"},
-    )
-    assert [w.role for w in d.workers] == ["sync", "events", "presence"]
-    sync_worker, persister, presence = d.workers
-    deploy.ensure_secrets(tmp_path / "secrets", d.database)
-    secret = uuid.uuid4().hex
-    (tmp_path / "secrets" / "registration_shared_secret").write_text(secret, encoding="utf-8")
-    deploy.write_deployment(tmp_path, d)
-    homeserver = str(tmp_path / "synapse" / "homeserver.yaml")
-
-    processes = Processes(tmp_path)
-    try:
-        began = time.monotonic()
-        processes.start("main", ["synapse.app.homeserver", "-c", homeserver])
-        processes.wait_healthy("main", d.public_port)
-        processes.wait_healthy("main", d.admin_port, 10)
-        main_ready = time.monotonic() - began
-        for worker in d.workers:
-            worker_yaml = str(tmp_path / "synapse" / "workers" / f"{worker.name}.yaml")
-            processes.start(worker.name, ["synapse.app.generic_worker", "-c", homeserver, "-c", worker_yaml])
-        for worker in d.workers:
-            processes.wait_healthy(worker.name, worker.client_port or worker.replication_port or 0)
-        all_ready = time.monotonic() - began
-
-        # Register through the main process; the registration's token is the way in, because the password
-        # Synapse stored logs nobody in (only the directory module answers password logins).
-        token = _register(d.admin_port, secret, "alice", "correct horse battery")
-        status, login = _call(
-            d.public_port,
-            "POST",
-            "/_matrix/client/v3/login",
-            {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": "alice"},
-                "password": "correct horse battery",
-            },
-        )
-        assert status in (400, 403) and "access_token" not in login, login
-        status, who = _call(d.public_port, "GET", "/_matrix/client/v3/account/whoami", token=token)
-        assert (status, who.get("user_id")) == (200, "@alice:deploy.test"), who
-        # Issue 12's probe set against the production main process directly (no proxy in front).
-        status, space = _call(
-            d.public_port, "POST", "/_matrix/client/v3/createRoom",
-            {"preset": "public_chat", "room_alias_name": "dept", "creation_content": {"type": "m.space"}}, token,
-        )  # fmt: skip
-        assert status == 200, space
-        failures = closed_server_failures(
-            f"http://{LOOPBACK}:{d.public_port}", alias="#dept:deploy.test", space_id=space["room_id"],
-            room_id=space["room_id"], person_id="@alice:deploy.test", admin_user="alice",
-            admin_password="correct horse battery",
-            employee={"token": token, "user_id": "@alice:deploy.test", "password": "correct horse battery",
-                      "new_password": "second horse battery"},
-        )  # fmt: skip
-        assert not failures, "\n".join(failures)
-
-        # The public listener still refuses the admin API (Rule 2 of provisioner.synapse.config).
-        status, reply = _call(d.public_port, "GET", "/_synapse/admin/v1/server_version")
-        assert (status, reply.get("errcode")) == (404, "M_UNRECOGNIZED")
-
-        status, room = _call(
-            d.public_port,
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            {"preset": "private_chat", "name": "deploy"},
-            token,
-        )
-        assert status == 200, room
-        room_id = room["room_id"]
-        body = f"hello through the workers {uuid.uuid4().hex[:6]}"
-        status, sent = _call(
-            d.public_port,
-            "PUT",
-            f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/send/m.room.message/t1",
-            {"msgtype": "m.text", "body": body},
-            token,
-        )
-        assert status == 200, sent
-
-        # Persisted by the event persister, not by the main process that received it.
-        with psycopg2.connect(dbname=postgres_database, **PG) as conn, conn.cursor() as cur:
-            cur.execute("SELECT instance_name FROM events WHERE event_id = %s", (sent["event_id"],))
-            assert cur.fetchone() == (persister.name,)
-
-        # /sync through the sync worker's own port returns the message (it learned of it over Redis).
-        assert sync_worker.client_port is not None
-        status, synced = _call(
-            sync_worker.client_port, "GET", "/_matrix/client/v3/sync?timeout=0", token=token
-        )
-        assert status == 200, synced
-        timeline = synced["rooms"]["join"][room_id]["timeline"]["events"]
-        assert [e["content"].get("body") for e in timeline if e["type"] == "m.room.message"] == [body]
-
-        # Every kind of request nginx sends to a sync worker is one the worker really serves (a route to a
-        # worker without the servlet would answer 404 M_UNRECOGNIZED to every client).
-        quoted_room, event = urllib.parse.quote(room_id), urllib.parse.quote(sent["event_id"])
-        worker_requests: list[tuple[str, str, dict[str, Any] | None]] = [
-            ("GET", f"/_matrix/client/v3/rooms/{quoted_room}/messages?dir=b&limit=5", None),
-            ("GET", f"/_matrix/client/v3/rooms/{quoted_room}/members", None),
-            ("GET", f"/_matrix/client/v3/rooms/{quoted_room}/joined_members", None),
-            ("GET", f"/_matrix/client/v3/rooms/{quoted_room}/context/{event}", None),
-            ("GET", f"/_matrix/client/v3/rooms/{quoted_room}/event/{event}", None),
-            ("GET", f"/_matrix/client/v1/rooms/{quoted_room}/hierarchy", None),
-            ("GET", f"/_matrix/client/v1/rooms/{quoted_room}/threads", None),
-            ("GET", f"/_matrix/client/v1/rooms/{quoted_room}/timestamp_to_event?ts=0&dir=f", None),
-            ("GET", f"/_matrix/client/v1/rooms/{quoted_room}/relations/{event}", None),
-            ("GET", "/_matrix/client/v3/joined_rooms", None),
-            ("POST", "/_matrix/client/v3/user_directory/search", {"search_term": "alice"}),
-            ("POST", "/_matrix/client/v3/keys/query", {"device_keys": {"@alice:deploy.test": []}}),
-            ("GET", "/_matrix/client/v3/capabilities", None),
-            ("GET", f"/_matrix/client/v3/rooms/{quoted_room}/initialSync", None),
-        ]
-        for method, path, request_body in worker_requests:
-            bare = urllib.parse.unquote(path.split("?")[0])
-            assert any(re.search(r, bare) for r in sync_worker.routes), (
-                f"{bare} is not routed to the sync worker"
-            )
-            status, reply = _call(sync_worker.client_port, method, path, request_body, token)
-            assert status == 200, (path, status, reply)
-
-        # Presence is written by the presence writer and read back through it.
-        assert presence.client_port is not None
-        quoted = urllib.parse.quote("@alice:deploy.test")
-        status, reply = _call(
-            presence.client_port,
-            "PUT",
-            f"/_matrix/client/v3/presence/{quoted}/status",
-            {"presence": "online", "status_msg": "at my desk"},
-            token,
-        )
-        assert status == 200, reply
-        status, reply = _call(
-            presence.client_port, "GET", f"/_matrix/client/v3/presence/{quoted}/status", token=token
-        )
-        assert status == 200 and reply["presence"] == "online" and reply["status_msg"] == "at my desk", reply
-
-        sizes = processes.rss_mib()
-        print(
-            f"\nstartup: main {main_ready:.1f}s, all {all_ready:.1f}s; RSS MiB: "
-            + ", ".join(f"{k} {v:.0f}" for k, v in sizes.items())
-        )
-    finally:
-        processes.stop_all()

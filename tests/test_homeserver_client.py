@@ -204,6 +204,24 @@ async def test_create_room_with_taken_alias(admin: HomeserverClient) -> None:
 
 
 @pytest.mark.synapse
+async def test_parallel_identical_creates_make_distinct_rooms_without_store_errors(
+    admin: HomeserverClient, synapse: SynapseHandle
+) -> None:
+    """Room version 12 derives the room ID from the create event: identical createRoom calls at once
+    (the sync makes rooms in parallel) must not produce the same create event, which Synapse only
+    sorts out after an ERROR ``store_room ... UNIQUE constraint failed``."""
+    log = synapse.server.log_path
+    offset = log.stat().st_size
+    bodies = [{"preset": "public_chat", "creation_content": {"type": "m.space"}} for _ in range(12)]
+    rooms = await asyncio.gather(*(admin.create_room(body) for body in bodies))
+    assert len(set(rooms)) == 12
+    with log.open(encoding="utf-8", errors="replace") as handle:
+        handle.seek(offset)
+        errors = [line for line in handle if " ERROR " in line or "store_room" in line]
+    assert errors == []
+
+
+@pytest.mark.synapse
 async def test_set_alias_is_idempotent(admin: HomeserverClient, synapse: SynapseHandle) -> None:
     first = await admin.create_room({"name": "a"})
     second = await admin.create_room({"name": "b"})

@@ -243,3 +243,27 @@ def test_replanning_with_own_result_changes_nothing(spec, max_room):
     first = plan_layout(people, UNITS, lps(people), policy(max_room=max_room))
     again = plan_layout(people, UNITS, lps(people), policy(max_room=max_room), first.room_of())
     assert again == first
+
+
+@settings(max_examples=60, deadline=None)
+@given(people_strategy, st.integers(2, 30))
+def test_tree_mode_puts_everyone_in_their_units_space_and_every_space_above(spec, max_room):
+    people = [person(i, u) for i, (u, _) in enumerate(spec)]
+    lay = plan_layout(people, UNITS, lps(people), policy(max_room=max_room, space_members="tree"))
+    by_unit = {s.unit_key: set(s.members) for s in lay.spaces}
+    parent = {u.key: u.parent_key for u in UNITS}
+    for p in people:
+        uid = f"@user{int(p.anchor[1:])}:{SERVER}"
+        chain, k = [], p.unit_key
+        while k is not None and k != ROOT_UNIT:
+            chain.append(k)
+            k = parent.get(k)
+        assert all(uid in by_unit[k] for k in [*chain, ROOT_UNIT])
+    # Nobody is in a space outside their own chain, and rooms still respect the size limit.
+    assert sum(len(m) for m in by_unit.values()) == sum(
+        1
+        + len([k for k in [p.unit_key] if k != ROOT_UNIT])
+        + (p.unit_key.count("/") if p.unit_key != ROOT_UNIT else 0)
+        for p in people
+    )
+    assert all(len(r.members) + 1 <= max_room for r in lay.rooms)

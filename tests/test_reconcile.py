@@ -51,7 +51,7 @@ CFG = parse_config(
             "bind_password_env": "HOME",
             "base_dn": "dc=x",
         },
-        "layout": {"max_room_size": 6},
+        "layout": {"max_room_size": 6, "space_members": "unit"},
         "exclude": [f"@boss:{SERVER}"],
         "bot": {"user_id": BOT},
     }
@@ -310,6 +310,61 @@ def test_profile_change_and_rename_are_single_updates():
     assert any(
         isinstance(a, SaveRegistry) and a.entries[0][3] == profile_hash(changed[0]) for a in plan.actions
     )
+
+
+def test_a_field_edited_by_hand_is_put_back_on_a_full_read():
+    people = [person(1, phone="+7 495 111-22-33")]
+    obs = simulate(plan_for(people, empty()), empty())
+    uid = f"@user1:{SERVER}"
+    # The person overwrote the title the sync wrote; the registry hash alone cannot see it.
+    edited = (("title", "Министр"), ("department", None), ("phone", "+7 495 111-22-33"), ("email", None))
+    assert not [a for a in plan_for(people, obs).actions if isinstance(a, UpdateUser)]
+    plan = plan_for(people, dataclasses.replace(obs, profiles={uid: edited}))
+    updates = [a for a in plan.actions if isinstance(a, UpdateUser)]
+    assert len(updates) == 1 and dict(updates[0].profile)["title"] == "Специалист"
+    # A profile that already matches costs nothing.
+    same = (("title", "Специалист"), ("department", None), ("phone", "+7 495 111-22-33"), ("email", None))
+    assert not plan_for(people, dataclasses.replace(obs, profiles={uid: same})).actions
+
+
+def test_space_tree_everyone_in_their_spaces_and_spaces_stay_public():
+    cfg = parse_config({**CFG.raw, "layout": {"max_room_size": 6, "space_members": "tree"}})
+    policy = dataclasses.replace(POLICY, public_spaces=True)
+    units = (*UNITS, Unit("u:a1", ("Отдел А", "Сектор 1"), "u:a"))
+    people = [person(i, "u:a1" if i % 2 else "u:b") for i in range(14)]
+
+    def plan(obs: Observed) -> Plan:
+        s = DirectorySnapshot(tuple(people), units, (), True, None, len(people))
+        prev, taken = previous_identities(s, obs, SERVER)
+        rooms = {m: k for k, r in obs.rooms.items() if r.kind == "room" for m in r.members}
+        desired = desired_state(
+            s,
+            cfg.layout_policy(),
+            previous_localparts=prev,
+            taken=taken | {"admin", "events", "boss"},
+            previous_rooms=rooms,
+        )
+        return reconcile(desired, obs, s, policy, now=1000.0)
+
+    first = plan(empty())
+    after = simulate(first, empty())
+    spaces = {k: r for k, r in after.rooms.items() if r.kind == "space"}
+    rooms = [r for r in after.rooms.values() if r.kind == "room"]
+    sector = {f"@user{i}:{SERVER}" for i in range(1, 14, 2)}
+    # The 7-person sector is split over two rooms, and still everyone is in its space and the one above.
+    assert len([r for r in rooms if r.key.startswith("u:a1#")]) == 2
+    assert sector <= spaces["u:a1"].members and sector <= spaces["u:a"].members
+    assert {f"@user{i}:{SERVER}" for i in range(14)} <= spaces[ROOT_UNIT].members
+    assert all(r.join_rule == "public" for r in spaces.values())
+    assert all(r.join_rule == "invite" for r in rooms) and all(len(r.members) <= 6 for r in rooms)
+    assert plan(after).actions == ()
+    # A space closed earlier (unit mode) is opened, not recreated.
+    closed = dataclasses.replace(
+        after, rooms={**after.rooms, "u:a": dataclasses.replace(spaces["u:a"], join_rule="invite")}
+    )
+    assert [(a.key, a.join_rule) for a in plan(closed).actions if isinstance(a, UpdateRoom)] == [
+        ("u:a", "public")
+    ]
 
 
 def test_service_accounts_are_exempted_from_rate_limits_once():

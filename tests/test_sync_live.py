@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 from aiohttp import web
 from nio import AsyncClient
 
@@ -92,7 +93,7 @@ def test_full_sync_converges_and_second_sync_writes_nothing(world):
     cfg = load_config(path, token_required=True)
     obs = asyncio.run(observed(cfg))
     rooms = [r for r in obs.rooms.values() if r.kind == "room"]
-    assert all(len(r.members) <= ROOM for r in obs.rooms.values())
+    assert all(len(r.members) <= ROOM for r in rooms)
     big = [r for r in rooms if "контакт" in (r.name or "").lower()]
     assert len(big) >= 2  # the 30-person unit was split
     snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
@@ -105,8 +106,22 @@ def test_full_sync_converges_and_second_sync_writes_nothing(world):
     assert all(counted[m] == 1 for m in enabled)
     # Disabled people never got an account.
     assert all(f"@{first.desired.localparts[p.anchor]}:example.test" not in obs.users for p in snap.disabled)
-    # Rooms are closed again after the initial joins.
-    assert all(r.join_rule == "invite" for r in obs.rooms.values())
+    # Rooms are closed again after the initial joins; spaces stay public (layout.space_members: tree).
+    assert all(r.join_rule == "invite" for r in rooms)
+    spaces = {r.key: r for r in obs.rooms.values() if r.kind == "space"}
+    assert all(r.join_rule == "public" for r in spaces.values())
+    # Everyone is in their unit's space and every space above it, the split contact centre included.
+    units = {u.key: u for u in snap.units}
+    for p in snap.enabled:
+        uid = f"@{first.desired.localparts[p.anchor]}:example.test"
+        k = p.unit_key
+        while k is not None:
+            assert uid in spaces[k].members, (uid, k)
+            k = units[k].parent_key if k in units else None
+        assert uid in spaces[ROOT_UNIT].members
+    # ... and the spaces are listed for Synapse to keep out of presence fan-out.
+    exclusions = yaml.safe_load((path.parent / "state" / "presence-exclude.yaml").read_text())
+    assert set(exclusions["exclude_rooms_from_presence"]) == {r.room_id for r in spaces.values()}
 
 
 def test_real_client_sees_room_space_and_finds_colleague(world):
@@ -166,7 +181,14 @@ def test_real_client_sees_room_space_and_finds_colleague(world):
                 ) as r,
             ):
                 profile = await r.json()
-            assert profile.get("org.civmatrix.directory", {}).get("department") == other_person.department
+            # One MSC4133 key per field; the department is the path people see in the space names.
+            unit_space = next(s for s in desired.layout.spaces if s.unit_key == other_person.unit_key)
+            department = profile["org.civmatrix.department"]
+            assert department.split(" / ")[-1] == unit_space.name
+            assert department == other_person.department and not department.startswith("ou:")
+            assert profile.get("org.civmatrix.title") == other_person.title
+            assert profile.get("org.civmatrix.email") == other_person.email
+            assert profile.get("org.civmatrix.phone") == other_person.phone
         finally:
             await client.close()
 
@@ -534,3 +556,66 @@ def test_renamed_units_old_name_reused_and_unit_moved_converge(world):
     assert [k for k, r in obs.rooms.items() if space in r.children] == [top_key]
     last = sync(path)
     assert last.exit_code == exitcodes.OK and last.plan.actions == ()
+
+
+def test_profile_field_edited_by_its_owner_is_put_back_on_a_full_read(world):
+    ldap, hs, path, directory = world
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK
+    uid, person = next((u, p) for u, p in sorted(first.desired.people.items()) if p.title and not p.disabled)
+    token = login_as(hs, uid)
+    url = f"{hs.url}/_matrix/client/v3/profile/{urllib.request.quote(uid)}/org.civmatrix.title"
+
+    def call(method: str, body: dict | None = None) -> dict:
+        req = urllib.request.Request(
+            url,
+            data=json.dumps(body).encode() if body is not None else None,
+            method=method,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req) as resp:
+            return json.loads(resp.read())
+
+    # MSC4133 lets people overwrite fields an admin set; the sync owns these four.
+    call("PUT", {"org.civmatrix.title": "Министр всего"})
+    assert call("GET")["org.civmatrix.title"] == "Министр всего"
+    cfg = load_config(path, token_required=True)
+    fixed = asyncio.run(run(cfg, apply=True, progress=False, full_read=True))
+    assert fixed.exit_code == exitcodes.OK
+    assert fixed.plan.counts() == {"update_user": 1}, fixed.plan.counts()
+    assert call("GET")["org.civmatrix.title"] == person.title
+    again = asyncio.run(run(cfg, apply=True, progress=False, full_read=True))
+    assert again.plan.actions == () and again.stats["writes"] == 0
+
+
+def test_room_version_setting_applies_to_new_rooms_only(world, tmp_path):
+    ldap, hs, path, directory = world
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK
+    cfg = load_config(path, token_required=True)
+    obs = asyncio.run(observed(cfg))
+    # The default keeps "!id:server" room IDs, which Cinny 4.2 and matrix-commander 8 require.
+    assert {r.room_version for r in obs.rooms.values()} == {"11"}
+    assert all(":" in r.room_id for r in obs.rooms.values())
+    # Changing the setting later never recreates or rewrites existing rooms.
+    text = path.read_text(encoding="utf-8").replace(
+        "max_room_size: 20", "max_room_size: 20\n  room_version: '12'"
+    )
+    path.write_text(text, encoding="utf-8")
+    again = sync(path)
+    assert again.plan.actions == () and again.stats["writes"] == 0, again.plan.counts()
+    # A unit added afterwards gets the new version, with the creator kept out of its power levels (v12).
+    unit_dn = next(e.dn for e in directory.entries if e.dn.startswith("ou=") and e.dn.count(",") == 2)
+    ldap.modify(
+        f"dn: ou=Новый сектор,{unit_dn}\nchangetype: add\nobjectClass: organizationalUnit\nou: Новый сектор\n\n"
+        f"dn: uid=novyy.v12,ou=Новый сектор,{unit_dn}\nchangetype: add\nobjectClass: inetOrgPerson\n"
+        "uid: novyy.v12\ncn: Новый Двенадцатый\nsn: Новый\ndisplayName: Новый Двенадцатый\n\n"
+    )
+    third = sync(path)
+    assert third.exit_code == exitcodes.OK, (third.message, third.report and third.report.failed)
+    after = asyncio.run(observed(cfg))
+    new = [r for k, r in after.rooms.items() if k not in obs.rooms]
+    assert new and {r.room_version for r in new} == {"12"}
+    assert {r.room_version for k, r in after.rooms.items() if k in obs.rooms} == {"11"}
+    fourth = sync(path)
+    assert fourth.plan.actions == () and fourth.stats["writes"] == 0, fourth.plan.counts()

@@ -9,10 +9,12 @@ pointing at the right room) read the state and succeed, so every call here is sa
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
+from bridge.matrix.contract import CREATE_NONCE
 from bridge.matrix.errors import MatrixError, MForbidden, MNotFound, MRoomInUse
 from bridge.matrix.responses import (
     Capabilities,
@@ -108,6 +110,10 @@ class ClientAPI(Transport):
         alias (a run killed after the create, or synapse#13427) instead of raising MRoomInUse.
         """
         has_alias = isinstance(body.get("room_alias_name"), str)
+        # A fresh create event per call, so parallel identical rooms never share a v12 room ID.
+        body = dict(body)
+        body["creation_content"] = dict(body.get("creation_content") or {})
+        body["creation_content"].setdefault(CREATE_NONCE, secrets.token_hex(8))
         req = Request(
             "POST", f"{CLIENT_V3}/createRoom", "client.create_room", body=body, retry_on_429=has_alias
         )

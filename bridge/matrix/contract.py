@@ -18,7 +18,25 @@ REGISTRY_TYPE: Final = "org.civmatrix.registry"
 EXTERNAL_ID_PROVIDER: Final = "civmatrix"
 META_TYPE: Final = "org.civmatrix.meta"
 
-# MSC4133 custom profile field holding a person's directory details as one object (title, department,
-# phone, email): one request per person instead of four, which at 25,000 people saves 75,000 requests on
-# the first sync.
+# MSC4133 custom profile fields with a person's directory details, one namespaced key per field so any
+# client or bot can read (and a future client show) each on its own. ``department`` is the unit's path as
+# people see it in space names, top level first, joined with " / " — never an internal unit key.
+PROFILE_KEYS: Final = {
+    "title": "org.civmatrix.title",
+    "department": "org.civmatrix.department",
+    "phone": "org.civmatrix.phone",
+    "email": "org.civmatrix.email",
+}
+# The earlier single nested field (all four in one object). No longer written; kept so readers that still
+# look for it can be found and moved to PROFILE_KEYS.
 PROFILE_FIELD: Final = "org.civmatrix.directory"
+
+# Room versions whose creators hold unlimited power outside power_levels (MSC4289): listing the creator in
+# ``power_levels.users`` is refused there, and needed everywhere else.
+CREATOR_POWER_VERSIONS: Final = frozenset({"12", "org.matrix.hydra.11"})
+
+# A random value in the content of every room's create event the provisioner or the bot makes. From room
+# version 12 the room ID is the hash of the create event, whose only other entropy is a millisecond
+# timestamp: two createRoom calls with the same content in the same millisecond (the sync creates rooms in
+# parallel) would collide on one room ID, which Synapse resolves only after failing to store the room.
+CREATE_NONCE: Final = "org.civmatrix.nonce"

@@ -74,6 +74,7 @@ class CreateRoom:
     power_users: tuple[tuple[str, int], ...]
     encrypted: bool
     cause: str = "new unit or shard"
+    room_version: str | None = None  # layout.room_version; None: the server's default
 
 
 # Every managed room and space: members read its history, nobody without a token reads anything

@@ -6,8 +6,11 @@ Invariants (tested as properties):
 3. Stability: a person already in a shard of their unit stays there unless that shard is over the limit;
    adding or removing one person moves nobody else. Shards are never merged (that would move people).
 4. Names keep the directory's spelling; aliases are ASCII, unique and stable for a unit while its path stays.
-5. No space is joined by more people than fit in a room: people join their unit's space only when the
-   unit's direct members fit in one room, so presence never fans out beyond a room's size.
+5. With ``space_members="unit"``, no space is joined by more people than fit in a room: people join their
+   unit's space only when the unit's direct members fit in one room, so presence never fans out beyond a
+   room's size. With ``"tree"`` everyone joins their unit's space and every space above it, split units
+   included, so the whole tree shows in the space panel; those spaces are then public (counted linearly by
+   the user directory) and kept out of presence (``exclude_rooms_from_presence``).
 """
 
 from __future__ import annotations
@@ -233,7 +236,7 @@ def plan_layout(
         )
     tree = _tree(people, units, localparts, policy)
     rooms = [r for key in tree.live for r in _unit_rooms(tree, key, capacity, previous_rooms or {})]
-    spaces = _spaces(tree, rooms, capacity)
+    spaces = _spaces(tree, rooms, capacity, tree_mode=policy.space_members == "tree")
     return _unique_aliases(Layout(spaces=tuple(spaces), rooms=tuple(rooms)))
 
 
@@ -319,7 +322,19 @@ def _unit_rooms(tree: _Tree, key: str, capacity: int, previous_rooms: Mapping[st
     ]
 
 
-def _spaces(tree: _Tree, rooms: Sequence[RoomPlan], capacity: int) -> list[SpacePlan]:
+def _tree_members(tree: _Tree) -> dict[str, set[str]]:
+    """Unit key → everyone in the unit or below it (the people who join its space in "tree" mode)."""
+    out: dict[str, set[str]] = defaultdict(set)
+    for key, members in tree.members.items():
+        k: str | None = key
+        while k is not None:
+            out[k].update(members)
+            k = tree.units[k].parent_key if k in tree.units and k != ROOT_UNIT else None
+        out[ROOT_UNIT].update(members)
+    return out
+
+
+def _spaces(tree: _Tree, rooms: Sequence[RoomPlan], capacity: int, *, tree_mode: bool) -> list[SpacePlan]:
     """A space per live unit, holding its sub-units' spaces and its own rooms."""
     rooms_by_unit: dict[str, list[str]] = defaultdict(list)
     for r in rooms:
@@ -329,10 +344,16 @@ def _spaces(tree: _Tree, rooms: Sequence[RoomPlan], capacity: int) -> list[Space
         parent = tree.units[key].parent_key
         if key != ROOT_UNIT and parent is not None:
             children[parent].append(key)
+    below = _tree_members(tree) if tree_mode else {}
     spaces: list[SpacePlan] = []
     for key in tree.live:
         unit = tree.units[key]
         direct = tree.members.get(key, [])
+        if tree_mode:
+            members = tuple(sorted(below.get(key, ())))
+        else:
+            # Joining the space adds no presence fan-out only when its members are exactly one room's.
+            members = tuple(sorted(direct)) if 0 < len(direct) <= capacity else ()
         spaces.append(
             SpacePlan(
                 unit_key=key,
@@ -340,8 +361,7 @@ def _spaces(tree: _Tree, rooms: Sequence[RoomPlan], capacity: int) -> list[Space
                 alias=f"{tree.aliases[key]}.space",
                 parent_key=unit.parent_key if key != ROOT_UNIT else None,
                 topic=tree.topic(key),
-                # Joining the space adds no presence fan-out only when its members are exactly one room's.
-                members=tuple(sorted(direct)) if 0 < len(direct) <= capacity else (),
+                members=members,
                 moderators=tuple(sorted(tree.heads.get(key, ()))),
                 children=tuple(sorted(children.get(key, []), key=lambda k: tree.units[k].path))
                 + tuple(rooms_by_unit.get(key, [])),

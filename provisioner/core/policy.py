@@ -52,3 +52,6 @@ class LayoutPolicy:
     head_title_pattern: str | None = None
     # Seats every room keeps for service accounts: the provisioner, and the event bot if one is set.
     reserved_seats: int = 1
+    # "unit": people join their unit's space only when its direct members fit in one room (layout rule 5);
+    # "tree": everyone joins their unit's space and every space above it.
+    space_members: str = "unit"

@@ -12,7 +12,10 @@ Rules (each tested):
    cannot give the same person a second ID on the next run.
 6. New rooms are created with a ``public`` join rule (an admin join into a public room is one event; into
    an invite-only one it is an invite and a join) and closed to ``invite`` right after their initial joins;
-   any managed room found open is closed.
+   any managed room found open is closed. With ``public_spaces`` spaces are the exception: they stay (or
+   are made) ``public``.
+7. A full read's profiles (``Observed.profiles``) that differ from the directory are written again, even
+   when the registry's hash says they were written: people may overwrite fields an admin set (MSC4133).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from bridge.matrix.contract import CREATOR_POWER_VERSIONS
 from provisioner.core.actions import (
     MEMBERS_ONLY,
     Action,
@@ -72,6 +76,7 @@ class ObservedRoom:
     members: frozenset[str]  # joined or invited
     children: frozenset[str]  # room IDs linked with m.space.child
     history_visibility: str | None = None
+    room_version: str | None = None  # from m.room.create; None when not read
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +94,9 @@ class Observed:
     last_good_count: int | None = None
     # Service accounts (provisioner, bot) that already have a "no rate limits" override.
     unlimited: frozenset[str] = frozenset()
+    # Directory fields as found on people's profiles, read only on a full read (one GET per person): a
+    # person who edited a field the sync owns gets it re-asserted even though the registry hash still matches.
+    profiles: Mapping[str, tuple[tuple[str, str | None], ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,15 +112,26 @@ class SyncPolicy:
     min_directory_fraction: float = 0.9
     service_accounts: frozenset[str] = field(default=frozenset())
     # Room versions 12+ (MSC4289) give creators unlimited power and refuse them in power_levels.users.
+    # This is for rooms still to be created; an existing room follows its own version.
     creator_in_power_levels: bool = True
+    room_version: str | None = None  # for new rooms (layout.room_version); existing rooms keep theirs
+    # layout.space_members: tree — everyone is in the spaces above them, so spaces stay public (the user
+    # directory counts public rooms linearly, private ones pairwise) and only rooms are closed.
+    public_spaces: bool = False
 
 
 def profile_of(p: Person) -> tuple[tuple[str, str | None], ...]:
     return tuple((k, getattr(p, k)) for k in PROFILE_FIELDS)
 
 
+# Bumped when the way fields are stored on the server changes (v2: one MSC4133 key per field instead of one
+# nested object), so the next sync rewrites everyone once in the new form.
+PROFILE_SCHEME = 2
+
+
 def profile_hash(p: Person) -> str:
-    return hashlib.sha256(json.dumps(profile_of(p), ensure_ascii=False).encode()).hexdigest()[:16]
+    data = [PROFILE_SCHEME, profile_of(p)]
+    return hashlib.sha256(json.dumps(data, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def previous_identities(
@@ -330,7 +349,9 @@ def _known_person(s: _Scope, out: _Builder, uid: str, person: Person, obs: Obser
     prof = profile_hash(person) if fields else None
     locked_since = entry.locked_since if entry else None
     name_change = person.display_name if obs.displayname != person.display_name else None
-    prof_change = profile_of(person) if fields and (entry is None or entry.profile != prof) else ()
+    seen = s.observed.profiles.get(uid)
+    stale = entry is None or entry.profile != prof or (seen is not None and seen != profile_of(person))
+    prof_change = profile_of(person) if fields and stale else ()
     # An account found without a registry entry (made at first login, or a lost registry) is adopted:
     # its external id is (re)written so the login module finds it by anchor.
     adopt = anchor if entry is None else None
@@ -389,14 +410,24 @@ class _Target:
     members: frozenset[str]
 
 
+def _creator_listed(policy: SyncPolicy, room: ObservedRoom | None) -> bool:
+    """Whether the provisioner (the creator) belongs in ``power_levels.users``: by the room's own version."""
+    if room is not None and room.room_version is not None:
+        return room.room_version not in CREATOR_POWER_VERSIONS
+    return policy.creator_in_power_levels
+
+
 def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
     policy = s.policy
-    users = {policy.provisioner: 100} if policy.creator_in_power_levels else {}
+    key = plan.unit_key if isinstance(plan, SpacePlan) else plan.key
+    users = {policy.provisioner: 100} if _creator_listed(policy, s.observed.rooms.get(key)) else {}
     for m in plan.moderators:
         users.setdefault(m, policy.moderator_level)
     members = set(plan.members) - set(policy.exclude)
     # The bot sits in every room, and in every space people join (not in spaces only linked into the tree).
-    if policy.bot and (isinstance(plan, RoomPlan) or plan.members):
+    # In tree mode every space has members, the top one everybody: the bot (a plain client, no lazy
+    # loading) would sync 25,000 member events for nothing; it reads the world-readable spaces anyway.
+    if policy.bot and (isinstance(plan, RoomPlan) or (plan.members and not policy.public_spaces)):
         members.add(policy.bot)
     power, wanted = tuple(sorted(users.items())), frozenset(members)
     if isinstance(plan, SpacePlan):
@@ -417,7 +448,7 @@ def _rooms(s: _Scope, out: _Builder) -> None:
         if obs_room is None:
             _new_room(s, out, t)
             continue
-        _room_settings(out, t, obs_room)
+        _room_settings(s, out, t, obs_room)
         _room_links(s, out, t, obs_room, linked_from.get(obs_room.room_id, set()))
         _room_members(s, out, t, obs_room)
 
@@ -428,16 +459,17 @@ def _new_room(s: _Scope, out: _Builder, t: _Target) -> None:
         CreateRoom(
             key=t.key, room_kind=t.kind, unit_key=p.unit_key, shard=p.shard if isinstance(p, RoomPlan) else 0,
             name=p.name, alias=p.alias, topic=p.topic, parent_key=t.parent_key, power_users=t.power,
-            encrypted=s.policy.encrypted and t.kind == "room",
+            encrypted=s.policy.encrypted and t.kind == "room", room_version=s.policy.room_version,
         )
     )  # fmt: skip
     if t.parent_key is not None:
         out.links.append(LinkChild(t.parent_key, t.key, t.kind))
     out.joins.extend(Join(t.key, t.kind, m) for m in sorted(t.members))
-    out.closes.append(UpdateRoom(t.key, join_rule="invite", cause="closed after the initial joins"))
+    if not (t.kind == "space" and s.policy.public_spaces):
+        out.closes.append(UpdateRoom(t.key, join_rule="invite", cause="closed after the initial joins"))
 
 
-def _room_settings(out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
+def _room_settings(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
     """Name, topic, alias and power levels; moderators are raised, never lowered; open rooms closed;
     world-readable ones made members-only."""
     p = t.plan
@@ -451,7 +483,10 @@ def _room_settings(out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
     )
     if any(x is not None for x in (upd.name, upd.topic, upd.alias, upd.power_users)):
         out.updates.append(upd)
-    if obs_room.join_rule not in ("invite", None):
+    if t.kind == "space" and s.policy.public_spaces:
+        if obs_room.join_rule != "public":
+            out.closes.append(UpdateRoom(t.key, join_rule="public", cause="spaces are open to colleagues"))
+    elif obs_room.join_rule not in ("invite", None):
         out.closes.append(UpdateRoom(t.key, join_rule="invite", cause="managed rooms are invite-only"))
     if obs_room.history_visibility == "world_readable":
         out.updates.append(
@@ -504,7 +539,12 @@ def check_removals(
     """The deletion threshold: people who lose access (locked, or kicked without joining elsewhere)."""
     joined = {a.user_id for a in plan.actions if isinstance(a, Join)}
     losing = {a.user_id for a in plan.actions if isinstance(a, LockUser | DeactivateUser)}
-    losing |= {a.user_id for a in plan.actions if isinstance(a, Kick) and a.user_id not in joined}
+    # Leaving a space takes no conversation away (a unit moved in the tree leaves the spaces above it).
+    losing |= {
+        a.user_id
+        for a in plan.actions
+        if isinstance(a, Kick) and a.room_kind == "room" and a.user_id not in joined
+    }
     n = len(losing)
     limit_pct = max_percent / 100 * managed_count if managed_count else float("inf")
     over = n > max_removals or n > limit_pct

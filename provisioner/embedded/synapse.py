@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import secrets
@@ -129,6 +128,7 @@ class EmbeddedSynapse:
         admin_port: int | None = None,
         bind_host: str = LOOPBACK,
         public_baseurl: str | None = None,
+        behind_proxy: bool = False,
         database: str | Path | Mapping[str, Any] | None = None,
         password_providers: Sequence[Mapping[str, Any]] = (),
         modules: Sequence[Mapping[str, Any]] = (),
@@ -155,6 +155,7 @@ class EmbeddedSynapse:
             admin_port=admin_port,
             bind_host=bind_host,
             public_baseurl=public_baseurl,
+            behind_proxy=behind_proxy,
             database=database,
             password_providers=password_providers,
             modules=modules,
@@ -347,22 +348,6 @@ class EmbeddedSynapse:
 
     # --- accounts (blocking HTTP on the admin listener) -----------------------------------------------
 
-    def _request(
-        self, method: str, path: str, body: Mapping[str, Any] | None = None, token: str | None = None
-    ) -> dict[str, Any]:
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.admin_url + path, data=data, method=method)
-        request.add_header("Content-Type", "application/json")
-        if token:
-            request.add_header("Authorization", f"Bearer {token}")
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                parsed: dict[str, Any] = json.loads(response.read() or b"{}")
-                return parsed
-        except urllib.error.HTTPError as err:
-            detail = err.read().decode("utf-8", errors="replace")[:500]
-            raise SynapseError(f"{method} {path} answered {err.code}: {detail}") from None
-
     def _shared_secret(self) -> str:
         if "registration_shared_secret_path" not in self.config:
             raise SynapseError(
@@ -380,15 +365,8 @@ class EmbeddedSynapse:
         displayname: str | None = None,
     ) -> RegisteredAccount:
         """Register an account with ``/_synapse/admin/v1/register`` and the shared secret (HMAC-SHA1)."""
-        minted = bootstrap.register(
-            self.admin_url, self._shared_secret(), localpart, admin=admin, password=password,
-            displayname=displayname,
-        )  # fmt: skip
-        return RegisteredAccount(
-            user_id=minted.user_id,
-            access_token=minted.access_token,
-            device_id=minted.device_id or "",
-            password=minted.password,
+        return register_account(
+            self.admin_url, self._shared_secret(), localpart, password, admin=admin, displayname=displayname
         )
 
     def create_admin(
@@ -399,13 +377,7 @@ class EmbeddedSynapse:
         Returns the account; its ``access_token`` is what the provisioner uses.
         """
         account = self.register(localpart, password, admin=True, displayname=displayname)
-        quoted = urllib.parse.quote(account.user_id, safe="")
-        self._request(
-            "POST",
-            f"/_synapse/admin/v1/users/{quoted}/override_ratelimit",
-            {"messages_per_second": 0, "burst_count": 0},
-            token=account.access_token,
-        )
+        exempt_from_rate_limits(self.admin_url, account)
         return account
 
     def create_user_with_password(
@@ -413,6 +385,56 @@ class EmbeddedSynapse:
     ) -> RegisteredAccount:
         """Register an ordinary account with a Synapse password (test clients only; people use LDAP)."""
         return self.register(localpart, password, admin=False, displayname=displayname)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Accounts through the admin listener (blocking HTTP); shared with the worker topology
+# --------------------------------------------------------------------------------------------------------
+
+
+def admin_request(
+    admin_url: str,
+    method: str,
+    path: str,
+    body: Mapping[str, Any] | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """One JSON request to the admin listener; raises :class:`SynapseError` naming it and the answer."""
+    return bootstrap.call(admin_url, method, path, body, token=token)
+
+
+def register_account(
+    admin_url: str,
+    shared_secret: str,
+    localpart: str,
+    password: str | None = None,
+    *,
+    admin: bool = False,
+    displayname: str | None = None,
+) -> RegisteredAccount:
+    """Shared-secret registration (dev and test only), through the one implementation in
+    :func:`provisioner.synapse.bootstrap.register`."""
+    minted = bootstrap.register(
+        admin_url, shared_secret, localpart, admin=admin, password=password, displayname=displayname
+    )
+    return RegisteredAccount(
+        user_id=minted.user_id,
+        access_token=minted.access_token,
+        device_id=minted.device_id or "",
+        password=minted.password,
+    )
+
+
+def exempt_from_rate_limits(admin_url: str, account: RegisteredAccount) -> None:
+    """``override_ratelimit`` for an admin account (the provisioner's, which makes thousands of calls)."""
+    quoted = urllib.parse.quote(account.user_id, safe="")
+    admin_request(
+        admin_url,
+        "POST",
+        f"/_synapse/admin/v1/users/{quoted}/override_ratelimit",
+        {"messages_per_second": 0, "burst_count": 0},
+        token=account.access_token,
+    )
 
 
 @contextlib.contextmanager

@@ -3,8 +3,8 @@
 The rule: every request under :data:`GUARDED_PREFIX` needs a valid access token, except the paths in
 :data:`PUBLIC_CLIENT_PATHS`, which a client must reach *before* it has one. Both enforcers read this list:
 
-* the reverse proxy (the nginx renderer) answers ``401 M_MISSING_TOKEN`` itself when a request carries
-  no token at all (:func:`nginx_token_guard_maps` and :func:`nginx_token_guard_server` render the rule);
+* the reverse proxy answers ``401 M_MISSING_TOKEN`` itself when a request carries no token at all
+  (:mod:`provisioner.proxy` renders the rule into the nginx site, Rule 3 there);
 * Synapse's own listener (:mod:`provisioner.synapse.guard`) refuses a request whose token is missing *or
   invalid*, so a listener reached without the proxy is closed too, and a made-up ``Bearer x`` header does
   not open the servlets that Synapse serves without authentication (room alias lookup, room summary,
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import re
 import urllib.parse
-from collections.abc import Iterable
 
 GUARDED_PREFIX = "/_matrix/client/"
 
@@ -60,8 +59,6 @@ _PROFILE_FIELD = re.compile(
     r"^/_matrix/client/(v3|unstable/uk\.tcpip\.msc4133)/profile/[^/]*/(?P<field>[^/]*)$"
 )
 
-MISSING_TOKEN_BODY = '{"errcode":"M_MISSING_TOKEN","error":"Missing access token"}'
-
 _PUBLIC = re.compile("|".join(f"(?:{p})" for p in PUBLIC_CLIENT_PATHS))
 
 
@@ -83,57 +80,3 @@ def writes_directory_profile_field(method: str, path: str) -> bool:
         return False
     m = _PROFILE_FIELD.fullmatch(path)
     return m is not None and urllib.parse.unquote(m["field"]).startswith(DIRECTORY_PROFILE_PREFIX)
-
-
-def nginx_public_path_map(variable: str = "$civmatrix_public_path", source: str = "$uri") -> str:
-    """An nginx ``map`` block: ``variable`` is 1 for a public path, 0 otherwise.
-
-    nginx's ``$uri`` is decoded and normalised (``..`` resolved) while Synapse routes on the raw path;
-    that difference can only make nginx ask for a token where Synapse would not, and Synapse's own guard
-    checks the raw path behind it anyway.
-    """
-    return _map(variable, source, ((p, "1") for p in PUBLIC_CLIENT_PATHS), default="0")
-
-
-def nginx_token_guard_maps() -> str:
-    """The ``http``-level half of the rule for nginx: ``$civmatrix_token_missing`` is 1 for a request that
-    :func:`needs_token` and carries neither an ``Authorization`` header nor an ``access_token`` argument.
-
-    Public paths come first (nginx tries regular expressions in order), then the guarded prefix.
-    """
-    rows = [(p, "public") for p in PUBLIC_CLIENT_PATHS] + [(f"^{GUARDED_PREFIX}", "guarded")]
-    classes = _map("$civmatrix_path_class", "$uri", rows, default="open")
-    methods = "|".join(TOKENLESS_METHODS)
-    missing = _map(
-        "$civmatrix_token_missing",
-        '"$civmatrix_path_class:$request_method:$http_authorization$arg_access_token"',
-        [(f"^guarded:(?!({methods}):)[^:]*:$", "1")],
-        default="0",
-    )
-    return classes + "\n" + missing
-
-
-def nginx_token_guard_server() -> str:
-    """The ``server``-level half: refuse before any ``location`` is chosen, with Synapse's own answer.
-
-    A server-level ``rewrite`` runs before location matching, so no route added later (a worker, the search
-    service) can bypass it.
-    """
-    return (
-        "if ($civmatrix_token_missing) {\n"
-        "    rewrite ^ /_civmatrix_missing_token last;\n"
-        "}\n"
-        "location = /_civmatrix_missing_token {\n"
-        "    internal;\n"
-        "    default_type application/json;\n"
-        "    add_header Access-Control-Allow-Origin * always;\n"
-        f"    return 401 '{MISSING_TOKEN_BODY}';\n"
-        "}"
-    )
-
-
-def _map(variable: str, source: str, rows: Iterable[tuple[str, str]], *, default: str) -> str:
-    lines = [f"map {source} {variable} {{", f"    default {default};"]
-    lines += [f'    "~{pattern}" {value};' for pattern, value in rows]
-    lines.append("}")
-    return "\n".join(lines)
