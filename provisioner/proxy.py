@@ -190,8 +190,14 @@ def server_block(p: Proxy) -> str:
     # Long-polling /sync holds a request up to 30 s (Element); give it room.
     proxy_read_timeout 120s;
 
-    # Rule 3.
+    # Rule 3. A server-level rewrite runs before any location is chosen, so no route (a worker, the search
+    # service) can bypass it; the answer carries CORS so Element Web can read it.
     if ($civmatrix_refuse) {{
+        rewrite ^ /_civmatrix_missing_token last;
+    }}
+    location = /_civmatrix_missing_token {{
+        internal;
+        add_header Access-Control-Allow-Origin * always;
         return 401 {_error("M_MISSING_TOKEN", "Missing access token")};
     }}
 """

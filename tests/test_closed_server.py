@@ -628,8 +628,13 @@ def test_the_nginx_site_takes_its_public_paths_from_the_one_list() -> None:
             main=proxy.Upstream("synapse_main", ("127.0.0.1:8008",)),
         )
     )
-    block = site.split("$civmatrix_needs_token {", 1)[1].split("}", 1)[0]
-    patterns = [line.split('"~', 1)[1].rsplit('" 0;', 1)[0] for line in block.splitlines() if '" 0;' in line]
+    block = site.split("$civmatrix_needs_token {", 1)[1].split("\n}", 1)[0]
+    # Each public path is a single-quoted nginx regex (backslashes doubled inside the quotes) mapped to 0.
+    patterns = [
+        line.strip()[2:].rsplit("' 0;", 1)[0].replace("\\\\", "\\")
+        for line in block.splitlines()
+        if line.strip().startswith("'~")
+    ]
     assert patterns == list(PUBLIC_CLIENT_PATHS)
     # nginx regexes are PCRE; Python's re reads these the same (no lookarounds, no named groups).
     assert all(p.startswith("^/_matrix/client/") and p.endswith("$") and "(?" not in p for p in patterns)

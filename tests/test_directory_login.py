@@ -29,6 +29,7 @@ from provisioner.core.identity import base_localpart
 from provisioner.embedded.slapd import EmbeddedSlapd, ssha
 from provisioner.embedded.synapse import EmbeddedSynapse
 from provisioner.ldap_reader import login_filter
+from provisioner.observe import CACHE_VERSION
 from provisioner.sample import SampleDirectory, generate_directory
 from provisioner.synapse.auth import (
     MAX_LOGIN_LENGTH,
@@ -481,8 +482,9 @@ def test_the_directory_is_the_only_password(city):
     )
     cache = Path(load_config(city.path).sync.state_dir) / "rooms-cache.json"
     text = cache.read_text(encoding="utf-8")
-    assert text.startswith('{"v": 2,')
-    cache.write_text(text.replace('{"v": 2,', '{"v": 1,', 1), encoding="utf-8")
+    current = f'{{"v": {CACHE_VERSION},'
+    assert text.startswith(current)
+    cache.write_text(text.replace(current, '{"v": 1,', 1), encoding="utf-8")
     assert any(a.kind == "update_room" and a.history_visibility for a in city.sync().plan.actions)
     assert visibility() == {"history_visibility": "shared"}
     log = city.log_text()

@@ -566,18 +566,24 @@ def test_profile_field_edited_by_its_owner_is_put_back_on_a_full_read(world):
     token = login_as(hs, uid)
     url = f"{hs.url}/_matrix/client/v3/profile/{urllib.request.quote(uid)}/org.civmatrix.title"
 
-    def call(method: str, body: dict | None = None) -> dict:
+    def call(method: str, body: dict | None = None, as_token: str = token) -> dict:
         req = urllib.request.Request(
             url,
             data=json.dumps(body).encode() if body is not None else None,
             method=method,
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            headers={"Authorization": f"Bearer {as_token}", "Content-Type": "application/json"},
         )
         with urllib.request.urlopen(req) as resp:
             return json.loads(resp.read())
 
-    # MSC4133 lets people overwrite fields an admin set; the sync owns these four.
-    call("PUT", {"org.civmatrix.title": "Министр всего"})
+    # MSC4133 lets people overwrite fields an admin set; on this server the guard refuses it outright.
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        call("PUT", {"org.civmatrix.title": "Министр всего"})
+    assert refused.value.code == 403
+    assert call("GET")["org.civmatrix.title"] == person.title
+    # A field changed behind the sync's back all the same (another admin, a server without the guard) is
+    # put back by the next full read.
+    call("PUT", {"org.civmatrix.title": "Министр всего"}, as_token=hs.admin_token)
     assert call("GET")["org.civmatrix.title"] == "Министр всего"
     cfg = load_config(path, token_required=True)
     fixed = asyncio.run(run(cfg, apply=True, progress=False, full_read=True))

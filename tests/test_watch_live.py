@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from bridge.matrix.contract import PROFILE_KEYS
 from provisioner import exitcodes
 from provisioner.config import load_config
 from provisioner.core.directory import interpret
@@ -225,8 +226,8 @@ def test_burst_of_300_changes_is_coalesced(world):
 
 def _title(world: World, p: Person) -> str | None:
     code, data = http(world.hs.url, "GET", f"/_matrix/client/v3/profile/{world.uid(p)}", world.hs.admin_token)
-    fields = data.get("org.civmatrix.directory") or {}
-    return fields.get("title") if isinstance(fields, dict) else None
+    title = data.get(PROFILE_KEYS["title"])
+    return title if isinstance(title, str) else None
 
 
 def test_second_watch_is_refused_with_the_holders_pid(world):
