@@ -82,6 +82,7 @@ class Shape:
     def pids(self) -> dict[str, int]: ...
     def create_admin(self) -> RegisteredAccount: ...
     def register(self, localpart: str) -> RegisteredAccount: ...
+    def wait_for_background_updates(self) -> None: ...
 
 
 class Single(Shape):
@@ -128,6 +129,9 @@ class Single(Shape):
     def register(self, localpart: str) -> RegisteredAccount:
         return self.synapse.register(localpart, displayname=localpart.title())
 
+    def wait_for_background_updates(self) -> None:
+        self.synapse.wait_for_background_updates()
+
 
 class Workers(Shape):
     def __init__(self, root: Path) -> None:
@@ -149,6 +153,9 @@ class Workers(Shape):
 
     def register(self, localpart: str) -> RegisteredAccount:
         return self.topology.register(localpart, displayname=localpart.title())
+
+    def wait_for_background_updates(self) -> None:
+        self.topology.wait_for_background_updates()
 
 
 def write_cfg(d: Path, ldap: EmbeddedSlapd, shape: Shape, token: str, bot: RegisteredAccount) -> Path:
@@ -283,6 +290,7 @@ def run_shape(work: Path, ldap: EmbeddedSlapd, shape: Shape, commands: int, with
         # Every shape has the bot in its config, so every sync joins it into every department room.
         bot = shape.register("events")
         cfg = write_cfg(work / f"cfg-{shape.name}", ldap, shape, admin.access_token, bot)
+        shape.wait_for_background_updates()
         result: dict[str, Any] = {"startup": startup}
         print(f"[{shape.name}] up in {startup:.1f}s; full sync…", file=sys.stderr, flush=True)
         result["full"] = timed_sync(cfg, shape)

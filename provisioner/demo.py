@@ -230,6 +230,9 @@ class _Single:
     def register(self, localpart: str, displayname: str) -> RegisteredAccount:
         return self.synapse.register(localpart, displayname=displayname)
 
+    def wait_for_background_updates(self) -> None:
+        self.synapse.wait_for_background_updates()
+
 
 class _Workers:
     """The production topology: PostgreSQL + Redis + Synapse main and workers + nginx (``--workers``)."""
@@ -259,6 +262,9 @@ class _Workers:
 
     def register(self, localpart: str, displayname: str) -> RegisteredAccount:
         return self.topology.register(localpart, displayname=displayname)
+
+    def wait_for_background_updates(self) -> None:
+        self.topology.wait_for_background_updates()
 
 
 def _new_state(root: Path, people: int, seed: int, workers: bool) -> tuple[DemoState, SampleDirectory]:
@@ -361,6 +367,7 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, work
                 bot = servers.register(BOT_LOCALPART, "События")
                 (root / "secrets" / "bot_token").write_text(bot.access_token)
             cfg = load_config(cfg_path, token_required=True)
+            servers.wait_for_background_updates()
             _say("syncing the directory into Matrix…")
             result = asyncio.run(sync.run(cfg, apply=True, progress=True))
             if result.report is not None:

@@ -111,6 +111,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         cfg = load_config(
             write_config(tmp, slapd, hs_url=topology.admin_url, token=admin.access_token), token_required=True
         )
+        topology.wait_for_background_updates()
         before = _log_sizes(topology)
         result = asyncio.run(sync.run(cfg, apply=True, progress=False))
         assert result.exit_code == exitcodes.OK, result.message

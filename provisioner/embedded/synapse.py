@@ -272,6 +272,35 @@ class EmbeddedSynapse:
             self._terminate(signal.SIGKILL, timeout=10)
             raise
 
+    def wait_for_background_updates(self, timeout: float = 300.0) -> None:
+        """Return once Synapse has no background update pending (its ``background_updates`` table is empty).
+
+        A fresh database schedules ``populate_user_directory``, whose first batch empties the user
+        directory: accounts created before it ran vanish from search. A bulk sync waits for this first.
+        """
+        database = self.config["database"]
+        deadline = time.monotonic() + timeout
+        while self._pending_background_updates(database) > 0:
+            if time.monotonic() > deadline:
+                raise SynapseError(f"Synapse's background updates did not finish within {timeout:.0f}s")
+            time.sleep(0.5)
+
+    @staticmethod
+    def _pending_background_updates(database: Mapping[str, Any]) -> int:
+        args = database["args"]
+        if database["name"] == "sqlite3":
+            import sqlite3
+
+            with contextlib.closing(sqlite3.connect(f"file:{args['database']}?mode=ro", uri=True)) as db:
+                return int(db.execute("SELECT count(*) FROM background_updates").fetchone()[0])
+        import psycopg2  # type: ignore[import-untyped]  # Synapse's own PostgreSQL driver
+
+        keys = ("host", "port", "user", "password", "database", "passfile")
+        db = psycopg2.connect(**{k: args[k] for k in keys if k in args})
+        with contextlib.closing(db), db.cursor() as cur:
+            cur.execute("SELECT count(*) FROM background_updates")
+            return int(cur.fetchone()[0])
+
     def _wait_healthy(self, began: float) -> None:
         deadline = began + self.start_timeout
         pending = [self.public_url, self.admin_url]

@@ -308,6 +308,18 @@ class Topology:
         self._started.append("nginx")
         log.info("topology up in %.1fs: %s", time.monotonic() - began, self.public_url)
 
+    def wait_for_background_updates(self, timeout: float = 300.0) -> None:
+        """Return once Synapse has no background update pending.
+
+        A fresh database schedules ``populate_user_directory``, whose first batch empties the user
+        directory: accounts a sync created before it ran vanish from search. A bulk sync waits for this.
+        """
+        deadline = time.monotonic() + timeout
+        while self.postgres.query("SELECT count(*) FROM background_updates") != [["0"]]:
+            if time.monotonic() > deadline:
+                raise SynapseError(f"Synapse's background updates did not finish within {timeout:.0f}s")
+            time.sleep(0.5)
+
     def stop(self) -> None:
         """Stop in reverse order: nginx, workers, main, Redis, PostgreSQL (each only if we started it)."""
         self.nginx.stop()
