@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from nio import AsyncClient, AsyncClientConfig, RoomCreateResponse, RoomPreset, RoomSendResponse
 
-from bridge.bot import _txn
+from bridge.bot.sender import txn_id
 from bridge.events.model import Answer, Event, EventID, RoomID, Rsvp, Source, UserID, new_event_id
 from bridge.events.store import PutAnswer, PutAudience, PutEvent, SetDmRoom, SetRoomSince, open_sqlite
 from provisioner.embedded.synapse import EmbeddedSynapse, RegisteredAccount
@@ -575,7 +575,7 @@ async def reminders(
     store_path = tmp / "bot.db"
     store = open_sqlite(str(store_path))
     await store.open()
-    # Direct chats made with the bot's token exactly as the bot makes them (bridge.bot.EventBot._open_dm).
+    # Direct chats made with the bot's token exactly as the bot makes them (bridge.bot.effects.Effects._open_dm).
     bot_http = AsyncClient(hs.admin_url, bot.user_id, config=AsyncClientConfig(encryption_enabled=False))
     bot_http.restore_login(bot.user_id, bot.device_id, bot.access_token)
 
@@ -611,8 +611,8 @@ async def reminders(
         for seq, p in enumerate(people, 1):
             writes.append(PutAnswer(Rsvp(eid, UserID(p.user_id), Answer.GOING, datetime.now(UTC), seq,
                                          Source.COMMAND, None, room, p.user_id)))  # fmt: skip
-            expected[_txn(f"rem:{eid}:{slot}:{int(DAY.total_seconds())}:{p.user_id}")] = due
-        expected[_txn(f"rem:{eid}:{slot}:{int(DAY.total_seconds())}:{room}")] = due
+            expected[txn_id(f"rem:{eid}:{slot}:{int(DAY.total_seconds())}:{p.user_id}")] = due
+        expected[txn_id(f"rem:{eid}:{slot}:{int(DAY.total_seconds())}:{room}")] = due
     await store.write(writes)
     await store.close()
     dms = args.reminder_events * len(people)

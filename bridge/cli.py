@@ -4,7 +4,7 @@
 letters (messages the homeserver refused for good, with the reason) and the time of the last sync.
 
 The shared YAML file is read once; this module parses its ``bot:`` section (and ``homeserver.url``) into a
-frozen :class:`~bridge.bot.BotConfig`. Errors name the file and the dotted key. The token is read from
+frozen :class:`~bridge.bot.config.BotConfig`. Errors name the file and the dotted key. The token is read from
 ``bot.access_token_file`` or the ``CIVMATRIX_BOT_TOKEN`` variable, never from the command line.
 
 ``bot:`` keys:
@@ -38,7 +38,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 import yaml
 
-from bridge.bot import TOKEN_ENV, BotConfig, open_bot, read_token
+from bridge.bot.app import open_bot
+from bridge.bot.config import TOKEN_ENV, BotConfig, read_token
 from bridge.events.reminders import DEFAULT_OFFSETS
 from bridge.events.store import open_store
 

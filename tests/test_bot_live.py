@@ -42,7 +42,8 @@ from nio import (
 )
 from nio.crypto.attachments import decrypt_attachment
 
-from bridge.bot import BotConfig, EventBot
+from bridge.bot.app import EventBot
+from bridge.bot.config import BotConfig
 from bridge.events.clock import ManualClock
 from bridge.events.store import Store, open_postgres, open_sqlite
 from tests.fixtures.synapse import SynapseHandle, unique_localpart
@@ -547,7 +548,7 @@ async def test_resent_outbox_entry_is_deduplicated(
         try:
             await until(lambda: room in bot.client.rooms, "bot in the room")  # noqa: B023
             await bot.store.write([entry])  # the same entry, as if the first delete never happened
-            bot._outbox_wake.set()
+            bot.sender.notify()
             await until(lambda: probes(), "probe delivered")
             await until(lambda: _outbox_empty(cfg.store), "outbox drained")
         finally:
@@ -566,11 +567,11 @@ async def test_busy_room_while_down_is_backfilled(
 ) -> None:
     """More happened while the bot was down than one sync shows (a "limited" timeline): the command buried
     under the chatter is still answered, once. Run on both stores: the bot's state lives in either."""
-    import bridge.bot
+    import bridge.bot.intake
 
     if backend == "postgres" and not _pg_available():
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    monkeypatch.setattr(bridge.bot, "SYNC_FILTER", {"room": {"timeline": {"limit": 3}}})
+    monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", {"room": {"timeline": {"limit": 3}}})
     person = people["person"]
     bot_acct = people["bot"]
     mod = person("mod")

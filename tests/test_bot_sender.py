@@ -14,9 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge import bot as botmod
-from bridge.bot import BotConfig, EventBot
-from bridge.events.clock import ManualClock
+from bridge.bot import sender as botmod
+from bridge.bot.sender import Sender
 from bridge.events.model import DirectMessage, Effect, MatrixEventID, Reply, RoomID, RoomNotice, UserID
 from bridge.events.outbox import encode
 from bridge.events.render import plain
@@ -27,7 +26,7 @@ ROOM = RoomID("!dept:x")
 
 
 class Recorder:
-    """Stands in for ``EventBot._execute``: records start/end and the peak number of sends in flight."""
+    """Stands in for ``Effects.execute``: records start/end and the peak number of sends in flight."""
 
     def __init__(self, seconds: float, fail_first: set[str] | None = None) -> None:
         self.seconds = seconds
@@ -55,37 +54,33 @@ class Recorder:
         self.done.append((txn, time.monotonic()))
 
 
-async def offline_bot(tmp_path: Path, rec: Recorder) -> EventBot:
-    """A bot over a real SQLite store whose sends go to ``rec``; it never contacts a homeserver."""
-    path = str(tmp_path / "bot.db")
-    store = open_sqlite(path)
-    cfg = BotConfig("http://127.0.0.1:1", "@bot:x", "token", "DEV", path, tmp_path / "crypto")
-    bot = EventBot(cfg, store, ManualClock(T0))
+async def offline_sender(tmp_path: Path, rec: Recorder) -> Sender:
+    """The bot's sender over a real SQLite store whose sends go to ``rec``; it never contacts a homeserver."""
+    store = open_sqlite(str(tmp_path / "bot.db"))
     await store.open()
-    bot._execute = rec  # type: ignore[method-assign]
-    return bot
+    return Sender(store, rec)
 
 
 async def run_sender(
     tmp_path: Path, rec: Recorder, entries: list[tuple[str, Effect]], late: list[tuple[str, Effect]]
 ):
-    bot = await offline_bot(tmp_path, rec)
-    store = bot.store
+    sender = await offline_sender(tmp_path, rec)
+    store = sender.store
     await store.write([PutOutbox(oid, T0, encode(e)) for oid, e in entries])
-    task = asyncio.create_task(bot._sender())
+    task = asyncio.create_task(sender.run())
     try:
         await asyncio.sleep(0.05)
         await store.write([PutOutbox(oid, T0, encode(e)) for oid, e in late])
-        bot._outbox_wake.set()
-        await asyncio.wait_for(_drained(bot, store), 30)
+        sender.notify()
+        await asyncio.wait_for(_drained(sender, store), 30)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await store.close()
 
 
-async def _drained(bot: EventBot, store) -> None:
-    while not (bot.idle.is_set() and not await store.outbox(10)):
+async def _drained(sender: Sender, store) -> None:
+    while not (sender.idle.is_set() and not await store.outbox(10)):
         await asyncio.sleep(0.02)
 
 
@@ -103,13 +98,13 @@ async def test_reply_is_not_held_up_by_a_reminder_burst_and_lanes_keep_order(tmp
     order = [txn for txn, _ in rec.done]
     finished = dict(rec.done)
     assert sorted(order) == sorted(
-        botmod._txn(oid) for oid, _ in burst + notices + reply
+        botmod.txn_id(oid) for oid, _ in burst + notices + reply
     )  # each exactly once
     # 120 background sends of 50 ms through 16 lanes take ~0.4 s; the reply, queued 50 ms in, does not wait.
-    assert finished[botmod._txn("reply")] - start < 0.5
-    assert finished[botmod._txn("reply")] < sorted(finished.values())[len(order) // 2]
+    assert finished[botmod.txn_id("reply")] - start < 0.5
+    assert finished[botmod.txn_id("reply")] < sorted(finished.values())[len(order) // 2]
     # One room's notices leave in the order they were queued.
-    room_order = [order.index(botmod._txn(oid)) for oid, _ in notices]
+    room_order = [order.index(botmod.txn_id(oid)) for oid, _ in notices]
     assert room_order == sorted(room_order)
     assert rec.peak[False] == botmod.BACKGROUND_LANES
     assert rec.peak[True] == 1
@@ -117,7 +112,7 @@ async def test_reply_is_not_held_up_by_a_reminder_burst_and_lanes_keep_order(tmp
 
 async def test_unreachable_homeserver_keeps_the_entry_and_sends_it_once_later(tmp_path: Path) -> None:
     entries = [(f"rem:{i}", dm(i)) for i in range(3)]
-    first = botmod._txn("rem:1")
+    first = botmod.txn_id("rem:1")
     rec = Recorder(0.01, fail_first={first})
     await run_sender(tmp_path, rec, entries, [])
     assert rec.attempts[first] == 2
@@ -149,18 +144,18 @@ async def test_a_reminder_backlog_is_read_in_slices_and_a_reply_overtakes_it(
     rec = Recorder(0.01)
     await run_sender(tmp_path, rec, backlog, reply)
     order = [txn for txn, _ in rec.done]
-    assert sorted(order) == sorted(botmod._txn(oid) for oid, _ in backlog + reply)
+    assert sorted(order) == sorted(botmod.txn_id(oid) for oid, _ in backlog + reply)
     # Read 40 at a time (at most twice that held): the reply, committed behind 400 reminders, is not last.
     assert rec.peak_lanes <= 2 * 40
-    assert order.index(botmod._txn("reply")) < 100
+    assert order.index(botmod.txn_id("reply")) < 100
 
 
 async def test_an_entry_no_longer_in_the_outbox_is_not_sent(tmp_path: Path) -> None:
     rec = Recorder(0.0)
-    bot = await offline_bot(tmp_path, rec)
+    sender = await offline_sender(tmp_path, rec)
     try:
         # Sent and deleted by one lane while another read still held it; or a reminder of a cancelled event.
-        assert await bot._deliver("rem:gone:1:3600:@p1:x", dm(1)) is True
+        assert await sender.deliver("rem:gone:1:3600:@p1:x", dm(1)) is True
         assert rec.attempts == {}
     finally:
-        await bot.store.close()
+        await sender.store.close()
