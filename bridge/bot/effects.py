@@ -12,8 +12,9 @@ import logging
 import time
 from typing import Any, assert_never
 
-from nio import AsyncClient, RoomCreateResponse, RoomPreset, RoomSendResponse, UploadResponse
+from nio import AsyncClient, ErrorResponse, RoomCreateResponse, RoomPreset, RoomSendResponse, UploadResponse
 
+from bridge.bot.failures import NotInRoom, SendFailed
 from bridge.bot.messages import POLL_END, POLL_START, notice, poll_content, poll_end_content
 from bridge.events.model import (
     Announce,
@@ -22,10 +23,13 @@ from bridge.events.model import (
     DirectUpload,
     Effect,
     EndPoll,
+    EventID,
     MatrixEventID,
     Reply,
     RoomID,
     RoomNotice,
+    Text,
+    UpdateTally,
     Upload,
     UserID,
 )
@@ -36,6 +40,19 @@ log = logging.getLogger(__name__)
 
 # How long a send waits for its room to show up in a sync before concluding the bot is not in it.
 ROOM_WAIT = 60.0
+# The least time between two edits of one announcement's count: a room full of people clicking at once
+# sees the number move every few seconds, not one edit per click.
+TALLY_EVERY = 5.0
+
+
+def failed(what: str, resp: object) -> SendFailed:
+    """A nio error answer as :class:`SendFailed`, with the HTTP status it came with."""
+    transport = getattr(resp, "transport_response", None)
+    status = getattr(transport, "status", None)
+    errcode = resp.status_code if isinstance(resp, ErrorResponse) else None
+    message = resp.message if isinstance(resp, ErrorResponse) else str(resp)
+    retry = resp.retry_after_ms if isinstance(resp, ErrorResponse) else None
+    return SendFailed(what, int(status) if status is not None else None, errcode, message, retry)
 
 
 class Effects:
@@ -47,6 +64,7 @@ class Effects:
         self.service = service
         self._keys_lock = asyncio.Lock()
         self._room_waiters: dict[str, asyncio.Event] = {}
+        self._tally_sent: dict[tuple[EventID, RoomID], tuple[float, str]] = {}
 
     def rooms_synced(self) -> None:
         """Release the sends waiting for a room that the last sync made known."""
@@ -69,14 +87,14 @@ class Effects:
             case Announce():
                 # The full text as an ordinary notice, for clients that do not show polls (they can react to
                 # it or use the commands), then the poll for those that do.
+                # A retry after a failure in between re-sends the text with the same transaction id: the
+                # homeserver answers with the event it already has, so it is posted once.
                 text_id = await self.send(effect.room_id, "m.room.message", notice(effect.text), txn + ".t")
-                if text_id is not None:
-                    await self.service.announcement_posted(
-                        effect.event_id, effect.room_id, MatrixEventID(text_id)
-                    )
+                await self.service.announcement_posted(
+                    effect.event_id, effect.room_id, MatrixEventID(text_id)
+                )
                 poll_id = await self.send(effect.room_id, POLL_START, poll_content(effect), txn)
-                if poll_id is not None:
-                    await self.service.poll_posted(effect.event_id, effect.room_id, MatrixEventID(poll_id))
+                await self.service.poll_posted(effect.event_id, effect.room_id, MatrixEventID(poll_id))
             case Upload(room, files):
                 for i, f in enumerate(files):
                     await self._upload(room, f, f"{txn}.{i}")
@@ -89,13 +107,35 @@ class Effects:
                 poll = dict(await self.store.audience(eid)).get(room)
                 if poll is not None:
                     await self.send(room, POLL_END, poll_end_content(poll, text), txn)
+            case UpdateTally(eid, room):
+                await self._edit_tally(eid, room, txn)
             case _:
                 assert_never(effect)
 
-    async def send(
-        self, room: str, etype: str, content: dict[str, Any], txn: str | None = None
-    ) -> str | None:
-        """The new event's id, or None if the homeserver refused it (logged)."""
+    async def _edit_tally(self, eid: EventID, room: RoomID, txn: str) -> None:
+        """Replace the announcement's text with the count now (``m.replace``), at most every
+        :data:`TALLY_EVERY` seconds per room; an edit that would show what the last one showed is skipped,
+        so a burst of answers queued while one edit waited becomes that one edit."""
+        anchor = await self.store.anchor(eid, room)
+        if anchor is None:
+            return  # not announced yet: the announcement, when it goes out, has no count to correct
+        key = (eid, room)
+        wait = self._tally_sent.get(key, (0.0, ""))[0] + TALLY_EVERY - time.monotonic()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        text = await self.service.tally_text(eid)
+        if text is None or self._tally_sent.get(key, (0.0, ""))[1] == text.body:
+            return
+        content = {
+            **notice(Text("* " + text.body, text.html)),
+            "m.new_content": notice(text),
+            "m.relates_to": {"rel_type": "m.replace", "event_id": anchor},
+        }
+        await self.send(room, "m.room.message", content, txn)
+        self._tally_sent[key] = (time.monotonic(), text.body)
+
+    async def send(self, room: str, etype: str, content: dict[str, Any], txn: str | None = None) -> str:
+        """The new event's id; raises :class:`SendFailed` (or :class:`NotInRoom`) if it was not accepted."""
         await self._wait_room(room)
         if self.client.rooms[room].encrypted and self.client.should_query_keys:
             async with self._keys_lock:  # lanes send in parallel; one key query serves them all
@@ -104,8 +144,7 @@ class Effects:
         resp = await self.client.room_send(room, etype, content, tx_id=txn, ignore_unverified_devices=True)
         if isinstance(resp, RoomSendResponse):
             return str(resp.event_id)
-        log.warning("send %s to %s failed: %s", etype, room, getattr(resp, "message", resp))
-        return None
+        raise failed(f"send {etype} to {room}", resp)
 
     async def _wait_room(self, room: str, timeout: float = ROOM_WAIT) -> None:
         if room in self.client.rooms:
@@ -115,7 +154,7 @@ class Effects:
             await asyncio.wait_for(waiter.wait(), timeout)
         except TimeoutError:
             # Not a network problem (that would be retried): the bot is not in this room, so never will be.
-            raise LookupError(f"the bot is not in {room}") from None
+            raise NotInRoom(f"the bot is not in {room}") from None
 
     async def _upload(self, room: str, f: Attachment, txn: str) -> None:
         await self._wait_room(room)
@@ -128,8 +167,7 @@ class Effects:
             filesize=len(f.data),
         )
         if not isinstance(resp, UploadResponse):
-            log.warning("upload of %s failed: %s", f.filename, getattr(resp, "message", resp))
-            return
+            raise failed(f"upload {f.filename}", resp)
         content: dict[str, Any] = {
             "msgtype": "m.file",
             "body": f.filename,
@@ -169,7 +207,7 @@ class Effects:
             ],
         )
         if not isinstance(resp, RoomCreateResponse):
-            raise RuntimeError(f"could not open a direct chat with {user}: {getattr(resp, 'message', resp)}")
+            raise failed(f"open a direct chat with {user}", resp)
         room = RoomID(resp.room_id)
         # Server timestamps are wall-clock milliseconds; the injected clock is for domain time only.
         await self.store.write([SetDmRoom(user, room), SetRoomSince(room, int(time.time() * 1000))])

@@ -635,6 +635,14 @@ class Store:
         )
         return total, [DeadLetterRow(r[0], _dt1(r[1]), _dt1(r[2]), r[3], r[4]) for r in rows]
 
+    async def anchor(self, eid: EventID, room: RoomID) -> MatrixEventID | None:
+        """The announcement text message of ``eid`` in ``room`` (what the count edits replace)."""
+        rows = await self._rows(
+            "SELECT matrix_event_id FROM anchors WHERE event_id = ? AND room_id = ? ORDER BY matrix_event_id",
+            (eid, room),
+        )
+        return MatrixEventID(rows[0][0]) if rows else None
+
     async def votes(self, poll_event_id: str, sender: str) -> list[Vote]:
         rows = await self._rows(
             "SELECT matrix_event_id, sender, ts, selections FROM poll_votes "

@@ -15,7 +15,15 @@ MARKER_TYPE: Final = "org.civmatrix.managed"
 REGISTRY_TYPE: Final = "org.civmatrix.registry"
 META_TYPE: Final = "org.civmatrix.meta"
 
-# MSC4133 custom profile field holding a person's directory details as one object (title, department,
-# phone, email): one request per person instead of four, which at 25,000 people saves 75,000 requests on
-# the first sync.
+# MSC4133 custom profile fields with a person's directory details, one namespaced key per field so any
+# client or bot can read (and a future client show) each on its own. ``department`` is the unit's path as
+# people see it in space names, top level first, joined with " / " — never an internal unit key.
+PROFILE_KEYS: Final = {
+    "title": "org.civmatrix.title",
+    "department": "org.civmatrix.department",
+    "phone": "org.civmatrix.phone",
+    "email": "org.civmatrix.email",
+}
+# The earlier single nested field (all four in one object). No longer written; kept so readers that still
+# look for it can be found and moved to PROFILE_KEYS.
 PROFILE_FIELD: Final = "org.civmatrix.directory"
