@@ -41,7 +41,7 @@ import yaml
 from bridge.bot.app import open_bot
 from bridge.bot.config import TOKEN_ENV, BotConfig, read_token
 from bridge.events.reminders import DEFAULT_OFFSETS
-from bridge.events.store import open_store
+from bridge.events.store import LAST_SYNC_KEY, open_store
 
 log = logging.getLogger(__name__)
 
@@ -216,9 +216,6 @@ def run(ctx: click.Context) -> None:
         asyncio.run(go())
     except KeyboardInterrupt:
         log.info("stopped")
-
-
-LAST_SYNC_KEY = "last_sync_at"  # written by the bot after every sync it handled (ISO 8601, UTC)
 
 
 async def read_status(cfg: BotConfig, now: datetime, dead_shown: int = 10) -> dict[str, Any]:

@@ -8,11 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import logging
 import time
 from typing import Any, assert_never
+from urllib.parse import quote
 
-from nio import AsyncClient, ErrorResponse, RoomCreateResponse, RoomPreset, RoomSendResponse, UploadResponse
+from nio import (
+    AsyncClient,
+    DirectRoomsResponse,
+    ErrorResponse,
+    RoomCreateResponse,
+    RoomGetStateEventResponse,
+    RoomPreset,
+    RoomSendResponse,
+    UploadResponse,
+)
 
 from bridge.bot.failures import NotInRoom, SendFailed
 from bridge.bot.messages import POLL_END, POLL_START, notice, poll_content, poll_end_content
@@ -43,6 +54,9 @@ ROOM_WAIT = 60.0
 # The least time between two edits of one announcement's count: a room full of people clicking at once
 # sees the number move every few seconds, not one edit per click.
 TALLY_EVERY = 5.0
+# State the bot puts in every direct chat it creates, naming the person: the record of that chat on the
+# server, found again after a crash that fell between creating the room and writing it down.
+DM_MARKER = "org.civmatrix.bot_dm"
 
 
 def failed(what: str, resp: object) -> SendFailed:
@@ -65,9 +79,12 @@ class Effects:
         self._keys_lock = asyncio.Lock()
         self._room_waiters: dict[str, asyncio.Event] = {}
         self._tally_sent: dict[tuple[EventID, RoomID], tuple[float, str]] = {}
+        self._direct_lock = asyncio.Lock()
+        self.rooms_known = asyncio.Event()  # set after the first sync: client.rooms is what the bot is in
 
     def rooms_synced(self) -> None:
         """Release the sends waiting for a room that the last sync made known."""
+        self.rooms_known.set()
         for room_id in list(self._room_waiters):
             if room_id in self.client.rooms:
                 self._room_waiters.pop(room_id).set()
@@ -191,9 +208,19 @@ class Effects:
         return room
 
     async def _open_dm(self, user: UserID) -> RoomID:
+        """The one direct chat with ``user``: the store's record, else found again on the server, else new.
+
+        A crash can fall between creating the room and recording it, so before creating one the bot looks
+        where the server keeps the record: its ``m.direct`` account data and, for a room created just before
+        a crash (``m.direct`` not written yet), the :data:`DM_MARKER` state it creates every direct chat with.
+        """
         known = await self.store.dm_room(user)
         if known is not None:
             return known
+        found = await self._find_dm(user)
+        if found is not None:
+            await self.store.write([SetDmRoom(user, found)])
+            return found
         resp = await self.client.room_create(
             is_direct=True,
             invite=[user],
@@ -203,7 +230,8 @@ class Effects:
                     "type": "m.room.encryption",
                     "state_key": "",
                     "content": {"algorithm": "m.megolm.v1.aes-sha2"},
-                }
+                },
+                {"type": DM_MARKER, "state_key": "", "content": {"user": user}},
             ],
         )
         if not isinstance(resp, RoomCreateResponse):
@@ -211,4 +239,48 @@ class Effects:
         room = RoomID(resp.room_id)
         # Server timestamps are wall-clock milliseconds; the injected clock is for domain time only.
         await self.store.write([SetDmRoom(user, room), SetRoomSince(room, int(time.time() * 1000))])
+        await self._mark_direct(user, room)
         return room
+
+    async def _find_dm(self, user: UserID) -> RoomID | None:
+        await self.rooms_known.wait()  # the rooms the bot is in come with the first sync
+        direct = await self._direct()
+        listed = [r for r in direct.get(user, []) if r in self.client.rooms]
+        mine = [
+            r
+            for r, room in self.client.rooms.items()
+            if r not in listed and user in {*room.users, *room.invited_users} and room.member_count <= 2
+        ]
+        for room_id in [*listed, *sorted(mine)]:
+            resp = await self.client.room_get_state_event(room_id, DM_MARKER, "")
+            marked = isinstance(resp, RoomGetStateEventResponse) and resp.content.get("user") == user
+            if marked or room_id in listed:
+                log.info("found the direct chat with %s again: %s", user, room_id)
+                if room_id not in listed:
+                    await self._mark_direct(user, RoomID(room_id))
+                return RoomID(room_id)
+        return None
+
+    async def _direct(self) -> dict[str, list[str]]:
+        resp = await self.client.list_direct_rooms()
+        return dict(resp.rooms) if isinstance(resp, DirectRoomsResponse) else {}
+
+    async def _mark_direct(self, user: UserID, room: RoomID) -> None:
+        """Add ``room`` to the bot's ``m.direct`` (what clients and a restarted bot read as the record)."""
+        async with self._direct_lock:
+            direct = await self._direct()
+            if room in direct.get(user, []):
+                return
+            direct[user] = [*direct.get(user, []), room]
+            path = f"/_matrix/client/v3/user/{quote(self.client.user_id, safe='')}/account_data/m.direct"
+            resp = await self.client.send(
+                "PUT",
+                path,
+                json.dumps(direct),
+                headers={"Authorization": f"Bearer {self.client.access_token}"},
+            )
+            try:
+                if resp.status != 200:
+                    log.warning("could not record %s in m.direct: HTTP %s", room, resp.status)
+            finally:
+                resp.release()

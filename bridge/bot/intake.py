@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from nio import (
@@ -33,7 +34,7 @@ from bridge.bot.directory import MatrixDirectory
 from bridge.bot.messages import POLL_RESPONSE_TYPES, poll_selections, strip_reply_fallback
 from bridge.events.model import Effect, MatrixEventID, RoomID, UserID
 from bridge.events.service import EventService
-from bridge.events.store import SetRoomSince, SetValue, Store
+from bridge.events.store import LAST_SYNC_KEY, SetRoomSince, SetValue, Store
 from bridge.matrix.contract import MARKER_TYPE
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class Intake:
         self.on_synced = on_synced
         self.synced_once = asyncio.Event()
         self._pending: list[_Pending] = []
+        self._warm: asyncio.Task[None] | None = None
+        self._claimed: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
         since = await self.store.get_value(SYNC_TOKEN_KEY)
@@ -102,10 +105,22 @@ class Intake:
             first_ever = False
             full_state = False
             since = resp.next_batch
-            await self.store.write([SetValue(SYNC_TOKEN_KEY, since)])
+            synced_at = datetime.now(UTC).isoformat()  # for operators (`bridge status`), not domain time
+            await self.store.write([SetValue(SYNC_TOKEN_KEY, since), SetValue(LAST_SYNC_KEY, synced_at)])
             await self._maintain_keys()
-            self.synced_once.set()
+            if not self.synced_once.is_set():
+                self.synced_once.set()
+                self._warm = asyncio.create_task(self._after_first_sync())
             self.on_synced()
+
+    async def _after_first_sync(self) -> None:
+        """Read now what the first command would otherwise wait for: the unit tree."""
+        t0 = time.monotonic()
+        try:
+            await self.directory.warm()
+        except Exception:
+            log.exception("reading the space tree after the first sync failed; read on first use")
+        log.info("space tree read in %.1f s", time.monotonic() - t0)
 
     async def _maintain_keys(self) -> None:
         await self.client.send_to_device_messages()
@@ -115,6 +130,32 @@ class Intake:
             await self.client.keys_query()
         if self.client.should_claim_keys:
             await self.client.keys_claim(self.client.get_users_for_key_claiming())
+        await self._claim_sessions()
+
+    async def _claim_sessions(self) -> None:
+        """Open an Olm session with every device in the bot's encrypted rooms as soon as its keys are known.
+
+        Otherwise nio claims one-time keys inside the first send to a room (the reply to the first command
+        waits for it, and nio warns "Missing session for device" for each device). Each device is claimed
+        once per run: one that has no one-time key left is left to nio's own claim when it is needed.
+        """
+        olm = self.client.olm
+        if olm is None:
+            return
+        missing: dict[str, list[str]] = {}
+        for room in self.client.rooms.values():
+            if not room.encrypted:
+                continue
+            for user in room.users:
+                for device in self.client.device_store.active_user_devices(user):
+                    key = (user, device.id)
+                    if device.id == self.client.device_id or key in self._claimed:
+                        continue
+                    if not olm.session_store.get(device.curve25519):
+                        missing.setdefault(user, []).append(device.id)
+                    self._claimed.add(key)
+        if missing:
+            await self.client.keys_claim(missing)
 
     async def _handle_sync(self, resp: SyncResponse, first_ever: bool) -> None:
         for room_id in resp.rooms.invite:
@@ -209,7 +250,8 @@ class Intake:
         elif isinstance(ev, UnknownEvent) and ev.type in POLL_RESPONSE_TYPES:
             answered = poll_selections(cast(dict[str, Any], ev.source.get("content", {})))
             if answered is not None:
-                effects = await self.service.handle_poll_response(room, user, mid, *answered)
+                ts = int(getattr(ev, "server_timestamp", 0)) or None
+                effects = await self.service.handle_poll_response(room, user, mid, *answered, ts=ts)
         elif isinstance(ev, RedactionEvent):
             effects = await self.service.handle_redaction(room, user, mid, ev.redacts)
         elif isinstance(ev, UnknownEvent) and ev.type == MARKER_TYPE:

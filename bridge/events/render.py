@@ -120,15 +120,8 @@ def announcement(event: Event, tz: ZoneInfo, att: Attendance | None = None, room
 def tally_line(event: Event, att: Attendance, rooms: int) -> str:
     lang = event.lang
     cap = f"/{event.capacity}" if event.capacity is not None else ""
-    where = (
-        t(
-            lang,
-            f" — все {plural(lang, rooms, ROOMS_WORD[lang])}",
-            f" — all {plural(lang, rooms, ROOMS_WORD[lang])}",
-        )
-        if rooms > 1
-        else ""
-    )
+    n = plural(lang, rooms, ROOMS_WORD[lang])
+    where = t(lang, f" — во всех {n}", f" — all {n}") if rooms > 1 else ""
     parts = [t(lang, f"идут {len(att.confirmed)}{cap}", f"going {len(att.confirmed)}{cap}")]
     if att.waitlist:
         parts.append(t(lang, f"в листе ожидания {len(att.waitlist)}", f"waitlist {len(att.waitlist)}"))
@@ -144,7 +137,7 @@ def poll_question(event: Event, tz: ZoneInfo) -> str:
         "опрос — один из способов ответить; общий итог — в объявлении",
         "the poll is one way to answer; the full count is in the announcement",
     )
-    return f"{event.title} — {when(event.starts_at, tz, event.lang)} [{event.id}] ({note})"
+    return f"{event.title} — {when(event.starts_at, tz, event.lang)} ({note}) [{event.id}]"
 
 
 def _names(rs: Sequence[Rsvp]) -> str:

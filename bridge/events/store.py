@@ -218,6 +218,7 @@ Write = (
 )
 
 
+LAST_SYNC_KEY = "last_sync_at"  # kv: when the bot last handled a sync (ISO 8601, UTC), for `bridge status`
 REMINDER_OUTBOX = "rem:"  # outbox ids of reminders start with this, then the event ID
 
 
