@@ -7,6 +7,7 @@ waits for its room; the sync loop calls :meth:`Effects.rooms_synced` after each 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
@@ -80,11 +81,16 @@ class Effects:
         self._room_waiters: dict[str, asyncio.Event] = {}
         self._tally_sent: dict[tuple[EventID, RoomID], tuple[float, str]] = {}
         self._direct_lock = asyncio.Lock()
+        self._uncertain: set[UserID] = set()  # a create failed and may have been done nonetheless
+        self._sync_waiters: list[asyncio.Event] = []
         self.rooms_known = asyncio.Event()  # set after the first sync: client.rooms is what the bot is in
 
     def rooms_synced(self) -> None:
         """Release the sends waiting for a room that the last sync made known."""
         self.rooms_known.set()
+        waiters, self._sync_waiters = self._sync_waiters, []
+        for w in waiters:
+            w.set()
         for room_id in list(self._room_waiters):
             if room_id in self.client.rooms:
                 self._room_waiters.pop(room_id).set()
@@ -217,6 +223,10 @@ class Effects:
         known = await self.store.dm_room(user)
         if known is not None:
             return known
+        if user in self._uncertain:
+            # The last create for this person failed without telling whether the room was made: it shows up
+            # in the next sync if it was.
+            await self._next_sync()
         found = await self._find_dm(user)
         if found is not None:
             await self.store.write([SetDmRoom(user, found)])
@@ -235,12 +245,22 @@ class Effects:
             ],
         )
         if not isinstance(resp, RoomCreateResponse):
-            raise failed(f"open a direct chat with {user}", resp)
+            error = failed(f"open a direct chat with {user}", resp)
+            if error.transient:
+                self._uncertain.add(user)
+            raise error
+        self._uncertain.discard(user)
         room = RoomID(resp.room_id)
         # Server timestamps are wall-clock milliseconds; the injected clock is for domain time only.
         await self.store.write([SetDmRoom(user, room), SetRoomSince(room, int(time.time() * 1000))])
         await self._mark_direct(user, room)
         return room
+
+    async def _next_sync(self, timeout: float = 30.0) -> None:
+        synced = asyncio.Event()
+        self._sync_waiters.append(synced)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(synced.wait(), timeout)
 
     async def _find_dm(self, user: UserID) -> RoomID | None:
         await self.rooms_known.wait()  # the rooms the bot is in come with the first sync
