@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import quote
 
 from nio import (
     AsyncClient,
@@ -27,6 +28,9 @@ from nio import (
     RoomMessageText,
     SyncResponse,
     UnknownEvent,
+)
+from nio import (
+    Event as NioEvent,
 )
 
 from bridge.bot.config import BotConfig
@@ -114,13 +118,60 @@ class Intake:
             self.on_synced()
 
     async def _after_first_sync(self) -> None:
-        """Read now what the first command would otherwise wait for: the unit tree."""
+        """Read now what the first command would otherwise wait for (the unit tree), then every open poll's
+        responses from ``/relations``: a tally after a restart comes from the server, not from what this
+        process happened to see (a response older than a gap the backfill covered is still counted)."""
         t0 = time.monotonic()
         try:
             await self.directory.warm()
         except Exception:
             log.exception("reading the space tree after the first sync failed; read on first use")
         log.info("space tree read in %.1f s", time.monotonic() - t0)
+        try:
+            await self.reread_polls()
+        except Exception:
+            log.exception("re-reading the polls' responses failed; the timeline's are counted")
+
+    async def reread_polls(self) -> int:
+        """Hand every response of the open polls to the service once (a processed one is skipped)."""
+        seen = 0
+        for room, poll in await self.store.open_polls(self.service.clock.now()):
+            if room not in self.client.rooms:
+                continue
+            for raw in await self._relations(room, poll):
+                ev = NioEvent.parse_event(raw)
+                if isinstance(ev, MegolmEvent):
+                    ev.room_id = room
+                    with contextlib.suppress(Exception):
+                        ev = self.client.decrypt_event(ev)
+                await self._handle_event(room, ev)
+                seen += 1
+        if seen:
+            self.on_effects()
+        log.info("re-read %d poll responses from /relations", seen)
+        return seen
+
+    async def _relations(self, room: str, event_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        rel = f"relations/{quote(event_id, safe='')}/m.reference"
+        base = f"/_matrix/client/v1/rooms/{quote(room, safe='')}/{rel}"
+        auth = {"Authorization": f"Bearer {self.client.access_token}"}
+        for _ in range(BACKFILL_PAGES):
+            path = base + "?limit=100&dir=f" + (f"&from={quote(token, safe='')}" if token else "")
+            resp = await self.client.send("GET", path, headers=auth)
+            try:
+                if resp.status != 200:
+                    log.warning("relations of %s in %s: HTTP %s", event_id, room, resp.status)
+                    break
+                body = await resp.json()
+            finally:
+                resp.release()
+            out += [e for e in body.get("chunk", []) if isinstance(e, dict)]
+            token = body.get("next_batch")
+            if not token:
+                break
+        return out
 
     async def _maintain_keys(self) -> None:
         await self.client.send_to_device_messages()

@@ -644,6 +644,15 @@ class Store:
         )
         return MatrixEventID(rows[0][0]) if rows else None
 
+    async def open_polls(self, now: datetime) -> list[tuple[RoomID, MatrixEventID]]:
+        """The polls of events not cancelled and not started yet: (room, poll event id)."""
+        rows = await self._rows(
+            "SELECT a.room_id, a.poll_event_id FROM audience a JOIN events e ON e.id = a.event_id "
+            "WHERE e.cancelled = 0 AND e.starts_at > ? AND a.poll_event_id IS NOT NULL ORDER BY a.room_id",
+            (_ms(now),),
+        )
+        return [(RoomID(r[0]), MatrixEventID(r[1])) for r in rows]
+
     async def votes(self, poll_event_id: str, sender: str) -> list[Vote]:
         rows = await self._rows(
             "SELECT matrix_event_id, sender, ts, selections FROM poll_votes "
