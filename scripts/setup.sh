@@ -10,6 +10,9 @@ command -v ldapsearch >/dev/null 2>&1 || need_apt+=(ldap-utils)
 # Headers python-ldap (the fast directory reader) builds against.
 [ -f /usr/include/ldap.h ] || need_apt+=(libldap2-dev)
 [ -f /usr/include/sasl/sasl.h ] || need_apt+=(libsasl2-dev)
+# The bot's interop test drives Element's own SDK (matrix-js-sdk, Rust crypto) under Node.js >= 20.
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "setup: missing ${need_apt[*]}; run as root or: sudo apt-get install -y ${need_apt[*]}" >&2

@@ -675,3 +675,52 @@ async def test_bot_refuses_to_run_as_server_admin(synapse: SynapseHandle, tmp_pa
     with pytest.raises(RuntimeError, match="server admin"):
         await bot.start()
     await bot.stop()
+
+
+async def test_votes_missed_in_a_gap_are_counted_from_relations_after_a_restart(
+    synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Votes the timeline never showed the bot (a gap it could not backfill) still count after a restart: the
+    bot re-reads every open poll's responses from ``/relations``, once."""
+    import bridge.bot.intake
+
+    person = people["person"]
+    bot_acct = people["bot"]
+    mod, alice = person("mod"), person("alice")
+    mod.start()
+    alice.start()
+    room = await make_room(mod, encrypted=True, invite=[alice.user_id, bot_acct.user_id],
+                           marker={"kind": "room", "unit": "ou:rel", "shard": 1, "version": 1})  # fmt: skip
+    await until(lambda: room in alice.client.rooms, "alice joined")
+    cfg = bot_config(synapse, bot_acct, tmp_path)
+    clock = ManualClock(datetime.now(UTC))
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await until(lambda: room in bot.client.rooms, "bot in the room")
+        await until(lambda: all(list(p.client.device_store.active_user_devices(bot_acct.user_id)) for p in (mod, alice)),
+                    "bot's keys")  # fmt: skip
+        await mod.say(room, '!event create "Relations" tomorrow 3pm')
+        poll = (await until(lambda: [s for s in alice.seen if s.type == "m.poll.start"], "poll"))[0]
+        eid = poll.content["m.poll"]["question"]["m.text"][0]["body"].rsplit("[", 1)[1].rstrip("]")
+        await until(lambda: bot.idle.is_set(), "bot idle")
+    finally:
+        await bot.stop()
+    # While the bot is down: a vote buried under chatter, in a gap the restarted bot will not backfill.
+    await alice.send(room, "m.poll.response", {
+        "m.relates_to": {"rel_type": "m.reference", "event_id": poll.event_id}, "m.selections": ["going"]})  # fmt: skip
+    for i in range(6):
+        await mod.say(room, f"chatter {i}")
+    monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", {"room": {"timeline": {"limit": 2}}})
+    monkeypatch.setattr(bridge.bot.intake, "BACKFILL_PAGES", 0)
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await until(
+            lambda: _answers(bot, eid) == [(alice.user_id, "going")], "the vote counted from /relations"
+        )
+        assert await bot.intake.reread_polls() >= 1  # read again: handled already, nothing changes
+        await quiet(1)
+        assert _answers(bot, eid) == [(alice.user_id, "going")]
+    finally:
+        await bot.stop()

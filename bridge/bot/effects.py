@@ -26,8 +26,9 @@ from nio import (
     UploadResponse,
 )
 
-from bridge.bot.failures import NotInRoom, SendFailed
+from bridge.bot.failures import Defer, NotInRoom, SendFailed
 from bridge.bot.messages import POLL_END, POLL_START, notice, poll_content, poll_end_content
+from bridge.bot.sender import txn_id
 from bridge.events.model import (
     Announce,
     Attachment,
@@ -45,6 +46,7 @@ from bridge.events.model import (
     Upload,
     UserID,
 )
+from bridge.events.outbox import encode
 from bridge.events.service import EventService
 from bridge.events.store import SetDmRoom, SetRoomSince, Store
 
@@ -130,24 +132,30 @@ class Effects:
                 poll = dict(await self.store.audience(eid)).get(room)
                 if poll is not None:
                     await self.send(room, POLL_END, poll_end_content(poll, text), txn)
-            case UpdateTally(eid, room):
-                await self._edit_tally(eid, room, txn)
+            case UpdateTally():
+                await self._edit_tally(effect, txn)
             case _:
                 assert_never(effect)
 
-    async def _edit_tally(self, eid: EventID, room: RoomID, txn: str) -> None:
+    async def _edit_tally(self, effect: UpdateTally, txn: str) -> None:
         """Replace the announcement's text with the count now (``m.replace``), at most every
-        :data:`TALLY_EVERY` seconds per room; an edit that would show what the last one showed is skipped,
-        so a burst of answers queued while one edit waited becomes that one edit."""
+        :data:`TALLY_EVERY` seconds per room. Every answer queues one of these; all but the newest of a room
+        are skipped at once (the newest renders the state when it goes out), so a room where people click
+        fast costs one edit per few seconds, and no backlog of edits holds up other messages."""
+        eid, room = effect.event_id, effect.room_id
+        newest = await self.store.newest_outbox_entry(encode(effect))
+        if newest is not None and txn_id(newest) != txn:
+            return  # a later answer queued another edit of this announcement: that one shows both
         anchor = await self.store.anchor(eid, room)
         if anchor is None:
             return  # not announced yet: the announcement, when it goes out, has no count to correct
         key = (eid, room)
-        wait = self._tally_sent.get(key, (0.0, ""))[0] + TALLY_EVERY - time.monotonic()
+        last_at, last_text = self._tally_sent.get(key, (0.0, ""))
+        wait = last_at + TALLY_EVERY - time.monotonic()
         if wait > 0:
-            await asyncio.sleep(wait)
+            raise Defer(wait)
         text = await self.service.tally_text(eid)
-        if text is None or self._tally_sent.get(key, (0.0, ""))[1] == text.body:
+        if text is None or last_text == text.body:
             return
         content = {
             **notice(Text("* " + text.body, text.html)),

@@ -46,3 +46,11 @@ def is_transient(status: int | None, errcode: str | None) -> bool:
 
 class NotInRoom(Exception):
     """The bot is not (and will not be) in the room a message is for: permanent."""
+
+
+class Defer(Exception):
+    """Not a failure: the entry may go out only in ``seconds`` (a throttle); its lane waits, slot freed."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(f"deferred {seconds:.1f} s")

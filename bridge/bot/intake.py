@@ -47,6 +47,7 @@ SYNC_TOKEN_KEY = "sync_token"
 # A larger timeline window makes gaps (limited syncs) rare; a gap is backfilled page by page, up to this many.
 SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
 BACKFILL_PAGES = 50
+RELATIONS_PAGES = 50  # of 100 responses each, per open poll
 # An event that could not be decrypted yet is retried for this long (its room key may still be on the way).
 UNDECRYPTED_TTL = 300.0
 
@@ -157,7 +158,7 @@ class Intake:
         rel = f"relations/{quote(event_id, safe='')}/m.reference"
         base = f"/_matrix/client/v1/rooms/{quote(room, safe='')}/{rel}"
         auth = {"Authorization": f"Bearer {self.client.access_token}"}
-        for _ in range(BACKFILL_PAGES):
+        for _ in range(RELATIONS_PAGES):
             path = base + "?limit=100&dir=f" + (f"&from={quote(token, safe='')}" if token else "")
             resp = await self.client.send("GET", path, headers=auth)
             try:

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from bridge.bot.failures import NotInRoom, SendFailed
+from bridge.bot.failures import Defer, NotInRoom, SendFailed
 from bridge.events.clock import Clock, SystemClock
 from bridge.events.model import Announce, DirectMessage, DirectUpload, Effect, Reply, UpdateTally, Upload
 from bridge.events.outbox import decode
@@ -237,6 +237,8 @@ class Sender:
             await self.execute(effect, txn_id(oid))
         except asyncio.CancelledError:
             raise
+        except Defer as e:
+            return e.seconds
         except SendFailed as e:
             if e.transient:
                 return self._retry(oid, str(e), e.retry_after_ms)

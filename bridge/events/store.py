@@ -618,6 +618,13 @@ class Store:
         sql = f"SELECT id, payload FROM outbox {where} ORDER BY created_at, id LIMIT ?"
         return [(str(r[0]), str(r[1])) for r in await self._rows(sql, args)]
 
+    async def newest_outbox_entry(self, payload: str) -> str | None:
+        """The id of the latest-written outbox entry with exactly this payload (edits superseding edits)."""
+        rows = await self._rows(
+            "SELECT id FROM outbox WHERE payload = ? ORDER BY created_at DESC, id DESC LIMIT 1", (payload,)
+        )
+        return str(rows[0][0]) if rows else None
+
     async def in_outbox(self, oid: str) -> bool:
         return bool(await self._rows("SELECT 1 FROM outbox WHERE id = ?", (oid,)))
 
