@@ -4,14 +4,16 @@ One story, in order, because each step depends on the state the previous one lef
 
 1. A command sent before the bot arrived in a room is history and is never answered.
 2. An unprivileged member's create is refused; nothing is announced.
-3. A moderator in the encrypted room announces an event to the whole unit "fin": the bot finds the unit's
-   rooms through the provisioner's markers and the space tree (two shard rooms of "fin", and a sub-unit's
-   room whose different unit key only the space walk can find) and posts a native poll in each, but not in
-   another unit's room.
+3. A moderator in the encrypted room announces an event to the whole unit "Департамент финансов", typed by
+   its name in lower case: the bot finds the unit's rooms through the provisioner's markers and the space
+   tree (two shard rooms, and a sub-unit's room whose different unit key only the space walk can find) and
+   posts a native poll in each, but not in another unit's room.
 4. People answer by poll (encrypted), by reaction and by command; the third "going" lands on the waitlist.
 5. The bot is stopped; while it is down one person cancels by command. After a restart that answer is
    handled exactly once, the waitlisted person is promoted and told by DM, and nothing earlier is replayed.
-6. The organiser exports: the CSV (downloaded and decrypted by the client) lists everyone with their source.
+6. The organiser exports: the CSV (downloaded and decrypted by the client) lists everyone with the title and
+   department the directory gives them (nested or separate profile fields, or their room's unit), never a key;
+   every announcement was edited to the count across its three rooms.
 7. The clock is moved to 24 h before the start: the going people get a reminder DM, others do not.
 8. The organiser cancels: everyone who answered gets a DM, the polls are closed, later answers are refused.
 """
