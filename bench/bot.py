@@ -62,6 +62,7 @@ from bridge.events.model import Answer, Event, EventID, RoomID, Rsvp, Source, Us
 from bridge.events.store import PutAnswer, PutAudience, PutEvent, SetDmRoom, SetRoomSince, open_sqlite
 from provisioner.embedded.synapse import EmbeddedSynapse, RegisteredAccount
 from provisioner.synapse.config import TEST_RATE_LIMITS
+from tests.fixtures.faultproxy import FaultProxy, at_rate
 
 ROOT = Path(__file__).resolve().parents[1]
 MSK = ZoneInfo("Europe/Moscow")
@@ -164,6 +165,9 @@ class Watcher:
     replies: dict[str, tuple[float, str]] = field(default_factory=dict)  # command event id -> (time, body)
     reply_ids: dict[str, str] = field(default_factory=dict)  # command event id -> the reply's event id
     polls: dict[str, tuple[str, str]] = field(default_factory=dict)  # room -> (poll event id, our event ID)
+    counts: dict[str, int] = field(
+        default_factory=dict
+    )  # command event id -> replies seen (1 = exactly once)
 
     async def on_event(self, room: Any, ev: Any) -> None:
         now = time.time()
@@ -178,6 +182,7 @@ class Watcher:
         target = content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
         if isinstance(target, str):
             self.replies.setdefault(target, (now, str(content.get("body", ""))))
+            self.counts[target] = self.counts.get(target, 0) + 1
             self.reply_ids.setdefault(target, str(src.get("event_id", "")))
 
 
@@ -271,11 +276,12 @@ def plan_rsvps(n: int, users: int, seconds: float) -> list[Action]:
     return out
 
 
-def write_bot_config(tmp: Path, hs: EmbeddedSynapse, bot: RegisteredAccount) -> Path:
+def write_bot_config(tmp: Path, hs: EmbeddedSynapse, bot: RegisteredAccount, url: str | None = None) -> Path:
+    """``url``: where the bot reaches the homeserver (the fault proxy when one runs)."""
     (tmp / "bot.token").write_text(bot.access_token, encoding="utf-8")
     cfg = tmp / "civmatrix.yaml"
     cfg.write_text(
-        f"homeserver: {{url: '{hs.admin_url}', server_name: {hs.server_name}}}\n"
+        f"homeserver: {{url: '{url or hs.admin_url}', server_name: {hs.server_name}}}\n"
         "bot:\n"
         f"  user_id: '{bot.user_id}'\n"
         "  access_token_file: bot.token\n"
@@ -302,6 +308,8 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]
     hs.start()
     bot_proc: BotProcess | None = None
     clients: list[Client] = []
+    proxy: FaultProxy | None = None
+    proxy_url: str | None = None
     try:
         log(f"Synapse up in {hs.last_start_seconds:.1f} s; registering {args.users} people")
         with ThreadPoolExecutor(8) as pool:
@@ -346,7 +354,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]
         log(f"{len(rooms)} rooms ({len(encrypted)} encrypted), {len(clients)} people joined")
 
         sync_task = asyncio.create_task(mod.client.sync_forever(timeout=1000, full_state=True))
-        bot_proc = BotProcess(write_bot_config(tmp, hs, bot), tmp / "bot.log")
+        if args.fault_rate > 0:
+            # The bot's every request goes through the proxy; a fault_rate share of its sends gets a 503.
+            proxy = FaultProxy(hs.admin_url, at_rate(args.fault_rate, seed=13, status=503))
+            proxy_url = await proxy.start()
+        bot_proc = BotProcess(write_bot_config(tmp, hs, bot, proxy_url), tmp / "bot.log")
         await bot_proc.start()
 
         def bot_joined() -> bool:
@@ -537,6 +549,11 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]
                 f"{no_reply} commands without a reply, {ann_lost} votes/reactions not stored",
             ),
             (
+                "duplicated",
+                f"**{sum(watcher.counts.get(m, 0) - 1 for _, _, m in commands if watcher.counts.get(m, 0) > 1)}**",
+                "replies beyond the first to one command",
+            ),
+            (
                 "attendance matches",
                 f"{len(final) - mismatched}/{len(final)} people; `!event show` {show_ok}/{len(rooms)} rooms",
                 "final answer per person vs. the store",
@@ -559,6 +576,10 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]
             await bot_proc.stop()
         for c in clients:
             await c.client.close()
+        if proxy is not None:
+            rows.append(("503s injected by the fault proxy", f"{sum(proxy.injected.values())}",
+                         f"{args.fault_rate:.0%} of the bot's sends (seeded), both parts"))  # fmt: skip
+            await proxy.close()
         hs.stop()
     return rows
 
@@ -604,12 +625,13 @@ async def reminders(
         room = RoomID(rooms[k % len(rooms)])
         ev = Event(id=eid, title=f"Reminder bench {k}", starts_at=due + DAY, place=None, capacity=None,
                    deadline=None, organiser=UserID(mod.user_id), origin_room=room, audience_unit=None,
-                   private=False, lang="ru", created_at=datetime.now(UTC))  # fmt: skip
+                   private=False, lang="ru", created_at=datetime.now(UTC) - 2 * DAY)  # fmt: skip
         events.append(ev)
         writes += [PutEvent(ev), PutAudience(eid, room)]
         slot = int(ev.starts_at.timestamp())
         for seq, p in enumerate(people, 1):
-            writes.append(PutAnswer(Rsvp(eid, UserID(p.user_id), Answer.GOING, datetime.now(UTC), seq,
+            # Answered days before (a reminder whose moment had passed at the answer is skipped: reminders Rule 6).
+            writes.append(PutAnswer(Rsvp(eid, UserID(p.user_id), Answer.GOING, datetime.now(UTC) - 2 * DAY, seq,
                                          Source.COMMAND, None, room, p.user_id)))  # fmt: skip
             expected[txn_id(f"rem:{eid}:{slot}:{int(DAY.total_seconds())}:{p.user_id}")] = due
         expected[txn_id(f"rem:{eid}:{slot}:{int(DAY.total_seconds())}:{room}")] = due
@@ -745,6 +767,8 @@ def main() -> None:
     ap.add_argument(
         "--probe-every", type=float, default=1.3, help="seconds between two commands sent during the bursts"
     )
+    ap.add_argument("--fault-rate", type=float, default=0.0,
+                    help="put a fault proxy between bot and Synapse answering this share of sends with 503")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (for debugging)")
     args = ap.parse_args()
     if (

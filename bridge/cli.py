@@ -1,5 +1,8 @@
-"""``bridge --config FILE run``: the event bot's command line; ``bridge --config FILE search``: the directory
-search service (its ``search:`` keys are documented in :mod:`bridge.search.config`).
+"""``bridge --config FILE run|status|search``: the event bot's command line and the directory search service.
+
+``status`` reads the bot's store (it may run while the bot runs): outbox depth and its oldest entry, the dead
+letters (messages the homeserver refused for good, with the reason) and the time of the last sync.
+``search`` serves the directory search; its ``search:`` keys are documented in :mod:`bridge.search.config`.
 
 The shared YAML file is read once; this module parses its ``bot:`` section (and ``homeserver.url``) into a
 frozen :class:`~bridge.bot.config.BotConfig`. Errors name the file and the dotted key. The token is read from
@@ -23,10 +26,11 @@ Relative paths are relative to the config file.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 from collections.abc import Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -37,6 +41,7 @@ import yaml
 from bridge.bot.app import open_bot
 from bridge.bot.config import TOKEN_ENV, BotConfig
 from bridge.events.reminders import DEFAULT_OFFSETS
+from bridge.events.store import LAST_SYNC_KEY, open_store
 from bridge.matrix.secrets import SecretError, read_secret
 
 log = logging.getLogger(__name__)
@@ -238,6 +243,62 @@ def search(ctx: click.Context) -> None:
         raise click.ClickException(
             f"cannot listen on {cfg.host}:{cfg.port} (search.listen): {e.strerror}"
         ) from None
+
+
+async def read_status(cfg: BotConfig, now: datetime, dead_shown: int = 10) -> dict[str, Any]:
+    store = open_store(cfg.store)
+    await store.open()
+    try:
+        depth, oldest = await store.outbox_stats()
+        dead_total, dead = await store.dead_letters(dead_shown)
+        last_sync = await store.get_value(LAST_SYNC_KEY)
+    finally:
+        await store.close()
+    return {
+        "outbox_depth": depth,
+        "outbox_oldest": oldest.isoformat() if oldest else None,
+        "outbox_oldest_age_s": round((now - oldest).total_seconds(), 1) if oldest else None,
+        "dead_letters": dead_total,
+        "dead_letters_latest": [
+            {"id": d.id, "failed_at": d.failed_at.isoformat(), "reason": d.reason, "kind": _kind(d.payload)}
+            for d in dead
+        ],
+        "last_sync": last_sync,
+        "last_sync_age_s": (
+            round((now - datetime.fromisoformat(last_sync)).total_seconds(), 1) if last_sync else None
+        ),
+    }
+
+
+def _kind(payload: str) -> str:
+    try:
+        return str(json.loads(payload).get("t", "?"))
+    except ValueError:
+        return "?"
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Outbox depth and oldest entry, dead letters, last sync (read from the bot's store)."""
+    try:
+        cfg = load_config(ctx.obj["config"])
+    except BotConfigError as e:
+        raise click.ClickException(str(e)) from None
+    st = asyncio.run(read_status(cfg, datetime.now(UTC)))
+    if as_json:
+        click.echo(json.dumps(st, ensure_ascii=False, indent=2))
+        return
+    oldest = (
+        f" (oldest {st['outbox_oldest']}, {st['outbox_oldest_age_s']} s ago)" if st["outbox_oldest"] else ""
+    )
+    click.echo(f"outbox: {st['outbox_depth']} waiting{oldest}")
+    click.echo(f"dead letters: {st['dead_letters']}")
+    for d in st["dead_letters_latest"]:
+        click.echo(f"  {d['failed_at']}  {d['kind']:<9} {d['id']}: {d['reason']}")
+    sync = f"{st['last_sync']} ({st['last_sync_age_s']} s ago)" if st["last_sync"] else "never"
+    click.echo(f"last sync: {sync}")
 
 
 if __name__ == "__main__":

@@ -109,3 +109,40 @@ def test_core_imports_no_transport() -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_status_shows_outbox_dead_letters_and_last_sync(tmp_path: Path) -> None:
+    import asyncio
+    import json
+    from datetime import UTC, datetime
+
+    import yaml
+
+    from bridge.events.store import DeadLetter, DeleteOutbox, PutOutbox, SetValue, open_sqlite
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump(base(tmp_path, store="bot.db")), encoding="utf-8")
+    t0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
+
+    async def seed() -> None:
+        s = open_sqlite(str(tmp_path / "bot.db"))
+        await s.open()
+        await s.write([PutOutbox("$a#0", t0, '{"t": "dm"}'), PutOutbox("$b#0", t0, '{"t": "reply"}'),
+                       SetValue("last_sync_at", t0.isoformat())])  # fmt: skip
+        await s.write(
+            [DeadLetter("$b#0", t0, "M_FORBIDDEN: the bot is not in !gone:x"), DeleteOutbox("$b#0")]
+        )
+        await s.close()
+
+    asyncio.run(seed())
+    cmd = [sys.executable, "-m", "bridge.cli", "--config", str(cfg_path), "status"]
+    out = json.loads(subprocess.run([*cmd, "--json"], capture_output=True, text=True, check=True).stdout)
+    assert out["outbox_depth"] == 1 and out["outbox_oldest"] == t0.isoformat()
+    assert out["dead_letters"] == 1 and out["dead_letters_latest"][0]["kind"] == "reply"
+    assert out["last_sync"] == t0.isoformat() and out["last_sync_age_s"] > 0
+    text = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert (
+        "outbox: 1 waiting" in text
+        and "dead letters: 1" in text
+        and "M_FORBIDDEN: the bot is not in !gone:x" in text
+    )

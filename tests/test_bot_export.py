@@ -28,7 +28,7 @@ def ev(**kw: object) -> Event:
 
 ANSWERS = [
     Rsvp(EventID("ab3cd"), UserID("@ivanov:x"), Answer.GOING, T0, 1, Source.POLL, None, None,
-         "Иванов Иван", "Управа района", "=HYPERLINK(1)"),
+         "Иванов Иван", "Префектура ЦАО / Управа района Арбат", "=HYPERLINK(1)", "+7 495 123-45-67"),
     Rsvp(EventID("ab3cd"), UserID("@petrov:x"), Answer.GOING, T0 + timedelta(minutes=1), 2, Source.REACTION, None,
          None, "Петров, Пётр", "Финансы", "Главный специалист"),
     Rsvp(EventID("ab3cd"), UserID("@sid:x"), Answer.NOT_GOING, T0 + timedelta(minutes=2), 3, Source.COMMAND, None,
@@ -40,11 +40,27 @@ def test_csv() -> None:
     data = attendance_csv(ev(), ANSWERS, MSK)
     assert data.startswith("\ufeff".encode())
     rows = list(csv.reader(io.StringIO(data.decode("utf-8-sig"))))
-    assert rows[0] == ["name", "user_id", "title", "department", "answer", "status", "answered_at", "source"]
-    assert rows[1] == ["Иванов Иван", "@ivanov:x", "'=HYPERLINK(1)", "Управа района", "Иду", "confirmed",
-                       "2026-11-29T10:00:00+03:00", "poll"]  # fmt: skip
-    assert rows[2][:6] == ["Петров, Пётр", "@petrov:x", "Главный специалист", "Финансы", "Иду", "waitlisted"]
-    assert rows[3][:2] == ["sid", "@sid:x"] and rows[3][4] == "Не иду"
+    # What a person reads: the directory's name, title, department path and phone, then the answer and when.
+    assert rows[0] == [
+        "ФИО",
+        "Должность",
+        "Подразделение",
+        "Телефон",
+        "Ответ",
+        "Статус",
+        "Время ответа",
+        "Matrix ID",
+    ]
+    # A leading "=" or "+" would be run as a formula by Excel ("+7 495 …" gives #NULL!): quoted.
+    assert rows[1] == ["Иванов Иван", "'=HYPERLINK(1)", "Префектура ЦАО / Управа района Арбат", "'+7 495 123-45-67",
+                       "Иду", "идёт", "2026-11-29 10:00", "@ivanov:x"]  # fmt: skip
+    assert rows[2][:6] == ["Петров, Пётр", "Главный специалист", "Финансы", "", "Иду", "лист ожидания"]
+    assert rows[3][0] == "sid" and rows[3][4:6] == ["Не иду", "не идёт"]
+    english = list(csv.reader(io.StringIO(attendance_csv(ev(lang="en"), ANSWERS, MSK).decode("utf-8-sig"))))
+    assert english[0][:4] == ["Name", "Title", "Department", "Phone"] and english[2][4:6] == [
+        "Going",
+        "waitlist",
+    ]
 
 
 def test_ics_escaping_folding_and_stable_uid() -> None:

@@ -152,10 +152,12 @@ async def test_a_send_rate_limited_past_the_cap_stays_in_the_outbox(faulty, tmp_
     try:
         client.rooms[ROOM] = MatrixRoom(ROOM, client.user_id)  # an unencrypted room the bot is in
         effects = Effects(client, store, service=None)  # no announcement here, so no service needed
-        sender = Sender(store, effects.execute, retry=FAST)
+        sender = Sender(store, effects.execute, policy=FAST)
         notice = RoomNotice(RoomID(ROOM), plain("the meeting moved to room 12"))
         await store.write([PutOutbox("room:1", datetime.now(UTC), encode(notice))])
-        assert await sender.deliver("room:1", notice) is False  # kept for the lane to retry later
+        # Kept for the lane to retry later: deliver answers how long to wait before the next try.
+        retry_in = await sender.deliver("room:1", notice)
+        assert retry_in is not None and retry_in > 0
         assert await store.in_outbox("room:1")
         assert server.hits == FAST.max_retries + 1
     finally:

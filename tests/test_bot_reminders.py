@@ -143,3 +143,72 @@ def test_due_ahead_returns_what_falls_due_soon_with_the_right_wording() -> None:
     # An event starting within the look-ahead still gets its late reminder.
     late = due([e], {e.id: ANSWERS}, ROOMS, set(), START - timedelta(seconds=10), MSK, OFFSETS, ahead=AHEAD)
     assert dms(late) == ["@a:x", "@c:x"]
+
+
+def going_at(user: str, at: datetime, n: int = 10) -> Rsvp:
+    return Rsvp(EventID("ab3cd"), UserID(user), Answer.GOING, at, n, Source.COMMAND, None, None)
+
+
+def deliver(event: Event, answers: list[Rsvp], moments: list[datetime]) -> list[tuple[datetime, Due]]:
+    """Run the scheduler at each moment as the bot would, recording what is sent and when."""
+    sent: set[ReminderKey] = set()
+    out: list[tuple[datetime, Due]] = []
+    for now in moments:
+        for d in due([event], {event.id: answers}, ROOMS, sent, now, MSK, OFFSETS):
+            sent.update(d.marks)
+            out.append((now, d))
+    return out
+
+
+def every_minute(start: datetime, end: datetime) -> list[datetime]:
+    return [start + timedelta(minutes=i) for i in range(int((end - start) / timedelta(minutes=1)) + 1)]
+
+
+def test_a_late_going_gets_one_reminder_not_the_missed_24h_one_at_once() -> None:
+    # The issue's case: "going" 67 minutes before the start. The 24 h moment had passed when they answered.
+    answered = START - timedelta(minutes=67)
+    got = deliver(ev(), [going_at("@late:x", answered)], every_minute(answered, START))
+    dms_sent = [(at, d) for at, d in got if isinstance(d.effect, DirectMessage)]
+    assert len(dms_sent) == 1
+    at, d = dms_sent[0]
+    assert at == START - timedelta(hours=1) and "через 60 минут" in d.effect.text.body
+
+
+def test_an_answer_just_before_a_reminder_moment_is_not_followed_by_it() -> None:
+    # Going 62 minutes before: the 1 h reminder would come 2 minutes after the confirmation: skipped.
+    got = deliver(
+        ev(),
+        [going_at("@x:x", START - timedelta(minutes=62))],
+        every_minute(START - timedelta(minutes=62), START),
+    )
+    assert [d for _, d in got if isinstance(d.effect, DirectMessage)] == []
+
+
+def test_two_offsets_close_together_give_one_reminder() -> None:
+    e = ev()
+    offsets = (timedelta(hours=2), timedelta(minutes=100), timedelta(hours=1))
+    sent: set[ReminderKey] = set()
+    times = []
+    for now in every_minute(START - timedelta(hours=3), START):
+        for d in due([e], {e.id: [going_at("@a:x", START - timedelta(days=1))]}, {}, sent, now, MSK, offsets):
+            sent.update(d.marks)
+            times.append(START - now)
+    assert times == [
+        timedelta(hours=2),
+        timedelta(hours=1),
+    ]  # the 100-minute one is 20 minutes after the first
+
+
+def test_no_room_notice_right_after_an_announcement_less_than_a_day_ahead() -> None:
+    created = START - timedelta(hours=3)
+    got = deliver(ev(created_at=created), [], every_minute(created, START))
+    rooms = [(at, d) for at, d in got if isinstance(d.effect, RoomNotice)]
+    # No "coming up" at once for the missed 24 h mark; one per room at the 1 h mark instead.
+    assert sorted((at, d.effect.room_id) for at, d in rooms) == [
+        (START - timedelta(hours=1), "!r:x"),
+        (START - timedelta(hours=1), "!s:x"),
+    ]
+    just_before = deliver(
+        ev(created_at=START - timedelta(minutes=50)), [], every_minute(START - timedelta(minutes=50), START)
+    )
+    assert just_before == []

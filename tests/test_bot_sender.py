@@ -155,7 +155,61 @@ async def test_an_entry_no_longer_in_the_outbox_is_not_sent(tmp_path: Path) -> N
     sender = await offline_sender(tmp_path, rec)
     try:
         # Sent and deleted by one lane while another read still held it; or a reminder of a cancelled event.
-        assert await sender.deliver("rem:gone:1:3600:@p1:x", dm(1)) is True
+        assert await sender.deliver("rem:gone:1:3600:@p1:x", dm(1)) is None
         assert rec.attempts == {}
     finally:
         await sender.store.close()
+
+
+class Answers:
+    """Stands in for ``Effects.execute`` with the homeserver's answers: a scripted failure per attempt."""
+
+    def __init__(self, script: dict[str, list[Exception]]) -> None:
+        self.script = script
+        self.accepted: list[str] = []
+
+    async def __call__(self, effect: Effect, txn: str) -> None:
+        todo = self.script.get(txn)
+        if todo:
+            raise todo.pop(0)
+        self.accepted.append(txn)
+
+
+async def test_transient_answers_are_retried_and_permanent_ones_become_dead_letters(tmp_path: Path) -> None:
+    from bridge.bot.failures import NotInRoom, SendFailed
+    from bridge.matrix.client import RetryPolicy
+
+    t = botmod.txn_id
+    script: dict[str, list[Exception]] = {
+        t("busy"): [SendFailed("send", 503, "M_UNKNOWN", "Service unavailable"),
+                    SendFailed("send", 502, None, "<html>502 Bad Gateway</html>"),
+                    SendFailed("send", 500, "M_UNKNOWN", "Internal server error"),
+                    SendFailed("send", 429, "M_LIMIT_EXCEEDED", "Too many requests", retry_after_ms=50),
+                    aiohttp.ServerDisconnectedError()],
+        t("forbidden"): [SendFailed("send", 403, "M_FORBIDDEN", "User @bot:x not in room !gone:x")],
+        t("left"): [NotInRoom("the bot is not in !left:x")],
+    }  # fmt: skip
+    answers = Answers(script)
+    store = open_sqlite(str(tmp_path / "bot.db"))
+    await store.open()
+    sender = Sender(store, answers, policy=RetryPolicy(base_delay=0.01, max_delay=0.05))
+    entries = {"busy": RoomNotice(ROOM, plain("a")), "forbidden": RoomNotice(RoomID("!gone:x"), plain("b")),
+               "left": dm(1), "fine": dm(2)}  # fmt: skip
+    await store.write([PutOutbox(oid, T0, encode(e)) for oid, e in entries.items()])
+    task = asyncio.create_task(sender.run())
+    try:
+        await asyncio.wait_for(_drained(sender, store), 30)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    try:
+        # Five transient failures in a row, then accepted: once, nothing lost.
+        assert sorted(answers.accepted) == sorted([t("busy"), t("fine")])
+        total, dead = await store.dead_letters()
+        assert total == 2 and {d.id for d in dead} == {"forbidden", "left"}
+        assert {d.id: d.reason for d in dead}["forbidden"].startswith(
+            "send: 403 M_FORBIDDEN: User @bot:x not in"
+        )
+        assert await store.outbox_stats() == (0, None)
+    finally:
+        await store.close()

@@ -19,16 +19,27 @@ from bridge.events.model import (
     DirectMessage,
     DirectUpload,
     EndPoll,
+    EventID,
     MatrixEventID,
     Reply,
     RoomID,
     RoomNotice,
+    UpdateTally,
     Upload,
     UserID,
 )
 from bridge.events.outbox import decode, encode
 from bridge.events.service import REMINDER_AHEAD, EventService, Person, Settings
-from bridge.events.store import DeleteOutbox, SetPoll, Store, open_postgres, open_sqlite
+from bridge.events.store import (
+    DeadLetter,
+    DeleteOutbox,
+    PutOutbox,
+    SetPoll,
+    Store,
+    open_postgres,
+    open_sqlite,
+)
+from bridge.events.units import Unit
 
 MSK = ZoneInfo("Europe/Moscow")
 T0 = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
@@ -49,9 +60,12 @@ def _pg_available() -> bool:
 
 
 class FakeDirectory:
+    """Units as the space tree would give them: "Финансы" with a sub-unit "Финансы / Налоги"."""
+
     def __init__(self) -> None:
         self.levels: dict[tuple[RoomID, UserID], int] = {(ROOM, MOD): 100, (ROOM2, MOD): 50}
-        self.units: dict[str, list[RoomID]] = {"fin": [ROOM, ROOM2]}
+        self.tree = [Unit("ou:fin", ("Финансы",)), Unit("ou:tax", ("Финансы", "Налоги"))]
+        self.rooms: dict[str, list[RoomID]] = {"ou:fin": [ROOM], "ou:tax": [ROOM2]}
 
     async def power_level(self, room: RoomID, user: UserID) -> int:
         return self.levels.get((room, user), 0)
@@ -59,8 +73,17 @@ class FakeDirectory:
     async def person(self, user: UserID, room: RoomID) -> Person:
         return Person(user[1:].split(":")[0].title(), "dept" if room == ROOM else "dept2", "")
 
-    async def unit_rooms(self, unit: str) -> list[RoomID]:
-        return self.units.get(unit, [])
+    async def units(self) -> list[Unit]:
+        return self.tree
+
+    async def room_unit(self, room: RoomID) -> str | None:
+        return next((k for k, rs in self.rooms.items() if room in rs), None)
+
+    async def unit_rooms(self, unit: str, *, subunits: bool = True) -> list[RoomID]:
+        keys = [
+            u.key for u in self.tree if u.key == unit or (subunits and u.key == "ou:tax" and unit == "ou:fin")
+        ]
+        return sorted(r for k in keys for r in self.rooms.get(k, []))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -102,6 +125,11 @@ def only(effects: list[object], kind: type) -> list[object]:
     return [e for e in effects if isinstance(e, kind)]
 
 
+def said(effects: list[object]) -> list[object]:
+    """The messages to people, without the announcement edits (UpdateTally) that every change brings."""
+    return [e for e in effects if not isinstance(e, UpdateTally)]
+
+
 async def create(svc: EventService, text: str, room: RoomID = ROOM) -> str:
     effects = await svc.handle_message(room, MOD, mid(), text)
     ann = only(effects, Announce)
@@ -120,17 +148,18 @@ async def test_full_flow(store: Store) -> None:
     assert ev is not None and ev.title == "Совещание <b>" and ev.capacity == 2 and len(eid) == 5
     poll = f"$poll-{eid}-{ROOM}"
     # Poll, reaction and command all feed one list.
-    assert await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), poll, ["going"]) == []
-    assert await svc.handle_reaction(ROOM, UserID("@b:x"), mid(), poll, "✅️") == []
+    first = await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), poll, ["going"])
+    assert first == [UpdateTally(eid, ROOM)]  # type: ignore[arg-type]  # nothing said; the count edited
+    assert said(await svc.handle_reaction(ROOM, UserID("@b:x"), mid(), poll, "✅️")) == []
     eff = await svc.handle_message(ROOM, UserID("@c:x"), mid(), f"!иду {eid}")
     assert "листе ожидания" in eff[0].text.body  # type: ignore[union-attr]
     # A waitlisted poll voter is told by DM, since the poll cannot show it.
-    eff = await svc.handle_poll_response(ROOM, UserID("@d:x"), mid(), poll, ["going"])
+    eff = said(await svc.handle_poll_response(ROOM, UserID("@d:x"), mid(), poll, ["going"]))
     assert [type(e) for e in eff] == [DirectMessage]
     # ... as urgently as a reply in the room (not behind reminders), and it survives the outbox.
     assert isinstance(eff[0], DirectMessage) and eff[0].answer and decode(encode(eff[0])) == eff[0]
     # @a cancels: @c (first on the waitlist) is promoted and told.
-    eff = await svc.handle_reaction(ROOM, UserID("@a:x"), mid(), poll, "❌")
+    eff = said(await svc.handle_reaction(ROOM, UserID("@a:x"), mid(), poll, "❌"))
     assert [(type(e), getattr(e, "user_id", None)) for e in eff] == [(DirectMessage, "@c:x")]
     assert not eff[0].answer  # type: ignore[union-attr]  # news for @c, not an answer to them
     eff = await svc.handle_message(ROOM, UserID("@e:x"), mid(), "!event show")
@@ -193,7 +222,7 @@ async def test_deadline_refuses(store: Store) -> None:
 
 async def test_unit_audience_one_list(store: Store) -> None:
     svc, _ = await make(store)
-    eid = await create(svc, '!event create "Unit day" tomorrow 3pm audience fin private')
+    eid = await create(svc, '!event create "Unit day" tomorrow 3pm audience финансы private')
     assert sorted(r for r, _ in await store.audience(eid)) == sorted([ROOM, ROOM2])  # type: ignore[arg-type]
     await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
     await svc.handle_reaction(ROOM2, UserID("@b:x"), mid(), f"$poll-{eid}-{ROOM2}", "❔")
@@ -348,7 +377,7 @@ async def test_removed_reaction_withdraws_and_promotes(store: Store) -> None:
     await svc.handle_poll_response(ROOM, UserID("@b:x"), mid(), poll, ["going"])
     # Someone else's redaction of the reaction (a moderator cleaning up) does not change the answer.
     assert await svc.handle_redaction(ROOM, MOD, mid(), react) == []
-    eff = await svc.handle_redaction(ROOM, UserID("@a:x"), mid(), react)
+    eff = said(await svc.handle_redaction(ROOM, UserID("@a:x"), mid(), react))
     assert [(type(e), e.user_id) for e in eff] == [(DirectMessage, "@b:x")]  # type: ignore[union-attr]
     assert [a.user_id for a in await store.answers(eid)] == ["@b:x"]  # type: ignore[arg-type]
     # Redacting something that is not an answer is a no-op.
@@ -366,3 +395,137 @@ async def test_next_reminder_time_is_exact_with_many_events(store: Store) -> Non
     assert await svc.next_reminder_at() == datetime(2026, 11, 29, 19, 0, tzinfo=MSK)
     clock.set(datetime(2026, 11, 29, 21, 0, tzinfo=MSK))
     assert await svc.next_reminder_at() == datetime(2026, 12, 2, 10, 0, tzinfo=MSK)
+
+
+async def test_audience_by_the_names_people_see(store: Store) -> None:
+    svc, _ = await make(store)
+    directory = svc.directory
+    assert isinstance(directory, FakeDirectory)
+    # By path, from another room of the organiser: announced there, the organiser told where.
+    eff = await svc.handle_message(
+        ROOM, MOD, mid(), '!event create "Tax day" tomorrow 3pm audience "финансы / налоги"'
+    )
+    ann = only(eff, Announce)
+    assert [a.room_id for a in ann] == [ROOM2]  # type: ignore[attr-defined]
+    assert "Финансы / Налоги" in only(eff, Reply)[0].text.body  # type: ignore[attr-defined]
+    # "here": the unit of the room the command is sent in, with its sub-units.
+    eff = await svc.handle_message(
+        ROOM, MOD, mid(), '!событие создать "Все" завтра 15:00 подразделение здесь'
+    )
+    assert sorted(a.room_id for a in only(eff, Announce)) == sorted([ROOM, ROOM2])  # type: ignore[attr-defined]
+    # Not found: nothing created, and the refusal says what to type.
+    before = await store.event_ids()
+    eff = await svc.handle_message(ROOM, MOD, mid(), '!event create "X" tomorrow 3pm audience "Юстиция"')
+    text = eff[0].text.body  # type: ignore[attr-defined]
+    assert "Found no unit “Юстиция”" in text and "audience here" in text and "Nothing was created" in text
+    assert "(Финансы)" in text  # the unit "here" would mean, by its name
+    # The same name in two places: both paths listed, nothing guessed.
+    directory.tree.append(Unit("ou:just-tax", ("Юстиция", "Налоги")))
+    eff = await svc.handle_message(ROOM, MOD, mid(), '!событие создать "X" завтра 15:00 подразделение налоги')
+    text = eff[0].text.body  # type: ignore[attr-defined]
+    assert "Финансы / Налоги" in text and "Юстиция / Налоги" in text and "Ничего не создано" in text
+    assert await store.event_ids() == before
+
+
+async def test_default_audience_is_every_shard_of_the_rooms_unit(store: Store) -> None:
+    svc, _ = await make(store)
+    directory = svc.directory
+    assert isinstance(directory, FakeDirectory)
+    shard2 = RoomID("!dept-2:x")
+    directory.rooms["ou:fin"] = [ROOM, shard2]
+    directory.levels[(shard2, MOD)] = 100
+    eid = await create(svc, '!event create "All of us" tomorrow 3pm')
+    assert sorted(r for r, _ in await store.audience(eid)) == sorted([ROOM, shard2])  # type: ignore[arg-type]
+
+
+async def test_poll_rules_unvote_spoiled_redacted_and_which_answer_counts(store: Store) -> None:
+    svc, _ = await make(store)
+    eid = await create(svc, '!event create "X" tomorrow 3pm')
+    poll = f"$poll-{eid}-{ROOM}"
+    a = UserID("@a:x")
+
+    async def answer() -> str | None:
+        got = [r.answer.value for r in await store.answers(eid) if r.user_id == a]  # type: ignore[arg-type]
+        return got[0] if got else None
+
+    v1, v2 = mid(), mid()
+    await svc.handle_poll_response(ROOM, a, v1, poll, ["going"], ts=1000)
+    await svc.handle_poll_response(ROOM, a, v2, poll, ["not_going"], ts=2000)
+    assert await answer() == "not_going"
+    # An older response arriving late (a backfilled gap) does not override the newer one.
+    await svc.handle_poll_response(ROOM, a, mid(), poll, ["maybe"], ts=1500)
+    assert await answer() == "not_going"
+    # Redacting the latest vote brings back the one before it (by time: the late "maybe").
+    await svc.handle_redaction(ROOM, a, mid(), v2)
+    assert await answer() == "maybe"
+    # An empty selection is an unvote; a spoiled vote (unknown answer) counts for nothing.
+    await svc.handle_poll_response(ROOM, a, mid(), poll, [], ts=3000)
+    assert await answer() is None
+    await svc.handle_poll_response(ROOM, a, mid(), poll, ["going"], ts=4000)
+    await svc.handle_poll_response(ROOM, a, mid(), poll, ["definitely"], ts=5000)
+    assert await answer() is None
+    # A command after a vote: the reply says the poll still shows the vote, and which answer counts.
+    await svc.handle_poll_response(ROOM, a, mid(), poll, ["not_going"], ts=6000)
+    eff = await svc.handle_message(ROOM, a, mid(), f"!going {eid}")
+    text = eff[0].text.body  # type: ignore[attr-defined]
+    assert "The poll still shows your vote “Not going”, but this latest answer counts: “Going”" in text
+    assert await answer() == "going"
+    # An unvote in the poll does not take back the answer given by command.
+    await svc.handle_poll_response(ROOM, a, mid(), poll, [], ts=7000)
+    assert await answer() == "going"
+    # Votes after the poll ended (the event was cancelled) are ignored without a word.
+    await svc.handle_message(ROOM, MOD, mid(), f"!event cancel {eid}")
+    assert await svc.handle_poll_response(ROOM, UserID("@b:x"), mid(), poll, ["going"], ts=8000) == []
+
+
+async def test_every_answer_edits_the_announcements_with_the_count_across_rooms(store: Store) -> None:
+    svc, _ = await make(store)
+    eid = await create(svc, '!event create "Unit day" tomorrow 3pm audience here capacity 10')
+    await svc.handle_poll_response(ROOM, UserID("@a:x"), mid(), f"$poll-{eid}-{ROOM}", ["going"])
+    eff = await svc.handle_reaction(ROOM2, UserID("@b:x"), mid(), f"$poll-{eid}-{ROOM2}", "✅")
+    assert sorted(e.room_id for e in only(eff, UpdateTally)) == sorted([ROOM, ROOM2])  # type: ignore[attr-defined]
+    text = await svc.tally_text(eid)  # type: ignore[arg-type]
+    assert text is not None and "📊 Now — all 2 rooms: going 2/10, maybe 0, not going 0" in text.body
+    # Reminder wording and the confirmation say when the (one) reminder comes.
+    eff = await svc.handle_message(ROOM, UserID("@c:x"), mid(), f"!going {eid}")
+    assert "I will remind you 24 hours before it starts" in eff[0].text.body  # type: ignore[attr-defined]
+
+
+async def test_dead_letters_and_outbox_figures(store: Store) -> None:
+    now = T0
+    await store.write(
+        [PutOutbox("a#0", now, '{"t": "notice"}'), PutOutbox("b#0", now + timedelta(seconds=5), "{}")]
+    )
+    assert await store.outbox_stats() == (2, now)
+    await store.write(
+        [DeadLetter("a#0", now + timedelta(minutes=1), "M_FORBIDDEN: not in room"), DeleteOutbox("a#0")]
+    )
+    assert await store.outbox_stats() == (1, now + timedelta(seconds=5))
+    total, rows = await store.dead_letters()
+    assert total == 1 and rows[0].id == "a#0" and rows[0].reason.startswith("M_FORBIDDEN")
+    assert rows[0].payload == '{"t": "notice"}' and rows[0].created_at == now
+
+
+async def test_a_store_from_before_the_phone_column_gets_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        """CREATE TABLE answers (event_id TEXT NOT NULL, user_id TEXT NOT NULL, answer TEXT NOT NULL,
+        answered_at BIGINT NOT NULL, seq BIGINT NOT NULL, source TEXT NOT NULL, source_event_id TEXT,
+        room_id TEXT, display_name TEXT NOT NULL, department TEXT NOT NULL, job_title TEXT NOT NULL,
+        PRIMARY KEY (event_id, user_id))"""
+    )
+    conn.execute(
+        "INSERT INTO answers VALUES ('e1', '@a:x', 'going', 0, 1, 'poll', NULL, NULL, 'A', 'D', 'T')"
+    )
+    conn.commit()
+    conn.close()
+    s = open_sqlite(str(path))
+    await s.open()
+    try:
+        (kept,) = await s.answers(EventID("e1"))
+        assert (kept.display_name, kept.department, kept.job_title, kept.phone) == ("A", "D", "T", "")
+    finally:
+        await s.close()

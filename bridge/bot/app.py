@@ -64,7 +64,7 @@ class EventBot:
             self.directory,
         )
         self.effects = Effects(self.client, store, self.service)
-        self.sender = Sender(store, self.effects.execute, retry=cfg.retry)
+        self.sender = Sender(store, self.effects.execute, clock=self.clock)
         self.intake = Intake(
             self.client,
             cfg,

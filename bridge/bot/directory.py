@@ -6,8 +6,9 @@ unit; the bot finds a unit's rooms through those markers and the space tree.
 
 from __future__ import annotations
 
+import asyncio
+import re
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -15,11 +16,15 @@ from nio import AsyncClient, ProfileGetResponse, RoomGetStateEventResponse, Room
 
 from bridge.events.model import RoomID, UserID
 from bridge.events.service import Person
-from bridge.matrix.contract import MARKER_TYPE
+from bridge.events.units import SpaceSeen, Unit, build_units
+from bridge.matrix.contract import MARKER_TYPE, PROFILE_FIELD, PROFILE_KEYS
 
 CREATOR_LEVEL = 2**53  # "infinitely high" for room creators in room version 12
 # A person's name, title and department change rarely; one profile read serves their commands this long.
 PERSON_TTL = 600.0
+# The space tree changes when the sync reorganises units; a marker change seen in a sync drops it at once.
+TREE_TTL = 300.0
+SHARD_SUFFIX = re.compile(r"\s*\(\d+/\d+\)$")  # "Отдел (2/3)": the second of three rooms of one unit
 
 
 @dataclass(slots=True)
@@ -36,6 +41,9 @@ class MatrixDirectory:
         self._markers: dict[str, Marker | None] = {}
         self._people: dict[str, tuple[float, Person]] = {}
         self._room_creators: dict[str, frozenset[str]] = {}
+        self._tree_cache: _Tree | None = None
+        self._tree_stale = False
+        self._tree_refresh: asyncio.Task[_Tree] | None = None
 
     async def power_level(self, room: RoomID, user: UserID) -> int:
         # Read at the moment of the command: a demoted moderator must lose the right at once.
@@ -83,25 +91,40 @@ class MatrixDirectory:
     def forget(self, room: str) -> None:
         """Drop what is cached about ``room`` (its marker changed, or the bot just arrived)."""
         self._markers.pop(room, None)
+        self._tree_stale = True
 
     async def person(self, user: UserID, room: RoomID) -> Person:
+        """Name, title, department and phone as the directory publishes them in the profile.
+
+        The separate keys (:data:`PROFILE_KEYS`) first, then the older nested field (:data:`PROFILE_FIELD`).
+        The department is shown as the unit's path; a unit key found instead (or nothing, then the unit of
+        the room the person answered in) is resolved to that path through the space tree.
+        """
         hit = self._people.get(user)
         if hit is not None and time.monotonic() - hit[0] < PERSON_TTL:
             return hit[1]
-        name, title, dept = "", "", ""
+        name = ""
+        fields: dict[str, str] = {}
         resp = await self.client.get_profile(user)
         if isinstance(resp, ProfileGetResponse):
             name = resp.displayname or ""
-            for k, v in cast(dict[str, Any], resp.other_info).items():
-                # MSC4133 custom profile fields; the provisioner may publish title and department there.
-                if isinstance(v, str) and k.endswith("title") and not title:
-                    title = v
-                if isinstance(v, str) and (k.endswith("department") or k.endswith("unit")) and not dept:
-                    dept = v
+            info = cast(dict[str, Any], resp.other_info)
+            nested = info.get(PROFILE_FIELD)
+            for key, profile_key in PROFILE_KEYS.items():
+                value = info.get(profile_key)
+                if not (isinstance(value, str) and value) and isinstance(nested, dict):
+                    value = nested.get(key)
+                fields[key] = value if isinstance(value, str) else ""
+        dept = fields.get("department", "")
+        tree = await self._tree()
+        if dept in tree.units:
+            dept = tree.units[dept].label
         if not dept:
             m = await self.marker(room)
-            dept = m.unit if m is not None else ""
-        person = Person(name, dept, title)
+            if m is not None:
+                unit = tree.units.get(m.unit)
+                dept = unit.label if unit is not None else ""
+        person = Person(name, dept, fields.get("title", ""), fields.get("phone", ""))
         self._people[user] = (time.monotonic(), person)
         return person
 
@@ -111,39 +134,116 @@ class MatrixDirectory:
             return cast(list[dict[str, Any]], resp.events)
         return []
 
-    async def _reach(self, starts: Iterable[str], link: str) -> set[str]:
-        """``starts`` and every room reached from them through live ``link`` events (parent or child)."""
-        seen: set[str] = set()
-        todo = list(starts)
+    async def units(self) -> list[Unit]:
+        return sorted((await self._tree(fresh=True)).units.values(), key=lambda u: (u.path, u.key))
+
+    async def room_unit(self, room: RoomID) -> str | None:
+        m = await self.marker(room)
+        return m.unit if m is not None and m.kind == "room" else None
+
+    async def unit_rooms(self, unit: str, *, subunits: bool = True) -> list[RoomID]:
+        """Joined rooms whose marker names ``unit`` (a key) or, with ``subunits``, a unit below it in the
+        space tree; only rooms the bot has joined can be announced in."""
+        tree = await self._tree(fresh=True)
+        below: set[str] = set()
+        todo = list(tree.spaces_of.get(unit, ())) if subunits else []
         while todo:
-            room = todo.pop()
-            if room in seen:
+            space = todo.pop()
+            if space in below:
                 continue
-            seen.add(room)
-            for ev in await self._state(room):
-                # An emptied content is how a link is removed.
-                if ev.get("type") == link and ev.get("content") and ev.get("state_key"):
-                    todo.append(str(ev["state_key"]))
-        return seen
-
-    async def unit_rooms(self, unit: str) -> list[RoomID]:
-        """Joined rooms whose marker names ``unit`` or a unit below it in the space tree.
-
-        The unit's space is found by walking ``m.space.parent`` up from the rooms the bot is in, then its
-        descendants by walking ``m.space.child`` down; only rooms the bot has joined can be announced in.
-        """
-        joined = list(self.client.rooms)
-        # A joined room's ancestors include the unit's space if the room is in the unit's subtree.
-        around = await self._reach(joined, "m.space.parent")
-        roots = [
-            s
-            for s in around
-            if (m := await self.marker(s)) is not None and m.kind == "space" and m.unit == unit
-        ]
-        below = await self._reach(roots, "m.space.child")
+            below.add(space)
+            todo += tree.children.get(space, ())
         out: list[RoomID] = []
-        for room in sorted(joined):
+        for room in sorted(self.client.rooms):
             m = await self.marker(room)
             if m is not None and m.kind == "room" and (m.unit == unit or room in below):
                 out.append(RoomID(room))
         return out
+
+    async def warm(self) -> None:
+        """Read the space tree now (after the first sync), so no command waits for it."""
+        await self._tree()
+
+    async def _tree(self, fresh: bool = False) -> _Tree:
+        """The units the bot can see: spaces found by walking ``m.space.parent`` up from its rooms.
+
+        Read once, then again in the background after :data:`TREE_TTL` or when a marker changed or a room
+        was joined (:meth:`forget`), serving the last one meanwhile: the walk costs one state read per room
+        and space, which no answer should wait for. ``fresh``: wait for a pending re-read (announcing to a
+        unit must see a room joined a moment ago).
+        """
+        cached = self._tree_cache
+        stale = cached is None or self._tree_stale or time.monotonic() - cached.at >= TREE_TTL
+        if stale and (self._tree_refresh is None or self._tree_refresh.done()):
+            self._tree_stale = False
+            self._tree_refresh = asyncio.create_task(self._build_tree())
+        if cached is None or (fresh and stale):
+            assert self._tree_refresh is not None
+            return await asyncio.shield(self._tree_refresh)
+        return cached
+
+    async def _build_tree(self) -> _Tree:
+        joined = list(self.client.rooms)
+        states: dict[str, list[dict[str, Any]]] = {}
+        frontier = list(joined)
+        while frontier:
+            room = frontier.pop()
+            if room in states:
+                continue
+            states[room] = await self._state(room)
+            frontier += [str(ev["state_key"]) for ev in states[room] if _linked(ev, "m.space.parent")]
+        info = {room: _room_info(evs) for room, evs in states.items()}
+        seen: list[SpaceSeen] = []
+        spaces_of: dict[str, list[str]] = {}
+        for room, (marker, name, topic, parents, _) in info.items():
+            if marker is None or marker.kind != "space":
+                continue
+            parent_keys = [info[p][0] for p in parents if p in info and info[p][0] is not None]
+            parent = parent_keys[0].unit if parent_keys and parent_keys[0] is not None else None
+            seen.append(SpaceSeen(marker.unit, name, topic, parent))
+            spaces_of.setdefault(marker.unit, []).append(room)
+        units = {u.key: u for u in build_units(seen)}
+        # A unit whose rooms the bot is in but whose space it cannot see still has a name: its room's.
+        for marker, name, topic, _, _ in info.values():
+            if marker is not None and marker.kind == "room" and marker.unit not in units:
+                shown = SHARD_SUFFIX.sub("", name) or marker.unit
+                units[marker.unit] = Unit(marker.unit, tuple(p for p in topic.split(" / ") if p) or (shown,))
+        children = {room: i[4] for room, i in info.items()}
+        self._tree_cache = _Tree(time.monotonic(), units, spaces_of, children)
+        return self._tree_cache
+
+
+@dataclass(frozen=True, slots=True)
+class _Tree:
+    at: float
+    units: dict[str, Unit]  # by key
+    spaces_of: dict[str, list[str]]  # unit key -> its space room ids
+    children: dict[str, list[str]]  # space room id -> child room ids (m.space.child)
+
+
+def _linked(ev: dict[str, Any], etype: str) -> bool:
+    return ev.get("type") == etype and bool(ev.get("content")) and bool(ev.get("state_key"))
+
+
+def _room_info(
+    events: list[dict[str, Any]],
+) -> tuple[Marker | None, str, str, list[str], list[str]]:
+    """(marker, name, topic, parent spaces, child rooms) from a room's full state."""
+    marker: Marker | None = None
+    name = topic = ""
+    parents: list[str] = []
+    children: list[str] = []
+    for ev in events:
+        etype, content = ev.get("type"), ev.get("content") or {}
+        if etype == MARKER_TYPE and ev.get("state_key") == "":
+            if isinstance(content.get("unit"), str) and content.get("kind") in ("room", "space"):
+                marker = Marker(str(content["kind"]), str(content["unit"]))
+        elif etype == "m.room.name" and isinstance(content.get("name"), str):
+            name = content["name"]
+        elif etype == "m.room.topic" and isinstance(content.get("topic"), str):
+            topic = content["topic"]
+        elif _linked(ev, "m.space.parent"):
+            parents.append(str(ev["state_key"]))
+        elif _linked(ev, "m.space.child"):
+            children.append(str(ev["state_key"]))
+    return marker, name, topic, parents, children

@@ -12,7 +12,9 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, cast
+from urllib.parse import quote
 
 import aiohttp
 from nio import (
@@ -28,13 +30,16 @@ from nio import (
     SyncResponse,
     UnknownEvent,
 )
+from nio import (
+    Event as NioEvent,
+)
 
 from bridge.bot.config import BOT_RETRY, BotConfig
 from bridge.bot.directory import MatrixDirectory
 from bridge.bot.messages import POLL_RESPONSE_TYPES, poll_selections, strip_reply_fallback
 from bridge.events.model import Effect, MatrixEventID, RoomID, UserID
 from bridge.events.service import EventService
-from bridge.events.store import SetRoomSince, SetValue, Store
+from bridge.events.store import LAST_SYNC_KEY, SetRoomSince, SetValue, Store
 from bridge.matrix.contract import MARKER_TYPE
 from bridge.matrix.retry import Backoff, RetryPolicy
 
@@ -44,6 +49,7 @@ SYNC_TOKEN_KEY = "sync_token"
 # A larger timeline window makes gaps (limited syncs) rare; a gap is backfilled page by page, up to this many.
 SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
 BACKFILL_PAGES = 50
+RELATIONS_PAGES = 50  # of 100 responses each, per open poll
 # An event that could not be decrypted yet is retried for this long (its room key may still be on the way).
 UNDECRYPTED_TTL = 300.0
 
@@ -84,6 +90,8 @@ class Intake:
         self.on_synced = on_synced
         self.synced_once = asyncio.Event()
         self._pending: list[_Pending] = []
+        self._warm: asyncio.Task[None] | None = None
+        self._claimed: set[tuple[str, str]] = set()
 
     async def run(self) -> None:
         since = await self.store.get_value(SYNC_TOKEN_KEY)
@@ -116,10 +124,69 @@ class Intake:
             first_ever = False
             full_state = False
             since = resp.next_batch
-            await self.store.write([SetValue(SYNC_TOKEN_KEY, since)])
+            synced_at = datetime.now(UTC).isoformat()  # for operators (`bridge status`), not domain time
+            await self.store.write([SetValue(SYNC_TOKEN_KEY, since), SetValue(LAST_SYNC_KEY, synced_at)])
             await self._maintain_keys()
-            self.synced_once.set()
+            if not self.synced_once.is_set():
+                self.synced_once.set()
+                self._warm = asyncio.create_task(self._after_first_sync())
             self.on_synced()
+
+    async def _after_first_sync(self) -> None:
+        """Read now what the first command would otherwise wait for (the unit tree), then every open poll's
+        responses from ``/relations``: a tally after a restart comes from the server, not from what this
+        process happened to see (a response older than a gap the backfill covered is still counted)."""
+        t0 = time.monotonic()
+        try:
+            await self.directory.warm()
+        except Exception:
+            log.exception("reading the space tree after the first sync failed; read on first use")
+        log.info("space tree read in %.1f s", time.monotonic() - t0)
+        try:
+            await self.reread_polls()
+        except Exception:
+            log.exception("re-reading the polls' responses failed; the timeline's are counted")
+
+    async def reread_polls(self) -> int:
+        """Hand every response of the open polls to the service once (a processed one is skipped)."""
+        seen = 0
+        for room, poll in await self.store.open_polls(self.service.clock.now()):
+            if room not in self.client.rooms:
+                continue
+            for raw in await self._relations(room, poll):
+                ev = NioEvent.parse_event(raw)
+                if isinstance(ev, MegolmEvent):
+                    ev.room_id = room
+                    with contextlib.suppress(Exception):
+                        ev = self.client.decrypt_event(ev)
+                await self._handle_event(room, ev)
+                seen += 1
+        if seen:
+            self.on_effects()
+        log.info("re-read %d poll responses from /relations", seen)
+        return seen
+
+    async def _relations(self, room: str, event_id: str) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        token: str | None = None
+        rel = f"relations/{quote(event_id, safe='')}/m.reference"
+        base = f"/_matrix/client/v1/rooms/{quote(room, safe='')}/{rel}"
+        auth = {"Authorization": f"Bearer {self.client.access_token}"}
+        for _ in range(RELATIONS_PAGES):
+            path = base + "?limit=100&dir=f" + (f"&from={quote(token, safe='')}" if token else "")
+            resp = await self.client.send("GET", path, headers=auth)
+            try:
+                if resp.status != 200:
+                    log.warning("relations of %s in %s: HTTP %s", event_id, room, resp.status)
+                    break
+                body = await resp.json()
+            finally:
+                resp.release()
+            out += [e for e in body.get("chunk", []) if isinstance(e, dict)]
+            token = body.get("next_batch")
+            if not token:
+                break
+        return out
 
     async def _maintain_keys(self) -> None:
         await self.client.send_to_device_messages()
@@ -129,6 +196,32 @@ class Intake:
             await self.client.keys_query()
         if self.client.should_claim_keys:
             await self.client.keys_claim(self.client.get_users_for_key_claiming())
+        await self._claim_sessions()
+
+    async def _claim_sessions(self) -> None:
+        """Open an Olm session with every device in the bot's encrypted rooms as soon as its keys are known.
+
+        Otherwise nio claims one-time keys inside the first send to a room (the reply to the first command
+        waits for it, and nio warns "Missing session for device" for each device). Each device is claimed
+        once per run: one that has no one-time key left is left to nio's own claim when it is needed.
+        """
+        olm = self.client.olm
+        if olm is None:
+            return
+        missing: dict[str, list[str]] = {}
+        for room in self.client.rooms.values():
+            if not room.encrypted:
+                continue
+            for user in room.users:
+                for device in self.client.device_store.active_user_devices(user):
+                    key = (user, device.id)
+                    if device.id == self.client.device_id or key in self._claimed:
+                        continue
+                    if not olm.session_store.get(device.curve25519):
+                        missing.setdefault(user, []).append(device.id)
+                    self._claimed.add(key)
+        if missing:
+            await self.client.keys_claim(missing)
 
     async def _handle_sync(self, resp: SyncResponse, first_ever: bool) -> None:
         for room_id in resp.rooms.invite:
@@ -223,7 +316,8 @@ class Intake:
         elif isinstance(ev, UnknownEvent) and ev.type in POLL_RESPONSE_TYPES:
             answered = poll_selections(cast(dict[str, Any], ev.source.get("content", {})))
             if answered is not None:
-                effects = await self.service.handle_poll_response(room, user, mid, *answered)
+                ts = int(getattr(ev, "server_timestamp", 0)) or None
+                effects = await self.service.handle_poll_response(room, user, mid, *answered, ts=ts)
         elif isinstance(ev, RedactionEvent):
             effects = await self.service.handle_redaction(room, user, mid, ev.redacts)
         elif isinstance(ev, UnknownEvent) and ev.type == MARKER_TYPE:

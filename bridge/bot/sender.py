@@ -1,7 +1,12 @@
 """The outbox sender: delivers what the service queued, in lanes, and measures how fast it gets through.
 
-Rule: an outbox entry is deleted only after the homeserver has it, and is sent with a transaction id derived
-from its outbox id, so a re-send after a crash is deduplicated by the homeserver.
+Rule 1. An outbox entry is deleted only after the homeserver has it, and is sent with a transaction id
+        derived from its outbox id, so a re-send (after a crash, or after an answer that was lost on the way)
+        is deduplicated by the homeserver.
+Rule 2. A transient failure (:mod:`bridge.bot.failures`) keeps the entry and retries it after the delay of
+        the one retry policy (:class:`~bridge.matrix.client.RetryPolicy`), never sooner than the server's
+        ``retry_after_ms``; its lane waits, other lanes go on. A permanent failure moves the entry to the
+        dead letters with the reason, in one transaction: nothing is ever dropped without a trace.
 """
 
 from __future__ import annotations
@@ -10,17 +15,18 @@ import asyncio
 import collections
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
 
-from bridge.bot.config import BOT_RETRY
-from bridge.events.model import Announce, DirectMessage, DirectUpload, Effect, Reply, Upload
+from bridge.bot.failures import Defer, NotInRoom, SendFailed
+from bridge.events.clock import Clock, SystemClock
+from bridge.events.model import Announce, DirectMessage, DirectUpload, Effect, Reply, UpdateTally, Upload
 from bridge.events.outbox import decode
-from bridge.events.store import REMINDER_OUTBOX, DeleteOutbox, Store
-from bridge.matrix.errors import MLimitExceeded, ServerUnavailable
-from bridge.matrix.retry import Backoff, RetryPolicy
+from bridge.events.store import REMINDER_OUTBOX, DeadLetter, DeleteOutbox, Store
+from bridge.matrix.client import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +37,9 @@ INTERACTIVE_LANES = 8
 BACKGROUND_LANES = 16
 
 Execute = Callable[[Effect, str], Awaitable[None]]
+# An outbox entry is retried until it is accepted (the retry count only grows the delay): a homeserver that
+# is down for an hour gets everything once it is back, at most a minute after.
+SEND_RETRY = RetryPolicy(base_delay=0.5, multiplier=2.0, max_delay=60.0)
 
 
 def is_interactive(effect: Effect) -> bool:
@@ -41,7 +50,10 @@ def is_interactive(effect: Effect) -> bool:
 
 
 def lane_of(effect: Effect) -> str:
-    """Messages to one room (or one person) keep their order; different rooms go in parallel."""
+    """Messages to one room (or one person) keep their order; different rooms go in parallel. Count edits
+    have lanes of their own: their throttle must not hold up a room's messages."""
+    if isinstance(effect, UpdateTally):
+        return f"tally:{effect.room_id}"
     user = getattr(effect, "user_id", None)
     if isinstance(effect, DirectMessage | DirectUpload) and user:
         return f"dm:{user}"
@@ -94,12 +106,16 @@ class Sender:
         store: Store,
         execute: Execute,
         rate: SendRate | None = None,
-        retry: RetryPolicy = BOT_RETRY,
+        policy: RetryPolicy | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
+        self.clock = clock or SystemClock()
         self.execute = execute
         self.rate = rate or SendRate()
-        self.retry = retry
+        self.policy = policy or SEND_RETRY
+        self._rng = random.Random()
+        self._attempts: dict[str, int] = {}
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
 
@@ -136,17 +152,15 @@ class Sender:
 
         async def lane_worker(key: str, interactive: bool) -> None:
             todo = lanes[key]
-            backoff = Backoff(self.retry)
             try:
                 while todo:
                     oid, effect = todo[0]
                     async with gates[interactive]:
-                        delivered = await self.deliver(oid, effect)
-                    if not delivered:
-                        # Unreachable: keep the entry and retry it (its txn id dedups what did arrive).
-                        await backoff.wait()
+                        retry_in = await self.deliver(oid, effect)
+                    if retry_in is not None:
+                        # Kept: tried again later with the same txn id, which dedups what did arrive.
+                        await asyncio.sleep(retry_in)
                         continue
-                    backoff.reset()
                     todo.popleft()
                     queued[group(oid)].discard(oid)
                     waiting[interactive] -= 1
@@ -154,7 +168,7 @@ class Sender:
                         self.rate.delivered(time.monotonic(), waiting[False])
             except Exception:
                 log.exception("sending lane %s failed; its entries are read again", key)
-                await backoff.wait()
+                await asyncio.sleep(self.policy.backoff(0, self._rng))
             finally:
                 # What is left stays in the outbox; forgetting it here lets the next read pick it up.
                 for oid, _ in todo:
@@ -194,9 +208,9 @@ class Sender:
                             continue
                         try:
                             effect = decode(payload)
-                        except Exception:
-                            log.exception("could not read outbox entry %s; dropped", oid)
-                            await self.store.write([DeleteOutbox(oid)])
+                        except Exception as e:
+                            log.exception("could not read outbox entry %s", oid)
+                            await self._dead(oid, f"unreadable entry: {type(e).__name__}: {e}")
                             dropped = True
                             continue
                         enqueue(oid, effect)
@@ -212,21 +226,46 @@ class Sender:
                 task.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
 
-    async def deliver(self, oid: str, effect: Effect) -> bool:
-        """Send one outbox entry and delete it; False (entry kept) if the homeserver could not be reached."""
+    async def deliver(self, oid: str, effect: Effect) -> float | None:
+        """Send one outbox entry; ``None`` once it is settled (accepted and deleted, or dead-lettered),
+        else the seconds to wait before trying it again (Rule 2)."""
         if not await self.store.in_outbox(oid):
             # Already sent (a read that overlapped its deletion), or a reminder of an event cancelled or
             # moved since it was read.
-            return True
+            return None
         try:
             await self.execute(effect, txn_id(oid))
         except asyncio.CancelledError:
             raise
-        except (aiohttp.ClientError, TimeoutError, OSError, ServerUnavailable, MLimitExceeded) as e:
-            log.warning("sending %s failed (%s); will retry", oid, e)
-            return False
-        except Exception:
-            # Anything else would fail again forever; drop it so the queue keeps moving.
-            log.exception("could not send %s; dropped", oid)
+        except Defer as e:
+            return e.seconds
+        except SendFailed as e:
+            if e.transient:
+                return self._retry(oid, str(e), e.retry_after_ms)
+            await self._dead(oid, str(e))
+            return None
+        except (aiohttp.ClientError, TimeoutError, OSError) as e:
+            return self._retry(oid, f"{type(e).__name__}: {e}", None)
+        except NotInRoom as e:
+            await self._dead(oid, str(e))
+            return None
+        except Exception as e:
+            # A bug of ours, not the server's answer: sending again fails the same way. Kept for an operator.
+            log.exception("could not send %s", oid)
+            await self._dead(oid, f"{type(e).__name__}: {e}")
+            return None
+        self._attempts.pop(oid, None)
         await self.store.write([DeleteOutbox(oid)])
-        return True
+        return None
+
+    def _retry(self, oid: str, why: str, retry_after_ms: int | None) -> float:
+        n = self._attempts.get(oid, 0)
+        self._attempts[oid] = n + 1
+        delay = max(self.policy.backoff(n, self._rng), (retry_after_ms or 0) / 1000)
+        log.warning("sending %s failed (%s); retry %d in %.1f s", oid, why, n + 1, delay)
+        return delay
+
+    async def _dead(self, oid: str, why: str) -> None:
+        self._attempts.pop(oid, None)
+        log.error("giving up on %s: %s (kept as a dead letter; see bridge status)", oid, why)
+        await self.store.write([DeadLetter(oid, self.clock.now(), why), DeleteOutbox(oid)])

@@ -8,23 +8,34 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from bridge.events.model import Event, Rsvp, attendance
+from bridge.events.model import Event, Lang, Rsvp, attendance
 from bridge.events.render import ANSWER_LABELS
 
-CSV_HEADER = ("name", "user_id", "title", "department", "answer", "status", "answered_at", "source")
+CSV_HEADER: dict[Lang, tuple[str, ...]] = {
+    "ru": ("ФИО", "Должность", "Подразделение", "Телефон", "Ответ", "Статус", "Время ответа", "Matrix ID"),
+    "en": ("Name", "Title", "Department", "Phone", "Answer", "Status", "Answered at", "Matrix ID"),
+}
+STATUS_LABELS: dict[Lang, dict[str, str]] = {
+    "ru": {"confirmed": "идёт", "waitlisted": "лист ожидания", "maybe": "возможно", "not_going": "не идёт"},
+    "en": {"confirmed": "going", "waitlisted": "waitlist", "maybe": "maybe", "not_going": "not going"},
+}
 
 
 def attendance_csv(event: Event, answers: Sequence[Rsvp], tz: ZoneInfo) -> bytes:
     """One row per person who answered, confirmed first, then waitlist, maybe, not going.
 
-    UTF-8 with a BOM because Excel, which most of the staff open it in, otherwise shows Cyrillic as mojibake.
-    ``title`` is the person's job title; the event is in the file name.
+    What a person reads in the directory: name, job title, the department's path as in space names, phone,
+    then the answer, the status it gives (a "going" may be on the waitlist) and when it was given, in the
+    organisation's zone as "2026-12-01 15:04" (Excel reads that as a date). Column names are in the event's
+    language. UTF-8 with a BOM because Excel, which most of the staff open it in, otherwise shows Cyrillic
+    as mojibake.
     """
     att = attendance(event.capacity, answers)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\r\n")
-    w.writerow(CSV_HEADER)
+    w.writerow(CSV_HEADER[event.lang])
     labels = ANSWER_LABELS[event.lang]
+    status_labels = STATUS_LABELS[event.lang]
     groups = (
         ("confirmed", att.confirmed),
         ("waitlisted", att.waitlist),
@@ -36,13 +47,13 @@ def attendance_csv(event: Event, answers: Sequence[Rsvp], tz: ZoneInfo) -> bytes
             w.writerow(
                 (
                     _cell(r.display_name or r.user_id[1:].split(":")[0]),
-                    r.user_id,
                     _cell(r.job_title),
                     _cell(r.department),
+                    _cell(r.phone),
                     labels[r.answer],
-                    status,
-                    r.answered_at.astimezone(tz).isoformat(timespec="seconds"),
-                    r.source.value,
+                    status_labels[status],
+                    r.answered_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
+                    r.user_id,
                 )
             )
     return ("\ufeff" + buf.getvalue()).encode("utf-8")

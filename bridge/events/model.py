@@ -82,8 +82,9 @@ class Rsvp:
     source_event_id: MatrixEventID | None
     room_id: RoomID | None
     display_name: str = ""
-    department: str = ""
+    department: str = ""  # the unit's path as people see it ("Департамент финансов / Отдел налогов")
     job_title: str = ""
+    phone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,4 +199,14 @@ class EndPoll:
     text: str
 
 
-Effect = Reply | RoomNotice | DirectMessage | Announce | Upload | DirectUpload | EndPoll
+@dataclass(frozen=True, slots=True)
+class UpdateTally:
+    """Edit the announcement of ``event_id`` in ``room_id`` in place (``m.replace``) to show the attendance
+    across all the event's rooms. The text is rendered when it is sent, from the state then: a burst of
+    answers costs one edit, and a late edit never shows an older count than an earlier one."""
+
+    event_id: EventID
+    room_id: RoomID
+
+
+Effect = Reply | RoomNotice | DirectMessage | Announce | Upload | DirectUpload | EndPoll | UpdateTally

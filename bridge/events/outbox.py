@@ -26,6 +26,7 @@ from bridge.events.model import (
     RoomID,
     RoomNotice,
     Text,
+    UpdateTally,
     Upload,
     UserID,
 )
@@ -57,6 +58,8 @@ def encode(effect: Effect) -> str:
             d = {"t": "dm_upload", "user": user, "text": _text(text), "files": _files(files)}
         case EndPoll(eid, room, body):
             d = {"t": "end_poll", "event": eid, "room": room, "body": body}
+        case UpdateTally(eid, room):
+            d = {"t": "tally", "event": eid, "room": room}
         case _:
             assert_never(effect)
     return json.dumps(d, ensure_ascii=False, sort_keys=True)
@@ -88,4 +91,6 @@ def decode(payload: str) -> Effect:
             return DirectUpload(UserID(d["user"]), text(d["text"]), files(d["files"]))
         case "end_poll":
             return EndPoll(EventID(d["event"]), RoomID(d["room"]), d["body"])
+        case "tally":
+            return UpdateTally(EventID(d["event"]), RoomID(d["room"]))
     raise ValueError(f"unknown effect kind {d['t']!r}")

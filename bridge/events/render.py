@@ -11,18 +11,16 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from bridge.events.model import Answer, Attendance, Event, EventID, Lang, Rsvp, Text
+from babel import Locale
+from babel.dates import format_datetime, format_timedelta
 
-_MONTHS_RU = [
-    *("января", "февраля", "марта", "апреля", "мая", "июня"),
-    *("июля", "августа", "сентября", "октября", "ноября", "декабря"),
-]
-_MONTHS_EN = [
-    *("January", "February", "March", "April", "May", "June"),
-    *("July", "August", "September", "October", "November", "December"),
-]
-_WD_RU = ["пн", "вт", "ср", "чт", "пт", "сб", "вс"]
-_WD_EN = ["Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun"]
+from bridge.events.model import Answer, Attendance, Event, EventID, Lang, Rsvp, Text
+from bridge.events.units import Ambiguous, NotFound, Unit
+
+# CLDR forms through Babel rather than hand-written tables: Russian has one/few/many ("1 ответ", "2 ответа",
+# "5 ответов"), English one/other; month names are genitive in Russian dates ("3 декабря").
+_LOCALES: dict[Lang, Locale] = {"ru": Locale.parse("ru"), "en": Locale.parse("en")}
+_DATE_PATTERN = "EEE, d MMMM y, HH:mm"
 
 ANSWER_LABELS: dict[Lang, dict[Answer, str]] = {
     "ru": {Answer.GOING: "Иду", Answer.MAYBE: "Возможно", Answer.NOT_GOING: "Не иду"},
@@ -45,12 +43,37 @@ def t(lang: Lang, ru: str, en: str) -> str:
 
 
 def when(dt: datetime, tz: ZoneInfo, lang: Lang) -> str:
-    local = dt.astimezone(tz)
-    if lang == "ru":
-        wd, month = _WD_RU[local.weekday()], _MONTHS_RU[local.month - 1]
-    else:
-        wd, month = _WD_EN[local.weekday()], _MONTHS_EN[local.month - 1]
-    return f"{wd}, {local.day} {month} {local.year}, {local:%H:%M}"
+    """ "чт, 3 декабря 2026, 15:00" / "Thu, 3 December 2026, 15:00" in the organisation's zone."""
+    return format_datetime(dt.astimezone(tz), _DATE_PATTERN, tzinfo=tz, locale=_LOCALES[lang])
+
+
+def within(remaining: timedelta, lang: Lang) -> str:
+    """ "через 67 минут", "через 24 часа": minutes below two hours, hours below two days."""
+    minutes = max(1, round(remaining.total_seconds() / 60))
+    span = timedelta(minutes=minutes)
+    loc = _LOCALES[lang]
+    return format_timedelta(span, threshold=2, granularity="minute", add_direction=True, locale=loc)
+
+
+def plural(lang: Lang, n: int, forms: dict[str, str]) -> str:
+    """``n`` and the word in the CLDR plural form for ``n``: forms by category ("one", "few", "many",
+    "other"); a missing category falls back to "other"."""
+    category = _LOCALES[lang].plural_form(n)
+    return f"{n} {forms.get(category, forms['other'])}"
+
+
+ANSWERS_WORD: dict[Lang, dict[str, str]] = {
+    "ru": {"one": "ответ", "few": "ответа", "many": "ответов", "other": "ответа"},
+    "en": {"one": "answer", "other": "answers"},
+}
+ROOMS_WORD: dict[Lang, dict[str, str]] = {
+    "ru": {"one": "комнате", "few": "комнатах", "many": "комнатах", "other": "комнатах"},
+    "en": {"one": "room", "other": "rooms"},
+}
+PEOPLE_WORD: dict[Lang, dict[str, str]] = {
+    "ru": {"one": "человек", "few": "человека", "many": "человек", "other": "человека"},
+    "en": {"one": "person", "other": "people"},
+}
 
 
 def plain(s: str) -> Text:
@@ -72,22 +95,49 @@ def _details(event: Event, tz: ZoneInfo, lang: Lang) -> tuple[list[str], list[st
     return body, htm
 
 
-def announcement(event: Event, tz: ZoneInfo) -> Text:
+def announcement(event: Event, tz: ZoneInfo, att: Attendance | None = None, rooms: int = 1) -> Text:
+    """The announcement; with ``att``, as edited later: the attendance across all ``rooms`` of the event,
+    which is the list that counts (each room's native poll only shows that room's votes)."""
     lang = event.lang
     d_body, d_html = _details(event, tz, lang)
     how = t(
         lang,
-        f"Ответьте в опросе, реакцией ✅ иду / ❔ возможно / ❌ не иду, или командой !иду {event.id}",
-        f"Answer in the poll, with a reaction ✅ going / ❔ maybe / ❌ not going, or with !going {event.id}",
+        f"Ответьте в опросе, реакцией ✅ иду / ❔ возможно / ❌ не иду, или командой !иду {event.id}. "
+        "Считается последний ответ, как бы он ни был дан.",
+        f"Answer in the poll, with a reaction ✅ going / ❔ maybe / ❌ not going, or with !going {event.id}. "
+        "Your latest answer counts, however you give it.",
     )
     head = t(lang, "Событие", "Event")
-    body = "\n".join([f"📅 {head} {event.id}: {event.title}", *d_body, how])
-    htm = "<br>".join([f"📅 {head} <code>{event.id}</code>: <b>{esc(event.title)}</b>", *d_html, esc(how)])
-    return Text(body, htm)
+    body = [f"📅 {head} {event.id}: {event.title}", *d_body, how]
+    htm = [f"📅 {head} <code>{event.id}</code>: <b>{esc(event.title)}</b>", *d_html, esc(how)]
+    if att is not None:
+        line = tally_line(event, att, rooms)
+        body.append(line)
+        htm.append(f"<b>{esc(line)}</b>")
+    return Text("\n".join(body), "<br>".join(htm))
+
+
+def tally_line(event: Event, att: Attendance, rooms: int) -> str:
+    lang = event.lang
+    cap = f"/{event.capacity}" if event.capacity is not None else ""
+    n = plural(lang, rooms, ROOMS_WORD[lang])
+    where = t(lang, f" — во всех {n}", f" — all {n}") if rooms > 1 else ""
+    parts = [t(lang, f"идут {len(att.confirmed)}{cap}", f"going {len(att.confirmed)}{cap}")]
+    if att.waitlist:
+        parts.append(t(lang, f"в листе ожидания {len(att.waitlist)}", f"waitlist {len(att.waitlist)}"))
+    parts.append(t(lang, f"возможно {len(att.maybe)}", f"maybe {len(att.maybe)}"))
+    parts.append(t(lang, f"не идут {len(att.not_going)}", f"not going {len(att.not_going)}"))
+    return t(lang, "📊 Сейчас", "📊 Now") + where + ": " + ", ".join(parts)
 
 
 def poll_question(event: Event, tz: ZoneInfo) -> str:
-    return f"{event.title} — {when(event.starts_at, tz, event.lang)} [{event.id}]"
+    """Labelled as one way to answer: the poll shows only this room's votes, not the list that counts."""
+    note = t(
+        event.lang,
+        "опрос — один из способов ответить; общий итог — в объявлении",
+        "the poll is one way to answer; the full count is in the announcement",
+    )
+    return f"{event.title} — {when(event.starts_at, tz, event.lang)} ({note}) [{event.id}]"
 
 
 def _names(rs: Sequence[Rsvp]) -> str:
@@ -149,17 +199,21 @@ def event_list(events: Sequence[Event], going: Mapping[EventID, int], tz: ZoneIn
 def help_text(lang: Lang, unknown: str | None = None) -> Text:
     lines_ru = [
         '!событие создать "Название" 2026-12-03 15:00 место "каб. 301" вместимость 40 до 2026-12-02 '
-        "[подразделение КЛЮЧ] [закрытый список]",
+        '[подразделение "Название или путь" | подразделение здесь] [закрытый список]',
         "!событие список | показать ID | экспорт ID | изменить ID когда завтра 16:00 | отменить ID",
         "!иду ID · !возможно ID · !не иду ID — или ответьте в опросе / реакцией ✅ ❔ ❌",
         "Даты: 03.12.2026 15:00, 3 декабря 15:00, завтра 15:00, послезавтра 10:00, в пятницу 10:00",
+        "Без «подразделение» событие объявляется во всех комнатах подразделения этой комнаты; "
+        'подразделение "Управа / Отдел ЖКХ" — ещё и во всех его отделах.',
     ]
     lines_en = [
         '!event create "Title" 2026-12-03 15:00 place "Room 301" capacity 40 deadline 2026-12-02 '
-        "[audience UNIT] [private]",
+        '[audience "unit name or path" | audience here] [private]',
         "!event list | show ID | export ID | edit ID when tomorrow 4pm | cancel ID",
         "!going ID · !maybe ID · !notgoing ID — or answer the poll / react ✅ ❔ ❌",
         "Dates: 2026-12-03 15:00, December 3 3pm, tomorrow 3pm, today 17:30, friday 10am",
+        "Without “audience” the event is announced in every room of this room's unit; "
+        'audience "Council / Housing" announces it in all of that unit and its sub-units.',
     ]
     lines = lines_ru if lang == "ru" else lines_en
     if unknown is not None:
@@ -168,8 +222,19 @@ def help_text(lang: Lang, unknown: str | None = None) -> Text:
 
 
 def rsvp_reply(
-    event: Event, lang: Lang, status: str, position: int | None, unchanged: bool, tz: ZoneInfo
+    event: Event,
+    lang: Lang,
+    status: str,
+    position: int | None,
+    unchanged: bool,
+    tz: ZoneInfo,
+    *,
+    reminder: timedelta | None = None,
+    poll_vote: Answer | None = None,
+    counted: Answer | None = None,
 ) -> Text:
+    """The answer to an answer. ``reminder``: the first reminder the person will get (before the start);
+    ``poll_vote``: what a poll still shows for them, said to be overridden if it differs from ``counted``."""
     title = event.title
     match status:
         case "confirmed":
@@ -187,6 +252,16 @@ def rsvp_reply(
             s = t(lang, f"Записал: вы не идёте на «{title}».", f"Noted: you are not going to “{title}”.")
     if unchanged:
         s = t(lang, "Ответ не изменился. ", "Your answer is unchanged. ") + s
+    if poll_vote is not None and counted is not None and poll_vote is not counted:
+        shown, now = ANSWER_LABELS[lang][poll_vote], ANSWER_LABELS[lang][counted]
+        s += t(
+            lang,
+            f" В опросе у вас отмечено «{shown}», но учитывается этот, последний ответ: «{now}».",
+            f" The poll still shows your vote “{shown}”, but this latest answer counts: “{now}”.",
+        )
+    if reminder is not None:
+        span = format_timedelta(reminder, threshold=2, granularity="minute", locale=_LOCALES[lang])
+        s += t(lang, f" Напомню за {span} до начала.", f" I will remind you {span} before it starts.")
     return plain(s)
 
 
@@ -222,12 +297,7 @@ def promoted_dm(event: Event, tz: ZoneInfo) -> Text:
 
 def reminder_dm(event: Event, tz: ZoneInfo, remaining: timedelta, answer: Answer) -> Text:
     lang = event.lang
-    minutes = max(1, round(remaining.total_seconds() / 60))
-    span = (
-        t(lang, f"через {round(minutes / 60)} ч", f"in {round(minutes / 60)} h")
-        if minutes >= 120
-        else t(lang, f"через {minutes} мин", f"in {minutes} min")
-    )
+    span = within(remaining, lang)
     maybe = t(lang, " Вы ответили «возможно».", " You answered 'maybe'.") if answer is Answer.MAYBE else ""
     place = f" — {event.place}" if event.place else ""
     body = t(
@@ -286,3 +356,42 @@ def cancelled(event: Event, tz: ZoneInfo) -> Text:
             f"❌ “{event.title}” ({when(event.starts_at, tz, lang)}) is cancelled.",
         )
     )
+
+
+def unit_refusal(lang: Lang, match: Ambiguous | NotFound, here: Unit | None) -> Text:
+    """Why ``audience X`` named no unit, and what to type instead."""
+    kw = t(lang, "подразделение", "audience")
+    here_hint = t(
+        lang,
+        f"или «{kw} здесь» — подразделение этой комнаты" + (f" ({here.label})" if here else ""),
+        f"or “{kw} here” for the unit of this room" + (f" ({here.label})" if here else ""),
+    )
+    if isinstance(match, Ambiguous):
+        listed = [f"• {u.label}" for u in match.candidates]
+        if match.more:
+            listed.append(t(lang, f"… и ещё {match.more}", f"… and {match.more} more"))
+        head = t(
+            lang,
+            f"Под «{match.query}» подходят несколько подразделений:",
+            f"Several units match “{match.query}”:",
+        )
+        tail = t(
+            lang,
+            f'Уточните путём, например: {kw} "{match.candidates[0].label}". Ничего не создано.',
+            f'Give more of the path, e.g. {kw} "{match.candidates[0].label}". Nothing was created.',
+        )
+        return plain("\n".join([head, *listed, tail]))
+    lines = [
+        t(
+            lang,
+            f"Не нашёл подразделение «{match.query}». Напишите название, как в названии комнаты или "
+            f'пространства (можно начало или путь через «/»), например {kw} "Отдел кадров", {here_hint}. '
+            "Ничего не создано.",
+            f"Found no unit “{match.query}”. Type its name as in the room or space names (the start of it, "
+            f'or a path with “/” will do), e.g. {kw} "Human resources", {here_hint}. Nothing was created.',
+        )
+    ]
+    if match.suggestions:
+        lines.append(t(lang, "Может быть:", "Did you mean:"))
+        lines += [f"• {u.label}" for u in match.suggestions]
+    return plain("\n".join(lines))

@@ -33,6 +33,7 @@ class RsvpRequest:
     display_name: str = ""
     department: str = ""
     job_title: str = ""
+    phone: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,7 @@ def decide(
         display_name=req.display_name,
         department=req.department,
         job_title=req.job_title,
+        phone=req.phone,
     )
     rest = [r for r in answers if r.user_id != req.user_id]
     after = attendance(event.capacity, [*rest, new])

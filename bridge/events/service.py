@@ -47,16 +47,19 @@ from bridge.events.model import (
     RoomNotice,
     Source,
     Text,
+    UpdateTally,
     Upload,
     UserID,
     attendance,
     new_event_id,
 )
 from bridge.events.outbox import encode
-from bridge.events.reminders import DEFAULT_OFFSETS, Due, due, next_due, release
+from bridge.events.poll import PollSpec, Vote, counted, tally
+from bridge.events.reminders import DEFAULT_OFFSETS, Due, due, next_due, release, schedule
 from bridge.events.rsvp import Accepted, Refused, RsvpRequest, decide, recompute_after_edit, withdraw
 from bridge.events.store import (
     DeleteAnswer,
+    DeleteVote,
     DropQueuedReminders,
     MarkProcessed,
     MarkReminder,
@@ -64,12 +67,14 @@ from bridge.events.store import (
     PutAudience,
     PutEvent,
     PutOutbox,
+    PutVote,
     SetAnchor,
     SetPoll,
     Store,
     Write,
     reminder_outbox_prefix,
 )
+from bridge.events.units import Found, Unit, is_here, match_unit
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,7 @@ POLL_ANSWER_IDS: dict[str, Answer] = {
     "maybe": Answer.MAYBE,
     "not_going": Answer.NOT_GOING,
 }
+BOT_POLL = PollSpec(frozenset(POLL_ANSWER_IDS), max_selections=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,8 +101,9 @@ class Settings:
 @dataclass(frozen=True, slots=True)
 class Person:
     display_name: str
-    department: str
+    department: str  # the unit's path as people see it, never its internal key
     job_title: str
+    phone: str = ""
 
 
 class Directory(Protocol):
@@ -106,7 +113,17 @@ class Directory(Protocol):
 
     async def person(self, user: UserID, room: RoomID) -> Person: ...
 
-    async def unit_rooms(self, unit: str) -> list[RoomID]: ...
+    async def units(self) -> Sequence[Unit]:
+        """Every unit the bot can see in the space tree, with the path people see."""
+        ...
+
+    async def room_unit(self, room: RoomID) -> str | None:
+        """The key of the unit whose room ``room`` is (its marker), if any."""
+        ...
+
+    async def unit_rooms(self, unit: str, *, subunits: bool = True) -> list[RoomID]:
+        """The joined rooms of unit ``unit`` (a key): all its shards, and those of its sub-units."""
+        ...
 
 
 def _t(lang: Lang, ru: str, en: str) -> Text:
@@ -207,31 +224,20 @@ class EventService:
         lang = cmd.lang
         if not await self._is_moderator(room, sender):
             return [reply(self._not_allowed(lang))], []
-        rooms = [room]
+        target = await self._audience(cmd.audience_unit, room, lang)
+        if isinstance(target, Text):
+            return [reply(target)], []
+        unit, found = target
+        rooms: list[RoomID] = []
         skipped: list[RoomID] = []
-        if cmd.audience_unit is not None:
-            found = await self.directory.unit_rooms(cmd.audience_unit)
-            if not found:
-                return [
-                    reply(
-                        _t(
-                            lang,
-                            f"Не нашёл комнат подразделения «{cmd.audience_unit}», где есть бот. "
-                            "Ничего не создано.",
-                            f"Found no rooms of unit “{cmd.audience_unit}” that the bot is in. "
-                            "Nothing was created.",
-                        )
-                    )
-                ], []
-            rooms = []
-            for r in found:
-                # Announcing pings everyone in a room, so the organiser must be allowed to do that in each.
-                if r == room or await self._is_moderator(r, sender):
-                    rooms.append(r)
-                else:
-                    skipped.append(r)
-            if not rooms:
-                return [reply(self._not_allowed(lang))], []
+        for r in found:
+            # Announcing pings everyone in a room, so the organiser must be allowed to do that in each.
+            if r == room or await self._is_moderator(r, sender):
+                rooms.append(r)
+            else:
+                skipped.append(r)
+        if not rooms:
+            return [reply(self._not_allowed(lang))], []
         now = self.clock.now()
         ev = Event(
             id=new_event_id(await self.store.event_ids()),
@@ -242,7 +248,7 @@ class EventService:
             deadline=cmd.deadline,
             organiser=sender,
             origin_room=room,
-            audience_unit=cmd.audience_unit,
+            audience_unit=unit.key if unit is not None else None,
             private=cmd.private,
             lang=lang,
             created_at=now,
@@ -251,16 +257,59 @@ class EventService:
         writes: list[Write] = [PutEvent(ev), *(PutAudience(ev.id, r) for r in rooms)]
         effects: list[Effect] = [self._announce(ev, r) for r in rooms]
         if room not in rooms or skipped or len(rooms) > 1:
+            where = render.plural(lang, len(rooms), render.ROOMS_WORD[lang])
+            whom = f" «{unit.label}»" if unit is not None and lang == "ru" else ""
+            whom_en = f" “{unit.label}”" if unit is not None else ""
             note = _t(
                 lang,
-                f"Событие {ev.id} создано и объявлено в {len(rooms)} комнатах."
+                f"Событие {ev.id} создано и объявлено подразделению{whom} в {where}."
                 + (f" Пропущены (вы там не модератор): {len(skipped)}." if skipped else ""),
-                f"Event {ev.id} created and announced in {len(rooms)} rooms."
+                f"Event {ev.id} created and announced to{whom_en or ' the unit'} in {where}."
                 + (f" Skipped (you are not a moderator there): {len(skipped)}." if skipped else ""),
             )
             effects.append(reply(note))
         log.info("event %s created by %s in %s for %d rooms", ev.id, sender, room, len(rooms))
         return effects, writes
+
+    async def _audience(
+        self, query: str | None, room: RoomID, lang: Lang
+    ) -> tuple[Unit | None, list[RoomID]] | Text:
+        """The unit an event is announced to and its rooms, or the refusal to show (units Rules 1-4).
+
+        Without ``audience`` the event goes to every shard of the current room's unit (one list for the
+        people who were split over several rooms only by the room size limit), not to its sub-units.
+        """
+        here = await self.directory.room_unit(room)
+        units = list(await self.directory.units())
+        by_key = {u.key: u for u in units}
+        if query is None:
+            if here is None:
+                return None, [room]
+            shards = await self.directory.unit_rooms(here, subunits=False)
+            return by_key.get(here), sorted({room, *shards})
+        if is_here(query):
+            if here is None:
+                return _t(
+                    lang,
+                    "Эта комната не относится к подразделению. Укажите его название: подразделение "
+                    '"Название". Ничего не создано.',
+                    'This room belongs to no unit. Give the unit\'s name: audience "Name". '
+                    "Nothing was created.",
+                )
+            unit = by_key.get(here, Unit(here, ()))
+        else:
+            match = match_unit(query, units)
+            if not isinstance(match, Found):
+                return render.unit_refusal(lang, match, by_key.get(here) if here else None)
+            unit = match.unit
+        found = await self.directory.unit_rooms(unit.key)
+        if not found:
+            return _t(
+                lang,
+                f"В подразделении «{unit.label}» нет комнат, где есть бот. Ничего не создано.",
+                f"Unit “{unit.label}” has no rooms that the bot is in. Nothing was created.",
+            )
+        return unit, found
 
     def _announce(self, ev: Event, room: RoomID) -> Announce:
         labels = render.ANSWER_LABELS[ev.lang]
@@ -412,14 +461,9 @@ class EventService:
             sent = _t(lang, "Отправил выгрузку вам в личные сообщения.", "I sent the export to you directly.")
             caption = _t(lang, f"Выгрузка {ev.id}", f"Export of {ev.id}")
             return [reply(sent), DirectUpload(sender, caption, files)], []
+        count = render.plural(lang, len(answers), render.ANSWERS_WORD[lang])
         return [
-            reply(
-                _t(
-                    lang,
-                    f"Выгрузка {ev.id}: {len(answers)} ответов.",
-                    f"Export of {ev.id}: {len(answers)} answers.",
-                )
-            ),
+            reply(_t(lang, f"Выгрузка {ev.id}: {count}.", f"Export of {ev.id}: {count}.")),
             Upload(room, files),
         ], []
 
@@ -439,7 +483,15 @@ class EventService:
         answers = await self.store.answers(ev.id)
         person = await self.directory.person(sender, room)
         req = RsvpRequest(
-            sender, answer, source, mid, room, person.display_name, person.department, person.job_title
+            sender,
+            answer,
+            source,
+            mid,
+            room,
+            person.display_name,
+            person.department,
+            person.job_title,
+            person.phone,
         )
         outcome = decide(ev, answers, req, self.clock.now(), await self.store.next_seq(ev.id))
         effects: list[Effect] = []
@@ -447,8 +499,17 @@ class EventService:
             text = render.refused(ev, lang, outcome.reason, self.tz)
             effects.append(reply(text) if reply else DirectMessage(sender, text, answer=True))
             return effects, []
+        nxt = schedule(ev.starts_at, outcome.rsvp.answered_at, self.settings.reminder_offsets)
         text = render.rsvp_reply(
-            ev, lang, outcome.status, outcome.waitlist_position, outcome.unchanged, self.tz
+            ev,
+            lang,
+            outcome.status,
+            outcome.waitlist_position,
+            outcome.unchanged,
+            self.tz,
+            reminder=nxt[0] if nxt and outcome.status == "confirmed" else None,
+            poll_vote=None if source is Source.POLL else await self._poll_vote(ev, sender),
+            counted=answer,
         )
         if reply is not None:
             effects.append(reply(text))
@@ -457,53 +518,91 @@ class EventService:
             effects.append(DirectMessage(sender, text, answer=True))
         effects += [DirectMessage(p.user_id, render.promoted_dm(ev, self.tz)) for p in outcome.promoted]
         writes: list[Write] = [] if outcome.unchanged else [PutAnswer(outcome.rsvp)]
+        if not outcome.unchanged:
+            effects += await self._tallies(ev)
         log.info("rsvp %s %s %s via %s (%s)", ev.id, sender, answer.value, source.value, outcome.status)
         return effects, writes
 
+    async def _tallies(self, ev: Event) -> list[Effect]:
+        """Every announcement of ``ev`` edited to the attendance across all its rooms (the transport
+        renders it when it sends, so a burst of answers becomes one edit)."""
+        return [UpdateTally(ev.id, r) for r in await self._rooms(ev)]
+
+    async def tally_text(self, eid: EventID) -> Text | None:
+        """The announcement of ``eid`` with the attendance now; ``None`` if the event is gone."""
+        ev = await self.store.get_event(eid)
+        if ev is None:
+            return None
+        att = attendance(ev.capacity, await self.store.answers(eid))
+        return render.announcement(ev, self.tz, att, len(await self._rooms(ev)))
+
+    async def _poll_vote(self, ev: Event, user: UserID) -> Answer | None:
+        """What ``user``'s vote in a poll of ``ev`` shows, if they have one (the latest over its polls)."""
+        best: tuple[int, str] | None = None
+        shown: Answer | None = None
+        for _, poll in await self.store.audience(ev.id):
+            if poll is None:
+                continue
+            votes = await self.store.votes(poll, user)
+            counted_now = tally(BOT_POLL, votes).get(user)
+            latest = max(votes, key=lambda v: (v.ts, v.event_id), default=None)
+            if counted_now and latest is not None and (best is None or (latest.ts, latest.event_id) > best):
+                best, shown = (latest.ts, latest.event_id), POLL_ANSWER_IDS[counted_now[0]]
+        return shown
+
     async def handle_poll_response(
-        self, room: RoomID, sender: UserID, mid: MatrixEventID, poll_event_id: str, answer_ids: Sequence[str]
-    ) -> list[Effect]:
-        return await self._handle_annotation(room, sender, mid, poll_event_id,
-                                             POLL_ANSWER_IDS.get(answer_ids[0]) if answer_ids else None,
-                                             Source.POLL)  # fmt: skip
-
-    async def handle_reaction(
-        self, room: RoomID, sender: UserID, mid: MatrixEventID, target: str, key: str
-    ) -> list[Effect]:
-        return await self._handle_annotation(
-            room, sender, mid, target, render.REACTIONS.get(key.strip("\ufe0f")), Source.REACTION
-        )
-
-    async def _handle_annotation(
         self,
         room: RoomID,
         sender: UserID,
         mid: MatrixEventID,
-        target: str,
-        answer: Answer | None,
-        source: Source,
+        poll_event_id: str,
+        answer_ids: Sequence[str],
+        ts: int | None = None,
     ) -> list[Effect]:
+        """A vote, read by the poll rules (``poll`` Rules 2-6): the person's latest response in this poll
+        decides; an empty or spoiled one takes back an answer that came from this poll."""
+        eid = await self.store.event_by_poll(poll_event_id)
+        ev = None if eid is None else await self.store.get_event(eid)
+        if ev is None:
+            await self._done(mid, room)
+            return []
+        stamp = ts if ts is not None else int(self.clock.now().timestamp() * 1000)
+        vote = Vote(mid, sender, stamp, tuple(answer_ids))
+        record = PutVote(mid, MatrixEventID(poll_event_id), sender, stamp, vote.selections)
+        earlier = await self.store.votes(poll_event_id, sender)
+        if ev.cancelled or any((v.ts, v.event_id) > (stamp, mid) for v in earlier):
+            # The poll was ended with the event, or a later response of this person already decided.
+            await self._done(mid, room, [record])
+            return []
+        effects, writes = await self._apply_vote(ev, room, sender, mid, counted(BOT_POLL, vote.selections))
+        await self._done(mid, room, [record, *writes], effects)
+        return effects
+
+    async def _apply_vote(
+        self, ev: Event, room: RoomID, sender: UserID, vote_id: MatrixEventID, selection: tuple[str, ...]
+    ) -> tuple[list[Effect], list[Write]]:
+        if selection:
+            answer = POLL_ANSWER_IDS[selection[0]]
+            return await self._rsvp(ev, room, sender, vote_id, answer, Source.POLL, ev.lang, None)
+        current = next((a for a in await self.store.answers(ev.id) if a.user_id == sender), None)
+        if current is None or current.source is not Source.POLL:
+            return [], []  # an answer given by command or reaction is not the poll's to take back
+        return await self._withdraw(ev, sender, "unvoted")
+
+    async def handle_reaction(
+        self, room: RoomID, sender: UserID, mid: MatrixEventID, target: str, key: str
+    ) -> list[Effect]:
+        answer = render.REACTIONS.get(key.strip("\ufe0f"))
         eid = await self.store.event_by_poll(target)
-        if eid is None or answer is None:
+        ev = None if eid is None or answer is None else await self.store.get_event(eid)
+        if ev is None or answer is None:
             await self._done(mid, room)
             return []
-        ev = await self.store.get_event(eid)
-        if ev is None:  # pragma: no cover - audience rows are written with their event
-            await self._done(mid, room)
-            return []
-        effects, writes = await self._rsvp(ev, room, sender, mid, answer, source, ev.lang, None)
+        effects, writes = await self._rsvp(ev, room, sender, mid, answer, Source.REACTION, ev.lang, None)
         await self._done(mid, room, writes, effects)
         return effects
 
-    async def handle_redaction(
-        self, room: RoomID, sender: UserID, mid: MatrixEventID, redacts: str
-    ) -> list[Effect]:
-        """A removed reaction takes the answer back (only if it is still the answer on record)."""
-        rsvp = await self.store.answer_by_source(redacts)
-        ev = None if rsvp is None else await self.store.get_event(rsvp.event_id)
-        if rsvp is None or ev is None or rsvp.user_id != sender or rsvp.source is not Source.REACTION:
-            await self._done(mid, room)
-            return []
+    async def _withdraw(self, ev: Event, sender: UserID, why: str) -> tuple[list[Effect], list[Write]]:
         outcome = withdraw(ev, await self.store.answers(ev.id), sender, self.clock.now())
         effects: list[Effect] = []
         writes: list[Write] = []
@@ -513,7 +612,33 @@ class EventService:
         elif outcome is not None:
             writes.append(DeleteAnswer(ev.id, sender))
             effects += [DirectMessage(p.user_id, render.promoted_dm(ev, self.tz)) for p in outcome.promoted]
-            log.info("rsvp %s %s withdrawn (reaction removed)", ev.id, sender)
+            effects += await self._tallies(ev)
+            log.info("rsvp %s %s withdrawn (%s)", ev.id, sender, why)
+        return effects, writes
+
+    async def handle_redaction(
+        self, room: RoomID, sender: UserID, mid: MatrixEventID, redacts: str
+    ) -> list[Effect]:
+        """A removed reaction takes the answer back; a redacted vote gives way to the vote before it (poll
+        Rule 5). Either only if it is still the answer on record."""
+        rsvp = await self.store.answer_by_source(redacts)
+        ev = None if rsvp is None else await self.store.get_event(rsvp.event_id)
+        vote = await self.store.vote(redacts)
+        writes: list[Write] = [] if vote is None else [DeleteVote(redacts)]
+        effects: list[Effect] = []
+        mine = rsvp is not None and ev is not None and rsvp.user_id == sender
+        if mine and ev is not None and vote is not None:
+            rest = [v for v in await self.store.votes(vote[0], sender) if v.event_id != redacts]
+            before = max(rest, key=lambda v: (v.ts, v.event_id), default=None)
+            selection = tally(BOT_POLL, rest).get(sender, ())
+            vote_id = MatrixEventID(before.event_id) if before is not None else MatrixEventID(redacts)
+            effects, more = await self._apply_vote(ev, room, sender, vote_id, selection)
+            writes += more
+        elif (
+            rsvp is not None and ev is not None and rsvp.user_id == sender and rsvp.source is Source.REACTION
+        ):
+            effects, more = await self._withdraw(ev, sender, "reaction removed")
+            writes += more
         await self._done(mid, room, writes, effects)
         return effects
 

@@ -9,6 +9,7 @@ passes a list of small write operations and they commit in **one** transaction, 
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import sqlite3
 import threading
@@ -28,6 +29,7 @@ from bridge.events.model import (
     Source,
     UserID,
 )
+from bridge.events.poll import Vote
 from bridge.events.reminders import ReminderKey
 
 T = TypeVar("T")
@@ -48,7 +50,7 @@ SCHEMA = [
         event_id TEXT NOT NULL, user_id TEXT NOT NULL, answer TEXT NOT NULL, answered_at BIGINT NOT NULL,
         seq BIGINT NOT NULL, source TEXT NOT NULL, source_event_id TEXT, room_id TEXT,
         display_name TEXT NOT NULL, department TEXT NOT NULL, job_title TEXT NOT NULL,
-        PRIMARY KEY (event_id, user_id))""",
+        phone TEXT NOT NULL DEFAULT '', PRIMARY KEY (event_id, user_id))""",
     """CREATE TABLE IF NOT EXISTS reminders_sent (
         event_id TEXT NOT NULL, slot BIGINT NOT NULL, offset_s INTEGER NOT NULL, target TEXT NOT NULL,
         sent_at BIGINT NOT NULL, PRIMARY KEY (event_id, slot, offset_s, target))""",
@@ -62,7 +64,21 @@ SCHEMA = [
     """CREATE TABLE IF NOT EXISTS outbox (
         id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, payload TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS outbox_order ON outbox (created_at, id)",
+    # Outbox entries the homeserver refused for good (the bot left the room, the room is gone): kept with the
+    # reason so an operator sees them in `bridge status` instead of them vanishing from a log.
+    """CREATE TABLE IF NOT EXISTS dead_letters (
+        id TEXT PRIMARY KEY, created_at BIGINT NOT NULL, failed_at BIGINT NOT NULL, payload TEXT NOT NULL,
+        reason TEXT NOT NULL)""",
+    # Every poll response seen, so a redacted vote can fall back to the one before it (poll Rule 5).
+    """CREATE TABLE IF NOT EXISTS poll_votes (
+        matrix_event_id TEXT PRIMARY KEY, poll_event_id TEXT NOT NULL, sender TEXT NOT NULL,
+        ts BIGINT NOT NULL, selections TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS poll_votes_poll ON poll_votes (poll_event_id, sender)",
 ]
+
+# Columns added after a table first shipped: (table, column, definition). A store created by an older
+# version gets them on open; CREATE TABLE IF NOT EXISTS alone would leave its tables as they were.
+COLUMNS_ADDED = [("answers", "phone", "TEXT NOT NULL DEFAULT ''")]
 
 
 # --- write operations --------------------------------------------------------------------------------------
@@ -152,6 +168,29 @@ class DeleteOutbox:
 
 
 @dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """Copy outbox entry ``id`` to the dead letters; pair it with :class:`DeleteOutbox` in the same write."""
+
+    id: str
+    at: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class PutVote:
+    matrix_event_id: MatrixEventID
+    poll_event_id: MatrixEventID
+    sender: UserID
+    ts: int  # origin_server_ts, ms
+    selections: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteVote:
+    matrix_event_id: str
+
+
+@dataclass(frozen=True, slots=True)
 class DropQueuedReminders:
     """Unsent reminders of an event (outbox ids ``rem:<event>:...``): it was cancelled or moved."""
 
@@ -172,10 +211,14 @@ Write = (
     | SetValue
     | PutOutbox
     | DeleteOutbox
+    | DeadLetter
+    | PutVote
+    | DeleteVote
     | DropQueuedReminders
 )
 
 
+LAST_SYNC_KEY = "last_sync_at"  # kv: when the bot last handled a sync (ISO 8601, UTC), for `bridge status`
 REMINDER_OUTBOX = "rem:"  # outbox ids of reminders start with this, then the event ID
 
 
@@ -238,15 +281,16 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
         case PutAnswer(r):
             return (
                 """INSERT INTO answers (event_id, user_id, answer, answered_at, seq, source, source_event_id,
-                    room_id, display_name, department, job_title) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    room_id, display_name, department, job_title, phone)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (event_id, user_id) DO UPDATE SET answer = excluded.answer,
                     answered_at = excluded.answered_at, seq = excluded.seq, source = excluded.source,
                     source_event_id = excluded.source_event_id, room_id = excluded.room_id,
                     display_name = excluded.display_name, department = excluded.department,
-                    job_title = excluded.job_title""",
+                    job_title = excluded.job_title, phone = excluded.phone""",
                 (
                     r.event_id, r.user_id, r.answer.value, _ms(r.answered_at), r.seq, r.source.value,
-                    r.source_event_id, r.room_id, r.display_name, r.department, r.job_title,
+                    r.source_event_id, r.room_id, r.display_name, r.department, r.job_title, r.phone,
                 ),
             )  # fmt: skip
         case DeleteAnswer(eid, user):
@@ -285,6 +329,20 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
             )
         case DeleteOutbox(oid):
             return ("DELETE FROM outbox WHERE id = ?", (oid,))
+        case DeadLetter(oid, at, reason):
+            return (
+                "INSERT INTO dead_letters (id, created_at, failed_at, payload, reason) "
+                "SELECT id, created_at, ?, payload, ? FROM outbox WHERE id = ? ON CONFLICT DO NOTHING",
+                (_ms(at), reason[:2000], oid),
+            )
+        case PutVote(vid, poll, sender, ts, sel):
+            return (
+                "INSERT INTO poll_votes (matrix_event_id, poll_event_id, sender, ts, selections) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                (vid, poll, sender, ts, json.dumps(list(sel))),
+            )
+        case DeleteVote(vid):
+            return ("DELETE FROM poll_votes WHERE matrix_event_id = ?", (vid,))
         case DropQueuedReminders(eid):
             prefix = reminder_outbox_prefix(eid)
             return ("DELETE FROM outbox WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
@@ -298,7 +356,7 @@ _EVENT_COLS = (
 )
 _ANSWER_COLS = (
     "event_id, user_id, answer, answered_at, seq, source, source_event_id, room_id, display_name, "
-    "department, job_title"
+    "department, job_title, phone"
 )
 
 
@@ -336,7 +394,17 @@ def _answer(row: Sequence[Any]) -> Rsvp:
         display_name=row[8],
         department=row[9],
         job_title=row[10],
+        phone=row[11],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetterRow:
+    id: str
+    created_at: datetime
+    failed_at: datetime
+    payload: str
+    reason: str
 
 
 class _Conn(Protocol):
@@ -395,6 +463,13 @@ class Store:
             for s in [*self._setup, *SCHEMA]:
                 cur.execute(s)
             conn.commit()
+            for table, column, definition in COLUMNS_ADDED:
+                try:
+                    cur.execute(f"SELECT {column} FROM {table} WHERE 1 = 0")
+                except Exception:
+                    conn.rollback()  # PostgreSQL refuses anything else in a failed transaction
+                    cur.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+                    conn.commit()
             cur.close()
             self._conn = conn
 
@@ -543,8 +618,62 @@ class Store:
         sql = f"SELECT id, payload FROM outbox {where} ORDER BY created_at, id LIMIT ?"
         return [(str(r[0]), str(r[1])) for r in await self._rows(sql, args)]
 
+    async def newest_outbox_entry(self, payload: str) -> str | None:
+        """The id of the latest-written outbox entry with exactly this payload (edits superseding edits)."""
+        rows = await self._rows(
+            "SELECT id FROM outbox WHERE payload = ? ORDER BY created_at DESC, id DESC LIMIT 1", (payload,)
+        )
+        return str(rows[0][0]) if rows else None
+
     async def in_outbox(self, oid: str) -> bool:
         return bool(await self._rows("SELECT 1 FROM outbox WHERE id = ?", (oid,)))
+
+    async def outbox_stats(self) -> tuple[int, datetime | None]:
+        """How many entries wait in the outbox, and when the oldest was written."""
+        rows = await self._rows("SELECT COUNT(*), MIN(created_at) FROM outbox")
+        return int(rows[0][0]), _dt(rows[0][1])
+
+    async def dead_letters(self, limit: int = 20) -> tuple[int, list[DeadLetterRow]]:
+        """How many entries were given up on, and the latest ``limit`` of them."""
+        total = int((await self._rows("SELECT COUNT(*) FROM dead_letters"))[0][0])
+        rows = await self._rows(
+            "SELECT id, created_at, failed_at, payload, reason FROM dead_letters "
+            "ORDER BY failed_at DESC, id LIMIT ?",
+            (limit,),
+        )
+        return total, [DeadLetterRow(r[0], _dt1(r[1]), _dt1(r[2]), r[3], r[4]) for r in rows]
+
+    async def anchor(self, eid: EventID, room: RoomID) -> MatrixEventID | None:
+        """The announcement text message of ``eid`` in ``room`` (what the count edits replace)."""
+        rows = await self._rows(
+            "SELECT matrix_event_id FROM anchors WHERE event_id = ? AND room_id = ? ORDER BY matrix_event_id",
+            (eid, room),
+        )
+        return MatrixEventID(rows[0][0]) if rows else None
+
+    async def open_polls(self, now: datetime) -> list[tuple[RoomID, MatrixEventID]]:
+        """The polls of events not cancelled and not started yet: (room, poll event id)."""
+        rows = await self._rows(
+            "SELECT a.room_id, a.poll_event_id FROM audience a JOIN events e ON e.id = a.event_id "
+            "WHERE e.cancelled = 0 AND e.starts_at > ? AND a.poll_event_id IS NOT NULL ORDER BY a.room_id",
+            (_ms(now),),
+        )
+        return [(RoomID(r[0]), MatrixEventID(r[1])) for r in rows]
+
+    async def votes(self, poll_event_id: str, sender: str) -> list[Vote]:
+        rows = await self._rows(
+            "SELECT matrix_event_id, sender, ts, selections FROM poll_votes "
+            "WHERE poll_event_id = ? AND sender = ?",
+            (poll_event_id, sender),
+        )
+        return [Vote(r[0], r[1], int(r[2]), tuple(json.loads(r[3]))) for r in rows]
+
+    async def vote(self, matrix_event_id: str) -> tuple[MatrixEventID, UserID] | None:
+        """The poll and the sender of a recorded response."""
+        rows = await self._rows(
+            "SELECT poll_event_id, sender FROM poll_votes WHERE matrix_event_id = ?", (matrix_event_id,)
+        )
+        return (MatrixEventID(rows[0][0]), UserID(rows[0][1])) if rows else None
 
     async def get_value(self, key: str) -> str | None:
         rows = await self._rows("SELECT value FROM kv WHERE key = ?", (key,))
