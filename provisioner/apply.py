@@ -2,7 +2,9 @@
 
 Rules:
 1. Every handler is idempotent ("already there" is success), so a run killed anywhere converges next time.
-2. A failed action is recorded and the run goes on; an authentication error stops it (nothing else can work).
+2. A failed action is recorded and the run goes on; an authentication error stops it (nothing else can work),
+   and so does a server still unreachable or unavailable after a request's whole retry budget: every action
+   left would otherwise spend that budget again, one by one in a room's join lane (minutes per room).
 3. Phases run in plan order (users, spaces by depth, rooms, links, updates, joins, closes, kicks, locks);
    inside a phase actions run concurrently, but joins into one room run one at a time (Synapse serialises
    them anyway) while different rooms proceed in parallel.
@@ -25,7 +27,14 @@ from typing import IO, Any, assert_never
 
 from bridge.matrix.client import ExternalId, HomeserverClient
 from bridge.matrix.contract import EXTERNAL_ID_PROVIDER, MARKER_TYPE, PROFILE_KEYS
-from bridge.matrix.errors import HomeserverError, MAuthError, MForbidden, MNotFound, MRoomInUse
+from bridge.matrix.errors import (
+    HomeserverError,
+    MAuthError,
+    MForbidden,
+    MNotFound,
+    MRoomInUse,
+    ServerUnavailable,
+)
 from provisioner.core.actions import (
     MEMBERS_ONLY,
     Action,
@@ -53,7 +62,7 @@ log = logging.getLogger(__name__)
 
 
 class StopRun(Exception):
-    """Nothing further can succeed (the token was refused)."""
+    """Nothing further can succeed (the token was refused, or the server is gone)."""
 
 
 @dataclass
@@ -446,6 +455,14 @@ class Executor:
             self.report.stopped = f"the homeserver refused the provisioner's token: {e}"
             self.audit.write(action, "stopped", str(e))
             raise StopRun(self.report.stopped) from None
+        except ServerUnavailable as e:
+            self._record_failure(action, e)
+            # Down through the whole backoff (not one request that was not replayed): stop, rather than
+            # spend that backoff again on every action left.
+            if e.attempts > self.client.retry.max_retries:
+                self.report.stopped = f"the homeserver is unavailable: {e}"
+                raise StopRun(self.report.stopped) from None
+            return
         except LookupError as e:
             self._user_failed(action)
             self.report.skipped.append((action.kind, str(e)))
@@ -453,14 +470,17 @@ class Executor:
             self._step(False)
             return
         except (HomeserverError, ValueError) as e:
-            self._user_failed(action)
-            self.report.failed.append((action.kind, f"{describe(action)}: {e}"))
-            self.audit.write(action, "failed", str(e))
-            self._step(False)
+            self._record_failure(action, e)
             return
         self.report.done[action.kind] += 1
         self.audit.write(action, "ok")
         self._step(True)
+
+    def _record_failure(self, action: Action, e: Exception) -> None:
+        self._user_failed(action)
+        self.report.failed.append((action.kind, f"{describe(action)}: {e}"))
+        self.audit.write(action, "failed", str(e))
+        self._step(False)
 
     def _user_failed(self, action: Action) -> None:
         if isinstance(action, CreateUser | UnlockUser):
