@@ -8,7 +8,8 @@ machine lacks a running PostgreSQL or Redis: the test starts its own (scripts/se
 The story: a sync of 200 people through the loopback admin listener leaves no ERROR in any Synapse log;
 people log in through nginx with their directory password, find a colleague, exchange a DM, see each
 other's presence (written by the presence writer) and read receipt through the sync worker; the event bot
-answers a command in an encrypted room through nginx; outsiders are refused.
+answers a command in an encrypted room through nginx; outsiders are refused, and issue 12's probe set
+(tests/closed_probes.py) passes through nginx and on the main process's own listeners.
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ from provisioner.config import Config, load_config
 from provisioner.embedded.nginx import EmbeddedNginx
 from provisioner.embedded.ports import LOOPBACK, free_port
 from provisioner.embedded.slapd import EmbeddedSlapd, ssha
+from provisioner.embedded.synapse import RegisteredAccount
 from provisioner.embedded.topology import Topology
 from provisioner.sample import SampleDirectory, SamplePerson, generate_directory
 from provisioner.synapse.auth import module_config_from
 from provisioner.synapse.config import TEST_RATE_LIMITS
+from tests.closed_probes import closed_server_failures
 from tests.helpers import write_config
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slapd]
@@ -70,6 +73,7 @@ class Stack:
     cfg: Config
     sync_errors: dict[str, list[str]]
     root: Path
+    admin: RegisteredAccount
 
     @property
     def url(self) -> str:
@@ -119,7 +123,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             name: [line for line in _new_lines(topology, before, name) if " ERROR " in line]
             for name in topology.process_names
         }
-        yield Stack(topology, slapd, directory, cfg, {k: v for k, v in errors.items() if v}, root)
+        yield Stack(topology, slapd, directory, cfg, {k: v for k, v in errors.items() if v}, root, admin)
     finally:
         topology.stop()
         slapd.stop()
@@ -415,6 +419,75 @@ def test_outsiders_are_refused_at_the_proxy(stack: Stack) -> None:
         },
     )
     assert (status, reply.get("errcode")) == (403, "M_FORBIDDEN")
+
+
+# What a worker's client port answers when reached without nginx (see the test below). Workers ignore
+# ``additional_resources`` (Rule 5 of provisioner.synapse.config), so the token guard is mounted on the main
+# process only: tokenless alias lookups and room summaries are answered, a made-up token is not checked, and
+# an employee may write a directory-owned profile field. The other two are servlets a worker does not have
+# (404 M_UNRECOGNIZED). This is why only nginx may be reachable from outside (Rule 2 of provisioner.deploy;
+# on a host the worker ports bind loopback). The test pins the list: a worker that opens more fails it.
+_UNGUARDED_ON_A_WORKER = {
+    "alias lookup",
+    "alias lookup (r0)",
+    "alias lookup with a made-up token",
+    "space summary",
+    "space summary by alias",
+    "room directory visibility",  # not served by a worker
+    "directory profile field (a title of one's own)",
+    "3PID add",  # not served by a worker
+}
+
+
+def test_the_closed_probes_pass_through_nginx_and_on_the_main_process(stack: Stack) -> None:
+    """Issue 12's probe set (tests/closed_probes.py) on the production topology, with the org tree the sync
+    made, a person who logs in with the directory password, and the admin the sync runs as."""
+    t = stack.topology
+    status, listed = _call(
+        t.admin_url, "GET", "/_synapse/admin/v1/rooms?limit=500", None, stack.admin.access_token
+    )
+    assert status == 200, listed
+    space = next(r for r in listed["rooms"] if r["room_type"] == "m.space" and r["canonical_alias"])
+    room = next(r for r in listed["rooms"] if not r["room_type"])
+    person = stack.directory.samples[4]
+
+    def log_in(base: str) -> dict[str, str]:
+        body = {"type": "m.login.password", "identifier": {"type": "m.id.user", "user": person.uid},
+                "password": PASSWORD}  # fmt: skip
+        status, login = _call(base, "POST", "/_matrix/client/v3/login", body)
+        assert status == 200, (base, login)
+        return {"token": login["access_token"], "user_id": login["user_id"], "password": PASSWORD,
+                "new_password": "Second-password-2"}  # fmt: skip
+
+    first = log_in(t.public_url)
+    tree = {
+        "alias": space["canonical_alias"],
+        "space_id": space["room_id"],
+        "room_id": room["room_id"],
+        "person_id": first["user_id"],
+        "admin_user": stack.admin.user_id,
+        "admin_password": stack.admin.password,
+    }
+    # The alias really resolves for someone with a token: the refusals below are the guard, not a 404.
+    alias_path = f"/_matrix/client/v3/directory/room/{urllib.parse.quote(tree['alias'])}"
+    status, reply = _call(t.public_url, "GET", alias_path, None, first["token"])
+    assert (status, reply.get("room_id")) == (200, tree["space_id"]), reply
+
+    # nginx (what outsiders reach), then the main process's public and admin listeners without nginx: both
+    # mount the token guard, so nginx is not the only lock.
+    for base in (t.public_url, t.main_url, t.admin_url):
+        failures = closed_server_failures(
+            base, **tree, employee=first if base == t.public_url else log_in(base)
+        )
+        assert not failures, "\n".join([base, *failures])
+
+    # A worker's client port without nginx: everything but the list above (logins included) is still closed.
+    ports = {w.name: w.client_port for w in t.deployment.workers if w.client_port}
+    assert {"synapse-sync-1", "synapse-presence"} <= set(ports), ports
+    for name, port in ports.items():
+        base = f"http://{LOOPBACK}:{port}"
+        failures = closed_server_failures(base, **tree, employee=log_in(base))
+        assert {f.split(":", 1)[0] for f in failures} == _UNGUARDED_ON_A_WORKER, "\n".join([name, *failures])
 
 
 def test_search_goes_to_the_search_service_and_falls_back_to_synapse(stack: Stack) -> None:

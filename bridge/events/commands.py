@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
-from bridge.events.model import MAX_CAPACITY, MAX_TITLE, Answer, EventID, Lang, normalise_id
+from bridge.events.model import MAX_CAPACITY, MAX_TITLE, Answer, EventID, Lang, normalise_id, t
 
 # --- commands -------------------------------------------------------------------------------------
 
@@ -87,10 +87,6 @@ class ParseError:
 
 
 Command = CreateEvent | EditEvent | CancelEvent | ListEvents | ShowEvent | ExportEvent | RsvpCommand | Help
-
-
-def msg(lang: Lang, ru: str, en: str) -> str:
-    return ru if lang == "ru" else en
 
 
 # --- tokens ---------------------------------------------------------------------------------------
@@ -382,11 +378,11 @@ def validate(
     """Check the fields of a new or edited event; ``None`` means valid (an edit passes the merged values)."""
     if title is not None:
         if not title.strip():
-            return ParseError(lang, msg(lang, "Название не может быть пустым.", "The title cannot be empty."))
+            return ParseError(lang, t(lang, "Название не может быть пустым.", "The title cannot be empty."))
         if len(title) > MAX_TITLE:
             return ParseError(
                 lang,
-                msg(
+                t(
                     lang,
                     f"Название длиннее {MAX_TITLE} символов ({len(title)}). Сократите его.",
                     f"The title is longer than {MAX_TITLE} characters ({len(title)}). Please shorten it.",
@@ -395,7 +391,7 @@ def validate(
     if capacity is not None and not 1 <= capacity <= MAX_CAPACITY:
         return ParseError(
             lang,
-            msg(
+            t(
                 lang,
                 f"Вместимость должна быть от 1 до {MAX_CAPACITY}, а не {capacity}.",
                 f"Capacity must be between 1 and {MAX_CAPACITY}, not {capacity}.",
@@ -404,19 +400,17 @@ def validate(
     if starts_at is not None and starts_at <= now:
         return ParseError(
             lang,
-            msg(
-                lang, "Это время уже прошло. Укажите будущее.", "That time is in the past. Give a future one."
-            ),
+            t(lang, "Это время уже прошло. Укажите будущее.", "That time is in the past. Give a future one."),
         )
     if deadline is not None:
         if deadline <= now:
             return ParseError(
-                lang, msg(lang, "Срок записи уже прошёл.", "The RSVP deadline is already in the past.")
+                lang, t(lang, "Срок записи уже прошёл.", "The RSVP deadline is already in the past.")
             )
         if starts_at is not None and deadline > starts_at:
             return ParseError(
                 lang,
-                msg(
+                t(
                     lang,
                     "Срок записи позже начала события. Укажите срок до начала.",
                     "The RSVP deadline is after the start. Give a deadline before the event starts.",
@@ -439,7 +433,7 @@ def parse_command(text: str, now: datetime, tz: ZoneInfo) -> Command | ParseErro
         tokens = tokenize(stripped)
     except _TokenError as e:
         return ParseError(
-            lang, msg(lang, f"Не закрыта кавычка {e.args[0]}.", f"A quote {e.args[0]} is not closed.")
+            lang, t(lang, f"Не закрыта кавычка {e.args[0]}.", f"A quote {e.args[0]} is not closed.")
         )
     head = tokens[0].low
     rest = tokens[1:]
@@ -452,7 +446,7 @@ def parse_command(text: str, now: datetime, tz: ZoneInfo) -> Command | ParseErro
     if head in _RSVP_WORDS:
         lang, answer = _RSVP_WORDS[head]
         if len(rest) > 1:
-            return ParseError(lang, msg(lang, f"Формат: {head} ID", f"Usage: {head} ID"))
+            return ParseError(lang, t(lang, f"Формат: {head} ID", f"Usage: {head} ID"))
         return RsvpCommand(lang, normalise_id(rest[0].text) if rest else None, answer)
     if head not in _EVENT_WORDS:
         return None
@@ -472,20 +466,18 @@ def parse_command(text: str, now: datetime, tz: ZoneInfo) -> Command | ParseErro
         return Help(lang)
     if word in _SHOW | _EXPORT | _CANCEL:
         if len(args) > 1:
-            return ParseError(
-                lang, msg(lang, f"Формат: {head} {sub.text} ID", f"Usage: {head} {sub.text} ID")
-            )
+            return ParseError(lang, t(lang, f"Формат: {head} {sub.text} ID", f"Usage: {head} {sub.text} ID"))
         eid = normalise_id(args[0].text) if args else None
         if word in _SHOW:
             return ShowEvent(lang, eid)
         if word in _EXPORT:
             return ExportEvent(lang, eid)
         if eid is None:
-            return ParseError(lang, msg(lang, "Укажите ID события.", "Give the event ID."))
+            return ParseError(lang, t(lang, "Укажите ID события.", "Give the event ID."))
         return CancelEvent(lang, eid)
     if word in _EDIT:
         if not args:
-            return ParseError(lang, msg(lang, "Укажите ID события.", "Give the event ID."))
+            return ParseError(lang, t(lang, "Укажите ID события.", "Give the event ID."))
         return _parse_fields(lang, args[1:], now, tz, create=False, event_id=normalise_id(args[0].text))
     return Help(lang, unknown=sub.text)
 
@@ -505,7 +497,7 @@ def _parse_fields(
         if not tokens or not tokens[0].quoted:
             return ParseError(
                 lang,
-                msg(
+                t(
                     lang,
                     'Название пишется в кавычках: !событие создать "Совещание" завтра 15:00 место "каб. 301"',
                     'Put the title in quotes: !event create "Meeting" tomorrow 3pm place "Room 301"',
@@ -544,7 +536,7 @@ def _parse_fields(
                 continue
             if value is None:
                 return ParseError(
-                    lang, msg(lang, f"После «{tok.text}» нет значения.", f"No value after “{tok.text}”.")
+                    lang, t(lang, f"После «{tok.text}» нет значения.", f"No value after “{tok.text}”.")
                 )
             if w in _PLACE:
                 place = value.text.strip()
@@ -552,7 +544,7 @@ def _parse_fields(
                 if not re.fullmatch(r"-?\d+", value.text):
                     return ParseError(
                         lang,
-                        msg(
+                        t(
                             lang,
                             f"Вместимость — целое число, а не «{value.text}».",
                             f"Capacity must be a whole number, not “{value.text}”.",
@@ -572,7 +564,7 @@ def _parse_fields(
         else:
             return ParseError(
                 lang,
-                msg(
+                t(
                     lang,
                     f"Не понял «{tok.text}». Напишите !событие помощь.",
                     f"Did not understand “{tok.text}”. Try !event help.",
@@ -588,13 +580,13 @@ def _parse_fields(
         if deadline_words is not None:
             deadline = parse_when(deadline_words, now, tz, need_time=False)
     except DateError as e:
-        what = msg(lang, "Не понял дату: ", "Could not read the date: ")
-        hint = msg(
+        what = t(lang, "Не понял дату: ", "Could not read the date: ")
+        hint = t(
             lang,
             " Примеры: 2026-12-03 15:00, 03.12.2026 15:00, 3 декабря 15:00, завтра 15:00, в пятницу 10:00.",
             " Examples: 2026-12-03 15:00, 03.12.2026 15:00, December 3 3pm, tomorrow 3pm, friday 10am.",
         )
-        return ParseError(lang, what + msg(lang, e.ru, e.en) + "." + hint)
+        return ParseError(lang, what + t(lang, e.ru, e.en) + "." + hint)
     # "до 2026-12-03" with the start on that same day means "before it starts", not "until midnight".
     if (
         deadline is not None
@@ -615,7 +607,7 @@ def _parse_fields(
     if title is None and starts_at is None and place is None and capacity is None and deadline is None:
         return ParseError(
             lang,
-            msg(
+            t(
                 lang,
                 'Что изменить? Например: !событие изменить ID когда завтра 16:00 место "каб. 2"',
                 'What should change? E.g. !event edit ID when tomorrow 4pm place "Room 2"',

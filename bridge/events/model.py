@@ -25,6 +25,12 @@ EventID = NewType("EventID", str)
 
 Lang = Literal["ru", "en"]
 
+
+def t(lang: Lang, ru: str, en: str) -> str:
+    """The one place a Russian/English text pair is chosen (commands, replies and notices all call it)."""
+    return ru if lang == "ru" else en
+
+
 # No look-alikes (0/o, 1/l/i) so people can type an id they read on a phone.
 ID_ALPHABET = "abcdefghjkmnpqrstuvwxyz23456789"
 ID_LENGTH = 5

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 from babel import Locale
 from babel.dates import format_datetime, format_timedelta
 
-from bridge.events.model import Answer, Attendance, Event, EventID, Lang, Rsvp, Text
+from bridge.events.model import Answer, Attendance, Event, EventID, Lang, Rsvp, Text, t
 from bridge.events.units import Ambiguous, NotFound, Unit
 
 # CLDR forms through Babel rather than hand-written tables: Russian has one/few/many ("1 ответ", "2 ответа",
@@ -36,10 +36,6 @@ REACTIONS: dict[str, Answer] = {
 
 def esc(s: str) -> str:
     return html.escape(s, quote=True)
-
-
-def t(lang: Lang, ru: str, en: str) -> str:
-    return ru if lang == "ru" else en
 
 
 def when(dt: datetime, tz: ZoneInfo, lang: Lang) -> str:

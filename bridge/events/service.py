@@ -52,6 +52,7 @@ from bridge.events.model import (
     UserID,
     attendance,
     new_event_id,
+    t,
 )
 from bridge.events.outbox import encode
 from bridge.events.poll import PollSpec, Vote, counted, tally
@@ -127,7 +128,7 @@ class Directory(Protocol):
 
 
 def _t(lang: Lang, ru: str, en: str) -> Text:
-    return render.plain(ru if lang == "ru" else en)
+    return render.plain(t(lang, ru, en))
 
 
 class EventService:
@@ -373,14 +374,14 @@ class EventService:
         )
         if err is None and new.deadline is not None and new.deadline > new.starts_at:
             err = ParseError(
-                lang, render.t(lang, "Срок записи позже начала события.", "The deadline is after the start.")
+                lang, t(lang, "Срок записи позже начала события.", "The deadline is after the start.")
             )
         answers = await self.store.answers(ev.id)
         going = len(attendance(ev.capacity, answers).confirmed)
         if err is None and new.capacity is not None and new.capacity < going:
             err = ParseError(
                 lang,
-                render.t(
+                t(
                     lang,
                     f"Уже идут {going} человек — вместимость не может быть меньше.",
                     f"{going} people are already going; the capacity cannot be lower.",
