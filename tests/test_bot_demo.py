@@ -60,7 +60,7 @@ async def test_a_head_announces_to_their_unit_by_name_and_exports_readable_rows(
             if not line:
                 break
             out += line
-        assert "civmatrix demo is running." in out, out[-3000:]
+        assert "civmatrix demo is running" in out, out[-3000:]
         url = re.search(r"Homeserver URL : (http://\S+)", out).group(1)  # type: ignore[union-attr]
         who = re.search(r"Log in as\s+: (\S+)\s+/\s+(\S+)\s+\((.+), (.+)\)", out)
         assert who, out
