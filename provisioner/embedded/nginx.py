@@ -17,10 +17,9 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO
 
 from provisioner.embedded.ports import LOOPBACK, port_is_free
+from provisioner.embedded.process import ChildProcess, Server, log_tail
 
 NGINX_CANDIDATES = ("/usr/sbin/nginx", "/usr/bin/nginx")
 CONFIG_FILE = "nginx.conf"
@@ -85,7 +84,7 @@ def main_config(run_dir: Path, site: str) -> str:
     )
 
 
-class EmbeddedNginx:
+class EmbeddedNginx(Server):
     """One nginx master process with its own prefix in ``run_dir``; ``site`` is the text of the site."""
 
     def __init__(self, run_dir: Path, site: str, *, port: int, start_timeout: float = 15.0) -> None:
@@ -93,8 +92,7 @@ class EmbeddedNginx:
         self.site = site
         self.port = port
         self.start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stdout: IO[bytes] | None = None
+        self._child = ChildProcess("nginx")
 
     @property
     def config_path(self) -> Path:
@@ -110,10 +108,10 @@ class EmbeddedNginx:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._child.pid
 
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        return self._child.is_running()
 
     def write_config(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -146,68 +144,35 @@ class EmbeddedNginx:
         if not port_is_free(self.port):
             raise NginxError(f"port {LOOPBACK}:{self.port} is already in use; stop what listens there")
         self.test_config()
-        self._stdout = open(self.run_dir / "nginx.stdout.log", "ab")  # noqa: SIM115 - lives with the process
-        self._process = subprocess.Popen(
-            self._args(),
-            stdin=subprocess.DEVNULL,
-            stdout=self._stdout,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._process.poll() is not None:
-                code = self._process.returncode
-                self._cleanup()
-                raise NginxError(f"nginx exited with code {code} while starting:\n{self._tail()}")
-            with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, self.port), timeout=1):
-                return
-            if time.monotonic() > deadline:
-                self.stop()
-                raise NginxError(f"nginx did not listen on {self.port} within {self.start_timeout:.0f}s")
-            time.sleep(0.05)
+        self._child.spawn(self._args(), self.run_dir / "nginx.stdout.log")
+        if self._child.wait_ready(self._listening, time.monotonic() + self.start_timeout):
+            return
+        code = self._child.returncode
+        if code is not None:
+            self._child.stop(0)
+            raise NginxError(f"nginx exited with code {code} while starting:\n{self._tail()}")
+        self.stop()
+        raise NginxError(f"nginx did not listen on {self.port} within {self.start_timeout:.0f}s")
+
+    def _listening(self) -> bool:
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
 
     def reload(self, site: str | None = None) -> None:
         """Re-render (optionally a new site), check it, and have the running master load it (SIGHUP)."""
         if site is not None:
             self.site = site
         self.test_config()
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGHUP)
+        if self._child.process is not None and self._child.is_running():
+            self._child.process.send_signal(signal.SIGHUP)
 
     def _tail(self) -> str:
-        try:
-            return "\n".join(self.error_log.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no error log)"
-
-    def _cleanup(self) -> None:
-        self._process = None
-        if self._stdout is not None:
-            self._stdout.close()
-            self._stdout = None
+        return log_tail(self.error_log, 20, "(no error log)")
 
     def stop(self, timeout: float = 10.0) -> None:
         """Fast shutdown (SIGTERM), SIGKILL after ``timeout``; a stopped nginx is a no-op."""
-        process = self._process
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                # Its own session: the group holds the master and its workers.
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-        self._cleanup()
-
-    def __enter__(self) -> EmbeddedNginx:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        # Its own session: the group holds the master and its workers.
+        self._child.stop(timeout, kill_group=True)

@@ -12,7 +12,6 @@ that user pass (``/tmp`` does, a pytest ``tmp_path`` under ``/tmp/pytest-of-root
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import secrets
@@ -20,10 +19,10 @@ import stat
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from provisioner.embedded.ports import LOOPBACK, free_port, port_is_free
+from provisioner.embedded.process import Server, log_tail
 
 BIN_DIRS = ("/usr/lib/postgresql/15/bin", "/usr/lib/postgresql/16/bin", "/usr/lib/postgresql/17/bin")
 RUN_AS = "postgres"
@@ -61,7 +60,7 @@ def _traversable(path: Path, uid: int, gids: set[int]) -> Path | None:
     return None
 
 
-class EmbeddedPostgres:
+class EmbeddedPostgres(Server):
     """One cluster in ``root``; ``port`` is kept in the directory so a restart reuses it.
 
     ``durable=False`` turns off fsync (tests: a machine crash may lose the cluster, nothing else does).
@@ -274,21 +273,10 @@ class EmbeddedPostgres:
         return [line.split("|") for line in out.splitlines() if line]
 
     def _tail(self) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-20:])
-        return "(no log)"
+        return log_tail(self.log_path, 20, "(no log)")
 
     def stop(self, timeout: float = 60.0) -> None:
         """Fast shutdown (open transactions are rolled back); a stopped cluster is a no-op."""
         if not self.is_running():
             return
         self._run("pg_ctl", "-D", str(self.data_dir), "-m", "fast", "-w", "-t", str(int(timeout)), "stop")
-
-    def __enter__(self) -> EmbeddedPostgres:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

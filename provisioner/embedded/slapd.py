@@ -35,10 +35,10 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from provisioner.core.dn import parse_dn
 from provisioner.embedded.ports import LOOPBACK, free_port, port_is_free
+from provisioner.embedded.process import ChildProcess, Server
 from provisioner.ldap_common import LDAP_NO_SUCH_OBJECT, LDAP_SUCCESS
 
 __all__ = ["EmbeddedSlapd", "SlapdError", "SlapdNotInstalled"]
@@ -79,7 +79,7 @@ def _conf_quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class EmbeddedSlapd:
+class EmbeddedSlapd(Server):
     """One slapd process on ``ldap://127.0.0.1:<port>`` with its own config and mdb database.
 
     Nothing runs until :meth:`start`; :meth:`load_ldif` must come before it.
@@ -112,7 +112,7 @@ class EmbeddedSlapd:
         self.service_password = service_password or secrets.token_urlsafe(18)
         self.max_size_bytes = max_size_bytes
         self.start_timeout = start_timeout
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._child = ChildProcess("slapd")
         self._loads = 0
 
     # -- paths and addresses ---------------------------------------------------------------------------
@@ -152,11 +152,11 @@ class EmbeddedSlapd:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._child.is_running()
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._child.pid
 
     # -- configuration ---------------------------------------------------------------------------------
 
@@ -282,69 +282,36 @@ class EmbeddedSlapd:
         self.write_config()
         if not port_is_free(self.port, self.host):
             raise SlapdError(f"port {self.port} on {self.host} is in use; pass another port or none")
-        logfile = open(self.log_path, "ab")  # noqa: SIM115 - slapd writes to it for its whole life
-        try:
-            # -d keeps slapd in the foreground (we own its pid) and sends its stats log to slapd.log.
-            self._proc = subprocess.Popen(
-                [slapd, "-h", f"{self.uri}/", "-f", str(self.conf_path), "-d", "stats"],
-                stdin=subprocess.DEVNULL,
-                stdout=logfile,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        finally:
-            logfile.close()
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
+        # -d keeps slapd in the foreground (we own its pid) and sends its stats log to slapd.log.
+        self._child.spawn(
+            [slapd, "-h", f"{self.uri}/", "-f", str(self.conf_path), "-d", "stats"], self.log_path
+        )
+        probes: list[subprocess.CompletedProcess[str]] = []  # the last one, quoted on a timeout
+
+        def bound() -> bool:
+            probes[:] = [self._run(["ldapwhoami", *self._bind_args(root=True)], check=False)]
+            return probes[0].returncode == LDAP_SUCCESS
+
+        if not self._child.wait_ready(bound, time.monotonic() + self.start_timeout):
+            code = self._child.returncode
+            if code is not None:
+                self._child.stop(0)
                 raise SlapdError(f"slapd exited with {code} while starting on {self.uri}: {self.log_tail()}")
-            probe = self._run(["ldapwhoami", *self._bind_args(root=True)], check=False)
-            if probe.returncode == LDAP_SUCCESS:
-                break
-            if time.monotonic() > deadline:
-                self.kill()
-                raise SlapdError(
-                    f"slapd did not answer a bind on {self.uri} within {self.start_timeout:.0f} s: "
-                    f"{probe.stderr.strip()} | {self.log_tail()}"
-                )
-            time.sleep(0.05)
+            self.kill()
+            raise SlapdError(
+                f"slapd did not answer a bind on {self.uri} within {self.start_timeout:.0f} s: "
+                f"{probes[0].stderr.strip()} | {self.log_tail()}"
+            )
         self._ensure_service_account()
-        log.info("slapd %d listening on %s (data %s)", self._proc.pid, self.uri, self.data_dir)
+        log.info("slapd %d listening on %s (data %s)", self.pid, self.uri, self.data_dir)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop slapd cleanly (SIGTERM), killing it if it does not exit within ``timeout``."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self._proc = None
+        self._child.stop(timeout)
 
     def kill(self) -> None:
         """SIGKILL slapd, as an outage or a crash would (mdb survives it)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        self._proc = None
-
-    def __enter__(self) -> EmbeddedSlapd:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
+        self._child.stop(10.0, sig=signal.SIGKILL)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of slapd.log, for error messages."""

@@ -14,7 +14,6 @@ import logging
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,12 +22,12 @@ import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
 from typing import IO, Any
 
 import yaml
 
 from provisioner.embedded.ports import LOOPBACK, free_ports, port_is_free
+from provisioner.embedded.process import ChildProcess, Server, log_tail
 from provisioner.synapse import bootstrap
 from provisioner.synapse.config import (
     CONFIG_FILE,
@@ -102,15 +101,20 @@ class RegisteredAccount:
     password: str = field(repr=False)
 
 
-def _tail(path: Path, lines: int = 40) -> str:
+def answers_health(url: str) -> bool:
+    """True when Synapse's listener at ``url`` answers ``/health`` with 200."""
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return f"(no {path.name})"
-    return "\n".join(text.splitlines()[-lines:])
+        with urllib.request.urlopen(url + "/health", timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
 
 
-class EmbeddedSynapse:
+def _tail(path: Path, lines: int = 40) -> str:
+    return log_tail(path, lines, f"(no {path.name})")
+
+
+class EmbeddedSynapse(Server):
     """One Synapse process on loopback with all its files in ``data_dir``.
 
     Not started by the constructor: call :meth:`start` (or use ``with``). :meth:`stop` ends it with SIGTERM,
@@ -166,8 +170,7 @@ class EmbeddedSynapse:
         self.log_level = log_level
         self.python = python
         self.start_timeout = start_timeout
-        self._process: subprocess.Popen[bytes] | None = None
-        self._stdout: IO[bytes] | None = None
+        self._child = ChildProcess("synapse")
         self._lock: IO[str] | None = None
         self.last_start_seconds: float | None = None
 
@@ -193,11 +196,11 @@ class EmbeddedSynapse:
 
     @property
     def pid(self) -> int | None:
-        return self._process.pid if self._process is not None else None
+        return self._child.pid
 
     def is_running(self) -> bool:
         """True while the process this object started is alive."""
-        return self._process is not None and self._process.poll() is None
+        return self._child.is_running()
 
     # --- lifecycle -------------------------------------------------------------------------------------
 
@@ -251,17 +254,12 @@ class EmbeddedSynapse:
         try:
             self.write_config()
             self.log_path.touch()
-            self._stdout = open(self.data_dir / STDOUT_FILE, "ab")  # noqa: SIM115 - lives as long as the process
             began = time.monotonic()
-            self._process = subprocess.Popen(
+            self._child.spawn(
                 [self.python, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+                self.data_dir / STDOUT_FILE,
                 cwd=self.data_dir,
                 env=synapse_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=self._stdout,
-                stderr=subprocess.STDOUT,
-                # Its own session: a Ctrl-C in the demo's terminal reaches the demo, which stops us cleanly.
-                start_new_session=True,
             )
             self._wait_healthy(began)
             self.last_start_seconds = time.monotonic() - began
@@ -302,26 +300,21 @@ class EmbeddedSynapse:
             return int(cur.fetchone()[0])
 
     def _wait_healthy(self, began: float) -> None:
-        deadline = began + self.start_timeout
         pending = [self.public_url, self.admin_url]
-        while pending:
-            process = self._process
-            assert process is not None
-            code = process.poll()
-            if code is not None:
-                raise SynapseError(f"Synapse exited with code {code} while starting.\n{self._log_tails()}")
-            if time.monotonic() > deadline:
-                raise SynapseError(
-                    f"Synapse did not answer /health within {self.start_timeout:.0f}s.\n{self._log_tails()}"
-                )
-            try:
-                with urllib.request.urlopen(pending[0] + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        pending.pop(0)
-                        continue
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.05)
+
+        def healthy() -> bool:
+            while pending and answers_health(pending[0]):
+                pending.pop(0)
+            return not pending
+
+        if self._child.wait_ready(healthy, began + self.start_timeout):
+            return
+        code = self._child.returncode
+        if code is not None:
+            raise SynapseError(f"Synapse exited with code {code} while starting.\n{self._log_tails()}")
+        raise SynapseError(
+            f"Synapse did not answer /health within {self.start_timeout:.0f}s.\n{self._log_tails()}"
+        )
 
     def _log_tails(self) -> str:
         return (
@@ -330,26 +323,7 @@ class EmbeddedSynapse:
         )
 
     def _terminate(self, sig: signal.Signals, timeout: float) -> int | None:
-        process = self._process
-        code: int | None = None
-        if process is not None:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.send_signal(sig)
-                try:
-                    code = process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    log.warning(
-                        "synapse (pid %d) ignored %s for %.0fs; killing it", process.pid, sig.name, timeout
-                    )
-                    process.kill()
-                    code = process.wait()
-            else:
-                code = process.returncode
-            self._process = None
-        if self._stdout is not None:
-            self._stdout.close()
-            self._stdout = None
+        code = self._child.stop(timeout, sig=sig)
         self._release_lock()
         return code
 
@@ -365,15 +339,6 @@ class EmbeddedSynapse:
         """Stop cleanly and start again on the same data (config re-rendered, state kept)."""
         self.stop()
         self.start()
-
-    def __enter__(self) -> EmbeddedSynapse:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --- accounts (blocking HTTP on the admin listener) -----------------------------------------------
 

@@ -15,28 +15,26 @@ Everything is stopped in the reverse order of starting: nginx, workers, main, Re
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
+from typing import Any
 
 from provisioner import deploy, proxy
 from provisioner.embedded.nginx import EmbeddedNginx
 from provisioner.embedded.ports import LOOPBACK, free_ports, port_is_free
 from provisioner.embedded.postgres import EmbeddedPostgres
+from provisioner.embedded.process import ChildProcess, Server, log_tail
 from provisioner.embedded.redis import EmbeddedRedis
 from provisioner.embedded.synapse import (
     RegisteredAccount,
+    answers_health,
     exempt_from_rate_limits,
     register_account,
 )
@@ -56,58 +54,29 @@ class _Process:
     args: list[str]
     health_ports: tuple[int, ...]
     log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    out: IO[bytes] | None = None
+    child: ChildProcess = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.child = ChildProcess(f"synapse {self.name}")
 
     def start(self, cwd: Path, python: str) -> None:
-        self.out = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen(
-            [python, "-m", *self.args],
-            cwd=cwd,
-            env=synapse_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=self.out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        self.child.spawn([python, "-m", *self.args], self.log_path, cwd=cwd, env=synapse_env())
 
     def wait_healthy(self, deadline: float) -> None:
         for port in self.health_ports:
-            while not _healthy(port):
-                assert self.process is not None
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    state = (
-                        f"exited with code {self.process.returncode}"
-                        if self.process.poll() is not None
-                        else "did not answer /health in time"
-                    )
-                    tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-30:])
-                    raise SynapseError(f"Synapse {self.name} {state}:\n{tail}")
-                time.sleep(0.1)
+            if not self.child.wait_ready(
+                functools.partial(answers_health, f"http://{LOOPBACK}:{port}"), deadline, interval=0.1
+            ):
+                code = self.child.returncode
+                state = f"exited with code {code}" if code is not None else "did not answer /health in time"
+                tail = log_tail(self.log_path, 30)
+                raise SynapseError(f"Synapse {self.name} {state}:\n{tail}")
 
     def stop(self, timeout: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
-        if self.out is not None:
-            self.out.close()
-            self.out = None
+        self.child.stop(timeout)
 
 
-def _healthy(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/health", timeout=2) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, ConnectionError, TimeoutError):
-        return False
-
-
-class Topology:
+class Topology(Server):
     """PostgreSQL + Redis + Synapse main + workers + nginx, all under ``root``.
 
     ``login`` is the directory-login module's config (``module_config_from(cfg)``); ``overrides`` are merged
@@ -216,7 +185,7 @@ class Topology:
 
     def pids(self) -> dict[str, int]:
         """Running processes by name (Synapse processes, nginx master, redis, the postmaster)."""
-        found = {p.name: p.process.pid for p in self.processes if p.process and p.process.poll() is None}
+        found = {p.name: p.child.pid for p in self.processes if p.child.pid and p.child.is_running()}
         if self.nginx.pid:
             found["nginx"] = self.nginx.pid
         if self.redis.pid:
@@ -330,15 +299,6 @@ class Topology:
         if "postgres" in self._started:
             self.postgres.stop()
         self._started = []
-
-    def __enter__(self) -> Topology:
-        self.start()
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # --- accounts --------------------------------------------------------------------------------------
 
