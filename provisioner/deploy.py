@@ -246,8 +246,9 @@ def standard_deployment(
     machine (systemd). ``ports`` overrides the default port numbers in order (main public, admin,
     replication, then each worker's client and replication port); tests pass free ports.
     ``element_url`` defaults to ``https://chat.<public host without its first label>/``.
-    ``search_port``: the search service listens there on the main host (it runs beside the bot, which
-    shares the main process's network namespace in compose); None routes searches to Synapse only.
+    ``search_port``: the search service listens there on the main host (in compose it runs beside the bot in
+    the main process's network namespace, bound to all addresses there so nginx reaches ``synapse:PORT``;
+    on a host it is loopback-only by its systemd unit); None routes searches to Synapse only.
     """
     host = _host_name(public_baseurl, "public_baseurl")
     if element_url is None:

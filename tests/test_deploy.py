@@ -163,10 +163,13 @@ def test_compose_runs_every_generated_worker_with_its_own_config() -> None:
         assert command.index("/etc/synapse/homeserver.yaml") < command.index(f"/workers/{worker.name}.yaml")
     assert "synapse.app.homeserver" in commands["synapse"]
     # The admin listener is loopback inside the synapse container (Rule 1): whoever talks to it shares it.
-    for name in ("provisioner", "bot"):
+    for name in ("provisioner", "bot", "search"):
         assert compose["services"][name]["network_mode"] == "service:synapse"
     assert "provisioner --config /etc/civmatrix/civmatrix.yaml -v watch" in commands["provisioner"]
     assert "bridge --config /etc/civmatrix/civmatrix.yaml run" in commands["bot"]
+    assert "bridge --config /etc/civmatrix/civmatrix.yaml search" in commands["search"]
+    assert compose["services"]["search"]["image"] == compose["services"]["bot"]["image"]
+    assert compose["services"]["search"]["image"] == compose["services"]["provisioner"]["image"]
     # Only the proxy publishes ports.
     published = [name for name, s in compose["services"].items() if s.get("ports")]
     assert published == ["nginx"]
@@ -357,6 +360,7 @@ HARDENING = {
         "civmatrix-sync.service",
         "civmatrix-watch.service",
         "civmatrix-bot.service",
+        "civmatrix-search.service",
     ],
 )
 def test_systemd_services_are_hardened(unit: str) -> None:
@@ -382,6 +386,8 @@ def test_systemd_workers_watch_and_manual_sync() -> None:
     assert "provisioner --config /etc/civmatrix/civmatrix.yaml sync --quiet" in sync["ExecStart"]
     bot = _unit("civmatrix-bot.service")["Service"]
     assert "bridge --config /etc/civmatrix/civmatrix.yaml run" in bot["ExecStart"]
+    search = _unit("civmatrix-search.service")["Service"]
+    assert "bridge --config /etc/civmatrix/civmatrix.yaml search" in search["ExecStart"]
 
 
 def test_systemd_units_pass_systemd_analyze(tmp_path: Path) -> None:
@@ -482,3 +488,61 @@ def test_deploy_civmatrix_yaml_is_a_valid_config_matching_the_login_module(tmp_p
     login = synapse_auth.module_config_from(cfg)
     login["bind_password_file"] = login["bind_password_file"].replace(str(secrets_dir), "/run/secrets")
     assert login == dict(EXAMPLE_LOGIN)
+
+
+def _deploy_config(tmp_path: Path) -> tuple[Any, Any, Mapping[str, Any]]:
+    """deploy/civmatrix.yaml as the provisioner and the search service parse it (secrets faked)."""
+    from bridge.search.config import parse_search
+    from provisioner.config import load_config
+
+    secrets_dir = tmp_path / "secrets"
+    secrets_dir.mkdir()
+    for name in ("admin_token", "ldap_password", "bot_token"):
+        (secrets_dir / name).write_text(f"{name}-value\n", encoding="utf-8")
+    text = (DEPLOY / "civmatrix.yaml").read_text(encoding="utf-8").replace("/run/secrets", str(secrets_dir))
+    path = tmp_path / "civmatrix.yaml"
+    path.write_text(text, encoding="utf-8")
+    raw = yaml.safe_load(text)
+    return load_config(str(path), token_required=True), parse_search(raw, str(path)), raw
+
+
+def test_search_service_reads_the_index_the_sync_writes_in_both_targets(tmp_path: Path) -> None:
+    """The sync writes search.index into its state dir; the search unit and the compose service read that
+    same file, read-only."""
+    cfg, search, raw = _deploy_config(tmp_path)
+    assert "search" in raw, "deploy/civmatrix.yaml has no search: section: the sync would write no snapshot"
+    index = Path(raw["search"]["index"])
+    assert cfg.search_index == str(index) == str(search.index)
+    assert index.parent == Path(cfg.sync.state_dir) == Path("/var/lib/civmatrix/state")
+    # Tokens are checked at the same loopback listener the provisioner and bot use (never the proxy).
+    assert search.homeserver_url == cfg.homeserver.url == "http://127.0.0.1:8080"
+    # compose: the provisioner writes the state volume at that path; the search service mounts it read-only.
+    services = _compose()["services"]
+    volume = f"civmatrix-state:{index.parent}"
+    assert volume in services["provisioner"]["volumes"]
+    assert f"{volume}:ro" in services["search"]["volumes"]
+    assert not services["search"].get("secrets"), "the search service needs no secret: callers bring tokens"
+    # systemd: the state dir is read-only for the unit, and it never claims it as its own StateDirectory.
+    unit = _unit("civmatrix-search.service")["Service"]
+    assert str(index.parent) in [p.lstrip("-") for p in unit["ReadOnlyPaths"].split()]
+    assert "StateDirectory" not in unit
+    watch = _unit("civmatrix-watch.service")["Service"]
+    assert "--config /etc/civmatrix/civmatrix.yaml" in watch["ExecStart"]
+
+
+def test_nginx_search_upstream_is_where_the_search_service_listens(tmp_path: Path) -> None:
+    """compose: nginx -> synapse:PORT, the service in synapse's namespace on all addresses (a loopback bind
+    there is unreachable from nginx's container); host: nginx -> 127.0.0.1:PORT, the unit admitting loopback
+    peers only."""
+    _, search, _ = _deploy_config(tmp_path)
+    assert search.port == deploy.SEARCH_PORT
+    compose_model = deploy.proxy_model(example_deployment())
+    assert compose_model.search == f"synapse:{search.port}"
+    assert _compose()["services"]["search"]["network_mode"] == "service:synapse"
+    assert search.host == "0.0.0.0"
+    conf = (DEPLOY / "nginx" / "civmatrix.conf").read_text(encoding="utf-8")
+    assert re.search(rf"upstream civmatrix_search \{{[^}}]*server synapse:{search.port}\b", conf)
+    host_model = deploy.proxy_model(example_deployment(target="host"))
+    assert host_model.search == f"{LOOPBACK}:{search.port}"
+    unit = _unit("civmatrix-search.service")["Service"]
+    assert unit["IPAddressDeny"] == "any" and unit["IPAddressAllow"] == "localhost"

@@ -198,3 +198,18 @@ def test_search_config_defaults_and_errors(tmp_path: Path) -> None:
         with pytest.raises(SearchConfigError) as e:
             parse_search({**raw, "search": section}, cfg_path)
         assert e.value.key == key and cfg_path in str(e.value)
+
+
+def test_search_listen_is_loopback_unless_an_address_is_written_explicitly(tmp_path: Path) -> None:
+    """The default binds loopback; compose writes 0.0.0.0:8090 (nginx reaches it as synapse:8090)."""
+    cfg_path = str(tmp_path / "civmatrix.yaml")
+    raw = {"homeserver": {"url": "http://127.0.0.1:8080"}}
+    assert parse_search(raw, cfg_path).host == "127.0.0.1"
+    for listen, host in [("0.0.0.0:8090", "0.0.0.0"), ("[::1]:8090", "::1"), ("localhost:8090", "localhost")]:
+        cfg = parse_search({**raw, "search": {"listen": listen}}, cfg_path)
+        assert (cfg.host, cfg.port) == (host, 8090)
+    # Only IP addresses (and localhost): a host name could resolve anywhere.
+    for listen in ("999.1.1.1:8090", "1.2.3:8090", "synapse:8090", "[zz::1]:8090"):
+        with pytest.raises(SearchConfigError) as e:
+            parse_search({**raw, "search": {"listen": listen}}, cfg_path)
+        assert e.value.key == "search.listen"

@@ -5,8 +5,12 @@ service (``bridge --config FILE search``) takes all of it. Errors name the file 
 
 ``search:`` keys:
 
-* ``listen``: ``host:port`` the service binds (loopback; the reverse proxy routes
-  ``/_matrix/client/(r0|v3|unstable)/user_directory/search`` to it). Default ``127.0.0.1:8010``.
+* ``listen``: ``host:port`` the service binds (the reverse proxy routes
+  ``/_matrix/client/(r0|v3|unstable)/user_directory/search`` to it). Default ``127.0.0.1:8010``: loopback.
+  A non-loopback IP address (``0.0.0.0:8090``) is taken only when written here explicitly: the compose
+  deployment needs it, because nginx reaches the service in synapse's network namespace as ``synapse:8090``.
+  That is sound because every request's token is checked against ``homeserver`` (whoami) before anything is
+  answered; on a host, the systemd unit still admits loopback peers only (``IPAddressAllow=localhost``).
 * ``index``: the snapshot file the sync writes and the service loads (default ``state/search.json``).
 * ``homeserver``: the client-API URL the service checks callers' tokens against (``/account/whoami``);
   default ``homeserver.url``.
@@ -21,6 +25,7 @@ Relative paths are relative to the config file.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -54,6 +59,16 @@ class SearchConfig:
     show_context: bool = True
 
 
+def _is_address(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 def index_path(raw: Mapping[str, Any], path: str, *, base_dir: Path | None = None) -> Path | None:
     """The snapshot path from ``search.index``, or ``None`` when the config has no ``search:`` section."""
     section = raw.get("search")
@@ -79,8 +94,12 @@ def parse_search(raw: Mapping[str, Any], path: str, *, base_dir: Path | None = N
         raise err(f"unknown key; known: {', '.join(sorted(SEARCH_KEYS))}", unknown[0])
     listen = section.get("listen", "127.0.0.1:8010")
     m = _LISTEN.match(listen) if isinstance(listen, str) else None
-    if m is None or not 0 < int(m["port"]) < 65536:
-        raise err(f"must be host:port on loopback like 127.0.0.1:8010, not {listen!r}", "listen")
+    if m is None or not 0 < int(m["port"]) < 65536 or not _is_address(m["host"]):
+        raise err(
+            f"must be an IP address and port like 127.0.0.1:8010 (loopback; 0.0.0.0:8090 for all addresses"
+            f" when a proxy in another namespace must reach it), not {listen!r}",
+            "listen",
+        )
     index = section.get("index", DEFAULT_INDEX)
     if not isinstance(index, str) or not index.strip():
         raise err("must be a file path", "index")
