@@ -43,6 +43,7 @@ from bridge.bot.config import TOKEN_ENV, BotConfig
 from bridge.events.reminders import DEFAULT_OFFSETS
 from bridge.events.store import LAST_SYNC_KEY, open_store
 from bridge.matrix.secrets import SecretError, read_secret
+from bridge.search.config import SearchConfigError, index_path
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,10 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
         store = str(base / store)
     crypto = opt_str("crypto_store_dir", "bot-crypto")
     assert crypto is not None
+    try:
+        search_index = index_path(raw, path)
+    except SearchConfigError as e:
+        raise err(e.message, e.key) from None
     return BotConfig(
         homeserver_url=str(hs["url"]).rstrip("/"),
         user_id=user_id,
@@ -156,6 +161,7 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
         moderator_level=level,
         reminder_offsets=offsets,
         remind_maybe=remind_maybe,
+        search_index=search_index,
     )
 
 
@@ -214,7 +220,7 @@ def run(ctx: click.Context) -> None:
 @click.pass_context
 def search(ctx: click.Context) -> None:
     """Serve the directory search (``user_directory/search``) from the sync's snapshot (``search:``)."""
-    from bridge.search.config import SearchConfigError, parse_search
+    from bridge.search.config import parse_search
     from bridge.search.service import serve
 
     logging.basicConfig(

@@ -24,6 +24,7 @@ from bridge.bot.config import BotConfig
 from bridge.bot.directory import MatrixDirectory
 from bridge.bot.effects import Effects
 from bridge.bot.intake import Intake
+from bridge.bot.people import SnapshotPeople
 from bridge.bot.scheduler import ReminderScheduler
 from bridge.bot.sender import Sender
 from bridge.events.clock import Clock, SystemClock
@@ -62,6 +63,7 @@ class EventBot:
                 uid_domain=cfg.user_id.split(":", 1)[-1],
             ),
             self.directory,
+            SnapshotPeople(cfg.search_index) if cfg.search_index is not None else None,
         )
         self.effects = Effects(self.client, store, self.service)
         self.sender = Sender(store, self.effects.execute, clock=self.clock)

@@ -29,3 +29,4 @@ class BotConfig:
     remind_maybe: bool = False
     sync_timeout_ms: int = 30_000
     retry: RetryPolicy = BOT_RETRY
+    search_index: Path | None = None  # the directory search snapshot (search.index), for !who

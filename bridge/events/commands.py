@@ -79,6 +79,14 @@ class Help:
 
 
 @dataclass(frozen=True, slots=True)
+class Who:
+    """``!who TERM`` / ``!кто TERM``: look colleagues up in the directory search index."""
+
+    lang: Lang
+    term: str
+
+
+@dataclass(frozen=True, slots=True)
 class ParseError:
     """A command addressed to the bot that could not be understood; ``message`` is shown as is."""
 
@@ -86,7 +94,9 @@ class ParseError:
     message: str
 
 
-Command = CreateEvent | EditEvent | CancelEvent | ListEvents | ShowEvent | ExportEvent | RsvpCommand | Help
+Command = (
+    CreateEvent | EditEvent | CancelEvent | ListEvents | ShowEvent | ExportEvent | RsvpCommand | Help | Who
+)
 
 
 # --- tokens ---------------------------------------------------------------------------------------
@@ -177,6 +187,7 @@ _RSVP_WORDS: dict[str, tuple[Lang, Answer]] = {
     "!не-иду": ("ru", Answer.NOT_GOING),
 }
 _HELP_WORDS: dict[str, Lang] = {"!help": "en", "!помощь": "ru", "!справка": "ru"}
+_WHO_WORDS: dict[str, Lang] = {"!who": "en", "!кто": "ru"}
 
 
 # --- dates ----------------------------------------------------------------------------------------
@@ -429,6 +440,19 @@ def parse_command(text: str, now: datetime, tz: ZoneInfo) -> Command | ParseErro
         return None
     first = stripped.split(maxsplit=1)[0].lower()
     lang: Lang = "ru" if re.search("[а-яё]", first) else "en"
+    if first in _WHO_WORDS:  # the term is free text: quotes in it are not an error
+        lang = _WHO_WORDS[first]
+        term = stripped[len(first) :].strip().strip('"«»“”„').strip()
+        if not term:
+            return ParseError(
+                lang,
+                t(
+                    lang,
+                    "Формат: !кто ФАМИЛИЯ, должность, отдел или телефон — например: !кто Иванов",
+                    "Usage: !who NAME, title, department or phone — e.g. !who Ivanov",
+                ),
+            )
+        return Who(lang, term)
     try:
         tokens = tokenize(stripped)
     except _TokenError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -192,12 +193,64 @@ def event_list(events: Sequence[Event], going: Mapping[EventID, int], tz: ZoneIn
     return Text("\n".join(body), "".join(htm[:1]) + "".join(htm[1:]))
 
 
+@dataclass(frozen=True, slots=True)
+class FoundPerson:
+    """One ``!who`` result as people see it: the department is the unit path, never its internal key."""
+
+    user_id: str
+    display_name: str
+    title: str = ""
+    department: str = ""
+    phone: str = ""
+
+
+def matrix_to(user_id: str) -> str:
+    return f"https://matrix.to/#/{user_id}"
+
+
+def who_reply(lang: Lang, term: str, people: Sequence[FoundPerson], more: bool) -> Text:
+    if not people:
+        msg = t(lang, f"Никого не нашёл по запросу «{term}».", f"Nobody found for “{term}”.")
+        return Text(msg, esc(msg))
+    head = t(lang, f"Нашёл по запросу «{term}»:", f"Found for “{term}”:")
+    plain, rich = [head], [f"<p>{esc(head)}</p><ul>"]
+    for p in people:
+        extra = [x for x in (p.title, p.department, p.phone) if x]
+        link = matrix_to(p.user_id)
+        plain.append(" — ".join([f"• {p.display_name}", *extra]) + f" {link}")
+        rich.append(
+            f'<li><a href="{esc(link)}">{esc(p.display_name)}</a>'
+            + "".join(f" — {esc(x)}" for x in extra)
+            + "</li>"
+        )
+    rich.append("</ul>")
+    if more:
+        tail = t(
+            lang,
+            "Показаны не все: уточните запрос (например, добавьте имя или отдел).",
+            "Not everyone is shown: narrow the search (add a first name or department).",
+        )
+        plain.append(tail)
+        rich.append(f"<p>{esc(tail)}</p>")
+    return Text("\n".join(plain), "".join(rich))
+
+
+def who_not_configured(lang: Lang) -> Text:
+    msg = t(
+        lang,
+        "Поиск сотрудников не настроен (нет раздела search: в конфигурации бота).",
+        "People search is not configured (the bot's config has no search: section).",
+    )
+    return Text(msg, esc(msg))
+
+
 def help_text(lang: Lang, unknown: str | None = None) -> Text:
     lines_ru = [
         '!событие создать "Название" 2026-12-03 15:00 место "каб. 301" вместимость 40 до 2026-12-02 '
         '[подразделение "Название или путь" | подразделение здесь] [закрытый список]',
         "!событие список | показать ID | экспорт ID | изменить ID когда завтра 16:00 | отменить ID",
         "!иду ID · !возможно ID · !не иду ID — или ответьте в опросе / реакцией ✅ ❔ ❌",
+        "!кто Иванов — найти коллегу: имя, должность, отдел, телефон",
         "Даты: 03.12.2026 15:00, 3 декабря 15:00, завтра 15:00, послезавтра 10:00, в пятницу 10:00",
         "Без «подразделение» событие объявляется во всех комнатах подразделения этой комнаты; "
         'подразделение "Управа / Отдел ЖКХ" — ещё и во всех его отделах.',
@@ -207,6 +260,7 @@ def help_text(lang: Lang, unknown: str | None = None) -> Text:
         '[audience "unit name or path" | audience here] [private]',
         "!event list | show ID | export ID | edit ID when tomorrow 4pm | cancel ID",
         "!going ID · !maybe ID · !notgoing ID — or answer the poll / react ✅ ❔ ❌",
+        "!who Ivanov — find a colleague: name, title, department, phone",
         "Dates: 2026-12-03 15:00, December 3 3pm, tomorrow 3pm, today 17:30, friday 10am",
         "Without “audience” the event is announced in every room of this room's unit; "
         'audience "Council / Housing" announces it in all of that unit and its sub-units.',

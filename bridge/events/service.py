@@ -27,6 +27,7 @@ from bridge.events.commands import (
     ParseError,
     RsvpCommand,
     ShowEvent,
+    Who,
     parse_command,
     validate,
 )
@@ -127,16 +128,35 @@ class Directory(Protocol):
         ...
 
 
+class PeopleSearch(Protocol):
+    """The directory search index, as ``!who`` needs it; the transport implements it over the snapshot."""
+
+    async def find(self, term: str, limit: int) -> tuple[Sequence[render.FoundPerson], bool]:
+        """The best ``limit`` people for ``term``, and whether more matched."""
+        ...
+
+
+WHO_LIMIT = 8
+
+
 def _t(lang: Lang, ru: str, en: str) -> Text:
     return render.plain(t(lang, ru, en))
 
 
 class EventService:
-    def __init__(self, store: Store, clock: Clock, settings: Settings, directory: Directory) -> None:
+    def __init__(
+        self,
+        store: Store,
+        clock: Clock,
+        settings: Settings,
+        directory: Directory,
+        people: PeopleSearch | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
         self.settings = settings
         self.directory = directory
+        self.people = people  # None: the config has no search: section
 
     @property
     def tz(self) -> ZoneInfo:
@@ -180,6 +200,11 @@ class EventService:
         match cmd:
             case Help(lang, unknown):
                 return [reply(render.help_text(lang, unknown))], []
+            case Who(lang, term):
+                if self.people is None:
+                    return [reply(render.who_not_configured(lang))], []
+                found, more = await self.people.find(term, WHO_LIMIT)
+                return [reply(render.who_reply(lang, term, found, more))], []
             case ListEvents(lang):
                 events = await self.store.upcoming_in_room(room, self.clock.now())
                 answers = await self.store.answers_for([e.id for e in events])
