@@ -424,10 +424,11 @@ def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
     for m in plan.moderators:
         users.setdefault(m, policy.moderator_level)
     members = set(plan.members) - set(policy.exclude)
-    # The bot sits in every room, and in every space people join (not in spaces only linked into the tree).
-    # In tree mode every space has members, the top one everybody: the bot (a plain client, no lazy
-    # loading) would sync 25,000 member events for nothing; it reads the world-readable spaces anyway.
-    if policy.bot and (isinstance(plan, RoomPlan) or (plan.members and not policy.public_spaces)):
+    # The bot sits in every room, and in every space people join (not in spaces only linked into the tree):
+    # it finds a unit's rooms by reading the spaces' state, and spaces are members-only (nothing readable
+    # without joining), so a space it is not in is a unit it cannot announce to. In tree mode the top space
+    # holds everybody; that costs the bot one more member list to sync, the price of announcing by name.
+    if policy.bot and (isinstance(plan, RoomPlan) or plan.members):
         members.add(policy.bot)
     power, wanted = tuple(sorted(users.items())), frozenset(members)
     if isinstance(plan, SpacePlan):
