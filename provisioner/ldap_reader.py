@@ -233,7 +233,7 @@ class _Ldap3Backend:
                 return
 
 
-class _PythonLdapBackend:
+class PythonLdapBackend:
     """libldap through python-ldap: the C decoder reads 25,000 entries about as fast as ``ldapsearch``."""
 
     def __init__(self, cfg: DirectoryConfig) -> None:
@@ -364,7 +364,7 @@ def _ldap_desc(e: Exception) -> str:
     return str(text)
 
 
-def _backend(cfg: DirectoryConfig) -> _Ldap3Backend | _PythonLdapBackend:
+def _backend(cfg: DirectoryConfig) -> _Ldap3Backend | PythonLdapBackend:
     if cfg.client == "ldap3":
         return _Ldap3Backend(cfg)
     try:
@@ -373,7 +373,7 @@ def _backend(cfg: DirectoryConfig) -> _Ldap3Backend | _PythonLdapBackend:
         if cfg.client == "python-ldap":
             raise DirectoryError("directory.client is python-ldap but python-ldap is not installed") from None
         return _Ldap3Backend(cfg)
-    return _PythonLdapBackend(cfg)
+    return PythonLdapBackend(cfg)
 
 
 class DirectoryReader:

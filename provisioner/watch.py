@@ -28,6 +28,7 @@ import random
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,7 +90,7 @@ class NoDetector:
         pass
 
 
-class _LdapDetector:
+class _LdapDetector(ABC):
     """One kept-open python-ldap connection reading one attribute of one entry."""
 
     name = "ldap"
@@ -100,14 +101,14 @@ class _LdapDetector:
         self.conn: Any = None
 
     def _open(self) -> Any:
-        from provisioner.ldap_reader import _PythonLdapBackend
+        from provisioner.ldap_reader import PythonLdapBackend
 
-        backend = _PythonLdapBackend(self.cfg)
+        backend = PythonLdapBackend(self.cfg)
         backend.open()
         return backend.conn
 
-    def _dn(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def _dn(self) -> str: ...
 
     def check(self) -> str | None:
         import ldap
@@ -124,8 +125,8 @@ class _LdapDetector:
             raise DirectoryConfigError(self.missing())
         return ";".join(values)
 
-    def missing(self) -> str:
-        raise NotImplementedError
+    @abstractmethod
+    def missing(self) -> str: ...
 
     def close(self) -> None:
         if self.conn is not None:

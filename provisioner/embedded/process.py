@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -112,14 +113,14 @@ class ChildProcess:
             return process.wait()
 
 
-class Server:
+class Server(ABC):
     """A manager with ``start`` and ``stop``: ``with server:`` starts it and always stops it."""
 
-    def start(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def start(self) -> None: ...
 
-    def stop(self) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    def stop(self) -> None: ...
 
     def __enter__(self) -> Self:
         self.start()
