@@ -20,7 +20,14 @@ from typing import Any
 Reply = tuple[int, dict[str, Any]]
 
 
-def http(method: str, url: str, body: Mapping[str, Any] | None = None, token: str | None = None) -> Reply:
+def http(
+    method: str,
+    url: str,
+    body: Mapping[str, Any] | None = None,
+    token: str | None = None,
+    *,
+    timeout: float = 30,
+) -> Reply:
     """One raw request (the path is sent as given, never normalised); returns (status, JSON body or {})."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
@@ -28,7 +35,7 @@ def http(method: str, url: str, body: Mapping[str, Any] | None = None, token: st
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
             status, raw = response.status, response.read()
     except urllib.error.HTTPError as err:
         status, raw = err.code, err.read()

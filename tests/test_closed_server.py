@@ -39,6 +39,7 @@ from provisioner.synapse.config import (
     render_homeserver_config,
 )
 from tests.closed_probes import closed_server_failures
+from tests.closed_probes import http as probes_http
 from tests.fixtures.synapse import ADMIN_LOCALPART, SERVER_NAME, SynapseHandle, unique_localpart
 
 pytestmark = pytest.mark.synapse
@@ -48,22 +49,7 @@ def http(
     method: str, url: str, body: dict[str, Any] | None = None, token: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     """One raw request, the way an outsider would send it; returns (status, JSON body or {})."""
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode() if body is not None else None, method=method
-    )
-    request.add_header("Content-Type", "application/json")
-    if token:
-        request.add_header("Authorization", f"Bearer {token}")
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as err:
-        status, raw = err.code, err.read()
-    try:
-        parsed = json.loads(raw) if raw else {}
-    except ValueError:
-        parsed = {}
-    return status, parsed if isinstance(parsed, dict) else {}
+    return probes_http(method, url, body, token, timeout=10)
 
 
 # --- federation -------------------------------------------------------------------------------------------
