@@ -354,8 +354,9 @@ async def run(args: argparse.Namespace, tmp: Path) -> list[tuple[str, str, str]]
         log(f"{len(rooms)} rooms ({len(encrypted)} encrypted), {len(clients)} people joined")
 
         sync_task = asyncio.create_task(mod.client.sync_forever(timeout=1000, full_state=True))
-        if args.fault_rate > 0:
+        if args.fault_rate > 0 or args.proxy:
             # The bot's every request goes through the proxy; a fault_rate share of its sends gets a 503.
+            # With --proxy and no fault rate it only forwards: what the extra hop itself costs.
             proxy = FaultProxy(hs.admin_url, at_rate(args.fault_rate, seed=13, status=503))
             proxy_url = await proxy.start()
         bot_proc = BotProcess(write_bot_config(tmp, hs, bot, proxy_url), tmp / "bot.log")
@@ -769,6 +770,8 @@ def main() -> None:
     )
     ap.add_argument("--fault-rate", type=float, default=0.0,
                     help="put a fault proxy between bot and Synapse answering this share of sends with 503")  # fmt: skip
+    ap.add_argument("--proxy", action="store_true",
+                    help="put the fault proxy in the bot's path even without faults (its own cost)")  # fmt: skip
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (for debugging)")
     args = ap.parse_args()
     if (

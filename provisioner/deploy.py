@@ -14,10 +14,12 @@ Rule 1. The admin listener of the main process binds loopback only (enforced by 
 The provisioner and the bot reach it from the same machine (systemd) or from the same network namespace
 (compose: ``network_mode: service:synapse``).
 
-Rule 2. Only nginx is reachable from outside. It blocks ``/_synapse/admin`` itself, because Synapse workers
-mount admin servlets on every ``client`` listener and, unlike the main process, ignore
-``additional_resources`` (``GenericWorkerServer._listen_http``), so the main process's admin refuser cannot
-protect them.
+Rule 2. Only nginx is reachable from outside. It blocks ``/_synapse/admin`` itself. Synapse workers mount
+admin servlets on every listener and, unlike the main process, ignore ``additional_resources``
+(``GenericWorkerServer._listen_http``); they do mount what modules register, so the shared
+``homeserver.yaml`` lists :class:`provisioner.synapse.guard.WorkerGuard`, which gives each worker's client
+listeners the main process's token guard and every worker listener the admin refuser. nginx is then not
+the only lock on a worker port reached from the compose network.
 
 Rule 3. Federation is off three times over: ``federation_domain_whitelist: []``, no ``federation`` resource
 on any listener, and ``federation_sender_instances: []`` so no process even tries to send.
@@ -47,7 +49,7 @@ import yaml
 
 from provisioner import proxy
 from provisioner.embedded.ports import LOOPBACK
-from provisioner.synapse.config import check_config, render_homeserver_config
+from provisioner.synapse.config import WORKER_GUARD_MODULE, check_config, render_homeserver_config
 
 Target = Literal["compose", "host"]
 Role = Literal["sync", "events", "presence"]
@@ -350,7 +352,8 @@ def homeserver_config(d: Deployment) -> dict[str, Any]:
             "cp_min": db.cp_min,
             "cp_max": db.cp_max,
         },
-        modules=[{"module": LOGIN_MODULE, "config": dict(d.login)}] if d.login is not None else (),
+        modules=([{"module": LOGIN_MODULE, "config": dict(d.login)}] if d.login is not None else [])
+        + ([{"module": WORKER_GUARD_MODULE, "config": {}}] if d.workers else []),
         overrides=production | dict(d.overrides),
     )
     if db.passfile:

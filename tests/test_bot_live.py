@@ -419,6 +419,29 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         assert _reminders(bob) == dm_before[bob.user_id]
         assert _reminders(alice) == dm_before[alice.user_id] + 1
 
+        # 7b. A late "going": an event 67 minutes away. Its 24 h mark has passed, so Bob's confirmation names
+        # the 1 h reminder, nothing is sent at once, and at the 1 h mark exactly one reminder arrives.
+        soon = (clock.now() + timedelta(minutes=68)).astimezone(MSK).replace(second=0, microsecond=0)
+        await mod.say(r_tax, f'!событие создать "Летучка" {soon:%Y-%m-%d %H:%M}')
+        late = (
+            await until(lambda: [p for p in polls(bob, r_tax) if "Летучка" in str(p.content)], "late poll")
+        )[0]
+        eid2 = late.content["m.poll"]["question"]["m.text"][0]["body"].rsplit("[", 1)[1].rstrip("]")
+        await bob.say(r_tax, f"!иду {eid2}")
+        confirm = await until(lambda: [s for s in bob.notices(r_tax, bot_id) if "«Летучка»" in s.content.get("body", "")
+                                       and "Напомню" in s.content.get("body", "")], "late confirmation")  # fmt: skip
+        assert "Напомню за 60 минут" in confirm[0].content["body"], confirm[0].content["body"]
+        bob_before = _reminders(bob)
+        bot.wake_scheduler()
+        await quiet(2)
+        assert _reminders(bob) == bob_before  # no 24 h reminder "in 67 minutes"
+        clock.set(soon.astimezone(UTC) - timedelta(hours=1))
+        bot.wake_scheduler()
+        await until(lambda: _reminders(bob) > bob_before, "the 1 h reminder")
+        await quiet(2)
+        late_dms = [s for s in bob.notices() if "Напоминание" in s.content.get("body", "")][bob_before:]
+        assert len(late_dms) == 1 and "Летучка" in late_dms[0].content["body"], late_dms
+
         # 8. The organiser cancels: everyone who answered is told, the polls are closed, RSVPs are refused.
         await mod.say(r_fin, f"!событие отменить {eid}")
 

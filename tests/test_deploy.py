@@ -24,7 +24,7 @@ import yaml
 
 from provisioner import deploy
 from provisioner.embedded.ports import LOOPBACK
-from provisioner.synapse.config import PROJECT_ROOT, closed_config_violations
+from provisioner.synapse.config import PROJECT_ROOT, WORKER_GUARD_MODULE, closed_config_violations
 
 DEPLOY = PROJECT_ROOT / "deploy"
 PG = {"host": LOOPBACK, "port": 5432, "user": "postgres"}
@@ -223,6 +223,16 @@ def test_no_process_serves_federation() -> None:
     assert [listener["bind_addresses"] for listener in admin] == [["127.0.0.1"]]
     # The production config keeps the closed-server rules through its overrides (issue 12).
     assert closed_config_violations(hs) == []
+
+
+def test_workers_are_closed_by_a_module_and_a_config_without_it_is_flagged() -> None:
+    """Workers ignore listener ``additional_resources``: the guard reaches them as a module (its effect on a
+    running worker is tests/test_topology.py's probe of the worker ports)."""
+    hs = deploy.homeserver_config(example_deployment())
+    assert WORKER_GUARD_MODULE in [m["module"] for m in hs["modules"]]
+    stripped = hs | {"modules": [m for m in hs["modules"] if m["module"] != WORKER_GUARD_MODULE]}
+    problems = closed_config_violations(stripped)
+    assert len(problems) == 1 and WORKER_GUARD_MODULE in problems[0], problems
 
 
 # --- nginx: a small model of its location matching, applied to the generated config -------------------

@@ -421,22 +421,10 @@ def test_outsiders_are_refused_at_the_proxy(stack: Stack) -> None:
     assert (status, reply.get("errcode")) == (403, "M_FORBIDDEN")
 
 
-# What a worker's client port answers when reached without nginx (see the test below). Workers ignore
-# ``additional_resources`` (Rule 5 of provisioner.synapse.config), so the token guard is mounted on the main
-# process only: tokenless alias lookups and room summaries are answered, a made-up token is not checked, and
-# an employee may write a directory-owned profile field. The other two are servlets a worker does not have
-# (404 M_UNRECOGNIZED). This is why only nginx may be reachable from outside (Rule 2 of provisioner.deploy;
-# on a host the worker ports bind loopback). The test pins the list: a worker that opens more fails it.
-_UNGUARDED_ON_A_WORKER = {
-    "alias lookup",
-    "alias lookup (r0)",
-    "alias lookup with a made-up token",
-    "space summary",
-    "space summary by alias",
-    "room directory visibility",  # not served by a worker
-    "directory profile field (a title of one's own)",
-    "3PID add",  # not served by a worker
-}
+# What a worker's client port answers differently from the main process when reached without nginx: the
+# worker guard (provisioner.synapse.guard.WorkerGuard) mounts the same token check, so the only difference left
+# is a servlet a worker does not have, which answers 404 M_UNRECOGNIZED rather than M_FORBIDDEN (closed too).
+_ONLY_ON_THE_MAIN_PROCESS = {"3PID add"}
 
 
 def test_the_closed_probes_pass_through_nginx_and_on_the_main_process(stack: Stack) -> None:
@@ -481,13 +469,26 @@ def test_the_closed_probes_pass_through_nginx_and_on_the_main_process(stack: Sta
         )
         assert not failures, "\n".join([base, *failures])
 
-    # A worker's client port without nginx: everything but the list above (logins included) is still closed.
+    # A worker's client port without nginx (the compose network): closed as the main process is, and no
+    # admin API even for the admin's token; its replication port serves no client API at all.
     ports = {w.name: w.client_port for w in t.deployment.workers if w.client_port}
     assert {"synapse-sync-1", "synapse-presence"} <= set(ports), ports
     for name, port in ports.items():
         base = f"http://{LOOPBACK}:{port}"
         failures = closed_server_failures(base, **tree, employee=log_in(base))
-        assert {f.split(":", 1)[0] for f in failures} == _UNGUARDED_ON_A_WORKER, "\n".join([name, *failures])
+        assert {f.split(":", 1)[0] for f in failures} == _ONLY_ON_THE_MAIN_PROCESS, "\n".join(
+            [name, *failures]
+        )
+        status, reply = _call(
+            base, "GET", "/_synapse/admin/v1/server_version", None, stack.admin.access_token
+        )
+        assert (status, reply.get("errcode")) == (404, "M_UNRECOGNIZED"), (name, status, reply)
+    for w in t.deployment.workers:
+        if w.replication_port:
+            status, reply = _call(
+                f"http://{LOOPBACK}:{w.replication_port}", "GET", "/_matrix/client/versions"
+            )
+            assert (status, reply.get("errcode")) == (404, "M_UNRECOGNIZED"), (w.name, status, reply)
 
 
 def test_search_goes_to_the_search_service_and_falls_back_to_synapse(stack: Stack) -> None:

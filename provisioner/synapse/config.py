@@ -41,7 +41,9 @@ endpoint says all of this to clients (``m.change_password``, ``m.set_displayname
 Rule 5. Both listeners mount :func:`provisioner.synapse.guard.client_api_guard` at ``/_matrix/client``: the
 client API with a token check in front, so nothing is readable without a valid token except the paths a
 client needs before login (:data:`provisioner.synapse.access.PUBLIC_CLIENT_PATHS`, the same list the reverse
-proxy uses). Workers ignore ``additional_resources``; their listeners are reached through nginx only.
+proxy uses). Workers ignore ``additional_resources``; what they mount instead is what a module registers, so a
+deployment with workers lists :class:`provisioner.synapse.guard.WorkerGuard` under ``modules``: on each worker
+it mounts the same guard on the client listeners and the admin refuser on every listener.
 
 Rule 6. The admin listener alone mounts :func:`provisioner.synapse.tokens.device_token_minter`: a server
 admin mints a new token for an existing device there (token rotation of the provisioning account and of the
@@ -65,6 +67,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ADMIN_REFUSER_MODULE = "provisioner.synapse.refuser.admin_api_refuser"
 CLIENT_GUARD_MODULE = "provisioner.synapse.guard.client_api_guard"
+WORKER_GUARD_MODULE = "provisioner.synapse.guard.WorkerGuard"
 DEVICE_TOKEN_MODULE = "provisioner.synapse.tokens.device_token_minter"
 DEVICE_TOKEN_PATH = "/_synapse/civmatrix/v1/device_token"  # provisioner.synapse.tokens.PATH
 
@@ -271,7 +274,7 @@ def render_homeserver_config(
 
 
 def closed_config_violations(config: Mapping[str, Any]) -> list[str]:
-    """What in a rendered ``homeserver.yaml`` breaks Rules 2, 4 and 5; empty when the config is closed.
+    """What in a rendered ``homeserver.yaml`` breaks Rules 2, 4 and 5, workers included; empty when closed.
 
     For the tests and for a deployment check of a config that went through ``overrides``: each line names
     the key and what it must be.
@@ -301,6 +304,12 @@ def closed_config_violations(config: Mapping[str, Any]) -> list[str]:
             problems.append(
                 f"listeners[{n}] (public) mints tokens at {DEVICE_TOKEN_PATH}: admin listener only"
             )
+    # Workers need Redis; stream writers are named in instance_map. Either means worker processes read this.
+    workers = (config.get("redis") or {}).get("enabled") or set(config.get("instance_map") or ()) - {"main"}
+    modules = {(m or {}).get("module") for m in config.get("modules") or ()}
+    if workers and WORKER_GUARD_MODULE not in modules:
+        problems.append(f"modules lacks {WORKER_GUARD_MODULE} in a config for workers: their client ports "
+                        "would answer without a token and serve the admin API")  # fmt: skip
     return problems
 
 

@@ -41,10 +41,14 @@ _LENIENT = re.compile(r"^/_matrix/client/(api/v1|r0|v3|unstable)/logout(/all)?$"
 
 def client_api_guard(config: Mapping[str, Any], module_api: Any) -> Resource:
     """Synapse ``additional_resources`` factory for ``/_matrix/client``: the client API, token-checked."""
+    return _guarded_client_api(module_api._hs)
+
+
+def _guarded_client_api(hs: Any, servlet_groups: list[str] | None = None) -> Resource:
+    """Synapse's ``ClientRestResource`` (of ``servlet_groups``, default all) with the token check first."""
     from synapse.api.errors import AuthError, Codes, UserLockedError
     from synapse.rest import ClientRestResource
 
-    hs = module_api._hs
     auth = hs.get_auth()
     store = hs.get_datastores().main
 
@@ -67,5 +71,81 @@ def client_api_guard(config: Mapping[str, Any], module_api: Any) -> Resource:
                     raise AuthError(403, "This profile field comes from the directory", Codes.FORBIDDEN)
             return await super()._async_render(request)
 
-    resource: Resource = _GuardedClientResource(hs)
+    resource: Resource = _GuardedClientResource(hs, servlet_groups=servlet_groups)
     return resource
+
+
+class WorkerGuard:
+    """A Synapse module (``modules:`` in the shared ``homeserver.yaml``) that closes the workers' listeners
+    the way Rules 2 and 5 of :mod:`provisioner.synapse.config` close the main process's.
+
+    A worker ignores ``additional_resources`` but mounts what modules register
+    (``ModuleApi.register_web_resource``, ``GenericWorkerServer._listen_http``), on *every* listener of the
+    process. So, on a worker only (the main process has its listeners' resources), this registers:
+
+    * ``/_matrix/client``: per listener, by the local address a request came in on, what that listener
+      would serve anyway, token-checked: the whole client API where it names ``client``, the media servlets
+      where it names only ``media``, and ``404 M_UNRECOGNIZED`` elsewhere (a replication listener gets no
+      client API it did not have);
+    * ``/_synapse/admin``: the refuser. A worker mounts admin servlets on each listener; the provisioner and
+      the bot use the main process's loopback admin listener only.
+
+    With it a worker's client port reached without nginx (the compose network, a mistaken firewall rule)
+    answers the outsider probes exactly as the main process does.
+    """
+
+    def __init__(self, config: Mapping[str, Any], api: Any) -> None:
+        hs = api._hs
+        if hs.config.worker.worker_app is None:
+            return
+        from provisioner.synapse.refuser import admin_api_refuser
+
+        by_listener: dict[Any, Resource] = {}
+        for listener in hs.config.worker.worker_listeners:
+            names = _resource_names(listener)
+            groups: list[str] | None
+            if "client" in names:
+                groups = None
+            elif "media" in names:
+                groups = ["media"]
+            else:
+                continue
+            by_listener[_listener_key(listener)] = _guarded_client_api(hs, groups)
+        api.register_web_resource("/_matrix/client", _by_listener(by_listener))
+        api.register_web_resource("/_synapse/admin", admin_api_refuser({}, api))
+
+    @staticmethod
+    def parse_config(config: Mapping[str, Any]) -> Mapping[str, Any]:
+        return config
+
+
+def _resource_names(listener: Any) -> set[str]:
+    options = listener.http_options
+    return {n for r in (options.resources if options is not None else ()) for n in r.names}
+
+
+def _listener_key(listener: Any) -> Any:
+    """What identifies a listener from inside a request: its TCP port, or its Unix socket's path."""
+    port = getattr(listener, "port", None)
+    return port if port is not None else getattr(listener, "path", None)
+
+
+def _by_listener(resources: Mapping[Any, Resource]) -> Resource:
+    """One leaf at ``/_matrix/client`` that hands each request to its own listener's resource."""
+    from twisted.web.resource import Resource
+
+    from provisioner.synapse.refuser import admin_api_refuser
+
+    refuse = admin_api_refuser({}, None)
+
+    class _ByListener(Resource):
+        isLeaf = True
+
+        def render(self, request: Any) -> Any:
+            host = request.getHost()
+            key = getattr(host, "port", None) or getattr(host, "name", None)
+            if isinstance(key, bytes):
+                key = key.decode()
+            return resources.get(key, refuse).render(request)  # type: ignore[no-untyped-call]
+
+    return _ByListener()  # type: ignore[no-untyped-call]
