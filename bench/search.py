@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import random
+import shutil
 import signal
 import statistics
 import subprocess
@@ -273,6 +274,8 @@ def main() -> None:
     if args.measure_build:
         print(json.dumps(measure_build(args.measure_build)))
         return
+    if shutil.which("wrk") is None:
+        sys.exit("bench/search.py: the load comes from wrk, which is not installed (apt-get install wrk)")
     # Stopped with SIGTERM, still stop the servers it started (the finally blocks below).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     tmp = Path(tempfile.mkdtemp(prefix="bench-search-"))
