@@ -231,7 +231,9 @@ async def observe(
     """
     users: dict[str, ObservedUser] = {}
     async for u in client.list_users():
-        users[u.user_id] = ObservedUser(u.user_id, u.displayname, u.admin, u.deactivated, u.locked)
+        users[u.user_id] = ObservedUser(
+            u.user_id, u.displayname, u.admin, u.deactivated, u.locked, u.avatar_url
+        )
     summaries = [r async for r in client.list_rooms() if r.creator == provisioner]
     sem = asyncio.Semaphore(concurrency)
 

@@ -7,6 +7,8 @@ Rules:
 2. A read that cannot be trusted (stopped early, or far shorter than the last good one) removes nobody from
    the index either: people the read missed keep their previous entry.
 3. The file is replaced atomically, so the service reads the old snapshot or the new one.
+4. A person's avatar is their own (set in their client, never by the sync): the entry carries the one the
+   account had when this run read it, so a new picture shows in search results after the next full run.
 """
 
 from __future__ import annotations
@@ -64,6 +66,7 @@ def searchable(
             IndexedPerson(
                 user_id=uid, display_name=p.display_name, login=p.login, sort_name=p.sort_name,
                 title=p.title, department=_department(p, paths), email=p.email, phone=p.phone,
+                avatar_url=seen.avatar_url if seen is not None else None,
             )
         )  # fmt: skip
     return out

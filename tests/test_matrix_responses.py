@@ -55,6 +55,10 @@ def test_user_details_as_synapse_sends_them() -> None:
 def test_missing_optional_fields_take_their_defaults() -> None:
     row = UserSummary.from_dict({"name": "@p:city.test"})
     assert (row.displayname, row.admin, row.is_guest, row.creation_ts) == (None, False, False, 0)
+    assert row.avatar_url is None
+    assert UserSummary.from_dict(
+        {"name": "@p:city.test", "avatar_url": "mxc://city.test/abc"}
+    ).avatar_url == ("mxc://city.test/abc")
     me = WhoAmI.from_dict({"user_id": "@bot:city.test"})
     assert me.device_id is None and me.server_name == "city.test"
 

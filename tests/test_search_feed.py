@@ -57,6 +57,17 @@ def test_only_reachable_people_are_listed_with_their_unit_path() -> None:
     assert set(listed) == {uid["active"], uid["hire"], uid["back"]}
     assert listed[uid["active"]].department == ("Префектура ЮАО", "Отдел ЖКХ")
     assert listed[uid["active"]].title == "Специалист"
+    assert listed[uid["active"]].avatar_url is None and listed[uid["hire"]].avatar_url is None
+
+
+def test_the_picture_is_the_one_the_account_has() -> None:
+    people = [person("pictured")]
+    snap, desired = world(people)
+    (uid,) = desired.people
+    seen = ObservedUser(uid, None, False, False, False, avatar_url="mxc://example.test/own")
+    (listed,) = searchable(desired, Observed(users={uid: seen}, rooms={}, registry={}), snap,
+                           Plan((), "x", 0.0), POLICY)  # fmt: skip
+    assert listed.avatar_url == "mxc://example.test/own"
 
 
 def test_an_untrusted_read_keeps_the_people_it_missed(tmp_path: Path) -> None:

@@ -392,6 +392,39 @@ def test_hire_found_and_leaver_gone_right_after_the_sync(world: World) -> None:
     assert leaver_uid not in ids(search(world, leaver.display_name, 50))
 
 
+def _as(world: World, method: str, path: str, body: bytes, content_type: str) -> dict[str, Any]:
+    req = urllib.request.Request(f"{world.public_url}{path}", data=body, method=method,
+                                 headers={"Authorization": f"Bearer {world.token}", "Content-Type": content_type})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return dict(json.loads(resp.read() or b"{}"))
+
+
+def test_a_picture_someone_set_shows_in_results_after_the_next_sync(world: World) -> None:
+    """Avatars are people's own: the search result carries the one their account has, as Synapse's would."""
+    png = bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360f8cfc0f01f0005000201e2219bc30000000049454e44ae426082"
+    )
+    uri = _as(world, "POST", "/_matrix/media/v3/upload?filename=me.png", png, "image/png")["content_uri"]
+    me = urllib.request.quote(world.me)
+    _as(world, "PUT", f"/_matrix/client/v3/profile/{me}/avatar_url",
+        json.dumps({"avatar_url": uri}).encode(), "application/json")  # fmt: skip
+    name = world.people()[world.me].display_name
+    assert result_for(world, name, world.me)["avatar_url"] is None  # the index is from before the picture
+    assert sync(world.config).exit_code == exitcodes.OK
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and result_for(world, name, world.me)["avatar_url"] != uri:
+        time.sleep(0.1)
+    assert result_for(world, name, world.me)["avatar_url"] == uri
+    assert result_for(world, name, world.me)["display_name"].startswith(name)
+
+
+def result_for(world: World, term: str, user_id: str) -> dict[str, Any]:
+    hits = [r for r in search(world, term, 50)["results"] if r["user_id"] == user_id]
+    assert hits, f"{user_id} not found by {term!r}"
+    return dict(hits[0])
+
+
 def test_service_down_falls_back_to_synapse_and_restart_serves_again(world: World) -> None:
     people = world.people()
     uid, p = next((u, p) for u, p in sorted(people.items()) if p.title and u != world.me)

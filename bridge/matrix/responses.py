@@ -156,6 +156,7 @@ class UserSummary(Account):
     """One row of the admin user list."""
 
     is_guest: bool
+    avatar_url: str | None = None  # the person's own picture (mxc://), for the search service's results
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> UserSummary:

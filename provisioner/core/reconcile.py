@@ -61,6 +61,7 @@ class ObservedUser:
     admin: bool
     deactivated: bool
     locked: bool
+    avatar_url: str | None = None  # the person's own, never managed; only the search index shows it
 
 
 @dataclass(frozen=True, slots=True)
