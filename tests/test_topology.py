@@ -479,9 +479,9 @@ def test_the_closed_probes_pass_through_nginx_and_on_the_main_process(stack: Sta
         assert {f.split(":", 1)[0] for f in failures} == _ONLY_ON_THE_MAIN_PROCESS, "\n".join(
             [name, *failures]
         )
-        status, reply = _call(
-            base, "GET", "/_synapse/admin/v1/server_version", None, stack.admin.access_token
-        )
+        # One of the two admin servlets a worker registers (UserRestServletV2Get): 200 without the refuser.
+        user_path = f"/_synapse/admin/v2/users/{urllib.parse.quote(stack.admin.user_id)}"
+        status, reply = _call(base, "GET", user_path, None, stack.admin.access_token)
         assert (status, reply.get("errcode")) == (404, "M_UNRECOGNIZED"), (name, status, reply)
     for w in t.deployment.workers:
         if w.replication_port:
