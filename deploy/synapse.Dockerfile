@@ -1,6 +1,8 @@
-# Synapse with civmatrix importable: the public listener mounts civmatrix's admin refuser
-# (provisioner.synapse.refuser.admin_api_refuser) and every Synapse process loads the LDAP login module
-# (provisioner.synapse.auth.DirectoryAuthProvider). Build context: the repository root.
+# Synapse with civmatrix importable: the main process's listeners mount civmatrix's admin refuser
+# (provisioner.synapse.refuser.admin_api_refuser) and client-API token guard (provisioner.synapse.guard),
+# every worker loads the same two through provisioner.synapse.guard.WorkerGuard, and every Synapse process
+# loads the LDAP login module (provisioner.synapse.auth.DirectoryAuthProvider). Build context: the repository
+# root.
 ARG SYNAPSE_VERSION=v1.163.2
 FROM ghcr.io/element-hq/synapse:${SYNAPSE_VERSION}
 
