@@ -27,8 +27,7 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -48,23 +47,15 @@ from provisioner.ldap_reader import read_directory_sync
 from provisioner.observe import REGISTRY_SHARDS, read_registry, registry_content, registry_shard, shard_type
 from provisioner.sample import generate_directory
 from provisioner.watch import CsnDetector, read_roster
+from tests import closed_probes as probes
 
 ROOT = Path(__file__).resolve().parents[1]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def http(base: str, method: str, path: str, token: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-    req = urllib.request.Request(
-        base + urllib.request.quote(path, safe="/:?=&@"),
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    """``tests.closed_probes.http`` with the path quoted onto ``base`` (user ids keep their @ and :)."""
+    return probes.http(method, base + urllib.parse.quote(path, safe="/:?=&@"), body, token, timeout=10)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -13,8 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from provisioner.core.model import Person
 from provisioner.embedded.slapd import EmbeddedSlapd
 from provisioner.ldap_reader import read_directory_sync
 from provisioner.sample import generate_directory
+from tests import closed_probes as probes
 from tests.fixtures.synapse import SynapseHandle, _start
 from tests.helpers import write_config
 from tests.test_sync_live import observed
@@ -82,17 +82,8 @@ class World:
 
 
 def http(base: str, method: str, path: str, token: str, body: dict[str, Any] | None = None):
-    req = urllib.request.Request(
-        base + urllib.request.quote(path, safe="/:?=&@"),
-        data=json.dumps(body).encode() if body is not None else None,
-        method=method,
-        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read() or b"{}")
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
+    """``tests.closed_probes.http`` with the path quoted onto ``base`` (user ids keep their @ and :)."""
+    return probes.http(method, base + urllib.parse.quote(path, safe="/:?=&@"), body, token, timeout=10)
 
 
 def wait_for(what: str, pred: Callable[[], Any], timeout: float = 30.0) -> Any:
