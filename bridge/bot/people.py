@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from bridge.events.render import FoundPerson
 from bridge.search.index import SearchIndex
-from bridge.search.snapshot import IndexedPerson, SnapshotError, read_snapshot
+from bridge.search.snapshot import IndexedPerson, SnapshotError, Stamp, read_snapshot, snapshot_stamp
 
 log = logging.getLogger(__name__)
 
@@ -35,17 +34,10 @@ class SnapshotPeople:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.index = SearchIndex(())
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self._lock = asyncio.Lock()
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-    def _load(self, stamp: tuple[int, int, int]) -> None:
+    def _load(self, stamp: Stamp) -> None:
         try:
             _, people = read_snapshot(self.path)
         except SnapshotError as e:
@@ -54,7 +46,7 @@ class SnapshotPeople:
         self.index, self._stamp = SearchIndex(people), stamp
 
     async def find(self, term: str, limit: int) -> tuple[Sequence[FoundPerson], bool]:
-        stamp = self._file_stamp()
+        stamp = snapshot_stamp(self.path)
         if stamp is not None and stamp != self._stamp:
             async with self._lock:
                 if stamp != self._stamp:

@@ -33,7 +33,7 @@ from aiohttp import web
 
 from bridge.search.config import SearchConfig
 from bridge.search.index import SearchIndex, build_index, result_label
-from bridge.search.snapshot import SnapshotError, read_snapshot
+from bridge.search.snapshot import SnapshotError, Stamp, read_snapshot, snapshot_stamp
 
 log = logging.getLogger(__name__)
 
@@ -99,22 +99,15 @@ class IndexHolder:
         self.path = path
         self.index = SearchIndex(())
         self.generated_at = 0.0
-        self._stamp: tuple[int, int, int] | None = None
+        self._stamp: Stamp | None = None
         self.loads = 0
 
-    def _file_stamp(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_ino, st.st_mtime_ns, st.st_size)
-
     def changed(self) -> bool:
-        return self._file_stamp() != self._stamp
+        return snapshot_stamp(self.path) != self._stamp
 
     def load(self) -> bool:
         """Rebuild from the file if it changed (blocking: run it in a thread). False if it is unusable."""
-        stamp = self._file_stamp()
+        stamp = snapshot_stamp(self.path)
         if stamp == self._stamp:
             return True
         began = time.perf_counter()

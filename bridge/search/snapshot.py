@@ -85,6 +85,22 @@ def write_snapshot(
     return len(rows)
 
 
+Stamp = tuple[int, int, int]
+
+
+def snapshot_stamp(path: str | os.PathLike[str]) -> Stamp | None:
+    """What changes when the sync replaces the file (inode, mtime, size); ``None`` while there is none.
+
+    The sync writes a new file and renames it over the old one, so the inode alone would do; mtime and size
+    also catch a file rewritten in place by hand.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
 def read_snapshot(path: str | os.PathLike[str]) -> tuple[float, Sequence[IndexedPerson]]:
     """(generated_at, people) from the snapshot at ``path``; :class:`SnapshotError` if unusable."""
     try:
