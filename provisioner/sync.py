@@ -231,13 +231,6 @@ async def run(
             cache.save()
         result.report = report
         is_trusted, _ = trusted(snapshot, observed, policy)
-        if policy.public_spaces:
-            spaces = {
-                rid
-                for key, rid in executor.room_ids.items()
-                if key in {s.unit_key for s in desired.layout.spaces}
-            }
-            write_presence_exclusions(cfg, spaces)
         if cfg.search_index:
             # Written before anything else can fail, so a hire is findable the moment this run ends.
             people = searchable(desired, observed, snapshot, plan, policy, failed_users=report.failed_users)
@@ -259,38 +252,6 @@ async def run(
                         "rooms_cached": cache.hits}  # fmt: skip
         write_last_run(cfg, result, run_id)
         return result
-
-
-PRESENCE_FILE = "presence-exclude.yaml"
-
-
-def write_presence_exclusions(cfg: Config, space_ids: set[str]) -> bool:
-    """Leave ``state_dir/presence-exclude.yaml`` (Synapse's ``exclude_rooms_from_presence``) for the spaces.
-
-    Everyone is in the spaces above them, so without this a presence update would reach the whole
-    organisation through the top space. Synapse reads it as an extra config file (``-c``) at start; returns
-    True when the list changed, which needs a Synapse restart to take effect (new units are rare).
-    """
-    path = Path(cfg.sync.state_dir) / PRESENCE_FILE
-    text = (
-        "# Written by `provisioner sync`: the managed spaces, kept out of presence fan-out.\n"
-        "# Load it with Synapse's own config: -c homeserver.yaml -c "
-        + PRESENCE_FILE
-        + " (restart on change).\n"
-        + "exclude_rooms_from_presence:\n"
-        + "".join(f'  - "{rid}"\n' for rid in sorted(space_ids))
-    )
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except OSError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    log.warning("%d spaces written to %s: restart Synapse so that presence skips them", len(space_ids), path)
-    return True
 
 
 def touched_rooms(plan: Plan) -> set[str]:

@@ -16,7 +16,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 from aiohttp import web
 from nio import AsyncClient
 
@@ -119,9 +118,7 @@ def test_full_sync_converges_and_second_sync_writes_nothing(world):
             assert uid in spaces[k].members, (uid, k)
             k = units[k].parent_key if k in units else None
         assert uid in spaces[ROOT_UNIT].members
-    # ... and the spaces are listed for Synapse to keep out of presence fan-out.
-    exclusions = yaml.safe_load((path.parent / "state" / "presence-exclude.yaml").read_text())
-    assert set(exclusions["exclude_rooms_from_presence"]) == {r.room_id for r in spaces.values()}
+    # (Presence through those spaces: tests/test_presence_live.py.)
 
 
 def test_real_client_sees_room_space_and_finds_colleague(world):

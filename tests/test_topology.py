@@ -23,6 +23,7 @@ import shutil
 import ssl
 import subprocess
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -135,6 +136,20 @@ def test_the_sync_through_the_admin_listener_logs_no_error(stack: Stack) -> None
     # The events of the sync were written by the event persister, not by the main process that took them.
     writers = stack.topology.postgres.query("SELECT DISTINCT instance_name FROM events")
     assert writers == [["synapse-events-1"]]
+
+
+def test_every_synapse_process_keeps_the_spaces_out_of_presence(stack: Stack) -> None:
+    """The sync's spaces are found by the presence module in each process, with no restart."""
+    rows = stack.topology.postgres.query("SELECT count(*) FROM room_stats_state WHERE room_type = 'm.space'")
+    spaces = int(rows[0][0])
+    assert spaces >= 5  # the sample city's tree
+    want = f"presence: {spaces} rooms kept out of presence fan-out"
+    deadline = time.monotonic() + 60
+    missing = list(stack.topology.process_names)
+    while missing and time.monotonic() < deadline:
+        missing = [n for n in missing if want not in stack.topology.log_path(n).read_text(errors="replace")]
+        time.sleep(0.5)
+    assert not missing, f"{missing} never logged {want!r}"
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -139,6 +139,7 @@ class EmbeddedSynapse(Server):
         shared_secret_registration: bool = True,
         rate_limits: Mapping[str, Any] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        presence_scope: bool = True,
         log_level: str = "INFO",
         python: str = sys.executable,
         start_timeout: float = 90.0,
@@ -166,6 +167,7 @@ class EmbeddedSynapse(Server):
             shared_secret_registration=shared_secret_registration,
             rate_limits=rate_limits,
             overrides=overrides,
+            presence_scope=presence_scope,
         )
         self.log_level = log_level
         self.python = python

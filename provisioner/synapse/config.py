@@ -48,6 +48,10 @@ it mounts the same guard on the client listeners and the admin refuser on every 
 Rule 6. The admin listener alone mounts :func:`provisioner.synapse.tokens.device_token_minter`: a server
 admin mints a new token for an existing device there (token rotation of the provisioning account and of the
 bot, whose end-to-end keys belong to its device). No password is involved anywhere.
+
+Not a closed-ness rule, but rendered the same way into every deployment: ``modules`` lists
+:class:`provisioner.synapse.presence.PresenceScope`, which keeps the provisioner's spaces (everyone is in
+the top one) out of presence fan-out in every process, as the sync creates them, without a restart.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 ADMIN_REFUSER_MODULE = "provisioner.synapse.refuser.admin_api_refuser"
 CLIENT_GUARD_MODULE = "provisioner.synapse.guard.client_api_guard"
 WORKER_GUARD_MODULE = "provisioner.synapse.guard.WorkerGuard"
+PRESENCE_MODULE = "provisioner.synapse.presence.PresenceScope"
 DEVICE_TOKEN_MODULE = "provisioner.synapse.tokens.device_token_minter"
 DEVICE_TOKEN_PATH = "/_synapse/civmatrix/v1/device_token"  # provisioner.synapse.tokens.PATH
 
@@ -174,6 +179,7 @@ def render_homeserver_config(
     shared_secret_registration: bool = False,
     rate_limits: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    presence_scope: bool = True,
 ) -> dict[str, Any]:
     """Return the closed-server ``homeserver.yaml`` as a mapping.
 
@@ -186,7 +192,8 @@ def render_homeserver_config(
     limits and exempts only the provisioning account (``override_ratelimit``).
     ``behind_proxy`` trusts ``X-Forwarded-For`` on the public listener. ``refuse_admin_on_public=False``
     drops Rules 2 and 5 for a Synapse that cannot import civmatrix (a stock image): then the reverse proxy
-    alone must block ``/_synapse/admin`` and tokenless client-API requests.
+    alone must block ``/_synapse/admin`` and tokenless client-API requests, and presence is not scoped.
+    ``presence_scope=False`` leaves out :data:`PRESENCE_MODULE` (a bench's stock-Synapse side only).
     """
     if admin_bind_host not in (LOOPBACK, "::1", "localhost"):
         raise SynapseError(
@@ -262,8 +269,15 @@ def render_homeserver_config(
     }
     if password_providers:
         config["password_providers"] = [dict(p) for p in password_providers]
-    if modules:
-        config["modules"] = [dict(m) for m in modules]
+    all_modules = [dict(m) for m in modules]
+    if (
+        presence_scope
+        and refuse_admin_on_public
+        and PRESENCE_MODULE not in {m.get("module") for m in modules}
+    ):
+        all_modules.append({"module": PRESENCE_MODULE, "config": {}})
+    if all_modules:
+        config["modules"] = all_modules
     if shared_secret_registration:
         config["registration_shared_secret_path"] = str(data_dir / REGISTRATION_SECRET_FILE)
     if rate_limits:

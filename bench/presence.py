@@ -1,0 +1,280 @@
+"""Benchmark: what one presence change costs with everyone online — civmatrix's Synapse against stock.
+
+    python bench/presence.py --people 1000 --changes 20
+
+Real servers throughout, one run, two sides measured one after the other on the same machine:
+
+* **civmatrix**: the ``homeserver.yaml`` every deployment renders, which loads
+  :mod:`provisioner.synapse.presence` (the sync's spaces kept out of presence fan-out);
+* **stock**: the same file without that module (``presence_scope=False``): Synapse's own behaviour, and what a
+  config-file exclusion that nobody reloaded after the sync amounts to.
+
+Each side gets a fresh Synapse (SQLite) and the provisioner's full sync of the same generated city in the
+default space tree (everyone in their unit's space and every space above it, so the top space holds
+everyone). Then every enabled person comes online as Element does: a token, an initial sync with
+lazy-loaded members, then ``/sync`` long polls (``timeout=30000``, ``set_presence=online``), started over
+``--ramp`` seconds. Measured per side:
+
+* **login storm**: from the first client to quiet (no sync returned for 3 s): sync responses returned and
+  presence events delivered to clients, Synapse CPU seconds;
+* **one change**: a person who shares a room with ``room_mates`` others goes ``unavailable`` / ``online``
+  ``--changes`` times (PUT ``/presence``, 3 s apart); per change, the clients whose sync carried it, all sync
+  responses returned, and Synapse's CPU over the window less its idle CPU over the same length.
+
+Synapse's CPU is read from /proc for its process alone; the load generator's own CPU (this process) is
+reported beside it: it shares the two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+import urllib.parse
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aiohttp
+import yaml
+
+from provisioner.config import load_config
+from provisioner.embedded.slapd import EmbeddedSlapd
+from provisioner.embedded.synapse import EmbeddedSynapse
+from provisioner.sample import generate_directory
+from provisioner.synapse.config import TEST_RATE_LIMITS
+from provisioner.sync import run as sync_run
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Element's lazy-loading filter, in short.
+FILTER = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}})
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def write_cfg(d: Path, ldap: EmbeddedSlapd, hs: EmbeddedSynapse, token: str) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "token").write_text(token)
+    data = {
+        "homeserver": {"url": hs.admin_url, "server_name": hs.server_name, "admin_token_file": "token"},
+        "directory": {"uri": ldap.uri, "bind_dn": ldap.service_dn,
+                      "bind_password_file": str(ldap.service_password_file), "base_dn": ldap.suffix,
+                      "disabled_filter": "(employeeType=disabled)"},
+        "layout": {"max_room_size": 200, "org_name": "Правительство Москвы", "space_members": "tree"},
+        "sync": {"concurrency": 16, "state_dir": "state"},
+        "exclude": [f"@admin:{hs.server_name}"],
+    }  # fmt: skip
+    path = d / "civmatrix.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True))
+    return path
+
+
+@dataclass
+class Traffic:
+    """What the clients' long polls returned, as (monotonic time, user, presence senders) per response."""
+
+    responses: list[tuple[float, str, frozenset[str]]] = field(default_factory=list)
+
+    def since(self, t0: float, t1: float = float("inf")) -> list[tuple[float, str, frozenset[str]]]:
+        return [r for r in self.responses if t0 <= r[0] < t1]
+
+
+async def client(
+    session: aiohttp.ClientSession, base: str, user: str, token: str, traffic: Traffic, ready: list[str]
+) -> None:
+    headers = {"Authorization": f"Bearer {token}"}
+    since: str | None = None
+    while True:
+        query = {"filter": FILTER, "timeout": "30000" if since else "0", "set_presence": "online"}
+        if since:
+            query["since"] = since
+        url = f"{base}/_matrix/client/v3/sync?{urllib.parse.urlencode(query)}"
+        try:
+            async with session.get(url, headers=headers, timeout=aiohttp.ClientTimeout(total=90)) as resp:
+                body = await resp.json()
+        except (aiohttp.ClientError, TimeoutError):
+            await asyncio.sleep(1)
+            continue
+        if "next_batch" not in body:
+            await asyncio.sleep(1)
+            continue
+        senders = frozenset(e.get("sender", "") for e in body.get("presence", {}).get("events", []))
+        if since is None:
+            ready.append(user)
+        else:
+            traffic.responses.append((time.monotonic(), user, senders))
+        since = body["next_batch"]
+
+
+async def quiet(traffic: Traffic, *, still: float = 3.0, cap: float = 240.0) -> None:
+    """Until no long poll has returned for ``still`` seconds (or ``cap`` passed)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < cap:
+        last = traffic.responses[-1][0] if traffic.responses else t0
+        if time.monotonic() - last >= still and time.monotonic() - t0 >= still:
+            return
+        await asyncio.sleep(0.5)
+
+
+async def admin_login(session: aiohttp.ClientSession, hs: EmbeddedSynapse, admin: str, user: str) -> str:
+    url = f"{hs.admin_url}/_synapse/admin/v1/users/{urllib.parse.quote(user)}/login"
+    async with session.post(url, json={}, headers={"Authorization": f"Bearer {admin}"}) as resp:
+        body = await resp.json()
+        return str(body["access_token"])
+
+
+def rooms_of(hs: EmbeddedSynapse, admin: str) -> dict[str, list[str]]:
+    """Department rooms (not spaces) with their members, read from the server."""
+    from tests.closed_probes import http
+
+    out: dict[str, list[str]] = {}
+    status, listed = http("GET", f"{hs.admin_url}/_synapse/admin/v1/rooms?limit=1000", None, admin)
+    assert status == 200, listed
+    for room in listed["rooms"]:
+        if room.get("room_type") == "m.space":
+            continue
+        rid = urllib.parse.quote(room["room_id"])
+        status, members = http("GET", f"{hs.admin_url}/_synapse/admin/v1/rooms/{rid}/members", None, admin)
+        if status == 200:
+            out[room["room_id"]] = list(members["members"])
+    return out
+
+
+async def one_side(
+    name: str, work: Path, ldap: EmbeddedSlapd, *, scoped: bool, changes: int, ramp: float
+) -> dict[str, Any]:
+    hs = EmbeddedSynapse(
+        work / f"synapse-{name}", rate_limits=TEST_RATE_LIMITS, presence_scope=scoped, log_level="INFO"
+    )
+    hs.start()
+    try:
+        admin = hs.create_admin("admin").access_token
+        cfg = load_config(write_cfg(work / f"cfg-{name}", ldap, hs, admin), token_required=True)
+        t0 = time.monotonic()
+        result = await sync_run(cfg, apply=True, progress=False)
+        assert result.exit_code == 0, result.message
+        out: dict[str, Any] = {"sync_s": round(time.monotonic() - t0, 1)}
+        if scoped:  # the module polls every 10 s; let it see the spaces before anyone is online
+            await asyncio.sleep(12)
+        rooms = rooms_of(hs, admin)
+        admin_id = f"@admin:{hs.server_name}"
+        people = sorted({m for ms in rooms.values() for m in ms} - {admin_id})
+        biggest = max(rooms.values(), key=len)
+        subject = sorted(set(biggest) - {admin_id})[0]
+        out["online"] = len(people) - 1
+        out["room_mates"] = len(set(biggest) - {admin_id, subject})
+        conn = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=conn) as session:
+            tokens = {u: await admin_login(session, hs, admin, u) for u in people}
+            traffic, ready = Traffic(), []
+            pid = hs.pid
+            assert pid is not None
+            me0, hs0, t_start = time.process_time(), cpu_seconds(pid), time.monotonic()
+            tasks = []
+            for user in (u for u in people if u != subject):
+                tasks.append(
+                    asyncio.create_task(client(session, hs.public_url, user, tokens[user], traffic, ready))
+                )
+                await asyncio.sleep(ramp / len(people))
+            while len(ready) < len(tasks) and time.monotonic() - t_start < 600:
+                await asyncio.sleep(0.5)
+            await quiet(traffic)
+            storm = traffic.since(t_start)
+            out["storm"] = {
+                "seconds": round(time.monotonic() - t_start, 1),
+                "initial_syncs": len(ready),
+                "sync_responses": len(storm),
+                "presence_events_delivered": sum(len(s) for _, _, s in storm),
+                "synapse_cpu_s": round(cpu_seconds(pid) - hs0, 1),
+                "loadgen_cpu_s": round(time.process_time() - me0, 1),
+            }
+            # Idle baseline over the same window as one change.
+            window = 3.0
+            i0, it = cpu_seconds(pid), time.monotonic()
+            await asyncio.sleep(window)
+            idle_cpu = (cpu_seconds(pid) - i0) / (time.monotonic() - it) * window
+            per_change: list[dict[str, float]] = []
+            for k in range(changes):
+                state = "unavailable" if k % 2 == 0 else "online"
+                c0, w0 = cpu_seconds(pid), time.monotonic()
+                url = f"{hs.public_url}/_matrix/client/v3/presence/{urllib.parse.quote(subject)}/status"
+                async with session.put(
+                    url, json={"presence": state}, headers={"Authorization": f"Bearer {tokens[subject]}"}
+                ) as resp:
+                    assert resp.status == 200, await resp.text()
+                await asyncio.sleep(window)
+                got = traffic.since(w0, w0 + window)
+                per_change.append(
+                    {
+                        "woken_with_it": sum(1 for _, _, s in got if subject in s),
+                        "sync_responses": len(got),
+                        "synapse_cpu_ms": 1000 * max(0.0, cpu_seconds(pid) - c0 - idle_cpu),
+                    }
+                )
+            out["idle_synapse_cpu_ms_per_3s"] = round(1000 * idle_cpu, 1)
+            out["per_change"] = {k: round(mean(c[k] for c in per_change), 1) for k in per_change[0]}
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return out
+    finally:
+        hs.stop()
+
+
+def mean(values: Iterable[float]) -> float:
+    v = list(values)
+    return sum(v) / len(v) if v else 0.0
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--people", type=int, default=1000)
+    ap.add_argument("--changes", type=int, default=20)
+    ap.add_argument("--ramp", type=float, default=30.0, help="seconds over which the clients come online")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--workdir", type=Path, default=None)
+    args = ap.parse_args()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="bench-presence-"))
+    directory = generate_directory(args.people, seed=args.seed, broken=False, disabled_fraction=0.0)
+    ldap = EmbeddedSlapd(work / "slapd", suffix=directory.base_dn)
+    ldap.load_ldif(directory.to_ldif(), replace=True)
+    ldap.start()
+    try:
+        results: dict[str, Any] = {"people": args.people}
+        for name, scoped in (("civmatrix", True), ("stock", False)):
+            results[name] = await one_side(
+                name, work, ldap, scoped=scoped, changes=args.changes, ramp=args.ramp
+            )
+            print(name, json.dumps(results[name], ensure_ascii=False), flush=True)
+        a, b = results["civmatrix"], results["stock"]
+        results["ratios_stock_over_civmatrix"] = {
+            "storm_presence_events": round(
+                b["storm"]["presence_events_delivered"] / max(1, a["storm"]["presence_events_delivered"]), 1
+            ),
+            "storm_synapse_cpu": round(
+                b["storm"]["synapse_cpu_s"] / max(0.1, a["storm"]["synapse_cpu_s"]), 1
+            ),
+            "change_woken": round(
+                b["per_change"]["woken_with_it"] / max(1, a["per_change"]["woken_with_it"]), 1
+            ),
+            "change_synapse_cpu": round(
+                b["per_change"]["synapse_cpu_ms"] / max(1.0, a["per_change"]["synapse_cpu_ms"]), 1
+            ),
+        }
+        print(json.dumps(results, ensure_ascii=False, indent=1))
+    finally:
+        ldap.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
