@@ -24,13 +24,15 @@ import asyncio
 import contextlib
 import csv
 import io
+import json
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, quote, urlsplit
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -175,6 +177,13 @@ def bot_config(synapse: SynapseHandle, acct: Any, tmp_path: Path) -> BotConfig:
 async def quiet(seconds: float = 3.0) -> None:
     """Give the bot time to (wrongly) do something, for the assertions that it did not."""
     await asyncio.sleep(seconds)
+
+
+def _window(events: int) -> dict[str, Any]:
+    """The bot's sync filter with a timeline window of ``events`` (a gap after a few messages)."""
+    from bridge.bot.intake import SYNC_FILTER
+
+    return {**SYNC_FILTER, "room": {**SYNC_FILTER["room"], "timeline": {"limit": events}}}
 
 
 async def make_room(p: Person, *, encrypted: bool, marker: dict[str, Any], space: bool = False,
@@ -646,7 +655,7 @@ async def test_busy_room_while_down_is_backfilled(
 
     if backend == "postgres" and not _pg_available():
         pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-    monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", {"room": {"timeline": {"limit": 3}}})
+    monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", _window(3))
     person = people["person"]
     bot_acct = people["bot"]
     mod = person("mod")
@@ -737,7 +746,7 @@ async def test_votes_missed_in_a_gap_are_counted_from_relations_after_a_restart(
         "m.relates_to": {"rel_type": "m.reference", "event_id": poll.event_id}, "m.selections": ["going"]})  # fmt: skip
     for i in range(6):
         await mod.say(room, f"chatter {i}")
-    monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", {"room": {"timeline": {"limit": 2}}})
+    monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", _window(2))
     monkeypatch.setattr(bridge.bot.intake, "BACKFILL_PAGES", 0)
     bot = EventBot(cfg, open_sqlite(cfg.store), clock)
     await bot.start()
@@ -750,3 +759,95 @@ async def test_votes_missed_in_a_gap_are_counted_from_relations_after_a_restart(
         assert _answers(bot, eid) == [(alice.user_id, "going")]
     finally:
         await bot.stop()
+
+
+async def _set_presence(synapse: SynapseHandle, p: Person, presence: str, status: str) -> None:
+    import aiohttp
+
+    path = f"/_matrix/client/v3/presence/{quote(p.user_id, safe='')}/status"
+    async with aiohttp.ClientSession() as http:
+        resp = await http.put(synapse.public_url + path, json={"presence": presence, "status_msg": status},
+                              headers={"Authorization": f"Bearer {p.client.access_token}"})  # fmt: skip
+        assert resp.status == 200, await resp.text()
+
+
+async def test_bot_sync_drops_presence_and_lazy_loads_members(
+    synapse: SynapseHandle, people: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every /sync the bot makes asks for members lazily and carries no presence, while the people in its
+    room change theirs (and the others see it); its encrypted replies still reach every member: after a
+    restart alice, who never spoke, is in no sync the bot got, and carol was only invited when it answered."""
+    import bridge.bot.intake
+    from provisioner.embedded.synapse import admin_request
+    from tests.fixtures.faultproxy import FaultProxy, forward_all
+
+    person = people["person"]
+    bot_acct = people["bot"]
+    mod, alice, carol, dana = person("mod"), person("alice"), person("carol"), person("dana")
+    mod.start()
+    alice.start()
+    await carol.client.keys_upload()  # her device exists (and can be given keys) before she ever syncs
+    room = await make_room(mod, encrypted=True, invite=[alice.user_id, dana.user_id, bot_acct.user_id],
+                           marker={"kind": "room", "unit": "ou:presence", "shard": 1, "version": 1})  # fmt: skip
+    await dana.client.join(room)  # dana never syncs: her presence is only what she sets below
+    # Synapse drops a person's presence updates beyond one per 10 s; dana sets hers many times.
+    admin_request(synapse.admin_url, "POST", f"/_synapse/admin/v1/users/{quote(dana.user_id, safe='')}/override_ratelimit",
+                  {"messages_per_second": 0, "burst_count": 0}, token=synapse.admin_token)  # fmt: skip
+    await until(lambda: room in alice.client.rooms, "alice joined")
+
+    syncs: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (filter asked for, answer)
+
+    def observe(method: str, path: str, status: int, body: bytes) -> None:
+        url = urlsplit(path)
+        if url.path.endswith("/sync") and status == 200:
+            sent = json.loads(parse_qs(url.query).get("filter", ["{}"])[0])
+            syncs.append((sent, json.loads(body)))
+
+    proxy = FaultProxy(synapse.url, forward_all, observe)
+    cfg = replace(bot_config(synapse, bot_acct, tmp_path), homeserver_url=await proxy.start())
+    clock = ManualClock(datetime.now(UTC))
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await until(lambda: room in bot.client.rooms, "bot in the room")
+        await until(lambda: all(list(p.client.device_store.active_user_devices(bot_acct.user_id)) for p in (mod, alice)),
+                    "bot's keys")  # fmt: skip
+        for i in range(3):
+            await _set_presence(synapse, dana, "online", f"in, round {i}")
+            await _set_presence(synapse, dana, "unavailable", f"away, round {i}")
+
+        def mod_sees_dana() -> bool:
+            user = mod.client.rooms[room].users.get(dana.user_id)
+            return user is not None and user.status_msg == "away, round 2"
+
+        await until(mod_sees_dana, "dana's presence at mod's client")
+        await mod.say(room, "!event list")  # a sync after the presence changes, to be sure the bot saw them
+        await until(lambda: mod.notices(room, bot_acct.user_id), "the bot's reply")
+    finally:
+        await bot.stop()
+    # After a gap the restarted bot's first sync shows only mod's last messages: it learns no one else from it.
+    monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", _window(2))
+    await mod.client.room_invite(room, carol.user_id)
+    for i in range(3):
+        await mod.say(room, f"chatter {i}")
+    restart = len(syncs)
+    bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    await bot.start()
+    try:
+        await mod.say(room, "!event help")
+        await until(lambda: [s for s in alice.notices(room, bot_acct.user_id) if "!event create" in s.content["body"]],
+                    "the reply decrypted by alice")  # fmt: skip
+        carol.start()  # joins now, and reads what the bot sent while she was invited
+        await until(lambda: [s for s in carol.notices(room, bot_acct.user_id) if "!event create" in s.content["body"]],
+                    "the reply decrypted by carol")  # fmt: skip
+    finally:
+        await bot.stop()
+        await proxy.close()
+
+    assert len(syncs) > restart > 2
+    for sent, _ in syncs:
+        assert sent.get("room", {}).get("state", {}).get("lazy_load_members") is True, sent
+    assert [ev for _, answer in syncs for ev in answer.get("presence", {}).get("events", [])] == []
+    first = syncs[restart][1]["rooms"]["join"][room]
+    members = {ev["state_key"] for ev in first["state"]["events"] if ev["type"] == "m.room.member"}
+    assert {alice.user_id, dana.user_id, carol.user_id}.isdisjoint(members), members

@@ -14,12 +14,18 @@ was before the cap.
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
+from urllib.parse import quote
 
-from nio import AsyncClient, AsyncClientConfig
+import aiohttp
+from nio import AsyncClient, AsyncClientConfig, RoomMemberEvent
+from nio import Event as NioEvent
 
 from bridge.matrix.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
 
 # How long one request may take before nio counts it as a timeout (``sync`` adds its own long-poll time).
 REQUEST_TIMEOUT = 60.0
@@ -61,3 +67,46 @@ class BotClient(AsyncClient):  # type: ignore[misc]  # nio ships no type informa
     async def get_timeout_retry_wait_time(self, got_timeouts: int) -> float:
         # nio's own formula has no jitter: many lanes timing out together would retry in lockstep.
         return self.retry.backoff(max(0, got_timeouts - 1), self._rng)
+
+
+async def load_members(client: AsyncClient, room_id: str) -> bool:
+    """Read the joined and invited members of ``room_id`` into nio's room; False if that failed.
+
+    The bot's sync lazy-loads members, so nio knows only those who spoke lately. Before it shares a room key
+    nio reads the joined ones itself (``joined_members``) but not the invited: a person invited and not yet
+    joined would never read a message sent meanwhile, as the full member list in the sync allowed. After a
+    failure here nio's own read still runs. Later changes come with the sync: Synapse sends every membership
+    change, in the timeline or, after a gap, in the state (it does not lazy-load a limited sync).
+    """
+    room = client.rooms.get(room_id)
+    if room is None:
+        return False
+    path = f"/_matrix/client/v3/rooms/{quote(room_id, safe='')}/members?not_membership=leave"
+    try:
+        resp = await client.send("GET", path, headers={"Authorization": f"Bearer {client.access_token}"})
+        try:
+            if resp.status != 200:
+                log.warning("members of %s: HTTP %s", room_id, resp.status)
+                return False
+            body = await resp.json()
+        finally:
+            resp.release()
+    except (aiohttp.ClientError, TimeoutError) as e:
+        log.warning("members of %s: %r", room_id, e)
+        return False
+    members: set[str] = set()
+    changed = False
+    for raw in body.get("chunk", []):
+        ev = NioEvent.parse_event(raw) if isinstance(raw, dict) else None
+        if isinstance(ev, RoomMemberEvent) and ev.membership in ("join", "invite"):
+            changed = room.handle_membership(ev) or changed
+            members.add(ev.state_key)
+    for user in set(room.users) - members:
+        changed = room.remove_member(user) or changed
+    room.members_synced = True
+    if client.olm is not None:
+        client.olm.update_tracked_users(room)
+        if changed:
+            # A room key already given out reached only the members nio knew then: the next send makes one.
+            client.invalidate_outbound_session(room_id)
+    return True

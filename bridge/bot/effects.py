@@ -26,6 +26,7 @@ from nio import (
     UploadResponse,
 )
 
+from bridge.bot.client import load_members
 from bridge.bot.failures import Defer, NotInRoom, SendFailed
 from bridge.bot.messages import POLL_END, POLL_START, notice, poll_content, poll_end_content
 from bridge.bot.sender import txn_id
@@ -168,8 +169,11 @@ class Effects:
     async def send(self, room: str, etype: str, content: dict[str, Any], txn: str | None = None) -> str:
         """The new event's id; raises :class:`SendFailed` (or :class:`NotInRoom`) if it was not accepted."""
         await self._wait_room(room)
-        if self.client.rooms[room].encrypted and self.client.should_query_keys:
+        nio_room = self.client.rooms[room]
+        if nio_room.encrypted and (not nio_room.members_synced or self.client.should_query_keys):
             async with self._keys_lock:  # lanes send in parallel; one key query serves them all
+                if not nio_room.members_synced:
+                    await load_members(self.client, room)  # the sync lazy-loads them; the key goes to all
                 if self.client.should_query_keys:
                     await self.client.keys_query()
         resp = await self.client.room_send(room, etype, content, tx_id=txn, ignore_unverified_devices=True)

@@ -34,6 +34,7 @@ from nio import (
     Event as NioEvent,
 )
 
+from bridge.bot.client import load_members
 from bridge.bot.config import BOT_RETRY, BotConfig
 from bridge.bot.directory import MatrixDirectory
 from bridge.bot.messages import POLL_RESPONSE_TYPES, poll_selections, strip_reply_fallback
@@ -46,8 +47,24 @@ from bridge.matrix.retry import Backoff, RetryPolicy
 log = logging.getLogger(__name__)
 
 SYNC_TOKEN_KEY = "sync_token"
+# Only what the bot reads. The timeline (commands, poll answers, reactions, redactions, marker changes, and
+# the membership changes nio keeps its member lists with) and room state (encryption, power levels), but
+# members lazily: only those of the timeline's senders, where the full list of every room and space (the
+# spaces hold the whole organisation) came with each start; an encrypted room's list is read before the bot
+# first sends to it (bridge.bot.client.load_members). Presence, typing, receipts and account data are never
+# read (m.direct is read on demand): presence alone was every member's every status change, in every room.
+# To-device messages and device-list changes (E2EE) are not filterable; they still come.
 # A larger timeline window makes gaps (limited syncs) rare; a gap is backfilled page by page, up to this many.
-SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
+SYNC_FILTER: dict[str, Any] = {
+    "presence": {"types": []},
+    "account_data": {"types": []},
+    "room": {
+        "timeline": {"limit": 100},
+        "state": {"lazy_load_members": True},
+        "ephemeral": {"types": []},
+        "account_data": {"types": []},
+    },
+}
 BACKFILL_PAGES = 50
 RELATIONS_PAGES = 50  # of 100 responses each, per open poll
 # An event that could not be decrypted yet is retried for this long (its room key may still be on the way).
@@ -142,6 +159,16 @@ class Intake:
         except Exception:
             log.exception("reading the space tree after the first sync failed; read on first use")
         log.info("space tree read in %.1f s", time.monotonic() - t0)
+        # The sync lazy-loads members: read each encrypted room's now, so the next sync's key maintenance
+        # (``_claim_sessions``) opens the Olm sessions the first reply in that room would otherwise wait for.
+        t0 = time.monotonic()
+        rooms = [r for r, room in self.client.rooms.items() if room.encrypted and not room.members_synced]
+        for room_id in rooms:
+            try:
+                await load_members(self.client, room_id)
+            except Exception:
+                log.exception("reading the members of %s failed; read before the first send", room_id)
+        log.info("members of %d encrypted rooms read in %.1f s", len(rooms), time.monotonic() - t0)
         try:
             await self.reread_polls()
         except Exception:
