@@ -1,3 +1,3 @@
-"""Shared fixtures: real slapd and Synapse processes live in tests/fixtures/."""
+"""Shared fixtures: real slapd, Synapse and PostgreSQL processes live in tests/fixtures/."""
 
-pytest_plugins = ["tests.fixtures.slapd", "tests.fixtures.synapse"]
+pytest_plugins = ["tests.fixtures.slapd", "tests.fixtures.synapse", "tests.fixtures.postgres"]

@@ -48,13 +48,13 @@ from bridge.bot.app import EventBot
 from bridge.bot.config import BotConfig
 from bridge.events.clock import ManualClock
 from bridge.events.store import Store, open_postgres, open_sqlite
+from tests.fixtures.postgres import drop_schema, pg_schema
 from tests.fixtures.synapse import SynapseHandle, unique_localpart
 
 pytestmark = pytest.mark.synapse
 
 MSK = ZoneInfo("Europe/Moscow")
 MARKER = "org.civmatrix.managed"
-PG_DSN = "host=127.0.0.1 user=postgres dbname=test"
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
 
 
@@ -464,16 +464,6 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         await bot.stop()
 
 
-def _pg_available() -> bool:
-    try:
-        import psycopg2
-
-        psycopg2.connect(PG_DSN, connect_timeout=3).close()
-        return True
-    except Exception:
-        return False
-
-
 def _outbox_empty(path: str) -> bool:
     import sqlite3
 
@@ -638,14 +628,15 @@ async def test_busy_room_while_down_is_backfilled(
     people: dict[str, Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     backend: str,
 ) -> None:
     """More happened while the bot was down than one sync shows (a "limited" timeline): the command buried
     under the chatter is still answered, once. Run on both stores: the bot's state lives in either."""
     import bridge.bot.intake
 
-    if backend == "postgres" and not _pg_available():
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    # Asked for only by the PostgreSQL variant, so the SQLite one does not start the cluster.
+    dsn: str = request.getfixturevalue("pg_dsn") if backend == "postgres" else ""
     monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", {"room": {"timeline": {"limit": 3}}})
     person = people["person"]
     bot_acct = people["bot"]
@@ -655,12 +646,12 @@ async def test_busy_room_while_down_is_backfilled(
                            marker={"kind": "room", "unit": "b", "shard": 1, "version": 1})  # fmt: skip
     cfg = bot_config(synapse, bot_acct, tmp_path)
     clock = ManualClock(datetime.now(UTC))
-    schema = "bot_" + uuid.uuid4().hex[:12]
+    schema = pg_schema("bot")
 
     def store() -> Store:
         if backend == "sqlite":
             return open_sqlite(cfg.store)
-        return open_postgres(PG_DSN, schema=schema)
+        return open_postgres(dsn, schema=schema)
 
     bot = EventBot(cfg, store(), clock)
     await bot.start()
@@ -686,12 +677,7 @@ async def test_busy_room_while_down_is_backfilled(
     finally:
         await bot.stop()
         if backend == "postgres":
-            import psycopg2
-
-            conn = psycopg2.connect(PG_DSN)
-            conn.autocommit = True
-            conn.cursor().execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            conn.close()
+            drop_schema(dsn, schema)
 
 
 async def test_bot_refuses_to_run_as_server_admin(synapse: SynapseHandle, tmp_path: Path) -> None:
