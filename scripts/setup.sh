@@ -17,6 +17,10 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
 # The TLS test makes a self-signed pair.
 command -v openssl >/dev/null 2>&1 || need_apt+=(openssl)
+# The deploy test checks the systemd units with `systemd-analyze verify` (Debian: package systemd). In a
+# container that is harmless: without systemd as PID 1 the package's scripts start nothing (and policy-rc.d
+# below forbids it anyway), and systemd-sysv, which would make it the init system, is not pulled in.
+command -v systemd-analyze >/dev/null 2>&1 || need_apt+=(systemd)
 # The bot's interop test drives Element's own SDK (matrix-js-sdk, Rust crypto) under Node.js >= 20.
 command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
 command -v npm >/dev/null 2>&1 || need_apt+=(npm)

@@ -97,7 +97,11 @@ async def test_a_head_announces_to_their_unit_by_name_and_exports_readable_rows(
         assert f"«{path}»" in note[0].content["body"]
         await head.send(room_id, "m.poll.response", {
             "m.relates_to": {"rel_type": "m.reference", "event_id": poll.event_id}, "m.selections": ["going"]})  # fmt: skip
-        await asyncio.sleep(1)
+        # The vote is handled once the bot has edited the announcement's count to it; only then may the
+        # export be asked for (it lists the answers stored when it runs).
+        await until(lambda: [s for s in head.seen if s.room_id == room_id and s.sender == bot_id
+                             and s.content.get("m.relates_to", {}).get("rel_type") == "m.replace"
+                             and "идут 1" in str(s.content.get("m.new_content", {}))], "the count edited to the vote")  # fmt: skip
         await head.say(room_id, f"!событие экспорт {eid}")
         files = await until(lambda: [s for s in head.seen if s.room_id == room_id and isinstance(s.raw, RoomEncryptedFile)
                                      and s.raw.body.endswith(".csv")], "the CSV", 60)  # fmt: skip

@@ -50,13 +50,13 @@ from bridge.bot.app import EventBot
 from bridge.bot.config import BotConfig
 from bridge.events.clock import ManualClock
 from bridge.events.store import Store, open_postgres, open_sqlite
+from tests.fixtures.postgres import drop_schema, pg_schema
 from tests.fixtures.synapse import SynapseHandle, unique_localpart
 
 pytestmark = pytest.mark.synapse
 
 MSK = ZoneInfo("Europe/Moscow")
 MARKER = "org.civmatrix.managed"
-PG_DSN = "host=127.0.0.1 user=postgres dbname=test"
 ENCRYPTION = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
 
 
@@ -174,9 +174,70 @@ def bot_config(synapse: SynapseHandle, acct: Any, tmp_path: Path) -> BotConfig:
     )
 
 
-async def quiet(seconds: float = 3.0) -> None:
-    """Give the bot time to (wrongly) do something, for the assertions that it did not."""
-    await asyncio.sleep(seconds)
+def reply_to(s: Seen) -> str | None:
+    """The event a notice answers (every reply of the bot's carries ``m.in_reply_to``)."""
+    return s.content.get("m.relates_to", {}).get("m.in_reply_to", {}).get("event_id")
+
+
+async def settled(p: Person, room: str, bot_id: str, bot: EventBot | None = None) -> None:
+    """Return once ``p`` has seen everything the bot had to send so far: for the assertions that it sent
+    nothing more (no duplicate, no replay).
+
+    A fixed sleep would pass in silence whenever the bot is slower than the sleep, so this waits for positive
+    signals instead. First, when the bot runs in this process, its outbox is empty (``bot.idle``): everything
+    it queued has reached the server. Then ``p`` sends a marker command (``!event show`` of an event that
+    does not exist) and waits for the bot's answer to it. The bot handles a room's timeline in order, so the
+    answer means the commands before the marker were handled; its answers go out in order, and a client's
+    sync hands events over in the order the server took them, so a duplicate answer in ``room`` (or anything
+    sent before the bot went idle, in any room) reaches ``p`` before the marker's answer does. The
+    observation window is thus the marker's round trip, bounded by ``until``'s deadline. Pick ``p`` and
+    ``room`` so that the answer itself is not counted by the assertions that follow.
+    """
+    if bot is not None:
+        await until(lambda: bot.idle.is_set(), "the bot's outbox empty")
+    marker = await p.say(room, f"!event show settle{uuid.uuid4().hex[:8]}")
+    await until(
+        lambda: [s for s in p.notices(room, bot_id) if reply_to(s) == marker], "the answer to the marker"
+    )
+    if bot is not None:
+        # The answer can reach the client before the bot has heard the server's reply and deleted it from
+        # the outbox (or, behind a failure, before its retry): leave the outbox empty for the checks.
+        await until(lambda: bot.idle.is_set(), "the bot's outbox empty after the marker")
+
+
+async def synced(p: Person, room: str) -> None:
+    """Return once ``p``'s client has received everything the server took before now: ``p`` sends a plain
+    message (the bot ignores it) and waits for its own message to come back through sync, which hands events
+    over in the order the server took them. For checks after the bot was stopped."""
+    marker = await p.say(room, f"sync marker {uuid.uuid4().hex[:8]}")
+    await until(lambda: any(s.event_id == marker for s in p.seen), "the sync marker")
+
+
+class ReminderLooks:
+    """Counts the reminder scheduler's looks at due reminders (a spy around the real service method), so a
+    test can wait for a look that began after it moved the manual clock instead of sleeping."""
+
+    def __init__(self, bot: EventBot) -> None:
+        self.started = 0
+        self.finished: list[int] = []
+        real = bot.service.queue_due_reminders
+
+        async def look(*args: Any, **kwargs: Any) -> Any:
+            self.started += 1
+            number = self.started
+            result = await real(*args, **kwargs)
+            self.finished.append(number)
+            return result
+
+        bot.service.queue_due_reminders = look  # type: ignore[method-assign]
+        self.bot = bot
+
+    async def after_wake(self) -> None:
+        """Wake the scheduler and wait until a look that began after the wake-up has finished (the one
+        before, if it was running, may have read the clock before it moved)."""
+        mark = self.started
+        self.bot.wake_scheduler()
+        await until(lambda: any(n > mark for n in self.finished), "a look at due reminders after the wake-up")
 
 
 def _window(events: int) -> dict[str, Any]:
@@ -347,13 +408,15 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
     notices_before = {p.user_id: len(p.notices()) for p in (mod, alice, bob, carol)}
 
     bot = EventBot(cfg, open_sqlite(cfg.store), clock)
+    looks = ReminderLooks(bot)
     await bot.start()
     try:
         await until(lambda: any("не идёте" in s.content.get("body", "") or "not going" in s.content.get("body", "")
                                 for s in bob.notices(r_tax, bot_id)), "bob's answer after the restart")  # fmt: skip
         await until(lambda: any("Освободилось место" in s.content.get("body", "") for s in carol.notices()),
                     "carol promoted by DM")  # fmt: skip
-        await quiet()
+        # Dave's room: no one counted below sees the marker's answer.
+        await settled(dave, r_hr, bot_id, bot)
         # Exactly once, and nothing before the restart was replayed.
         assert len(bob.notices()) == notices_before[bob.user_id] + 1
         assert len(carol.notices()) == notices_before[carol.user_id] + 1
@@ -419,12 +482,12 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
         # 7. Reminders: move the clock, the going people get a DM, Bob (not going) does not.
         dm_before = {p.user_id: _reminders(p) for p in (alice, bob, carol)}
         clock.set(start.astimezone(UTC) - timedelta(hours=24))
-        bot.wake_scheduler()
+        await looks.after_wake()
         await until(lambda: _reminders(alice) > dm_before[alice.user_id] and _reminders(carol) > dm_before[carol.user_id],
                     "reminder DMs")  # fmt: skip
         await until(lambda: [s for s in bob.notices(r_tax, bot_id) if "Скоро" in s.content.get("body", "")],
                     "room reminder")  # fmt: skip
-        await quiet(2)
+        await settled(dave, r_hr, bot_id, bot)
         assert _reminders(bob) == dm_before[bob.user_id]
         assert _reminders(alice) == dm_before[alice.user_id] + 1
 
@@ -441,13 +504,13 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
                                        and "Напомню" in s.content.get("body", "")], "late confirmation")  # fmt: skip
         assert "Напомню за 60 минут" in confirm[0].content["body"], confirm[0].content["body"]
         bob_before = _reminders(bob)
-        bot.wake_scheduler()
-        await quiet(2)
+        await looks.after_wake()
+        await settled(dave, r_hr, bot_id, bot)
         assert _reminders(bob) == bob_before  # no 24 h reminder "in 67 minutes"
         clock.set(soon.astimezone(UTC) - timedelta(hours=1))
-        bot.wake_scheduler()
+        await looks.after_wake()
         await until(lambda: _reminders(bob) > bob_before, "the 1 h reminder")
-        await quiet(2)
+        await settled(dave, r_hr, bot_id, bot)
         late_dms = [s for s in bob.notices() if "Напоминание" in s.content.get("body", "")][bob_before:]
         assert len(late_dms) == 1 and "Летучка" in late_dms[0].content["body"], late_dms
 
@@ -471,16 +534,6 @@ async def test_event_bot_end_to_end(synapse: SynapseHandle, people: dict[str, An
                     "refusal after the cancellation")  # fmt: skip
     finally:
         await bot.stop()
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg2
-
-        psycopg2.connect(PG_DSN, connect_timeout=3).close()
-        return True
-    except Exception:
-        return False
 
 
 def _outbox_empty(path: str) -> bool:
@@ -581,14 +634,17 @@ async def test_bot_killed_with_sigkill_loses_and_repeats_nothing(
         proc.kill()  # SIGKILL: no clean-up of any kind
         await proc.wait()
 
-    await alice.say(room, f"!notgoing {eid}")
-    await mod.say(room, f"!event show {eid}")
-    await asyncio.sleep(1)
+    while_dead = [await alice.say(room, f"!notgoing {eid}"), await mod.say(room, f"!event show {eid}")]
+    # Both are in the room's timeline before the bot comes back (the server took them: sync shows them).
+    await until(
+        lambda: all(any(s.event_id == e for s in mod.seen) for e in while_dead),
+        "the commands sent while dead",
+    )
     proc = await spawn()
     try:
         await until(lambda: replies(alice, "Noted: you are not going"), "alice's answer after the restart")
         await until(lambda: replies(mod, "Going: 1"), "show after the restart")
-        await asyncio.sleep(4)
+        await settled(mod, room, bot_id)
         assert answers() == sorted([(alice.user_id, "not_going"), (mod.user_id, "going")])
         assert len(replies(alice, "Noted: you are not going")) == 1
         assert len(replies(mod, "Going: 1")) == 1
@@ -637,7 +693,7 @@ async def test_resent_outbox_entry_is_deduplicated(
             await until(lambda: _outbox_empty(cfg.store), "outbox drained")
         finally:
             await bot.stop()
-    await quiet(2)
+    await synced(mod, room)
     assert len(probes()) == 1
 
 
@@ -647,14 +703,15 @@ async def test_busy_room_while_down_is_backfilled(
     people: dict[str, Any],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     backend: str,
 ) -> None:
     """More happened while the bot was down than one sync shows (a "limited" timeline): the command buried
     under the chatter is still answered, once. Run on both stores: the bot's state lives in either."""
     import bridge.bot.intake
 
-    if backend == "postgres" and not _pg_available():
-        pytest.skip("no PostgreSQL on 127.0.0.1:5432")
+    # Asked for only by the PostgreSQL variant, so the SQLite one does not start the cluster.
+    dsn: str = request.getfixturevalue("pg_dsn") if backend == "postgres" else ""
     monkeypatch.setattr(bridge.bot.intake, "SYNC_FILTER", _window(3))
     person = people["person"]
     bot_acct = people["bot"]
@@ -664,12 +721,12 @@ async def test_busy_room_while_down_is_backfilled(
                            marker={"kind": "room", "unit": "b", "shard": 1, "version": 1})  # fmt: skip
     cfg = bot_config(synapse, bot_acct, tmp_path)
     clock = ManualClock(datetime.now(UTC))
-    schema = "bot_" + uuid.uuid4().hex[:12]
+    schema = pg_schema("bot")
 
     def store() -> Store:
         if backend == "sqlite":
             return open_sqlite(cfg.store)
-        return open_postgres(PG_DSN, schema=schema)
+        return open_postgres(dsn, schema=schema)
 
     bot = EventBot(cfg, store(), clock)
     await bot.start()
@@ -689,18 +746,13 @@ async def test_busy_room_while_down_is_backfilled(
     try:
         await until(lambda: [s for s in mod.notices(room) if "!event create" in s.content.get("body", "")],
                     "the buried command answered")  # fmt: skip
-        await quiet(2)
+        await settled(mod, room, bot_acct.user_id, bot)
         assert len([s for s in mod.notices(room) if "!event create" in s.content.get("body", "")]) == 1
         assert len([s for s in mod.notices(room) if "No upcoming events" in s.content.get("body", "")]) == 1
     finally:
         await bot.stop()
         if backend == "postgres":
-            import psycopg2
-
-            conn = psycopg2.connect(PG_DSN)
-            conn.autocommit = True
-            conn.cursor().execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-            conn.close()
+            drop_schema(dsn, schema)
 
 
 async def test_bot_refuses_to_run_as_server_admin(synapse: SynapseHandle, tmp_path: Path) -> None:
@@ -754,8 +806,9 @@ async def test_votes_missed_in_a_gap_are_counted_from_relations_after_a_restart(
         await until(
             lambda: _answers(bot, eid) == [(alice.user_id, "going")], "the vote counted from /relations"
         )
-        assert await bot.intake.reread_polls() >= 1  # read again: handled already, nothing changes
-        await quiet(1)
+        # Read again: handled already, nothing changes. reread_polls hands each response to the service and
+        # returns after that, so the store already shows the outcome: there is nothing to wait for.
+        assert await bot.intake.reread_polls() >= 1
         assert _answers(bot, eid) == [(alice.user_id, "going")]
     finally:
         await bot.stop()

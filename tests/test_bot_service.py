@@ -1,11 +1,11 @@
-"""The service over a real store (SQLite file and the local PostgreSQL), with a manual clock and a fake directory.
+"""The service over a real store (SQLite file and a PostgreSQL cluster the tests start), with a manual clock and a
+fake directory.
 
 The directory is the only fake: it stands in for power levels and profiles, which the live test reads from Synapse.
 """
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -40,23 +40,13 @@ from bridge.events.store import (
     open_sqlite,
 )
 from bridge.events.units import Unit
+from tests.fixtures.postgres import drop_schema, pg_schema
 
 MSK = ZoneInfo("Europe/Moscow")
 T0 = datetime(2026, 11, 29, 7, 0, tzinfo=UTC)
 ROOM = RoomID("!dept:x")
 ROOM2 = RoomID("!dept2:x")
 MOD = UserID("@boss:x")
-PG_DSN = "host=127.0.0.1 user=postgres dbname=test"
-
-
-def _pg_available() -> bool:
-    try:
-        import psycopg2  # type: ignore[import-untyped]
-
-        psycopg2.connect(PG_DSN).close()
-        return True
-    except Exception:
-        return False
 
 
 class FakeDirectory:
@@ -91,20 +81,15 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
     if request.param == "sqlite":
         s = open_sqlite(str(tmp_path / "bot.db"))
     else:
-        if not _pg_available():
-            pytest.skip("no PostgreSQL on 127.0.0.1:5432")
-        schema = "t_" + uuid.uuid4().hex[:12]
-        s = open_postgres(PG_DSN, schema=schema)
+        # Asked for only here, so the SQLite variants do not start the cluster.
+        dsn: str = request.getfixturevalue("pg_dsn")
+        schema = pg_schema()
+        s = open_postgres(dsn, schema=schema)
     await s.open()
     yield s
     await s.close()
     if request.param == "postgres":
-        import psycopg2
-
-        conn = psycopg2.connect(PG_DSN)
-        conn.autocommit = True
-        conn.cursor().execute(f"DROP SCHEMA {schema} CASCADE")
-        conn.close()
+        drop_schema(dsn, schema)
 
 
 _n = 0

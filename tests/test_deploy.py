@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import configparser
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,6 @@ from provisioner.embedded.ports import LOOPBACK
 from provisioner.synapse.config import PROJECT_ROOT, WORKER_GUARD_MODULE, closed_config_violations
 
 DEPLOY = PROJECT_ROOT / "deploy"
-PG = {"host": LOOPBACK, "port": 5432, "user": "postgres"}
 
 # The example organisation the committed files are rendered for (docs/DEPLOYMENT.md shows how to render
 # your own). The login module's config is what provisioner.synapse.auth.module_config_from makes of
@@ -70,15 +68,15 @@ def test_every_yaml_and_json_file_in_deploy_parses() -> None:
 def test_committed_files_are_what_the_generator_makes() -> None:
     """deploy/synapse, deploy/nginx and deploy/element-config.json are generated: never hand-edited.
 
-    ``CIVMATRIX_REGENERATE_DEPLOY=1 pytest tests/test_deploy.py -k generator`` rewrites them after a change
-    to provisioner/deploy.py or to the example inputs above.
+    After a change to provisioner/deploy.py or to the example inputs above, rewrite them with
+    ``PYTHONPATH=. .venv/bin/python -m tests.test_deploy`` and review the diff. The test itself never writes:
+    a test that rewrote its expectation before comparing could not fail.
     """
-    if os.environ.get("CIVMATRIX_REGENERATE_DEPLOY") == "1":
-        deploy.write_deployment(DEPLOY, example_deployment())
     expected = deploy.deployment_files(example_deployment())
     for rel, text in expected.items():
         assert (DEPLOY / rel).read_text(encoding="utf-8") == text, (
-            f"deploy/{rel} differs from provisioner.deploy's output; regenerate it (docs/DEPLOYMENT.md)"
+            f"deploy/{rel} differs from provisioner.deploy's output; after reviewing the change, rewrite it "
+            "with: PYTHONPATH=. .venv/bin/python -m tests.test_deploy"
         )
     on_disk = {p.relative_to(DEPLOY).as_posix() for p in (DEPLOY / "synapse" / "workers").glob("*.yaml")}
     assert on_disk == {rel for rel in expected if rel.startswith("synapse/workers/")}
@@ -402,8 +400,7 @@ def test_systemd_workers_watch_and_manual_sync() -> None:
 
 def test_systemd_units_pass_systemd_analyze(tmp_path: Path) -> None:
     analyze = shutil.which("systemd-analyze")
-    if analyze is None:
-        pytest.skip("systemd-analyze is not installed")
+    assert analyze is not None, "systemd-analyze not found: apt-get install systemd (or run scripts/setup.sh)"
     units = sorted((DEPLOY / "systemd").glob("*.service")) + sorted((DEPLOY / "systemd").glob("*.timer"))
     for unit in units:
         target = tmp_path / unit.name.replace("@.service", "@synapse-sync-1.service")
@@ -556,3 +553,9 @@ def test_nginx_search_upstream_is_where_the_search_service_listens(tmp_path: Pat
     assert host_model.search == f"{LOOPBACK}:{search.port}"
     unit = _unit("civmatrix-search.service")["Service"]
     assert unit["IPAddressDeny"] == "any" and unit["IPAddressAllow"] == "localhost"
+
+
+if __name__ == "__main__":
+    # The explicit way to regenerate the committed files (see test_committed_files_are_what_the_generator_makes).
+    for written in deploy.write_deployment(DEPLOY, example_deployment()):
+        print(f"wrote {written.relative_to(PROJECT_ROOT)}")

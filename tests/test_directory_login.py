@@ -695,9 +695,14 @@ def test_a_hanging_directory_does_not_block_synapse(fresh_synapse, tmp_path):
             outcome["reply"] = http(hs.public_url + "/_matrix/client/v3/login", body)
             outcome["seconds"] = time.monotonic() - began
 
+        before = len(hole.conns)
         t = threading.Thread(target=slow_login)
         t.start()
-        time.sleep(1.0)  # the login is now waiting on the directory
+        # The login is waiting on the directory once the login module has connected to the black hole.
+        deadline = time.monotonic() + 30
+        while len(hole.conns) == before and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(hole.conns) > before, "the login never reached the directory"
         began = time.monotonic()
         status, _ = http(hs.public_url + "/_matrix/client/versions")
         assert status == 200 and time.monotonic() - began < 1.0  # the reactor is free

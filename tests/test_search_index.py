@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -145,26 +146,33 @@ def test_snapshot_round_trip_and_atomic_replace(tmp_path: Path) -> None:
     when, people = read_snapshot(path)
     assert when == 5.0 and {p.user_id for p in people} == {IVANOV.user_id, FEDOROV.user_id}
     assert next(p for p in people if p.user_id == IVANOV.user_id) == IVANOV
-    # A reader running while the file is rewritten over and over sees a whole snapshot every time.
+    # A reader running while the file is rewritten over and over sees a whole snapshot every time. The
+    # writer keeps rewriting until the reader has seen both versions, so the reader provably ran during the
+    # rewrites (a reader that never got scheduled would otherwise pass in silence).
     big = [IndexedPerson(f"@p{i}:x", f"Петров {i}", f"p{i}") for i in range(3000)]
     stop = threading.Event()
     errors: list[Exception] = []
+    sizes: list[int] = []
 
     def reader() -> None:
         while not stop.is_set():
             try:
                 _, got = read_snapshot(path)
-                assert len(got) in (2, 3000)
+                sizes.append(len(got))
             except Exception as e:  # pragma: no cover - the assertion below reports it
                 errors.append(e)
 
     t = threading.Thread(target=reader)
     t.start()
-    for i in range(10):
-        write_snapshot(path, big if i % 2 == 0 else [IVANOV, FEDOROV], generated_at=float(i))
+    writes = 0
+    deadline = time.monotonic() + 30
+    while (writes < 10 or not {2, 3000} <= set(sizes)) and time.monotonic() < deadline and not errors:
+        write_snapshot(path, big if writes % 2 == 0 else [IVANOV, FEDOROV], generated_at=float(writes))
+        writes += 1
     stop.set()
     t.join()
     assert not errors
+    assert set(sizes) == {2, 3000}, f"the reader saw sizes {sorted(set(sizes))} in {len(sizes)} reads"
     assert [p.name for p in path.parent.iterdir()] == ["search.json"]  # no temp file left behind
 
 

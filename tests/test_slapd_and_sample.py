@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import ldap3
 import pytest
 
 from provisioner.core.dn import format_dn, normalize_dn, parse_dn
@@ -290,7 +291,6 @@ def test_capped_service_account_stops_paged_reads_early(make_slapd: MakeSlapd) -
 
 
 def test_ldap3_paged_read_as_the_service_account(make_slapd: MakeSlapd) -> None:
-    ldap3 = pytest.importorskip("ldap3")
     server = make_slapd(700)
     conn = ldap3.Connection(
         ldap3.Server(server.uri, get_info=ldap3.NONE),
@@ -312,7 +312,6 @@ def test_ldap3_paged_read_as_the_service_account(make_slapd: MakeSlapd) -> None:
 
 
 def test_anonymous_and_wrong_password_see_nothing(slapd: EmbeddedSlapd) -> None:
-    ldap3 = pytest.importorskip("ldap3")
     anon = ldap3.Connection(ldap3.Server(slapd.uri, get_info=ldap3.NONE), auto_bind=True)
     try:
         anon.search(slapd.suffix, f"(objectClass={PERSON})", attributes=["uid"])
