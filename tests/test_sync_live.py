@@ -118,7 +118,7 @@ def test_full_sync_converges_and_second_sync_writes_nothing(world):
             assert uid in spaces[k].members, (uid, k)
             k = units[k].parent_key if k in units else None
         assert uid in spaces[ROOT_UNIT].members
-    # (Presence through those spaces: tests/test_presence_live.py.)
+    # (Presence through those spaces: tests/test_space_tree_live.py.)
 
 
 def test_real_client_sees_room_space_and_finds_colleague(world):

@@ -63,6 +63,22 @@ pytestmark = [pytest.mark.synapse, pytest.mark.slapd]
 
 PEOPLE = 200
 PASSWORD = "directory-password-1"
+# The shape of Element X's room-list request (simplified sliding sync, MSC4186), trimmed.
+ELEMENT_X_SYNC: dict[str, Any] = {
+    "conn_id": "room-list",
+    "lists": {
+        "all": {
+            "ranges": [[0, 19]],
+            "timeline_limit": 1,
+            "required_state": [
+                ["m.room.name", ""], ["m.room.encryption", ""], ["m.room.member", "$LAZY"],
+                ["m.room.member", "$ME"], ["m.room.canonical_alias", ""], ["m.room.create", ""],
+            ],
+        }
+    },
+    "extensions": {"to_device": {"enabled": True}, "e2ee": {"enabled": True}, "receipts": {"enabled": True},
+                   "typing": {"enabled": True}, "account_data": {"enabled": True}},
+}  # fmt: skip
 SERVER_NAME = "example.test"
 
 
@@ -644,6 +660,8 @@ def test_every_route_to_the_sync_worker_is_served_there(stack: Stack) -> None:
         ("POST", "/_matrix/client/v3/keys/query", {"device_keys": {user: []}}),
         ("GET", "/_matrix/client/v3/capabilities", None),
         ("GET", f"/_matrix/client/v3/rooms/{quoted_room}/initialSync", None),
+        # Element X: simplified sliding sync (MSC4186), a room list window with the state it shows.
+        ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0", ELEMENT_X_SYNC),
     ]
     since = _log_sizes(t)
     sync_routes = next(u for u in t.proxy.workers if u.name == "synapse_sync").routes
@@ -655,3 +673,9 @@ def test_every_route_to_the_sync_worker_is_served_there(stack: Stack) -> None:
     served = "\n".join(_new_lines(t, since, "synapse-sync-1"))
     for _, path, _ in requests:
         assert path.split("?")[0] in served, f"{path} was not served by the sync worker"
+    # Element X's room list really lists the room, with its name, from the sync worker (MSC4186 lists
+    # carry a count; the rooms come with the state asked for).
+    status, sliding = _call(t.public_url, "POST", requests[-1][1], ELEMENT_X_SYNC, token)
+    assert status == 200, sliding
+    assert sliding["lists"]["all"]["count"] >= 1, sliding["lists"]
+    assert sliding["rooms"][room["room_id"]]["name"] == "routes", sliding["rooms"].get(room["room_id"])

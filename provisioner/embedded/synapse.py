@@ -140,6 +140,7 @@ class EmbeddedSynapse(Server):
         rate_limits: Mapping[str, Any] | None = None,
         overrides: Mapping[str, Any] | None = None,
         presence_scope: bool = True,
+        space_browsing: bool = True,
         log_level: str = "INFO",
         python: str = sys.executable,
         start_timeout: float = 90.0,
@@ -168,6 +169,7 @@ class EmbeddedSynapse(Server):
             rate_limits=rate_limits,
             overrides=overrides,
             presence_scope=presence_scope,
+            space_browsing=space_browsing,
         )
         self.log_level = log_level
         self.python = python

@@ -49,9 +49,11 @@ Rule 6. The admin listener alone mounts :func:`provisioner.synapse.tokens.device
 admin mints a new token for an existing device there (token rotation of the provisioning account and of the
 bot, whose end-to-end keys belong to its device). No password is involved anywhere.
 
-Not a closed-ness rule, but rendered the same way into every deployment: ``modules`` lists
+Not closed-ness rules, but rendered the same way into every deployment: ``modules`` lists
 :class:`provisioner.synapse.presence.PresenceScope`, which keeps the provisioner's spaces (everyone is in
-the top one) out of presence fan-out in every process, as the sync creates them, without a restart.
+the top one) out of presence fan-out in every process, as the sync creates them, without a restart, and
+:class:`provisioner.synapse.limits.SpaceBrowsing`, which lets a person browse the whole space tree without
+meeting Synapse's fixed hierarchy rate limit.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ ADMIN_REFUSER_MODULE = "provisioner.synapse.refuser.admin_api_refuser"
 CLIENT_GUARD_MODULE = "provisioner.synapse.guard.client_api_guard"
 WORKER_GUARD_MODULE = "provisioner.synapse.guard.WorkerGuard"
 PRESENCE_MODULE = "provisioner.synapse.presence.PresenceScope"
+SPACE_BROWSING_MODULE = "provisioner.synapse.limits.SpaceBrowsing"
 DEVICE_TOKEN_MODULE = "provisioner.synapse.tokens.device_token_minter"
 DEVICE_TOKEN_PATH = "/_synapse/civmatrix/v1/device_token"  # provisioner.synapse.tokens.PATH
 
@@ -180,6 +183,7 @@ def render_homeserver_config(
     rate_limits: Mapping[str, Any] | None = None,
     overrides: Mapping[str, Any] | None = None,
     presence_scope: bool = True,
+    space_browsing: bool = True,
 ) -> dict[str, Any]:
     """Return the closed-server ``homeserver.yaml`` as a mapping.
 
@@ -193,7 +197,8 @@ def render_homeserver_config(
     ``behind_proxy`` trusts ``X-Forwarded-For`` on the public listener. ``refuse_admin_on_public=False``
     drops Rules 2 and 5 for a Synapse that cannot import civmatrix (a stock image): then the reverse proxy
     alone must block ``/_synapse/admin`` and tokenless client-API requests, and presence is not scoped.
-    ``presence_scope=False`` leaves out :data:`PRESENCE_MODULE` (a bench's stock-Synapse side only).
+    ``presence_scope=False`` and ``space_browsing=False`` leave out :data:`PRESENCE_MODULE` and
+    :data:`SPACE_BROWSING_MODULE` (a bench's or a test's stock-Synapse side only).
     """
     if admin_bind_host not in (LOOPBACK, "::1", "localhost"):
         raise SynapseError(
@@ -270,12 +275,10 @@ def render_homeserver_config(
     if password_providers:
         config["password_providers"] = [dict(p) for p in password_providers]
     all_modules = [dict(m) for m in modules]
-    if (
-        presence_scope
-        and refuse_admin_on_public
-        and PRESENCE_MODULE not in {m.get("module") for m in modules}
-    ):
-        all_modules.append({"module": PRESENCE_MODULE, "config": {}})
+    listed = {m.get("module") for m in all_modules}
+    for module, wanted in ((PRESENCE_MODULE, presence_scope), (SPACE_BROWSING_MODULE, space_browsing)):
+        if wanted and refuse_admin_on_public and module not in listed:
+            all_modules.append({"module": module, "config": {}})
     if all_modules:
         config["modules"] = all_modules
     if shared_secret_registration:

@@ -26,7 +26,7 @@ keep presence: two people who share a room see each other, two who share only sp
 
 The attributes are private to Synapse (there is no module API for this: the presence router can only add
 recipients). A Synapse upgrade that renames them is reported with an ERROR at the first refresh and
-presence then simply fans out as in stock Synapse; tests/test_presence_live.py fails on such an upgrade.
+presence then simply fans out as in stock Synapse; tests/test_space_tree_live.py fails on such an upgrade.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
-"""The presence module's pure parts, and that every rendered Synapse config loads it.
+"""The Synapse modules for the space tree (presence, space browsing): their pure parts, and that every
+rendered Synapse config loads them.
 
 Its live behaviour (two people who share only spaces do not see each other's presence) is in
-tests/test_presence_live.py, on the production topology in tests/test_topology.py.
+tests/test_space_tree_live.py, on the production topology in tests/test_topology.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import pytest
 
 from bridge.matrix.contract import MARKER_TYPE
 from provisioner import deploy
-from provisioner.synapse.config import PRESENCE_MODULE, render_homeserver_config
+from provisioner.synapse.config import PRESENCE_MODULE, SPACE_BROWSING_MODULE, render_homeserver_config
+from provisioner.synapse.limits import SpaceBrowsing
 from provisioner.synapse.presence import PresenceScope, managed_spaces
 from tests.test_deploy import example_deployment
 
@@ -62,17 +64,18 @@ def test_every_rendered_config_loads_the_presence_module(tmp_path: Path) -> None
     # The embedded Synapse of the demo and the tests, and the shared homeserver.yaml of the topology,
     # docker-compose and systemd (deploy/synapse/homeserver.yaml is this renderer's output).
     one = render_homeserver_config(server_name="x.test", data_dir=tmp_path, public_port=1, admin_port=2)
-    assert _modules(one).count(PRESENCE_MODULE) == 1
     shared = deploy.homeserver_config(example_deployment())
-    assert _modules(shared).count(PRESENCE_MODULE) == 1
     committed = (Path(__file__).parents[1] / "deploy" / "synapse" / "homeserver.yaml").read_text()
-    assert f"module: {PRESENCE_MODULE}" in committed
+    for module in (PRESENCE_MODULE, SPACE_BROWSING_MODULE):
+        assert _modules(one).count(module) == 1
+        assert _modules(shared).count(module) == 1
+        assert f"module: {module}" in committed
     # Listed once even when a caller lists it too (with its own interval).
     mine = {"module": PRESENCE_MODULE, "config": {"interval_seconds": 2}}
     twice = render_homeserver_config(
         server_name="x.test", data_dir=tmp_path, public_port=1, admin_port=2, modules=[mine]
     )
-    assert twice["modules"] == [mine]
+    assert [m for m in twice["modules"] if m["module"] == PRESENCE_MODULE] == [mine]
 
 
 def test_stock_synapse_renders_without_it(tmp_path: Path) -> None:
@@ -80,8 +83,26 @@ def test_stock_synapse_renders_without_it(tmp_path: Path) -> None:
     stock = render_homeserver_config(
         server_name="x.test", data_dir=tmp_path, public_port=1, admin_port=2, refuse_admin_on_public=False
     )
-    assert PRESENCE_MODULE not in _modules(stock)
+    assert not {PRESENCE_MODULE, SPACE_BROWSING_MODULE} & set(_modules(stock))
     bench = render_homeserver_config(
-        server_name="x.test", data_dir=tmp_path, public_port=1, admin_port=2, presence_scope=False
-    )
-    assert PRESENCE_MODULE not in _modules(bench)
+        server_name="x.test", data_dir=tmp_path, public_port=1, admin_port=2, presence_scope=False,
+        space_browsing=False,
+    )  # fmt: skip
+    assert not {PRESENCE_MODULE, SPACE_BROWSING_MODULE} & set(_modules(bench))
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"per_second": 0}, "per_second is 0"),
+        ({"burst_count": "many"}, "burst_count is 'many'"),
+        ({"rate": 5}, "unknown config keys"),
+    ],
+)
+def test_bad_space_browsing_config_is_named(config: dict[str, object], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        SpaceBrowsing.parse_config(config)
+    assert SpaceBrowsing.parse_config({"per_second": 50, "burst_count": 500}) == {
+        "per_second": 50,
+        "burst_count": 500,
+    }
