@@ -59,6 +59,9 @@ class DirectoryConfig:
     # How `provisioner watch` notices changes: csn (OpenLDAP contextCSN, syncprov), usn (AD
     # highestCommittedUSN), none (the interval only); auto picks by preset.
     change_detection: str = "auto"
+    # Subtrees out of scope, and containers of leavers (see provisioner.core.directory.Scope).
+    exclude: tuple[str, ...] = ()
+    leavers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class Config:
             attributes=d.attributes,
             department_from=d.department_from,
             department_separator=d.department_separator,
+            exclude=d.exclude,
+            leavers=d.leavers,
         )
 
     def layout_policy(self) -> LayoutPolicy:
@@ -328,13 +333,41 @@ def _check_filter(r: _Reader, name: str, value: str | None) -> None:
         raise r.fail(name, f"is not an LDAP filter (RFC 4515): {value!r}")
 
 
+def _containers(r: _Reader, name: str, base_dn: str) -> tuple[str, ...]:
+    """``directory.exclude`` / ``directory.leavers``: DNs strictly below the base DN, each one parsed."""
+    from provisioner.core.dn import DNError, parse_dn, relative_to
+
+    raw = r.data.get(name)
+    if raw is None:
+        return ()
+    if isinstance(raw, str) or not isinstance(raw, list):
+        raise r.fail(name, f"must be a list of DNs under {base_dn}, not {type(raw).__name__}")
+    base = parse_dn(base_dn)
+    out: list[str] = []
+    for i, item in enumerate(raw):
+        key = f"{name}[{i}]"
+        if not isinstance(item, str) or not item.strip():
+            raise r.fail(key, f"must be a DN like ou=Leavers,{base_dn}, not {item!r}")
+        try:
+            dn = parse_dn(item.strip())
+        except DNError as e:
+            raise r.fail(key, f"is not a valid DN: {e}") from None
+        below = relative_to(dn, base)
+        if below is None:
+            raise r.fail(key, f"{item!r} is not under directory.base_dn {base_dn!r}: nothing there is read")
+        if not below:
+            raise r.fail(key, f"{item!r} is the base DN itself: that would put everyone out of scope")
+        out.append(item.strip())
+    return tuple(out)
+
+
 def _directory(r: _Reader) -> DirectoryConfig:
     r.check_known(
         {
             "uri", "bind_dn", "bind_password_file", "bind_password_env", "bind_password", "base_dn",
             "preset", "filter", "attributes", "department_from", "department_separator",
             "disabled_filter", "unit_filter", "start_tls", "page_size", "timeout_seconds", "ca_file",
-            "client", "change_detection",
+            "client", "change_detection", "exclude", "leavers",
         }
     )  # fmt: skip
     preset_name = r.choice("preset", "openldap", tuple(PRESETS))
@@ -383,6 +416,8 @@ def _directory(r: _Reader) -> DirectoryConfig:
         ca_file=r.path_("ca_file", ca_file) if ca_file else None,
         client=r.choice("client", "auto", ("auto", "python-ldap", "ldap3")),
         change_detection=r.choice("change_detection", "auto", CHANGE_DETECTION),
+        exclude=_containers(r, "exclude", base_dn),
+        leavers=_containers(r, "leavers", base_dn),
     )
 
 
