@@ -154,11 +154,18 @@ class Config:
         )
 
 
+# The one table of what each preset means: the parser fills unset keys from it, `provisioner directory` prints
+# it (effective_settings), and tests check that config/example.yaml and README.md state the same defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "openldap": {
         "filter": "(objectClass=inetOrgPerson)",
         "department_from": "dn",
-        "disabled_filter": None,
+        # ppolicy's administrative lock: "000001010000Z" means locked until an administrator unlocks, unlike
+        # the timed lockout after failed binds, which must not lock a Matrix account. On a server without the
+        # ppolicy overlay the attribute is undefined and the filter matches nobody (no error), so the default
+        # is safe everywhere; directories that mark leavers otherwise set their own filter.
+        "disabled_filter": "(pwdAccountLockedTime=000001010000Z)",
+        "change_detection": "csn",
         "unit_filter": "(objectClass=organizationalUnit)",
         "attributes": {
             "anchor": "entryUUID",
@@ -180,6 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "department_from": "attribute",
         # userAccountControl bit 2 (ACCOUNTDISABLE), via the LDAP_MATCHING_RULE_BIT_AND rule.
         "disabled_filter": "(userAccountControl:1.2.840.113556.1.4.803:=2)",
+        "change_detection": "usn",
         "unit_filter": None,
         "attributes": {
             "anchor": "objectGUID",
@@ -196,6 +204,40 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+#: The settings `provisioner directory` prints with where each value came from, in this order.
+SHOWN_SETTINGS = ("filter", "disabled_filter", "anchor", "change_detection", "department_from", "unit_filter")
+
+
+def preset_default(preset: str, name: str) -> str | None:
+    """The preset's value of one of :data:`SHOWN_SETTINGS` (``anchor`` is ``attributes.anchor``)."""
+    table = PRESETS[preset]
+    value = table["attributes"]["anchor"] if name == "anchor" else table[name]
+    return None if value is None else str(value)
+
+
+def effective_settings(d: DirectoryConfig) -> list[tuple[str, str | None, str]]:
+    """(name, value in effect, where it came from) for each of :data:`SHOWN_SETTINGS`."""
+    values: dict[str, str | None] = {
+        "filter": d.filter,
+        "disabled_filter": d.disabled_filter,
+        "anchor": d.attributes.anchor,
+        "change_detection": d.change_detection,
+        "department_from": d.department_from,
+        "unit_filter": d.unit_filter,
+    }
+    out: list[tuple[str, str | None, str]] = []
+    for name in SHOWN_SETTINGS:
+        default = preset_default(d.preset, name)
+        value = values[name]
+        if name == "change_detection" and value == "auto":
+            out.append((name, default, f"auto: the {d.preset} preset's"))
+        elif value == default:
+            out.append((name, value, f"the {d.preset} preset's default"))
+        else:
+            out.append((name, value, "set in the config"))
+    return out
+
 
 _TOP_KEYS = {
     "homeserver",
