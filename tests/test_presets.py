@@ -13,7 +13,16 @@ import pytest
 import yaml
 
 from provisioner import exitcodes
-from provisioner.config import PRESETS, SHOWN_SETTINGS, effective_settings, parse_config, preset_default
+from provisioner.config import (
+    PRESETS,
+    SHOWN_SETTINGS,
+    effective_settings,
+    load_config,
+    parse_config,
+    preset_default,
+)
+from provisioner.core.directory import interpret
+from provisioner.ldap_reader import read_directory_sync
 from provisioner.watch import make_detector
 from tests.helpers import write_config
 
@@ -114,3 +123,25 @@ def test_a_bad_container_stops_the_command_with_exit_2_naming_the_key(
     out = _cli(write_config(tmp_path, slapd, directory=directory), "directory")
     assert out.returncode == exitcodes.CONFIG
     assert key in out.stderr
+
+
+def test_openldap_default_disables_on_ppolicys_admin_lock_only(make_slapd, tmp_path: Path) -> None:
+    """With the ppolicy overlay, the default finds an administrator's lock and ignores a timed lockout."""
+    ldap = make_slapd(40, broken=False, disabled_fraction=0.0, ppolicy=True)
+    path = write_config(tmp_path, ldap)
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    del data["directory"]["disabled_filter"]
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    cfg = load_config(path)
+    people = sorted(
+        interpret(read_directory_sync(cfg.directory), cfg.directory_policy()).people, key=lambda p: p.dn
+    )
+    locked_by_admin, locked_for_a_while = people[0], people[1]
+    ldap.modify(
+        f"dn: {locked_by_admin.dn}\nchangetype: modify\nreplace: pwdAccountLockedTime\n"
+        "pwdAccountLockedTime: 000001010000Z\n\n"
+        f"dn: {locked_for_a_while.dn}\nchangetype: modify\nreplace: pwdAccountLockedTime\n"
+        "pwdAccountLockedTime: 20260101000000Z\n\n"
+    )
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
+    assert [p.dn for p in snap.disabled] == [locked_by_admin.dn]
