@@ -127,20 +127,31 @@ class Scope:
     def __init__(self, exclude: Iterable[str], leavers: Iterable[str]) -> None:
         self.exclude = Subtrees(exclude)
         self.leavers = Subtrees(leavers)
+        self._by_parent: dict[str, str | None] = {}
 
     def __bool__(self) -> bool:
         return bool(self.exclude) or bool(self.leavers)
 
+    def _cause(self, dn: str) -> str | None:
+        if (found := self.exclude.container_of(dn)) is not None:
+            return f"moved out of scope (directory.exclude: {found})"
+        if (found := self.leavers.container_of(dn)) is not None:
+            return f"moved to the leavers container {found}"
+        return None
+
     def cause(self, dn: str) -> str | None:
         """Why the entry at ``dn`` is out of the roster, or ``None`` if it is in scope (or unparseable)."""
+        if not self:
+            return None
         try:
-            if (found := self.exclude.container_of(dn)) is not None:
-                return f"moved out of scope (directory.exclude: {found})"
-            if (found := self.leavers.container_of(dn)) is not None:
-                return f"moved to the leavers container {found}"
+            first, parent = split_first_rdn(dn)
+            if self.exclude.may_list(first) or self.leavers.may_list(first):
+                return self._cause(dn)  # the entry itself may be listed: the rare, full check
+            if parent not in self._by_parent:
+                self._by_parent[parent] = self._cause(parent) if parent.strip() else None
+            return self._by_parent[parent]
         except DNError:
             return None  # the caller skips it for its DN, with the parser's reason
-        return None
 
 
 def set_aside(entries: Iterable[RawEntry], scope: Scope, anchor_attr: str) -> tuple[SetAside, ...]:

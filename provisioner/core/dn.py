@@ -234,16 +234,23 @@ class Subtrees:
     def __init__(self, dns: Iterable[str]) -> None:
         self._dns = tuple(dns)
         self._parsed = tuple((d, parse_dn(d)) for d in self._dns)
+        # Each container's RDN keys, top (dc=...) first: most DNs differ near the top of the tree's
+        # branch they are in, so comparing from there answers "no" after a key or two.
+        self._keys = tuple((d, tuple(_rdn_key(r) for r in reversed(c))) for d, c in self._parsed)
         self._cache: dict[str, str | None] = {}
+        self._first_types = frozenset(a.type for _, c in self._parsed for a in c[0])
 
     def __bool__(self) -> bool:
         return bool(self._dns)
 
     def _match_parsed(self, dn: DN) -> str | None:
         best: tuple[int, str] | None = None
-        for text, container in self._parsed:
-            if relative_to(dn, container) is not None and (best is None or len(container) > best[0]):
-                best = (len(container), text)
+        for text, keys in self._keys:
+            n = len(keys)
+            if n > len(dn) or (best is not None and n <= best[0]):
+                continue
+            if all(_rdn_key(dn[len(dn) - 1 - i]) == k for i, k in enumerate(keys)):
+                best = (n, text)
         return best[1] if best else None
 
     def container_of(self, dn: str) -> str | None:
@@ -262,7 +269,15 @@ class Subtrees:
                 return found
         return self._match_parsed(parse_dn(dn)) if self._entry_listed(first) else None
 
+    def may_list(self, first_rdn: str) -> bool:
+        """Whether an entry with this first RDN could itself be listed (not only lie below one): the
+        attribute type alone says no for people (``uid=``, ``CN=``) when containers (``ou=``) are listed,
+        without parsing 25,000 RDNs."""
+        return first_rdn.partition("=")[0].strip().lower() in self._first_types
+
     def _entry_listed(self, first_rdn: str) -> bool:
-        """Cheap pre-check: only a DN whose own RDN is the first RDN of a listed DN can itself be listed."""
+        """Only a DN whose own RDN is the first RDN of a listed DN can itself be listed."""
+        if not self.may_list(first_rdn):
+            return False
         key = _rdn_key(parse_dn(first_rdn)[0])
         return any(_rdn_key(c[0]) == key for _, c in self._parsed)
