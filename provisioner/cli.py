@@ -18,7 +18,7 @@ import click
 from bridge.matrix.client import HomeserverClient
 from bridge.matrix.errors import HomeserverError
 from provisioner import exitcodes, runlock, sync
-from provisioner.config import Config, ConfigError, load_config
+from provisioner.config import Config, ConfigError, effective_settings, load_config
 from provisioner.core.actions import Plan, describe
 from provisioner.core.desired import Desired, desired_state
 from provisioner.core.directory import interpret
@@ -85,6 +85,7 @@ def _summary(snapshot: DirectorySnapshot) -> dict[str, Any]:
         "disabled": len(snapshot.disabled),
         "units": len(snapshot.units),
         "skipped": len(snapshot.skipped),
+        "set_aside": len(snapshot.set_aside),
         "skipped_by_reason": dict(reasons),
         "complete": snapshot.complete,
         "stop_reason": snapshot.stop_reason,
@@ -97,17 +98,29 @@ def _summary(snapshot: DirectorySnapshot) -> dict[str, Any]:
 def directory(obj: Context, as_json: bool) -> None:
     """Read the directory and print what was found (no homeserver needed)."""
     cfg = obj.config()
+    d = cfg.directory
+    settings = effective_settings(d)
+    if not as_json:
+        # Before the read: when the read fails, what it was asked is what the operator needs to see.
+        click.echo(f"directory {d.uri}, base {d.base_dn}, preset {d.preset}")
+        for name, value, origin in settings:
+            click.echo(f"  {name:<16} : {value if value is not None else '(none)'}  [{origin}]")
+        for name, dns in (("exclude", d.exclude), ("leavers", d.leavers)):
+            click.echo(f"  {name:<16} : {'; '.join(dns) if dns else '(none)'}")
     snap = read_snapshot(cfg)
     summary = _summary(snap)
     if as_json:
+        summary["settings"] = {name: {"value": value, "from": origin} for name, value, origin in settings}
+        summary["exclude"], summary["leavers"] = list(d.exclude), list(d.leavers)
         summary["skipped_entries"] = [asdict(s) for s in snap.skipped]
+        summary["set_aside_entries"] = [asdict(a) for a in snap.set_aside]
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
-        click.echo(f"directory {cfg.directory.uri}, base {cfg.directory.base_dn}")
         click.echo(f"  entries read : {snap.entries_read}")
         enabled, disabled = len(snap.enabled), len(snap.disabled)
         click.echo(f"  people       : {len(snap.people)} ({enabled} enabled, {disabled} disabled)")
         click.echo(f"  units        : {len(snap.units)}")
+        click.echo(f"  set aside    : {len(snap.set_aside)} (directory.exclude / directory.leavers: leavers)")
         click.echo(f"  skipped      : {len(snap.skipped)}")
         for s in snap.skipped[:50]:
             click.echo(f"    - {s.dn}: {s.reason}")

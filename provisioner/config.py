@@ -59,6 +59,9 @@ class DirectoryConfig:
     # How `provisioner watch` notices changes: csn (OpenLDAP contextCSN, syncprov), usn (AD
     # highestCommittedUSN), none (the interval only); auto picks by preset.
     change_detection: str = "auto"
+    # Subtrees out of scope, and containers of leavers (see provisioner.core.directory.Scope).
+    exclude: tuple[str, ...] = ()
+    leavers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,8 @@ class Config:
             attributes=d.attributes,
             department_from=d.department_from,
             department_separator=d.department_separator,
+            exclude=d.exclude,
+            leavers=d.leavers,
         )
 
     def layout_policy(self) -> LayoutPolicy:
@@ -149,11 +154,18 @@ class Config:
         )
 
 
+# The one table of what each preset means: the parser fills unset keys from it, `provisioner directory` prints
+# it (effective_settings), and tests check that config/example.yaml and README.md state the same defaults.
 PRESETS: dict[str, dict[str, Any]] = {
     "openldap": {
         "filter": "(objectClass=inetOrgPerson)",
         "department_from": "dn",
-        "disabled_filter": None,
+        # ppolicy's administrative lock: "000001010000Z" means locked until an administrator unlocks, unlike
+        # the timed lockout after failed binds, which must not lock a Matrix account. On a server without the
+        # ppolicy overlay the attribute is undefined and the filter matches nobody (no error), so the default
+        # is safe everywhere; directories that mark leavers otherwise set their own filter.
+        "disabled_filter": "(pwdAccountLockedTime=000001010000Z)",
+        "change_detection": "csn",
         "unit_filter": "(objectClass=organizationalUnit)",
         "attributes": {
             "anchor": "entryUUID",
@@ -175,6 +187,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "department_from": "attribute",
         # userAccountControl bit 2 (ACCOUNTDISABLE), via the LDAP_MATCHING_RULE_BIT_AND rule.
         "disabled_filter": "(userAccountControl:1.2.840.113556.1.4.803:=2)",
+        "change_detection": "usn",
         "unit_filter": None,
         "attributes": {
             "anchor": "objectGUID",
@@ -191,6 +204,40 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
     },
 }
+
+#: The settings `provisioner directory` prints with where each value came from, in this order.
+SHOWN_SETTINGS = ("filter", "disabled_filter", "anchor", "change_detection", "department_from", "unit_filter")
+
+
+def preset_default(preset: str, name: str) -> str | None:
+    """The preset's value of one of :data:`SHOWN_SETTINGS` (``anchor`` is ``attributes.anchor``)."""
+    table = PRESETS[preset]
+    value = table["attributes"]["anchor"] if name == "anchor" else table[name]
+    return None if value is None else str(value)
+
+
+def effective_settings(d: DirectoryConfig) -> list[tuple[str, str | None, str]]:
+    """(name, value in effect, where it came from) for each of :data:`SHOWN_SETTINGS`."""
+    values: dict[str, str | None] = {
+        "filter": d.filter,
+        "disabled_filter": d.disabled_filter,
+        "anchor": d.attributes.anchor,
+        "change_detection": d.change_detection,
+        "department_from": d.department_from,
+        "unit_filter": d.unit_filter,
+    }
+    out: list[tuple[str, str | None, str]] = []
+    for name in SHOWN_SETTINGS:
+        default = preset_default(d.preset, name)
+        value = values[name]
+        if name == "change_detection" and value == "auto":
+            out.append((name, default, f"auto: the {d.preset} preset's"))
+        elif value == default:
+            out.append((name, value, f"the {d.preset} preset's default"))
+        else:
+            out.append((name, value, "set in the config"))
+    return out
+
 
 _TOP_KEYS = {
     "homeserver",
@@ -328,13 +375,41 @@ def _check_filter(r: _Reader, name: str, value: str | None) -> None:
         raise r.fail(name, f"is not an LDAP filter (RFC 4515): {value!r}")
 
 
+def _containers(r: _Reader, name: str, base_dn: str) -> tuple[str, ...]:
+    """``directory.exclude`` / ``directory.leavers``: DNs strictly below the base DN, each one parsed."""
+    from provisioner.core.dn import DNError, parse_dn, relative_to
+
+    raw = r.data.get(name)
+    if raw is None:
+        return ()
+    if isinstance(raw, str) or not isinstance(raw, list):
+        raise r.fail(name, f"must be a list of DNs under {base_dn}, not {type(raw).__name__}")
+    base = parse_dn(base_dn)
+    out: list[str] = []
+    for i, item in enumerate(raw):
+        key = f"{name}[{i}]"
+        if not isinstance(item, str) or not item.strip():
+            raise r.fail(key, f"must be a DN like ou=Leavers,{base_dn}, not {item!r}")
+        try:
+            dn = parse_dn(item.strip())
+        except DNError as e:
+            raise r.fail(key, f"is not a valid DN: {e}") from None
+        below = relative_to(dn, base)
+        if below is None:
+            raise r.fail(key, f"{item!r} is not under directory.base_dn {base_dn!r}: nothing there is read")
+        if not below:
+            raise r.fail(key, f"{item!r} is the base DN itself: that would put everyone out of scope")
+        out.append(item.strip())
+    return tuple(out)
+
+
 def _directory(r: _Reader) -> DirectoryConfig:
     r.check_known(
         {
             "uri", "bind_dn", "bind_password_file", "bind_password_env", "bind_password", "base_dn",
             "preset", "filter", "attributes", "department_from", "department_separator",
             "disabled_filter", "unit_filter", "start_tls", "page_size", "timeout_seconds", "ca_file",
-            "client", "change_detection",
+            "client", "change_detection", "exclude", "leavers",
         }
     )  # fmt: skip
     preset_name = r.choice("preset", "openldap", tuple(PRESETS))
@@ -383,6 +458,8 @@ def _directory(r: _Reader) -> DirectoryConfig:
         ca_file=r.path_("ca_file", ca_file) if ca_file else None,
         client=r.choice("client", "auto", ("auto", "python-ldap", "ldap3")),
         change_detection=r.choice("change_detection", "auto", CHANGE_DETECTION),
+        exclude=_containers(r, "exclude", base_dn),
+        leavers=_containers(r, "leavers", base_dn),
     )
 
 

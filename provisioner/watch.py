@@ -40,7 +40,7 @@ from provisioner import exitcodes, runlock, sync
 from provisioner.apply import AuditLog, Executor
 from provisioner.config import Config, DirectoryConfig
 from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry
-from provisioner.core.directory import interpret
+from provisioner.core.directory import Scope, interpret, set_aside
 from provisioner.core.model import DirectorySnapshot, RawEntry
 from provisioner.core.reconcile import Observed, ObservedUser, check_removals
 from provisioner.core.watch import (
@@ -229,6 +229,10 @@ def read_roster(cfg: DirectoryConfig) -> Roster:
             disabled, why = reader.search_all(f"(&{cfg.filter}{cfg.disabled_filter})", [anchor])
             if why:
                 reason = f"reading disabled accounts: {why}"
+    # Out of scope or in a leavers container: gone from the roster, so a move there is a leaver at once.
+    aside = {a.dn for a in set_aside(people, Scope(cfg.exclude, cfg.leavers), anchor)}
+    people = [e for e in people if e.dn not in aside]
+    disabled = [e for e in disabled if e.dn not in aside]
     return Roster(
         frozenset(a for e in people if (a := e.first(anchor))),
         frozenset(a for e in disabled if (a := e.first(anchor))),

@@ -34,6 +34,7 @@ from provisioner.sample import SampleDirectory, generate_directory
 from provisioner.synapse.auth import (
     MAX_LOGIN_LENGTH,
     MAX_PASSWORD_LENGTH,
+    Directory,
     ModuleConfig,
     Person,
     anchor_filter,
@@ -717,3 +718,27 @@ def test_a_hanging_directory_does_not_block_synapse(fresh_synapse, tmp_path):
         assert "the directory is unavailable" in hs.server.log_path.read_text(encoding="utf-8")
     finally:
         hole.close()
+
+
+@pytest.mark.slapd
+def test_nobody_in_a_leavers_or_excluded_container_logs_in(make_slapd, tmp_path):
+    """A first login would make an account the sync never locks (it is in no registry): the module refuses
+    people in ``directory.exclude``/``directory.leavers``, matched as the sync matches them."""
+    sample = generate_directory(40, seed=3, broken=False, disabled_fraction=0.0)
+    ldap = make_slapd(directory=sample)
+    leavers = f"OU=Уволенные , {ldap.suffix.upper()}"
+    cfg = load_config(write_config(tmp_path, ldap, directory={"leavers": [leavers]}))
+    mc = module_config_from(cfg)
+    assert mc["out_of_scope"] == [leavers]
+    directory = Directory(parse_module_config(mc))
+    someone, other = sorted((e for e in sample.entries if e.first("uid")), key=lambda e: e.dn)[:2]
+    login = someone.first("uid")
+    assert directory.find_by_login(login).person is not None
+    ldap.modify(f"dn: ou=Уволенные,{ldap.suffix}\nchangetype: add\nobjectClass: organizationalUnit\nou: Уволенные\n\n"
+                f"dn: {someone.dn}\nchangetype: modrdn\nnewrdn: {someone.dn.split(',', 1)[0]}\ndeleteoldrdn: 1\n"
+                f"newsuperior: ou=Уволенные,{ldap.suffix}\n\n")  # fmt: skip
+    refused = directory.find_by_login(login)
+    assert refused.person is None and f"is in {leavers}, out of scope" in (refused.refusal or "")
+    assert directory.find_by_login(other.first("uid")).person is not None
+    with pytest.raises(ConfigError):
+        parse_module_config({**mc, "out_of_scope": ["not a dn"]})

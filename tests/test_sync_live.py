@@ -23,7 +23,9 @@ from bridge.matrix.client import HomeserverClient
 from bridge.matrix.contract import MARKER_TYPE
 from provisioner import exitcodes
 from provisioner.config import Config, load_config
+from provisioner.core.actions import CreateRoom
 from provisioner.core.directory import interpret
+from provisioner.core.dn import normalize_dn
 from provisioner.core.model import ROOT_UNIT
 from provisioner.ldap_reader import read_directory_sync
 from provisioner.observe import observe
@@ -622,3 +624,57 @@ def test_room_version_setting_applies_to_new_rooms_only(world, tmp_path):
     assert {r.room_version for k, r in after.rooms.items() if k in obs.rooms} == {"11"}
     fourth = sync(path)
     assert fourth.plan.actions == () and fourth.stats["writes"] == 0, fourth.plan.counts()
+
+
+def _head_and_staff(snap, n: int):  # type: ignore[no-untyped-def]
+    """A unit's head and ``n`` of the people who name them as manager (the sample directory sets ``manager``)."""
+    by_dn = {p.dn.casefold(): p for p in snap.enabled}
+    reports: dict[str, list] = {}
+    for p in snap.enabled:
+        if p.manager_dn:
+            reports.setdefault(p.manager_dn, []).append(p)
+    for manager_dn, staff in sorted(reports.items(), key=lambda kv: -len(kv[1])):
+        head = next((h for d, h in by_dn.items() if normalize_dn(d) == manager_dn), None)
+        if head is not None and len(staff) >= n:
+            return head, sorted(staff, key=lambda p: p.dn)[:n]
+    raise AssertionError("the sample directory has no head with enough reports")
+
+
+def test_modrdn_into_the_leavers_ou_locks_and_creates_nothing(world, tmp_path):
+    """Six people moved into ou=Уволенные (Cyrillic, listed with other case and spacing) are locked; no unit,
+    space or room is made for the OU; and no room gives power to someone who is not in it."""
+    ldap, hs, path, directory = world
+    archive = "Уволенные"
+    leavers_dn = f"OU={archive.upper()} , {ldap.suffix.upper()}"
+    path = write_config(tmp_path, ldap, hs_url=hs.url, token=hs.admin_token, layout={"max_room_size": ROOM},
+                        directory={"leavers": [leavers_dn]},
+                        safety={"max_removal_percent": 50, "min_directory_fraction": 0.5})  # fmt: skip
+    ldap.modify(
+        f"dn: ou={archive},{ldap.suffix}\nchangetype: add\nobjectClass: organizationalUnit\nou: {archive}\n\n"
+    )
+    first = sync(path)
+    assert first.exit_code == exitcodes.OK, first.message
+    cfg = load_config(path, token_required=True)
+    snap = interpret(read_directory_sync(cfg.directory), cfg.directory_policy())
+    head, six = _head_and_staff(snap, 6)
+    uid = lambda p: f"@{first.desired.localparts[p.anchor]}:example.test"  # noqa: E731
+    ldap.modify("".join(f"dn: {p.dn}\nchangetype: modrdn\nnewrdn: {p.dn.split(',', 1)[0]}\ndeleteoldrdn: 1\n"
+                        f"newsuperior: ou={archive},{ldap.suffix}\n\n" for p in six))  # fmt: skip
+    second = sync(path)
+    assert second.exit_code == exitcodes.OK, (second.message, second.report and second.report.failed)
+    obs = asyncio.run(observed(cfg))
+    for p in six:
+        assert obs.users[uid(p)].locked, p.dn
+        assert not any(uid(p) in r.members for r in obs.rooms.values() if r.kind == "room"), p.dn
+    assert not obs.users[uid(head)].locked
+    assert not any(archive.casefold() in (r.name or "").casefold() for r in obs.rooms.values())
+    assert not any(isinstance(a, CreateRoom) for a in second.plan.actions)
+    for r in obs.rooms.values():
+        assert set(r.power_users) <= set(r.members), (
+            r.name,
+            r.power_users,
+        )  # the provisioner is a member too
+    audit = (path.parent / "state" / "audit.jsonl").read_text(encoding="utf-8")
+    assert f"moved to the leavers container {leavers_dn}" in audit
+    third = sync(path)
+    assert third.plan.actions == ()

@@ -38,6 +38,7 @@ pytestmark = [pytest.mark.slapd, pytest.mark.synapse]
 
 PEOPLE = 120
 ARCHIVE = "Уволенные"
+OUTSIDE = "Внешние"
 WATCH = {"poll_seconds": 0.3, "debounce_seconds": 0.5, "max_delay_seconds": 3}
 
 
@@ -104,11 +105,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     ldap.load_ldif(directory.to_ldif())
     ldap.start()
     hs = _start(tmp / "synapse")
-    # People moved under ou=Уволенные leave the scope, as in directories that park leavers in an OU.
-    scope = {"filter": f"(&(objectClass=inetOrgPerson)(!(ou:dn:={ARCHIVE})))"}
-    ldap.modify(
-        f"dn: ou={ARCHIVE},{ldap.suffix}\nchangetype: add\nobjectClass: organizationalUnit\nou: {ARCHIVE}\n\n"
-    )
+    # People moved under ou=Уволенные are leavers (directory.leavers, listed in another case and spacing), as
+    # in directories that park leavers in an OU; ou=Внешние is out of scope (directory.exclude).
+    scope = {
+        "leavers": [f"OU={ARCHIVE.lower()} ,{ldap.suffix.upper()}"],
+        "exclude": [f"ou={OUTSIDE},{ldap.suffix}"],
+    }
+    for name in (ARCHIVE, OUTSIDE):
+        ldap.modify(
+            f"dn: ou={name},{ldap.suffix}\nchangetype: add\nobjectClass: organizationalUnit\nou: {name}\n\n"
+        )
     path = write_config(tmp, ldap, hs_url=hs.url, token=hs.admin_token, layout={"max_room_size": 30},
                         directory=scope,
                         safety={"max_removals": 8, "max_removal_percent": 50, "min_directory_fraction": 0.5},
@@ -153,13 +159,26 @@ def test_disabled_person_is_locked(world):
     assert wait_for("the lock", lambda: refused(world.hs, token), 15) == "M_USER_LOCKED"
 
 
-def test_moved_out_of_scope_is_locked(world):
+def _joined_rooms(world: World, uid: str) -> list[str]:
+    return list(
+        world.admin("GET", f"/_synapse/admin/v1/users/{uid}/joined_rooms")[1].get("joined_rooms") or []
+    )
+
+
+@pytest.mark.parametrize("container", [ARCHIVE, OUTSIDE])
+def test_moved_into_a_leavers_or_excluded_ou_is_locked_within_seconds(world, container):
     p = world.people()[7]
     token = world.login(world.uid(p))
     rdn = p.dn.split(",", 1)[0]
     world.ldap.modify(f"dn: {p.dn}\nchangetype: moddn\nnewrdn: {rdn}\ndeleteoldrdn: 1\n"
-                      f"newsuperior: ou={ARCHIVE},{world.ldap.suffix}\n\n")  # fmt: skip
+                      f"newsuperior: ou={container},{world.ldap.suffix}\n\n")  # fmt: skip
+    start = time.monotonic()
     assert wait_for("the lock", lambda: refused(world.hs, token), 15) == "M_USER_LOCKED"
+    assert time.monotonic() - start < 10  # the fast path, as for a deletion, not the next full run
+    # The full run that follows kicks them and makes nothing for the OU they were moved into.
+    wait_for("the kick", lambda: not _joined_rooms(world, world.uid(p)), 30)
+    obs = asyncio.run(observed(world.cfg))
+    assert not any(container.casefold() in (r.name or "").casefold() for r in obs.rooms.values())
 
 
 def test_hire_is_created_and_joined(world):

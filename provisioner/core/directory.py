@@ -9,9 +9,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from provisioner.core.dn import DN, DNError, normalize_dn, parse_dn, relative_to, split_first_rdn
+from provisioner.core.dn import DN, DNError, Subtrees, normalize_dn, parse_dn, relative_to, split_first_rdn
 from provisioner.core.identity import clean_text, display_name
-from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, Skipped, Unit
+from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, SetAside, Skipped, Unit
 from provisioner.core.policy import DirectoryPolicy
 
 log = logging.getLogger(__name__)
@@ -118,11 +118,66 @@ class _UnitIndex:
         ]
 
 
+class Scope:
+    """Rule: an entry at or below a ``directory.exclude`` DN or in a ``directory.leavers`` container is not in
+    the roster, so its person is a leaver (locked, deactivated after the grace period, under the removal
+    thresholds) and no unit, space or room is ever made for the container. Exclusion wins over leavers.
+    """
+
+    def __init__(self, exclude: Iterable[str], leavers: Iterable[str]) -> None:
+        self.exclude = Subtrees(exclude)
+        self.leavers = Subtrees(leavers)
+        self._by_parent: dict[str, str | None] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.exclude) or bool(self.leavers)
+
+    def _cause(self, dn: str) -> str | None:
+        if (found := self.exclude.container_of(dn)) is not None:
+            return f"moved out of scope (directory.exclude: {found})"
+        if (found := self.leavers.container_of(dn)) is not None:
+            return f"moved to the leavers container {found}"
+        return None
+
+    def cause(self, dn: str) -> str | None:
+        """Why the entry at ``dn`` is out of the roster, or ``None`` if it is in scope (or unparseable)."""
+        if not self:
+            return None
+        try:
+            first, parent = split_first_rdn(dn)
+            if self.exclude.may_list(first) or self.leavers.may_list(first):
+                return self._cause(dn)  # the entry itself may be listed: the rare, full check
+            if parent not in self._by_parent:
+                self._by_parent[parent] = self._cause(parent) if parent.strip() else None
+            return self._by_parent[parent]
+        except DNError:
+            return None  # the caller skips it for its DN, with the parser's reason
+
+
+def set_aside(entries: Iterable[RawEntry], scope: Scope, anchor_attr: str) -> tuple[SetAside, ...]:
+    """The entries ``scope`` takes out of the roster, with their anchors and causes."""
+    if not scope:
+        return ()
+    out: list[SetAside] = []
+    for entry in entries:
+        cause = scope.cause(entry.dn)
+        if cause is not None:
+            out.append(SetAside(entry.dn, entry.first(anchor_attr), cause))
+    return tuple(out)
+
+
 def interpret(result: ReadResult, policy: DirectoryPolicy, *, skip_log: bool = True) -> DirectorySnapshot:
-    """Turn a read into people and units; every entry that cannot be used is skipped with its reason."""
+    """Turn a read into people and units; every entry that cannot be used is skipped with its reason.
+
+    Entries out of scope (:class:`Scope`) are neither people nor units; they are listed in ``set_aside``.
+    """
     base = parse_dn(policy.base_dn)
     skipped: list[Skipped] = []
-    index = _UnitIndex(_anchors_by_path(result.units, policy, base))
+    scope = Scope(policy.exclude, policy.leavers)
+    aside = set_aside(result.people, scope, policy.attributes.anchor)
+    out_dns = {a.dn for a in aside}
+    units = [u for u in result.units if scope.cause(u.dn) is None] if scope else result.units
+    index = _UnitIndex(_anchors_by_path(units, policy, base))
 
     @functools.cache
     def unit_path_of(parent_dn: str) -> tuple[str, ...] | None:
@@ -135,6 +190,8 @@ def interpret(result: ReadResult, policy: DirectoryPolicy, *, skip_log: bool = T
     seen_anchor: dict[str, str] = {}
     # Sorted by DN so that "which of two duplicates is kept" does not depend on the server's order.
     for entry in sorted(result.people, key=lambda e: e.dn.casefold()):
+        if entry.dn in out_dns:
+            continue
         read = _person(entry, policy, unit_path_of, seen_anchor, result.disabled_dns, index.key_for)
         if isinstance(read, str):
             skipped.append(Skipped(entry.dn, read))
@@ -150,6 +207,7 @@ def interpret(result: ReadResult, policy: DirectoryPolicy, *, skip_log: bool = T
         complete=result.complete,
         stop_reason=result.stop_reason,
         entries_read=len(result.people),
+        set_aside=aside,
     )
 
 

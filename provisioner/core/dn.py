@@ -8,6 +8,8 @@ multi-valued RDNs. Pure functions, no I/O.
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -204,15 +206,78 @@ def normalize_dn(dn: str) -> str:
     return f"{head},{normalize_dn(rest)}" if rest.strip() else head
 
 
+def _rdn_key(rdn: RDN) -> tuple[tuple[str, str], ...]:
+    """How two RDNs compare: types and values casefolded, whitespace collapsed, Unicode in NFC."""
+    return tuple(
+        sorted((a.type, " ".join(unicodedata.normalize("NFC", a.value).casefold().split())) for a in rdn)
+    )
+
+
 def relative_to(dn: DN, base: DN) -> DN | None:
     """The RDNs of ``dn`` below ``base`` (most specific first); ``None`` if ``dn`` is not under it."""
     if len(dn) < len(base):
         return None
-
-    def key(rdn: RDN) -> tuple[tuple[str, str], ...]:
-        return tuple(sorted((a.type, " ".join(a.value.casefold().split())) for a in rdn))
-
     tail = dn[len(dn) - len(base) :]
-    if any(key(x) != key(y) for x, y in zip(tail, base, strict=True)):
+    if any(_rdn_key(x) != _rdn_key(y) for x, y in zip(tail, base, strict=True)):
         return None
     return dn[: len(dn) - len(base)]
+
+
+class Subtrees:
+    """A set of containers (or single entries), asked "is this DN one of them or below one?".
+
+    Matching is by parsed RDNs, so ``OU=Уволенные , DC=Mos,dc=test``, ``ou=уволенные,dc=mos,dc=test`` and
+    the hex-escaped ``ou=\\D0\\A3...`` are one container, and an escaped comma inside a value never splits it.
+    Answers are cached per parent DN: 25,000 people sit in a few thousand containers.
+    """
+
+    def __init__(self, dns: Iterable[str]) -> None:
+        self._dns = tuple(dns)
+        self._parsed = tuple((d, parse_dn(d)) for d in self._dns)
+        # Each container's RDN keys, top (dc=...) first: most DNs differ near the top of the tree's
+        # branch they are in, so comparing from there answers "no" after a key or two.
+        self._keys = tuple((d, tuple(_rdn_key(r) for r in reversed(c))) for d, c in self._parsed)
+        self._cache: dict[str, str | None] = {}
+        self._first_types = frozenset(a.type for _, c in self._parsed for a in c[0])
+
+    def __bool__(self) -> bool:
+        return bool(self._dns)
+
+    def _match_parsed(self, dn: DN) -> str | None:
+        best: tuple[int, str] | None = None
+        for text, keys in self._keys:
+            n = len(keys)
+            if n > len(dn) or (best is not None and n <= best[0]):
+                continue
+            if all(_rdn_key(dn[len(dn) - 1 - i]) == k for i, k in enumerate(keys)):
+                best = (n, text)
+        return best[1] if best else None
+
+    def container_of(self, dn: str) -> str | None:
+        """The listed DN that ``dn`` is or lies under (the most specific one), else ``None``.
+
+        Raises :class:`DNError` for a DN that does not parse.
+        """
+        if not self._dns:
+            return None
+        first, parent = split_first_rdn(dn)
+        if parent.strip():
+            if parent not in self._cache:
+                self._cache[parent] = self._match_parsed(parse_dn(parent))
+            found = self._cache[parent]
+            if found is not None:
+                return found
+        return self._match_parsed(parse_dn(dn)) if self._entry_listed(first) else None
+
+    def may_list(self, first_rdn: str) -> bool:
+        """Whether an entry with this first RDN could itself be listed (not only lie below one): the
+        attribute type alone says no for people (``uid=``, ``CN=``) when containers (``ou=``) are listed,
+        without parsing 25,000 RDNs."""
+        return first_rdn.partition("=")[0].strip().lower() in self._first_types
+
+    def _entry_listed(self, first_rdn: str) -> bool:
+        """Only a DN whose own RDN is the first RDN of a listed DN can itself be listed."""
+        if not self.may_list(first_rdn):
+            return False
+        key = _rdn_key(parse_dn(first_rdn)[0])
+        return any(_rdn_key(c[0]) == key for _, c in self._parsed)

@@ -11,6 +11,9 @@ Invariants (tested as properties):
    room's size. With ``"tree"`` everyone joins their unit's space and every space above it, split units
    included, so the whole tree shows in the space panel; those spaces are then public (counted linearly by
    the user directory) and kept out of presence (``exclude_rooms_from_presence``).
+6. A space's or room's moderators are among its members: a unit's head moderates the shard they sit in and
+   the spaces they join, never a room they are not in (a power level outlives any membership, and a head
+   whose people were moved away must not moderate where they went).
 """
 
 from __future__ import annotations
@@ -316,7 +319,7 @@ def _unit_rooms(tree: _Tree, key: str, capacity: int, previous_rooms: Mapping[st
             alias=tree.aliases[key] if i == 1 else f"{tree.aliases[key]}-{i}",
             topic=tree.topic(key),
             members=tuple(sorted(shard_members)),
-            moderators=tuple(sorted(tree.heads.get(key, ()))),
+            moderators=tuple(sorted(tree.heads.get(key, set()).intersection(shard_members))),
         )
         for i, shard_members in enumerate(shards, start=1)
     ]
@@ -362,7 +365,7 @@ def _spaces(tree: _Tree, rooms: Sequence[RoomPlan], capacity: int, *, tree_mode:
                 parent_key=unit.parent_key if key != ROOT_UNIT else None,
                 topic=tree.topic(key),
                 members=members,
-                moderators=tuple(sorted(tree.heads.get(key, ()))),
+                moderators=tuple(sorted(tree.heads.get(key, set()).intersection(members))),
                 children=tuple(sorted(children.get(key, []), key=lambda k: tree.units[k].path))
                 + tuple(rooms_by_unit.get(key, [])),
             )

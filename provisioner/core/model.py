@@ -62,6 +62,18 @@ class Skipped:
 
 
 @dataclass(frozen=True, slots=True)
+class SetAside:
+    """An entry read but out of the roster by configuration (``directory.exclude``/``directory.leavers``).
+
+    Its person counts as gone from the directory: locked, then deactivated after the grace period.
+    """
+
+    dn: str
+    anchor: str | None
+    cause: str
+
+
+@dataclass(frozen=True, slots=True)
 class DirectorySnapshot:
     """Everything one directory read produced.
 
@@ -75,6 +87,7 @@ class DirectorySnapshot:
     complete: bool
     stop_reason: str | None
     entries_read: int
+    set_aside: tuple[SetAside, ...] = ()
 
     @property
     def enabled(self) -> tuple[Person, ...]:

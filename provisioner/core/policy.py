@@ -39,6 +39,10 @@ class DirectoryPolicy:
     department_from: DepartmentFrom
     # Not stripped: " / " splits "Префектура ЮАО / Отдел ЖКХ" but keeps "Юр/Отдел" one name.
     department_separator: str = " / "
+    # DNs (subtrees or single entries) out of scope: nothing in them is a person or a unit.
+    exclude: tuple[str, ...] = ()
+    # Containers whose people are leavers whatever their other attributes (AD's OU=Disabled Users).
+    leavers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

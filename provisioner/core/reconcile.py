@@ -374,6 +374,7 @@ def _known_person(s: _Scope, out: _Builder, uid: str, person: Person, obs: Obser
 def _leavers(s: _Scope, out: _Builder) -> None:
     """In the registry, gone from the directory: locked, then deactivated after the grace period."""
     present = {p.anchor for p in s.snapshot.people}
+    causes = {a.anchor: a.cause for a in s.snapshot.set_aside if a.anchor}
     for anchor, entry in sorted(s.observed.registry.items()):
         if anchor in present:
             continue
@@ -386,7 +387,7 @@ def _leavers(s: _Scope, out: _Builder) -> None:
                 out.held += 1
             continue
         if not obs.locked:
-            out.users_last.append(LockUser(uid, "left the directory"))
+            out.users_last.append(LockUser(uid, causes.get(anchor, "left the directory")))
             out.record(anchor, entry.localpart, s.now, entry.profile)
         elif entry.locked_since is not None and _grace_over(s, entry.locked_since):
             out.users_last.append(DeactivateUser(uid, entry.locked_since))
@@ -422,9 +423,11 @@ def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
     policy = s.policy
     key = plan.unit_key if isinstance(plan, SpacePlan) else plan.key
     users = {policy.provisioner: 100} if _creator_listed(policy, s.observed.rooms.get(key)) else {}
-    for m in plan.moderators:
-        users.setdefault(m, policy.moderator_level)
     members = set(plan.members) - set(policy.exclude)
+    # Power only for members: a level given to someone outside the room would outlive any membership.
+    for m in plan.moderators:
+        if m in members:
+            users.setdefault(m, policy.moderator_level)
     # The bot sits in every room, and in every space people join (not in spaces only linked into the tree):
     # it finds a unit's rooms by reading the spaces' state, and spaces are members-only (nothing readable
     # without joining), so a space it is not in is a unit it cannot announce to. In tree mode the top space

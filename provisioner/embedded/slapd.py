@@ -98,6 +98,7 @@ class EmbeddedSlapd(Server):
         host: str = LOOPBACK,
         max_size_bytes: int = 4 << 30,
         start_timeout: float = 30.0,
+        ppolicy: bool = False,
     ) -> None:
         parse_dn(suffix)  # a bad suffix fails here, not in slapd's log
         self.data_dir = Path(data_dir).resolve()
@@ -112,6 +113,8 @@ class EmbeddedSlapd(Server):
         self.service_password = service_password or secrets.token_urlsafe(18)
         self.max_size_bytes = max_size_bytes
         self.start_timeout = start_timeout
+        # The password-policy overlay: its pwdAccountLockedTime is the openldap preset's disabled flag.
+        self.ppolicy = ppolicy
         self._child = ChildProcess("slapd")
         self._loads = 0
 
@@ -171,6 +174,7 @@ class EmbeddedSlapd(Server):
             f"modulepath {MODULE_DIR}",
             "moduleload back_mdb",
             "moduleload syncprov",
+            *(["moduleload ppolicy"] if self.ppolicy else []),
             f"sizelimit {self.sizelimit}",
             "",
             'access to dn.base="" by * read',
@@ -206,6 +210,7 @@ class EmbeddedSlapd(Server):
             "    by users read",
             "    by * none",
             "",
+            *(["overlay ppolicy"] if self.ppolicy else []),
             # Rule 5. Last: the directives after ``overlay`` configure the overlay, not the database.
             "overlay syncprov",
             "syncprov-checkpoint 100 1",

@@ -19,8 +19,10 @@ Rules (each tested in tests/test_directory_login.py):
    case), and, when no login matches, by the account of that name: its ``civmatrix`` external id is the
    person's anchor. So a collided (``smirnov.av-1a2b3c``) or renamed person can also type their Matrix ID,
    which is what user-interactive auth (re-authentication in Element) sends.
-2. The person must be exactly one entry under ``filter``, not match ``disabled_filter``, and bind with the
-   given password. An empty password is refused before LDAP is asked: a simple bind with a DN and no
+2. The person must be exactly one entry under ``filter``, not match ``disabled_filter``, not lie in an
+   ``out_of_scope`` DN (the sync's ``directory.exclude`` and ``directory.leavers``: an account made there
+   would be in no registry, so no sync would ever lock it), and bind with the given password. An empty
+   password is refused before LDAP is asked: a simple bind with a DN and no
    password is an *unauthenticated* bind, which servers answer with success.
 3. The account is found by the external id ``("civmatrix", anchor)`` that the provisioner writes, never by
    the login. A person with no account yet (logging in before the sync) gets one at
@@ -61,6 +63,7 @@ from ldap3.core import exceptions as lex
 from bridge.matrix.contract import EXTERNAL_ID_PROVIDER
 from bridge.matrix.secrets import SecretError, read_secret
 from provisioner.config import Config, ConfigError
+from provisioner.core.dn import DNError, Subtrees
 from provisioner.core.identity import base_localpart, clean_text, is_valid_localpart
 from provisioner.ldap_common import (
     LDAP_INVALID_CREDENTIALS,
@@ -88,7 +91,7 @@ MAX_PASSWORD_LENGTH = 1024
 _MAX_MATCHES = 10
 _KEYS = {
     "uri", "bind_dn", "bind_password_file", "bind_password_env", "base_dn", "filter", "login_attribute",
-    "anchor_attribute", "disabled_filter", "start_tls", "timeout", "ca_file",
+    "anchor_attribute", "disabled_filter", "start_tls", "timeout", "ca_file", "out_of_scope",
 }  # fmt: skip
 
 CheckAuthResult = tuple[str, Callable[[Any], Awaitable[None]] | None] | None
@@ -114,6 +117,9 @@ class ModuleConfig:
     start_tls: bool
     timeout: float
     ca_file: str | None = None
+    # directory.exclude + directory.leavers: nobody in them logs in (a first login would make an account
+    # the sync never locks, since it is not in the sync's registry).
+    out_of_scope: tuple[str, ...] = ()
 
 
 def parse_module_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | None = None) -> ModuleConfig:
@@ -164,6 +170,13 @@ def parse_module_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | 
     start_tls = raw.get("start_tls", False)
     if not isinstance(start_tls, bool):
         raise ConfigError(f"must be true or false, not {start_tls!r}", where, "start_tls")
+    scope_raw = raw.get("out_of_scope") or []
+    if not isinstance(scope_raw, list) or not all(isinstance(x, str) for x in scope_raw):
+        raise ConfigError("must be a list of DNs", where, "out_of_scope")
+    try:
+        Subtrees(scope_raw)
+    except DNError as e:
+        raise ConfigError(f"is not a list of valid DNs: {e}", where, "out_of_scope") from None
     timeout = raw.get("timeout", 10)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 1 <= timeout <= 300:
         raise ConfigError(f"must be a number of seconds between 1 and 300, not {timeout!r}", where, "timeout")
@@ -179,6 +192,7 @@ def parse_module_config(raw: Mapping[str, Any], *, environ: Mapping[str, str] | 
         start_tls=start_tls,
         timeout=float(timeout),
         ca_file=text("ca_file", required=False),
+        out_of_scope=tuple(scope_raw),
     )
 
 
@@ -203,6 +217,8 @@ def module_config_from(cfg: Config) -> dict[str, Any]:
         # A login waits for the directory; the sync's long read timeout would hang a client instead.
         "timeout": min(d.timeout_seconds, 10.0),
     }
+    if d.exclude or d.leavers:
+        out["out_of_scope"] = [*d.exclude, *d.leavers]
     if raw_dir.get("bind_password_file"):
         p = Path(os.path.expanduser(str(raw_dir["bind_password_file"])))
         out["bind_password_file"] = str(p if p.is_absolute() else Path(cfg.path).resolve().parent / p)
@@ -388,6 +404,12 @@ class Directory:
             return Lookup(None, f"{person.dn} has no {self.cfg.anchor_attribute}")
         if not person.login:
             return Lookup(None, f"{person.dn} has no usable {self.cfg.login_attribute}")
+        try:
+            container = Subtrees(self.cfg.out_of_scope).container_of(person.dn)
+        except DNError as e:
+            return Lookup(None, f"{person.dn} is not a valid DN: {e}")
+        if container is not None:
+            return Lookup(None, f"{person.dn} is in {container}, out of scope (directory.exclude/leavers)")
         if self.cfg.disabled_filter and self._search(
             self.cfg.disabled_filter, base=person.dn, scope=ldap3.BASE
         ):
