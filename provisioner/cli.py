@@ -313,7 +313,7 @@ def status(obj: Context) -> None:
         click.echo(f"no run recorded yet in {cfg.sync.state_dir}")
     except (OSError, ValueError, KeyError) as e:
         click.echo(f"cannot read {path}: {e}", err=True)
-    _watch_status(cfg)
+    detection_broken = _watch_status(cfg)
 
     async def read() -> Any:
         assert cfg.homeserver.admin_token is not None
@@ -335,6 +335,10 @@ def status(obj: Context) -> None:
         over += size > limit
         click.echo(f"  [{room.kind}] {room.name}  #{room.alias}  {size}/{limit}{flag}")
     click.echo(f"{len(observed.rooms)} managed rooms and spaces, {over} over the limit")
+    if detection_broken:
+        # Last, so that everything above is shown: the watch runs and its runs succeed, which is why only
+        # this exit code lets monitoring see that leavers wait for the fallback's read, not seconds.
+        sys.exit(exitcodes.DETECTION)
 
 
 def _when(ts: Any) -> str:
@@ -343,21 +347,23 @@ def _when(ts: Any) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _watch_status(cfg: Config) -> None:
+def _watch_status(cfg: Config) -> bool:
+    """Print the watch's state; True if it is running with change detection that cannot work."""
     path = os.path.join(cfg.sync.state_dir, "watch.json")
     try:
         with open(path, encoding="utf-8") as fh:
             w = json.load(fh)
     except FileNotFoundError:
-        return
+        return False
     except (OSError, ValueError) as e:
         click.echo(f"cannot read {path}: {e}", err=True)
-        return
+        return False
+    running = False
     try:
         with runlock.hold(cfg.sync.state_dir, "watch", "status probe"):
             alive = "NOT RUNNING (last seen as"
     except runlock.Locked:
-        alive = "running (pid"
+        alive, running = "running (pid", True
     check, last = w.get("last_check") or {}, w.get("last_run") or {}
     click.echo(f"watch: {alive} {w.get('pid')}), change detection {w.get('detector')}")
     err = f", error: {check['error']}" if check.get("error") else ""
@@ -369,6 +375,18 @@ def _watch_status(cfg: Config) -> None:
         )
     if w.get("problem"):
         click.echo(f"  needs attention: {w['problem']}")
+    fb = w.get("fallback")
+    if not fb:
+        return False
+    click.echo(f"  CHANGE DETECTION NOT WORKING since {_when(fb.get('since'))}: {fb.get('reason')}")
+    read = fb.get("last_read") or {}
+    err = f", {read['error']}" if read.get("error") else ""
+    when, ms, people = _when(read.get("at")), read.get("ms", "?"), read.get("people", "?")
+    every = fb.get("every_seconds")
+    click.echo(
+        f"  fallback: the roster is read every {every} s; last read {when} ({ms} ms, {people} people{err})"
+    )
+    return running
 
 
 @main.command("watch")

@@ -105,6 +105,7 @@ class WatchConfig:
     debounce_seconds: float = 1.0
     max_delay_seconds: float = 10.0
     full_interval_seconds: float = 3600.0
+    fallback_seconds: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -537,6 +538,7 @@ def _watch(r: _Reader) -> WatchConfig:
             "max_delay_seconds",
             "full_interval_seconds",
             "tidy_after_seconds",
+            "fallback_seconds",
         }
     )
     poll = r.float_("poll_seconds", 1.0, 0.05, 3600.0)
@@ -553,6 +555,8 @@ def _watch(r: _Reader) -> WatchConfig:
         # Deletions on a server without change detection, and changes made on the Matrix side, show only in a
         # full run: at least daily.
         full_interval_seconds=r.float_("full_interval_seconds", 3600.0, 10.0, 86400.0),
+        # While change detection cannot work: the roster read's interval, the bound on a leaver's wait.
+        fallback_seconds=r.float_("fallback_seconds", 10.0, 1.0, 3600.0),
     )
 
 

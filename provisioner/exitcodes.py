@@ -10,3 +10,4 @@ REMOVALS_HELD = 6  # the run would remove more people than safety allows; nothin
 STALE_PLAN = 7  # a saved plan no longer matches the directory or the server; nothing was applied
 PARTIAL = 8  # the run applied, but some actions failed (see the report and the audit log)
 LOCKED = 9  # another sync or watch holds the lock on this state directory; nothing was touched
+DETECTION = 10  # `status` only: a running watch's change detection cannot work; it polls the roster instead

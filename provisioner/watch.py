@@ -11,7 +11,11 @@ and compared with the previous one:
   nobody, the removal threshold holds the plan, protected accounts are never touched;
 * then a full run (``sync.run``) does the rest — hires, renames, moves, the leavers' kicks — in a background
   task, so that leavers seen while it runs are still locked at once;
-* a full run also happens at start and every ``watch.full_interval_seconds``.
+* a full run also happens at start and every ``watch.full_interval_seconds``;
+* when the detector cannot work (no syncprov overlay, no highestCommittedUSN, no read access to it), an ERROR
+  names the fix, ``provisioner status`` exits 10, and the roster is read every ``watch.fallback_seconds``
+  instead, so that leavers are still locked within that bound (``core.watch`` Rule 7); the detector is
+  still asked every poll and takes over again as soon as it answers.
 
 Failures (directory or homeserver down, a lost connection) are recorded in ``state_dir/watch.json``, retried
 with the project's one :class:`RetryPolicy` backoff, and never stop the watch; a held threshold neither.
@@ -45,13 +49,17 @@ from provisioner.core.model import DirectorySnapshot, RawEntry
 from provisioner.core.reconcile import Observed, ObservedUser, check_removals
 from provisioner.core.watch import (
     Decision,
+    Detection,
+    Notice,
     Roster,
     WatchPolicy,
     WatchState,
     decide,
+    detection,
     handled,
     leaver_locks,
     leavers,
+    roster_changed,
     roster_trusted,
 )
 from provisioner.ldap_reader import (
@@ -69,6 +77,13 @@ log = logging.getLogger(__name__)
 STATUS_EVERY_SECONDS = 5.0
 
 RECONNECT = RetryPolicy(base_delay=1.0, multiplier=2.0, max_delay=30.0)
+
+
+class DetectionUnavailable(DirectoryConfigError):
+    """The directory answers, but the change detector cannot work on it; the message names the fix."""
+
+
+RUNBOOK_SYNCPROV = 'docs/RUNBOOK.md, "Enabling syncprov"'
 
 
 class Detector(Protocol):
@@ -117,16 +132,21 @@ class _LdapDetector(ABC):
             if self.conn is None:
                 self.conn = self._open()
             rows = self.conn.search_s(self._dn(), ldap.SCOPE_BASE, "(objectClass=*)", [self.attribute])
+        except (ldap.INSUFFICIENT_ACCESS, ldap.NO_SUCH_OBJECT) as e:
+            # Refused, or hidden by an ACL (slapd answers noSuchObject for an entry one may not see).
+            self.close()
+            raise DetectionUnavailable(self.missing(f"{type(e).__name__}")) from None
         except ldap.LDAPError as e:
             self.close()
             raise DirectoryUnreachable(f"change detection ({self.name}) on {self.cfg.uri}: {e}") from None
         values = sorted(v.decode() for v in (rows[0][1].get(self.attribute, []) if rows else []))
         if not values:
-            raise DirectoryConfigError(self.missing())
+            raise DetectionUnavailable(self.missing("not there or not readable"))
         return ";".join(values)
 
     @abstractmethod
-    def missing(self) -> str: ...
+    def missing(self, why: str) -> str:
+        """Why detection cannot work and what fixes it, for the log and ``provisioner status``."""
 
     def close(self) -> None:
         if self.conn is not None:
@@ -158,10 +178,11 @@ class CsnDetector(_LdapDetector):
             self.suffix = max(found, key=len) if found else self.cfg.base_dn
         return self.suffix
 
-    def missing(self) -> str:
+    def missing(self, why: str) -> str:
         return (
-            f"no contextCSN on {self.suffix} at {self.cfg.uri}: the server needs the syncprov "
-            "overlay on that database for change detection (or set directory.change_detection: none)"
+            f"contextCSN of {self.suffix or self.cfg.base_dn} at {self.cfg.uri}: {why}. Enable the syncprov "
+            f"overlay on that database (see {RUNBOOK_SYNCPROV}), or, if it is enabled, let "
+            f"{self.cfg.bind_dn} read contextCSN on {self.suffix or self.cfg.base_dn}"
         )
 
 
@@ -174,10 +195,10 @@ class UsnDetector(_LdapDetector):
     def _dn(self) -> str:
         return ""
 
-    def missing(self) -> str:
+    def missing(self, why: str) -> str:
         return (
-            f"the rootDSE of {self.cfg.uri} has no highestCommittedUSN: not an Active Directory server "
-            "(set directory.change_detection: csn for OpenLDAP, or none)"
+            f"highestCommittedUSN on the rootDSE of {self.cfg.uri}: {why}. Not an Active Directory server? "
+            "Set directory.change_detection: csn for OpenLDAP (with the syncprov overlay), or none"
         )
 
 
@@ -202,6 +223,9 @@ class WatchStatus:
     last_check: dict[str, Any] = field(default_factory=dict)
     last_run: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None  # a held threshold, an unreachable server: what needs a human
+    # Set while the detector cannot work (core.watch Rule 7): why, since when, the fallback's interval and
+    # its last roster read. `provisioner status` exits 10 while a running watch has it.
+    fallback: dict[str, Any] | None = None
 
     def save(self, state_dir: str) -> None:
         os.makedirs(state_dir, exist_ok=True)
@@ -392,8 +416,10 @@ class Watch:
         self.rng = rng or random.Random()
         w = cfg.watch
         self.policy = WatchPolicy(w.poll_seconds, w.debounce_seconds, w.max_delay_seconds,
-                                  w.full_interval_seconds)  # fmt: skip
+                                  w.full_interval_seconds, w.fallback_seconds)  # fmt: skip
         self.state = WatchState()
+        self.detection = Detection()
+        self.held_roster: Roster | None = None  # the fallback's roster the threshold held: not acted on again
         self.roster: Roster | None = None  # the last complete roster whose leavers were handled
         self.roster_at = float("-inf")
         self.status = WatchStatus(detector=self.detector.name)
@@ -482,12 +508,16 @@ class Watch:
     async def step(self) -> Decision:
         """One poll: ask the detector, decide, and act if due. Raises nothing but CancelledError."""
         failed = False
+        token = broken = None
         try:
             token = await self.check()
+        except DetectionUnavailable as e:
+            broken = str(e)  # not a failure to back off from: the fallback takes over (Rule 7)
         except DirectoryError as e:
-            token, failed = None, True
+            failed = True
             self.status.problem = str(e)
             self._save_status()
+        fallback_due = self._detection_checked(token, broken)
         if self.full_task is not None and self.full_task.done():
             failed = await self._full_finished() or failed
         running = self.full_task is not None
@@ -499,17 +529,79 @@ class Watch:
             self._start_full(full=True)
         elif decision is Decision.CHANGES and self.roster is not None:
             code = await self._guarded("leavers", self._changes)
+        elif fallback_due:
+            code = await self._fallback()
         if self.full_due and self.full_task is None:
             self._start_full(full=False)
         failed = failed or code in (exitcodes.DIRECTORY, exitcodes.HOMESERVER, exitcodes.LOCKED)
         self.failures = self.failures + 1 if failed else 0
         return decision
 
+    def _detection_checked(self, token: str | None, broken: str | None) -> bool:
+        """Rule 7: say when detection stops or starts working; True when the fallback's read is due."""
+        now = self.clock()
+        self.detection, notice, due = detection(self.detection, token=token, broken=broken, now=now,
+                                                policy=self.policy)  # fmt: skip
+        name, every = self.detector.name, self.policy.fallback_seconds
+        if notice in (Notice.BROKEN, Notice.REMIND):
+            log.error("change detection (%s) cannot work: %s. Until it does, leavers are found by reading "
+                      "the roster every %g s (watch.fallback_seconds)", name, broken, every)  # fmt: skip
+            self.status.fallback = {"reason": broken, "since": self.detection.since, "every_seconds": every,
+                                    "last_read": (self.status.fallback or {}).get("last_read")}  # fmt: skip
+            self._save_status()
+        elif notice is Notice.RECOVERED:
+            log.warning(
+                "change detection (%s) works again (token %s): the roster fallback stops", name, token
+            )
+            self.status.fallback = None
+            self._save_status()
+        return due
+
+    async def _fallback(self) -> int:
+        """Rule 7: read the roster; act on leavers and queue a full run if it changed."""
+        started = time.perf_counter()
+        read_at = self.clock()
+        try:
+            roster = await asyncio.to_thread(read_roster, self.cfg.directory)
+        except DirectoryError as e:
+            self._record_fallback(read_at, started, error=str(e))
+            return exitcodes.DIRECTORY
+        self._record_fallback(read_at, started, people=len(roster.present), error=roster.stop_reason)
+        if not roster.complete:
+            return exitcodes.INCOMPLETE_READ  # an incomplete read locks nobody (Rule 4); the next one may do
+        if self.roster is None:
+            self.roster, self.roster_at = roster, read_at
+            return exitcodes.OK
+        changed = roster_changed(self.roster, roster)
+        if not changed or roster == self.held_roster:
+            return exitcodes.OK  # a held change is told once, not every read, until the directory moves
+
+        async def act(started: float) -> int:
+            return await self._act_on(roster, read_at, started, full=changed)
+
+        code = await self._guarded("leavers", act)
+        self.held_roster = roster if code == exitcodes.REMOVALS_HELD else None
+        return code
+
+    def _record_fallback(
+        self, at: float, started: float, *, people: int = 0, error: str | None = None
+    ) -> None:
+        if self.status.fallback is None:
+            return
+        self.status.fallback["last_read"] = {"at": at, "ms": round((time.perf_counter() - started) * 1000, 1),
+                                             "people": people, "error": error}  # fmt: skip
+        if error or at - self._saved_at >= STATUS_EVERY_SECONDS:
+            self._save_status()
+
     async def _changes(self, started: float) -> int:
         """Read the roster; lock leavers now; queue a full run for everything else (Rule 5)."""
-        assert self.roster is not None
         read_at = self.clock()
         roster = await asyncio.to_thread(read_roster, self.cfg.directory)
+        return await self._act_on(roster, read_at, started, full=True)
+
+    async def _act_on(self, roster: Roster, read_at: float, started: float, *, full: bool) -> int:
+        """Lock the leavers between the last roster and ``roster``; queue a full run if ``full``."""
+        assert self.roster is not None
         leaving = leavers(self.roster, roster)
         code = exitcodes.OK
         if leaving:
@@ -523,7 +615,7 @@ class Watch:
             self._record_run("leavers", code, fast.untrusted, started, locked=fast.locked)
         if roster.complete:
             self.roster, self.roster_at = roster, read_at
-        self.full_due = True
+        self.full_due = self.full_due or full
         self.state = handled(self.state, full=False, now=read_at)
         return code
 

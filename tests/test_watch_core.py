@@ -149,3 +149,57 @@ def test_a_due_full_run_waits_while_one_is_running_and_changes_are_still_decided
     d, state = decide(state, "b", 203, P, full_running=True)
     assert d is Decision.CHANGES  # the leaver is not held behind the full run
     assert decide(state, "b", 204, P)[0] is Decision.FULL  # the due full run, once the other one is done
+
+
+FB = dataclasses.replace(P, fallback_seconds=10)
+
+
+def test_detection_that_cannot_work_is_told_once_then_reminded_and_reads_the_roster_on_its_interval():
+    from provisioner.core.watch import Detection, Notice, detection
+
+    d = Detection()
+    steps = []
+    for now, token, broken in [
+        (0, None, "no contextCSN"),  # told, first read at once
+        (1, None, "no contextCSN"),
+        (9, None, None),  # unreachable meanwhile: still broken, the read is not due yet
+        (10, None, "no contextCSN"),  # 10 s after the first read
+        (99, None, "no contextCSN"),
+        (100, None, "no contextCSN"),  # a full interval after it was told: reminded; read 1 s ago
+        (105, "csn1", None),  # works again: one last read
+        (106, "csn1", None),
+    ]:
+        d, notice, due = detection(d, token=token, broken=broken, now=now, policy=FB)
+        steps.append((notice, due))
+    assert steps == [
+        (Notice.BROKEN, True),
+        (Notice.NONE, False),
+        (Notice.NONE, False),
+        (Notice.NONE, True),
+        (Notice.NONE, True),
+        (Notice.REMIND, False),
+        (Notice.RECOVERED, True),
+        (Notice.NONE, False),
+    ]
+    assert d == Detection()
+
+
+def test_a_working_or_unreachable_detector_never_starts_the_fallback():
+    from provisioner.core.watch import Detection, Notice, detection
+
+    for token in ("csn", None):
+        d, notice, due = detection(Detection(), token=token, broken=None, now=5, policy=FB)
+        assert (d, notice, due) == (Detection(), Notice.NONE, False)
+
+
+def test_roster_changed_sees_any_difference_but_not_an_incomplete_read():
+    from provisioner.core.watch import roster_changed
+
+    base = Roster(frozenset({"a", "b"}), frozenset(), True)
+    assert not roster_changed(base, Roster(frozenset({"a", "b"}), frozenset(), True))
+    assert roster_changed(base, Roster(frozenset({"a", "b", "c"}), frozenset(), True))  # a hire
+    assert roster_changed(base, Roster(frozenset({"a", "b"}), frozenset({"b"}), True))  # disabled
+    assert roster_changed(
+        Roster(frozenset({"a"}), frozenset({"a"}), True), Roster(frozenset({"a"}), frozenset(), True)
+    )
+    assert not roster_changed(base, Roster(frozenset({"a"}), frozenset(), False, "size limit"))

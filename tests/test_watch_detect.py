@@ -6,11 +6,14 @@ the watch is tested against real servers in test_watch_live.py).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from provisioner.config import parse_config
-from provisioner.ldap_reader import DirectoryConfigError, DirectoryUnreachable, read_directory_sync
-from provisioner.watch import CsnDetector, NoDetector, UsnDetector, make_detector
+from provisioner.ldap_reader import DirectoryUnreachable, read_directory_sync
+from provisioner.watch import CsnDetector, DetectionUnavailable, NoDetector, UsnDetector, make_detector
 from tests.helpers import config
 
 
@@ -95,5 +98,60 @@ def test_usn_detector_reads_highest_committed_usn_on_the_root_dse():
 def test_usn_detector_on_a_server_without_it_says_what_to_set():
     det = UsnDetector(directory_cfg("active_directory"))
     det._open = lambda: FakeRootDSE({})
-    with pytest.raises(DirectoryConfigError, match="not an Active Directory server .*change_detection: csn"):
+    with pytest.raises(DetectionUnavailable, match="Not an Active Directory server.*change_detection: csn"):
         det.check()
+
+
+RUNBOOK = Path(__file__).resolve().parents[1] / "docs" / "RUNBOOK.md"
+
+
+def runbook_syncprov_ldif() -> str:
+    """The one ```ldif block of RUNBOOK's "Enabling syncprov": what an operator applies, verbatim."""
+    text = RUNBOOK.read_text(encoding="utf-8")
+    section = text[text.index("### Enabling syncprov") :]
+    blocks = re.findall(r"```ldif\n(.*?)```", section.split("\n## ", 1)[0], re.S)
+    assert len(blocks) == 1, blocks
+    return blocks[0]
+
+
+def test_csn_without_syncprov_names_the_fix(make_slapd, tmp_path):
+    ldap = make_slapd(people=10, broken=False, syncprov=False)
+    det = CsnDetector(config(tmp_path, ldap).directory)
+    with pytest.raises(DetectionUnavailable) as e:
+        det.check()
+    assert f"contextCSN of {ldap.suffix}" in str(e.value)
+    assert 'Enable the syncprov overlay on that database (see docs/RUNBOOK.md, "Enabling syncprov")' in str(
+        e.value
+    )
+    det.close()
+
+
+def test_runbook_ldif_enables_syncprov_on_a_cn_config_slapd(make_slapd, tmp_path):
+    ldap = make_slapd(people=10, broken=False, syncprov=False, cn_config=True)
+    det = CsnDetector(config(tmp_path, ldap).directory)
+    with pytest.raises(DetectionUnavailable):
+        det.check()
+    ldap.modify_config(runbook_syncprov_ldif())
+    first = det.check()
+    some = read_directory_sync(config(tmp_path, ldap).directory).people[0].dn
+    ldap.modify(f"dn: {some}\nchangetype: modify\nreplace: title\ntitle: Другая\n\n")
+    assert det.check() != first
+    ldap.stop()
+    ldap.start()  # the overlay is in slapd.d now, not in slapd.conf: it survives a restart
+    det.close()
+    assert det.check()
+    det.close()
+
+
+def test_contextcsn_hidden_from_the_service_account_is_unavailable_not_unreachable(make_slapd, tmp_path):
+    ldap = make_slapd(people=10, broken=False, cn_config=True)
+    det = CsnDetector(config(tmp_path, ldap).directory)
+    assert det.check()
+    ldap.modify_config(
+        "dn: olcDatabase={1}mdb,cn=config\nchangetype: modify\nadd: olcAccess\n"
+        f'olcAccess: {{0}}to dn.base="{ldap.suffix}" attrs=contextCSN by * none\n\n'
+    )
+    det.close()
+    with pytest.raises(DetectionUnavailable, match=f"let {re.escape(ldap.service_dn)} read contextCSN"):
+        det.check()
+    det.close()

@@ -16,6 +16,12 @@ Rules (each tested):
 5. Every change also gets a full run (hires, renames, moves, and the leavers' kicks): a roster of anchors
    cannot tell a rename from nothing. Changes seen while one runs queue one more run, not one each.
 6. Leavers are locked even while a full run is going (~8 s at 25,000 people): see :func:`keep_locked`.
+7. A detector that *cannot work* (no contextCSN: the syncprov overlay is missing; no highestCommittedUSN; the
+   attribute not readable) is not silent: the watch says so once, again every ``full_interval`` seconds while
+   it lasts, and falls back to reading the roster every ``fallback_seconds`` and comparing it with the last
+   one (Rule 4's leavers; any other difference in it queues a full run). The detector is still asked at
+   every poll, and the first token it gives ends the fallback (said too) after one last read. An unreachable
+   directory changes neither: it says nothing about whether detection works.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ class WatchPolicy:
     debounce_seconds: float = 1.0
     max_delay_seconds: float = 10.0
     full_interval_seconds: float = 3600.0
+    fallback_seconds: float = 10.0
 
 
 class Decision(enum.Enum):
@@ -83,6 +90,54 @@ def handled(state: WatchState, *, full: bool, now: float) -> WatchState:
         pending_since=state.pending_since if pending else None,
         last_change_at=state.last_change_at if pending else None,
     )
+
+
+class Notice(enum.Enum):
+    """What a detector check changed about detection itself (Rule 7): what to tell the operator."""
+
+    NONE = "none"
+    BROKEN = "broken"  # detection just stopped working (or never did): the fallback starts
+    REMIND = "remind"  # still broken, one full interval after the last word about it
+    RECOVERED = "recovered"  # a token again: the fallback ends
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    broken: str | None = None  # why the detector cannot work; None while it works or has not said
+    since: float | None = None
+    told_at: float | None = None
+    read_at: float | None = None  # the fallback's last roster read
+
+
+def detection(
+    d: Detection, *, token: str | None, broken: str | None, now: float, policy: WatchPolicy
+) -> tuple[Detection, Notice, bool]:
+    """Rule 7 after one check that gave ``token``, or ``broken`` (why it cannot work), or neither (no answer).
+
+    Returns the state to keep, what to tell, and whether the fallback's roster read is due now (the caller
+    reads it at once, so it is counted as done).
+    """
+    notice = Notice.NONE
+    if token is not None and d.broken is not None:
+        # One last read: whoever left between the fallback's last read and this first token is the
+        # detector's no longer (its changes count from this token on).
+        return Detection(), Notice.RECOVERED, True
+    if broken is not None:
+        if d.broken is None:
+            d, notice = Detection(broken, now, now, d.read_at), Notice.BROKEN
+        elif d.told_at is not None and now - d.told_at >= policy.full_interval_seconds:
+            d, notice = replace(d, broken=broken, told_at=now), Notice.REMIND
+        else:
+            d = replace(d, broken=broken)
+    due = d.broken is not None and (d.read_at is None or now - d.read_at >= policy.fallback_seconds)
+    if due:
+        d = replace(d, read_at=now)
+    return d, notice, due
+
+
+def roster_changed(before: Roster, after: Roster) -> bool:
+    """A complete roster that differs from ``before``: somebody came, went, or was disabled or enabled."""
+    return after.complete and (before.present != after.present or before.disabled != after.disabled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,12 @@ Rules the configuration keeps:
 * Rule 4: anonymous clients may read the root DSE and the schema, nothing else.
 * Rule 5: the ``syncprov`` overlay runs on the database, so ``contextCSN`` on the suffix moves with each write
   (``provisioner watch`` polls it) and syncrepl consumers can attach, as on a production OpenLDAP.
+  ``syncprov=False`` leaves the module and the overlay out, as on a server nobody set up for replication.
+* Rule 6: ``cn_config=True`` runs slapd from a ``slapd.d`` directory (``slapd -F``), the way Debian's slapd
+  runs: ``slapd.conf`` is converted once (``slaptest``), and from then on the configuration is changed live
+  through ``cn=config`` (:meth:`modify_config`, as ``cn=config`` with :attr:`config_password`), and those
+  changes survive a restart (the passwords too: one object keeps its data directory's). The mdb database
+  is ``olcDatabase={1}mdb,cn=config``, as on Debian.
 
 ``slapadd -q`` loads LDIF offline before :meth:`start`; :meth:`modify` applies live changes through
 ``ldapmodify`` as the rootdn. slapd keeps ``entryUUID`` across modrdn, so an anchor survives renames and
@@ -99,6 +105,8 @@ class EmbeddedSlapd(Server):
         max_size_bytes: int = 4 << 30,
         start_timeout: float = 30.0,
         ppolicy: bool = False,
+        syncprov: bool = True,
+        cn_config: bool = False,
     ) -> None:
         parse_dn(suffix)  # a bad suffix fails here, not in slapd's log
         self.data_dir = Path(data_dir).resolve()
@@ -115,6 +123,9 @@ class EmbeddedSlapd(Server):
         self.start_timeout = start_timeout
         # The password-policy overlay: its pwdAccountLockedTime is the openldap preset's disabled flag.
         self.ppolicy = ppolicy
+        self.syncprov = syncprov
+        self.cn_config = cn_config
+        self.config_password = secrets.token_urlsafe(18)
         self._child = ChildProcess("slapd")
         self._loads = 0
 
@@ -123,6 +134,11 @@ class EmbeddedSlapd(Server):
     @property
     def conf_path(self) -> Path:
         return self.data_dir / "slapd.conf"
+
+    @property
+    def config_dir(self) -> Path:
+        """``slapd.d``: the configuration slapd runs from in cn=config mode (Rule 6)."""
+        return self.data_dir / "slapd.d"
 
     @property
     def db_dir(self) -> Path:
@@ -136,6 +152,11 @@ class EmbeddedSlapd(Server):
     def root_password_file(self) -> Path:
         """The rootdn password, no trailing newline (``ldapsearch -y`` and ``bind_password_file`` read it)."""
         return self.data_dir / "root.pw"
+
+    @property
+    def config_password_file(self) -> Path:
+        """The password of ``cn=config`` (the configuration's rootdn), no trailing newline."""
+        return self.data_dir / "config.pw"
 
     @property
     def service_password_file(self) -> Path:
@@ -173,12 +194,16 @@ class EmbeddedSlapd(Server):
             f"argsfile {d / 'slapd.args'}",
             f"modulepath {MODULE_DIR}",
             "moduleload back_mdb",
-            "moduleload syncprov",
+            *(["moduleload syncprov"] if self.syncprov else []),
             *(["moduleload ppolicy"] if self.ppolicy else []),
             f"sizelimit {self.sizelimit}",
             "",
             'access to dn.base="" by * read',
             'access to dn.base="cn=Subschema" by * read',
+            "",
+            # Before the mdb database, so that it is olcDatabase={1}mdb in cn=config mode, as on Debian.
+            "database config",
+            f"rootpw {ssha(self.config_password)}",
             "",
             "database mdb",
             f"suffix {_conf_quote(self.suffix)}",
@@ -211,11 +236,10 @@ class EmbeddedSlapd(Server):
             "    by * none",
             "",
             *(["overlay ppolicy"] if self.ppolicy else []),
-            # Rule 5. Last: the directives after ``overlay`` configure the overlay, not the database.
-            "overlay syncprov",
-            "syncprov-checkpoint 100 1",
-            "",
         ]
+        if self.syncprov:
+            # Rule 5. Last: the directives after ``overlay`` configure the overlay, not the database.
+            lines += ["overlay syncprov", "syncprov-checkpoint 100 1", ""]
         return "\n".join(lines)
 
     def write_config(self) -> None:
@@ -225,6 +249,7 @@ class EmbeddedSlapd(Server):
         for path, secret in (
             (self.root_password_file, self.root_password),
             (self.service_password_file, self.service_password),
+            (self.config_password_file, self.config_password),
         ):
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -232,6 +257,31 @@ class EmbeddedSlapd(Server):
         fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(self.render_config())
+
+    def _convert(self) -> None:
+        """Rule 6: slapd.conf becomes slapd.d once; afterwards slapd.d holds the live changes and stays."""
+        if not self.cn_config or (self.config_dir / "cn=config.ldif").exists():
+            return
+        if not (self.db_dir / "data.mdb").exists():
+            # slaptest opens the database read-only to check it, which needs one: an empty load makes it.
+            empty = self.data_dir / "empty.ldif"
+            empty.write_text("", encoding="utf-8")
+            self._tool("slapadd", ["-q", "-f", str(self.conf_path), "-b", self.suffix, "-l", str(empty)])
+        if self.config_dir.exists():
+            shutil.rmtree(self.config_dir)
+        self.config_dir.mkdir()
+        self._tool("slaptest", ["-f", str(self.conf_path), "-F", str(self.config_dir)])
+
+    def _tool(self, name: str, args: list[str]) -> None:
+        result = subprocess.run([_find_binary(name), *args], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise SlapdError(
+                f"{name} {' '.join(args)} failed (exit {result.returncode}): {_tail(result.stderr, 4)}"
+            )
+
+    def _config_args(self) -> list[str]:
+        converted = self.cn_config and (self.config_dir / "cn=config.ldif").exists()
+        return ["-F", str(self.config_dir)] if converted else ["-f", str(self.conf_path)]
 
     # -- offline loading -------------------------------------------------------------------------------
 
@@ -257,7 +307,7 @@ class EmbeddedSlapd(Server):
                 raise SlapdError(f"LDIF file not found: {path}")
         started = time.perf_counter()
         result = subprocess.run(
-            [slapadd, "-q", "-f", str(self.conf_path), "-l", str(path)],
+            [slapadd, "-q", *self._config_args(), "-b", self.suffix, "-l", str(path)],
             capture_output=True,
             text=True,
             check=False,
@@ -285,12 +335,11 @@ class EmbeddedSlapd(Server):
         for tool in ("ldapsearch", "ldapmodify", "ldapwhoami"):
             _find_binary(tool)
         self.write_config()
+        self._convert()
         if not port_is_free(self.port, self.host):
             raise SlapdError(f"port {self.port} on {self.host} is in use; pass another port or none")
         # -d keeps slapd in the foreground (we own its pid) and sends its stats log to slapd.log.
-        self._child.spawn(
-            [slapd, "-h", f"{self.uri}/", "-f", str(self.conf_path), "-d", "stats"], self.log_path
-        )
+        self._child.spawn([slapd, "-h", f"{self.uri}/", *self._config_args(), "-d", "stats"], self.log_path)
         probes: list[subprocess.CompletedProcess[str]] = []  # the last one, quoted on a timeout
 
         def bound() -> bool:
@@ -342,6 +391,19 @@ class EmbeddedSlapd(Server):
         if result.returncode != LDAP_SUCCESS:
             raise SlapdError(
                 f"ldapmodify on {self.uri} failed (exit {result.returncode}): "
+                f"{result.stderr.strip() or result.stdout.strip()}"
+            )
+
+    def modify_config(self, ldif: str) -> None:
+        """Apply change records to ``cn=config`` live, bound as ``cn=config`` (cn=config mode, Rule 6)."""
+        self._require_running()
+        if not self.cn_config:
+            raise SlapdError(f"slapd on {self.uri} runs from slapd.conf; modify_config needs cn_config=True")
+        args = ["ldapmodify", "-x", "-H", self.uri, "-D", "cn=config", "-y", str(self.config_password_file)]
+        result = self._run(args, input_text=ldif, check=False)
+        if result.returncode != LDAP_SUCCESS:
+            raise SlapdError(
+                f"ldapmodify of cn=config on {self.uri} failed (exit {result.returncode}): "
                 f"{result.stderr.strip() or result.stdout.strip()}"
             )
 
