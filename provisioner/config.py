@@ -167,6 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "surname": "sn",
             "common_name": "cn",
             "manager": "manager",
+            "mobile": "mobile",
         },
     },
     "active_directory": {
@@ -188,6 +189,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "surname": "sn",
             "common_name": "cn",
             "manager": "manager",
+            "mobile": "mobile",
         },
     },
 }
