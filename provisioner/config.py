@@ -180,6 +180,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "surname": "sn",
             "common_name": "cn",
             "manager": "manager",
+            "mobile": "mobile",
         },
     },
     "active_directory": {
@@ -202,6 +203,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             "surname": "sn",
             "common_name": "cn",
             "manager": "manager",
+            "mobile": "mobile",
         },
     },
 }

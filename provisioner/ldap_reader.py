@@ -97,7 +97,7 @@ def _person_attributes(cfg: DirectoryConfig) -> list[str]:
     a = cfg.attributes
     names = [
         a.anchor, a.login, a.display_name, a.common_name, a.surname, a.given_name, a.title,
-        a.department, a.phone, a.email, a.manager,
+        a.department, a.phone, a.mobile, a.email, a.manager,
     ]  # fmt: skip
     return sorted({n for n in names if n})
 

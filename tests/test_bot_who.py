@@ -145,6 +145,22 @@ async def test_who_answers_from_the_snapshot_index(store: Store, tmp_path: Path)
     assert await ask(svc, "!who Petrov") == "Nobody found for “Petrov”."
 
 
+async def test_who_finds_a_phone_as_printed_with_its_extension(store: Store, tmp_path: Path) -> None:
+    """!who shares the search index, so a number typed as printed finds the one person behind it."""
+    desk = IndexedPerson(
+        "@desk:city.test", "Абрамов Олег", "desk", phone="+7 (495) 149-03-75 ext. 25139, +7 916 1"
+    )
+    same = IndexedPerson("@same:city.test", "Борисова Анна", "same", phone="8 (495) 149-03-75 доб. 25140")
+    snap = tmp_path / "search.json"
+    write_snapshot(snap, [desk, same], generated_at=1.0)
+    svc = service(store, SnapshotPeople(snap))
+    body = await ask(svc, "!кто 8 495 149-03-75 доб. 25139")
+    assert "Абрамов Олег — +7 (495) 149-03-75 ext. 25139, +7 916 1" in body and "Борисова" not in body
+    assert "Борисова Анна" in await ask(svc, "!who ext 25140")
+    both = await ask(svc, "!who 149-03-75")
+    assert "Абрамов" in both and "Борисова" in both
+
+
 async def test_who_reloads_when_the_snapshot_changes(store: Store, tmp_path: Path) -> None:
     snap = tmp_path / "search.json"
     people = SnapshotPeople(snap)

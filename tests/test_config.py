@@ -61,6 +61,9 @@ def test_presets():
     assert ol.directory.attributes.anchor == "entryUUID" and ol.directory.department_from == "dn"
     over = parse_config(with_("directory.attributes", {"login": "mail", "phone": None}))
     assert over.directory.attributes.login == "mail" and over.directory.attributes.phone is None
+    # Both presets read the mobile number too (inetOrgPerson and AD both call it "mobile"); null turns it off.
+    assert ad.directory.attributes.mobile == ol.directory.attributes.mobile == "mobile"
+    assert parse_config(with_("directory.attributes", {"mobile": None})).directory.attributes.mobile is None
 
 
 @pytest.mark.parametrize(

@@ -75,3 +75,43 @@ def test_an_over_long_department_keeps_its_people_in_it():
     unit = unit_of(snap, 1)
     assert unit.path[0] == "Префектура ЮАО" and unit.path[1] == "Д" * 255
     assert unit.key != unit_of(snap, 2).key and not snap.skipped
+
+
+def test_every_desk_and_mobile_number_is_kept_in_order_once() -> None:
+    """A second number is a second value of telephoneNumber, or the mobile attribute; none is dropped."""
+    attrs = {
+        **entry(1, "Отдел").attrs,
+        "telephonenumber": ("+7 (495) 149-03-75 ext. 25139", "8 (499) 222-33-44"),
+        "mobile": ("+7 916 555-66-77", "8 495 149 03 75 доб. 25139"),  # the last: the desk number again
+    }
+    one = {**entry(2, "Отдел").attrs, "telephonenumber": ("+7 495 111-22-33",)}
+    only_mobile = {**entry(3, "Отдел").attrs, "mobile": ("+7 916 000-00-03",)}
+    snap = read(
+        *(
+            RawEntry(f"cn=u{n},cn=Users,dc=corp,dc=test", a)
+            for n, a in ((1, attrs), (2, one), (3, only_mobile))
+        )
+    )
+    phones = {p.anchor: p.phone for p in snap.people}
+    assert phones == {
+        "E1": "+7 (495) 149-03-75 ext. 25139, 8 (499) 222-33-44, +7 916 555-66-77",
+        "E2": "+7 495 111-22-33",  # one number: the string it always was
+        "E3": "+7 916 000-00-03",
+    }
+
+
+def test_mobile_is_read_only_when_mapped() -> None:
+    cfg = parse_config(
+        {
+            "homeserver": {"url": "http://127.0.0.1:1", "server_name": "example.test"},
+            "directory": {
+                "uri": "ldap://127.0.0.1:1", "bind_dn": "cn=x", "bind_password_env": "HOME",
+                "base_dn": "dc=corp,dc=test", "department_from": "attribute",
+                "attributes": {"anchor": "employeeNumber", "department": "departmentNumber", "mobile": None},
+            },
+        }
+    ).directory_policy()  # fmt: skip
+    attrs = {**entry(1, "Отдел").attrs, "telephonenumber": ("+7 495 111-22-33",), "mobile": ("+7 916 1",)}
+    raw = RawEntry("cn=u1,cn=Users,dc=corp,dc=test", attrs)
+    snap = interpret(ReadResult((raw,), (), frozenset(), True, None), cfg, skip_log=False)
+    assert [p.phone for p in snap.people] == ["+7 495 111-22-33"]

@@ -78,6 +78,72 @@ def test_matching(term: str, expected: list[str]) -> None:
     assert found(term) == expected
 
 
+# Phones as directories print them (several numbers, extensions in Russian and English) and people type them.
+DESK = IndexedPerson("@desk:x", "Абрамов Олег", "desk", phone="+7 (495) 149-03-75 ext. 25139")
+SAME_MAIN = IndexedPerson("@samemain:x", "Борисова Анна", "samemain", phone="8 (495) 149-03-75 доб. 25140")
+RUSSIAN_EXT = IndexedPerson("@volkov:x", "Волков Ян", "volkov", phone="+7 495 540-02-01, доб. 318")
+TWO = IndexedPerson("@two:x", "Глебов Ион", "two", phone="+7 499 222-33-44; +7 916 555-66-77 вн. 4512")
+HASH = IndexedPerson("@hash:x", "Дронов Лев", "hash", phone="8-800-100-20-30 #7")
+PHONES = SearchIndex([DESK, SAME_MAIN, RUSSIAN_EXT, TWO, HASH, IVANOV, FEDOROV])
+
+
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ("+7 (495) 149-03-75 ext. 25139", ["@desk:x"]),  # as printed: the extension picks one of two
+        ("8 495 149-03-75 доб. 25139", ["@desk:x"]),  # 8 for +7, доб. for ext.
+        ("+7 (495) 149-03-75 x25139", ["@desk:x"]),
+        ("4951490375 #25140", ["@samemain:x"]),
+        ("+7 (495) 149-03-75", ["@desk:x", "@samemain:x"]),  # the main number: everyone behind it
+        ("8 495 149 03 75", ["@desk:x", "@samemain:x"]),
+        ("149-03-75", ["@desk:x", "@samemain:x"]),
+        ("0375", ["@desk:x", "@samemain:x"]),  # the last 4 digits of the main number
+        ("25139", ["@desk:x"]),  # the extension alone
+        ("5139", ["@desk:x"]),  # its last 4 digits
+        ("доб. 25139", ["@desk:x"]),
+        ("ext 25140", ["@samemain:x"]),
+        ("540-02-01", ["@volkov:x"]),  # the main number of "…, доб. 318"
+        ("+7 495 540-02-01 доб. 318", ["@volkov:x"]),
+        ("доб 318", ["@volkov:x"]),  # marked: exact, even under 4 digits
+        ("318", []),  # bare and under 4 digits: no phone match
+        ("вн. 31", []),  # an extension typed with its marker is matched whole, not as a suffix
+        ("222-33-44", ["@two:x"]),  # the first of two numbers in one value
+        ("8 916 555-66-77", ["@two:x"]),  # the second
+        ("+7 916 555-66-77 вн. 4512", ["@two:x"]),
+        ("4512", ["@two:x"]),
+        ("+7 499 222-33-44 вн. 4512", []),  # the extension belongs to the other number
+        ("#7", ["@hash:x"]),
+        ("8 800 100 20 30", ["@hash:x"]),
+        ("+7 495 149-03-75 доб. 99999", []),  # a wrong extension finds nobody
+        ("глебов 6677", ["@two:x"]),  # a name and a phone: both must match
+        ("глебов 0375", []),
+        ("1490", []),  # digits inside a number are no suffix
+        ("0201 доб 318", ["@volkov:x"]),
+        ("ext", []),  # a marker alone is a word like any other
+        ("доб", []),
+    ],
+)
+def test_phone_matching(term: str, expected: list[str]) -> None:
+    assert [h.user_id for h in PHONES.search(term).hits] == expected
+
+
+def test_a_marker_alone_still_prefix_matches_names() -> None:
+    dobrov = IndexedPerson("@dobrov:x", "Добров Ян", "dobrov", phone="+7 495 000-00-01 доб. 12")
+    ix = SearchIndex([dobrov, DESK])
+    assert [h.user_id for h in ix.search("доб").hits] == ["@dobrov:x"]
+    assert [h.user_id for h in ix.search("доб 12").hits] == ["@dobrov:x"]  # the extension, not the name
+
+
+def test_short_digits_do_not_flood() -> None:
+    many = [
+        IndexedPerson(f"@p{i}:x", "Петров Пётр", f"p{i}", phone=f"+7 495 {i:03d}-12-34") for i in range(300)
+    ]
+    ix = SearchIndex(many)
+    assert ix.search("234", 50).hits == ()  # three digits: no phone match at all
+    assert ix.search("1234", 50).limited  # four: the suffix everyone shares, limited as ever
+    assert [h.user_id for h in ix.search("007-12-34").hits] == ["@p7:x"]
+
+
 def test_exact_full_name_comes_first_even_against_name_order() -> None:
     a = IndexedPerson("@a:x", "Иванов Иван", "a", sort_name="0")
     b = IndexedPerson("@b:x", "Иванов Иван Петрович", "b", sort_name="1")

@@ -377,7 +377,11 @@ def test_hire_found_and_leaver_gone_right_after_the_sync(world: World) -> None:
     world.ldap.modify(
         f"dn: uid=nanyatyy.sotrudnik,{unit_dn}\nchangetype: add\nobjectClass: inetOrgPerson\n"
         "uid: nanyatyy.sotrudnik\ncn: Нанятый Сотрудник\nsn: Нанятый\ngivenName: Сотрудник\n"
-        "displayName: Нанятый Сотрудник Ильич\ntitle: Инспектор по ёлкам\ntelephoneNumber: +7 495 987-65-43\n\n"
+        "displayName: Нанятый Сотрудник Ильич\ntitle: Инспектор по ёлкам\n"
+        # Two desk numbers (one with an extension) and a mobile, as multi-valued attributes carry them
+        # (OpenLDAP's telephoneNumber syntax is PrintableString: "ext." here, "доб." only in AD).
+        "telephoneNumber: +7 495 987-65-43 ext. 25139\ntelephoneNumber: 8 (499) 222-33-44\n"
+        "mobile: +7 916 555-66-77\n\n"
         f"dn: {leaver.dn}\nchangetype: delete\n\n"
     )
     result = sync(world.config)
@@ -389,6 +393,21 @@ def test_hire_found_and_leaver_gone_right_after_the_sync(world: World) -> None:
     assert ids(search(world, "инспектор елкам")) == [hire]
     assert ids(search(world, "98765")) == []  # digits match as a suffix, not anywhere inside
     assert ids(search(world, "6543")) == [hire]
+    # A number as printed with its extension, the extension alone, every number of the person.
+    assert ids(search(world, "+7 (495) 987-65-43 ext. 25139")) == [hire]
+    assert ids(search(world, "8 495 987 65 43 доб. 25139")) == [hire]
+    assert ids(search(world, "доб. 25139")) == [hire]
+    assert ids(search(world, "+7 495 987-65-43 доб. 25138")) == []
+    assert ids(search(world, "987-65-43")) == [hire]
+    assert ids(search(world, "+7 499 222-33-44")) == [hire]
+    assert ids(search(world, "8 916 555-66-77")) == [hire]
+    # The profile carries all of them too, as one string.
+    profile = _as(
+        world, "GET", f"/_matrix/client/v3/profile/{urllib.request.quote(hire)}", b"", "application/json"
+    )
+    assert (
+        profile["org.civmatrix.phone"] == "+7 495 987-65-43 ext. 25139, 8 (499) 222-33-44, +7 916 555-66-77"
+    )
     assert leaver_uid not in ids(search(world, leaver.display_name, 50))
 
 

@@ -3,12 +3,19 @@
 Rules (each tested in tests/test_search_index.py):
 1. Every word of the query must prefix-match some token of the person: a word of the display name (name,
    patronymic, surname), the login, a word of the title, a word of any level of the department path, the
-   e-mail (whole, or a piece of it); a run of at least 4 digits matches the phone as a suffix (or whole).
+   e-mail (whole, or a piece of it), a phone number (rule 4).
 2. Case and ё/е do not count; every Cyrillic token is also indexed in the project's transliteration
    (``provisioner.core.identity.transliterate``), and each query word is also tried transliterated, so
    "ivanov" finds Иванов and "иванов" finds the login ``ivanov``.
 3. Ranking: the exact full name first, then people matched on their name (and login) alone, then the rest
    (title, department, e-mail, phone); within a tier, the directory's name order. A person appears once.
+4. Phones (a person may have several: ``provisioner.core.phones`` splits them and their extensions). Digits
+   typed together ("540-02-01", "+7 (495) 149-03-75", "8 495 149 03 75") are one number; they match when
+   they end some number of the person or their extension: at least ``MIN_PHONE_DIGITS`` (4) of them, so
+   that "12" or "201" cannot list a thousand people; a Russian number compares without its 7/8 trunk code.
+   A number typed with its extension ("… ext. 25139", "… доб. 25139") matches the number whose extension is
+   exactly that; an extension typed with its marker alone ("доб. 25139", "x215", "#215") matches that
+   extension exactly, whatever its length, since the marker says what it is.
 
 Why in memory rather than SQLite FTS5: every query word needs a prefix match over both spellings and a
 ranking FTS5's bm25 cannot express; with people numbered in name order, the best ``limit`` results are
@@ -31,6 +38,7 @@ from dataclasses import dataclass
 
 from bridge.search.snapshot import IndexedPerson
 from provisioner.core.identity import transliterate
+from provisioner.core.phones import EXTENSION_MARKER, Phone, digits_of, national, numbers
 
 MAX_LIMIT = 50
 SEP = "\x00"  # never inside a token: tokens are runs of letters and digits, e-mails, logins
@@ -38,7 +46,10 @@ SEP = "\x00"  # never inside a token: tokens are runs of letters and digits, e-m
 CACHE_SIZE = 4096
 MIN_PHONE_DIGITS = 4
 _WORD = re.compile(r"[^\W_]+")
-_PHONE_LIKE = re.compile(r"^[\d\s+()\-.]+$")
+_NUMBER_CHUNK = re.compile(r"^[\d+()\-.]*\d[\d+()\-.]*$")
+# A query chunk holding an extension marker: "ext.", "доб", "x25139", "149-03-75#25139", "(доб.".
+_MARKED_CHUNK = re.compile(rf"^\(?(?P<main>[\d+()\-.]*?){EXTENSION_MARKER}[.:]*(?P<ext>\d*)\)?$")
+_DIGITS_CHUNK = re.compile(r"^\(?(\d+)\)?$")
 
 
 def fold(text: str) -> str:
@@ -51,14 +62,15 @@ def _spellings(word: str) -> tuple[str, ...]:
     return (word,) if latin == word or not latin else (word, latin)
 
 
-def phone_digits(phone: str | None) -> tuple[str, ...]:
-    """The digit strings a phone is matched on: as written, and without a leading 7/8 trunk code."""
-    digits = "".join(ch for ch in phone or "" if ch.isdigit())
-    if not digits:
-        return ()
-    if len(digits) == 11 and digits[0] in "78":
-        return (digits, digits[1:])
-    return (digits,)
+def phone_keys(phones: Sequence[Phone]) -> tuple[str, ...]:
+    """The digit strings a person's phones are matched on as suffixes: each number as written and without
+    its trunk code, and each extension."""
+    keys: dict[str, None] = {}
+    for p in phones:
+        keys.update(dict.fromkeys(p.forms))
+        if p.extension:
+            keys[p.extension] = None
+    return tuple(keys)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,10 +125,11 @@ class _Postings:
 
 @dataclass(frozen=True, slots=True)
 class _Word:
-    """One query word: prefix spellings, or phone digits, or an e-mail prefix."""
+    """One query word: prefix spellings, or a phone number (and extension), or an e-mail prefix."""
 
     spellings: tuple[str, ...] = ()
-    digits: str | None = None
+    digits: str | None = None  # national form; "" when only an extension was typed
+    extension: str | None = None  # typed with a marker: must equal the extension
     email: str | None = None
 
     @property
@@ -126,24 +139,53 @@ class _Word:
 
 
 def parse_query(term: str) -> tuple[_Word, ...]:
-    """Query words; a term that is only a phone number (spaces, dashes and brackets allowed) is one word."""
-    if _PHONE_LIKE.match(term) and sum(ch.isdigit() for ch in term) >= MIN_PHONE_DIGITS:
-        return (_phone_word(term),)
+    """Query words: chunks of digits typed one after another are one phone number (rule 4), with the
+    extension that follows its marker; an e-mail is one word; everything else is words to prefix-match."""
+    chunks = fold(term).replace(",", " ").replace(";", " ").split()
     words: list[_Word] = []
-    for chunk in fold(term).split():
-        if "@" in chunk:
-            words.append(_Word(email=chunk))
-        elif _PHONE_LIKE.match(chunk) and sum(ch.isdigit() for ch in chunk) >= MIN_PHONE_DIGITS:
-            words.append(_phone_word(chunk))
+    run: list[str] = []  # the chunks of the number being read
+
+    def end_number(extension: str | None) -> None:
+        digits = digits_of("".join(run))
+        if extension is not None or len(digits) >= MIN_PHONE_DIGITS:
+            # "8 495 …" and "+7 495 …" are the same number: match on the form without the trunk code.
+            words.append(_Word(digits=national(digits), extension=extension))
+        else:  # "отдел 2": too few digits for a phone, a word like any other
+            words.extend(_Word(spellings=(w,)) for c in run for w in _WORD.findall(c))
+        run.clear()
+
+    i = 0
+    while i < len(chunks):
+        chunk = chunks[i]
+        marked = _MARKED_CHUNK.match(chunk)
+        if marked is not None and (marked["ext"] or _next_digits(chunks, i)):
+            run.append(marked["main"])
+            ext = marked["ext"]
+            if not ext:
+                i += 1
+                ext = _next_digits(chunks, i - 1)
+            end_number(ext)
+        elif _NUMBER_CHUNK.match(chunk):
+            run.append(chunk)
         else:
-            words.extend(_Word(spellings=_spellings(w)) for w in _WORD.findall(chunk))
+            if run:
+                end_number(None)
+            if "@" in chunk:
+                words.append(_Word(email=chunk))
+            else:
+                words.extend(_Word(spellings=_spellings(w)) for w in _WORD.findall(chunk))
+        i += 1
+    if run:
+        end_number(None)
     return tuple(words)
 
 
-def _phone_word(text: str) -> _Word:
-    forms = phone_digits(text)
-    # "8 495 …" and "+7 495 …" are the same number: match on the form without the trunk code.
-    return _Word(digits=forms[-1])
+def _next_digits(chunks: Sequence[str], i: int) -> str:
+    """The digits of the chunk after ``i`` when it is only digits ("25139", "25139)"), else ""."""
+    if i + 1 >= len(chunks):
+        return ""
+    m = _DIGITS_CHUNK.match(chunks[i + 1])
+    return m.group(1) if m else ""
 
 
 class SearchIndex:
@@ -166,6 +208,8 @@ class SearchIndex:
         self._name_of: list[str] = []
         self._other_of: list[str] = []
         self._digits_of: list[tuple[str, ...]] = []
+        self._phones_of: list[tuple[Phone, ...]] = []
+        by_extension: dict[str, list[int]] = defaultdict(list)
         self._email_of: list[str] = []
         # Titles, unit names and common names repeat across thousands of people: tokenise each text once.
         cache: dict[str | tuple[str, ...], frozenset[str]] = {}
@@ -200,8 +244,11 @@ class SearchIndex:
                 all_tokens[t].append(n)
             for t in others:
                 all_tokens[t].append(n)
-            digits = phone_digits(p.phone)
+            own_phones = numbers(p.phone)
+            digits = phone_keys(own_phones)
             phones.extend((d[::-1], n) for d in digits)
+            for ext in dict.fromkeys(x.extension for x in own_phones if x.extension):
+                by_extension[ext].append(n)
             words = _WORD.findall(fold(p.display_name))
             full[" ".join(words)].append(n)
             latin = " ".join(spell(w)[-1] for w in words)  # transliteration works letter by letter
@@ -210,12 +257,15 @@ class SearchIndex:
             self._name_of.append(SEP + SEP.join(names))
             self._other_of.append(SEP + SEP.join(others))
             self._digits_of.append(digits)
+            # Only extension queries look here; most people have none, and () is one shared object.
+            self._phones_of.append(own_phones if any(x.extension for x in own_phones) else ())
             self._email_of.append(email)
         self._names = _Postings(name_tokens)
         self._all = _Postings(all_tokens)
         phones.sort()
         self._phone_keys = [k for k, _ in phones]
         self._phone_owner = array("i", [n for _, n in phones])
+        self._by_extension = {k: array("i", v) for k, v in by_extension.items()}
         self._full = {k: v[0] if len(v) == 1 else tuple(v) for k, v in full.items()}
         # The index never changes once built (a new snapshot makes a new index), so answers can be kept.
         self._cache: OrderedDict[tuple[str, int], Result] = OrderedDict()
@@ -227,7 +277,7 @@ class SearchIndex:
 
     def _matches(self, n: int, word: _Word, *, names_only: bool) -> bool:
         if word.digits is not None:
-            return not names_only and any(d.endswith(word.digits) for d in self._digits_of[n])
+            return not names_only and self._phone_matches_person(n, word.digits, word.extension)
         if word.email is not None:
             return not names_only and self._email_of[n].startswith(word.email)
         needles = word.needles
@@ -239,9 +289,21 @@ class SearchIndex:
         others = self._other_of[n]
         return any(s in others for s in needles)
 
+    def _phone_matches_person(self, n: int, digits: str, extension: str | None) -> bool:
+        if extension is None:
+            return any(d.endswith(digits) for d in self._digits_of[n])
+        return any(
+            p.extension == extension and any(f.endswith(digits) for f in p.forms) for p in self._phones_of[n]
+        )
+
     def _holders(self, word: _Word, *, names_only: bool) -> Iterable[int]:
         if word.digits is not None:
-            return () if names_only else self._phone_matches(word.digits)
+            if names_only:
+                return ()
+            if word.extension is None:
+                return self._phone_matches(word.digits)
+            owners = self._by_extension.get(word.extension, ())
+            return [n for n in owners if self._phone_matches_person(n, word.digits, word.extension)]
         if word.email is not None:
             if names_only:
                 return ()
@@ -250,15 +312,23 @@ class SearchIndex:
 
     def _cost(self, word: _Word, *, names_only: bool) -> int:
         if word.digits is not None:
-            return 0 if names_only else len(self._phone_matches(word.digits))
+            if names_only:
+                return 0
+            if word.extension is not None:
+                return len(self._by_extension.get(word.extension, ()))
+            lo, hi = self._phone_span(word.digits)
+            return hi - lo
         if word.email is not None:
             return 0 if names_only else self._all.cost((word.email,))
         return (self._names if names_only else self._all).cost(word.spellings)
 
-    def _phone_matches(self, digits: str) -> list[int]:
-        key = digits[::-1]
+    def _phone_span(self, digits: str) -> tuple[int, int]:
+        key = digits[::-1]  # a suffix of a number is a prefix of its reversed digits
         lo = bisect_left(self._phone_keys, key)
-        hi = bisect_left(self._phone_keys, key + "\U0010ffff", lo)
+        return lo, bisect_left(self._phone_keys, key + "\U0010ffff", lo)
+
+    def _phone_matches(self, digits: str) -> list[int]:
+        lo, hi = self._phone_span(digits)
         return sorted(set(self._phone_owner[lo:hi]))
 
     def _exact(self, term: str) -> list[int]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from provisioner.core.dn import DN, DNError, Subtrees, normalize_dn, parse_dn, relative_to, split_first_rdn
 from provisioner.core.identity import clean_text, display_name
 from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, SetAside, Skipped, Unit
+from provisioner.core.phones import join_values
 from provisioner.core.policy import DirectoryPolicy
 
 log = logging.getLogger(__name__)
@@ -277,7 +278,8 @@ def _person(
         unit_key=unit_key_for(path),  # last: it counts this spelling of the unit's name
         title=clean_text(entry.first(attrs.title)),
         department=" / ".join(path) or None,
-        phone=clean_text(entry.first(attrs.phone), max_len=64),
+        # Every value of the desk and mobile attributes: a directory lists a second number as a second value.
+        phone=join_values(entry.values(attrs.phone) + entry.values(attrs.mobile)),
         email=clean_text(entry.first(attrs.email), max_len=254),
         manager_dn=manager_dn,
         disabled=entry.dn in disabled,

@@ -25,6 +25,12 @@ class RawEntry:
         values = self.attrs.get(name.lower())
         return values[0] if values else None
 
+    def values(self, name: str | None) -> tuple[str, ...]:
+        """Every value of a multi-valued attribute, in the order the server sent them."""
+        if not name:
+            return ()
+        return tuple(self.attrs.get(name.lower(), ()))
+
 
 @dataclass(frozen=True, slots=True)
 class Unit:

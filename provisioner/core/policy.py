@@ -28,6 +28,9 @@ class AttributeMap:
     surname: str | None
     common_name: str | None
     manager: str | None
+    # A second phone attribute (mobile); its values follow the desk phone's. Last, with a default, so a map
+    # built before it existed still builds.
+    mobile: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

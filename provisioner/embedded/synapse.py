@@ -287,6 +287,10 @@ class EmbeddedSynapse(Server):
                 raise SynapseError(f"Synapse's background updates did not finish within {timeout:.0f}s")
             time.sleep(0.5)
 
+    def pending_background_updates(self) -> int:
+        """How many background updates Synapse still has to run (``populate_user_directory`` among them)."""
+        return self._pending_background_updates(self.config["database"])
+
     @staticmethod
     def _pending_background_updates(database: Mapping[str, Any]) -> int:
         args = database["args"]
