@@ -530,6 +530,9 @@ def deployment_files(d: Deployment) -> dict[str, str]:
         "synapse/log.config": _yaml(log_config()),
         "element-config.json": json.dumps(element_config(d), indent=2, ensure_ascii=False) + "\n",
         "nginx/civmatrix.conf": nginx_config(d),
+        # For the organisation's web site, at https://<server_name>/.well-known/matrix/client: Element Web
+        # reads the encryption policy there, not from the Matrix host (proxy.py, Rule 6).
+        "well-known-client.json": json.dumps(proxy.client_wellknown(d.public_baseurl), indent=2) + "\n",
     }
     for worker in d.workers:
         files[f"synapse/workers/{worker.name}.yaml"] = _yaml(worker_config(d, worker))

@@ -20,19 +20,39 @@ Rule 4. ``X-Forwarded-For`` carries the client's address; Synapse's listeners be
 ``x_forwarded: true``, so per-address login limits count people, not the proxy.
 Rule 5. The colleague search goes to the search service when one is configured; when it is down or fails
 (502/503/504), nginx answers the same request from Synapse's user directory instead.
+Rule 6. ``/.well-known/matrix/client`` carries :data:`E2EE_WELLKNOWN` beside the base URL
+(:func:`client_wellknown`): what Element's clients read about end-to-end encryption. The same document must
+be served at ``https://<server_name>/.well-known/matrix/client`` (the organisation's web site), because
+that is where Element Web looks once someone is logged in; :mod:`provisioner.deploy` renders it as a file.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from provisioner.synapse.access import PUBLIC_CLIENT_PATHS
 
 SEARCH_ROUTE = r"^/_matrix/client/(r0|v3|unstable)/user_directory/search$"
 MAIN = "synapse_main"
 SEARCH = "civmatrix_search"
+
+# Element's end-to-end encryption settings (the ``io.element.e2ee`` key of the client well-known).
+# - secure_backup_required: a key backup is the only way history survives a new device (the server never
+#   holds a readable room key), so a person is asked to set up recovery at first login and may not skip it.
+#   Element Android and iOS enforce it; Element Web and Element X no longer read it and recommend recovery
+#   to everyone instead (docs/RUNBOOK.md says what each shows).
+# - secure_backup_setup_methods ["key"]: a generated recovery key, never a chosen passphrase. The server
+#   stores the encrypted backup, so whoever copies its database can try passphrases offline; a generated
+#   key cannot be guessed. Element Web and Element X only generate keys now, so every client agrees.
+# - default true: private rooms start encrypted. Synapse encrypts them anyway
+#   (encryption_enabled_by_default_for_room_type: invite covers DMs and private rooms) and the sync
+#   encrypts department rooms itself (layout.room_encryption), so the client's toggle shows what happens.
+E2EE_WELLKNOWN: Mapping[str, object] = MappingProxyType(
+    {"default": True, "secure_backup_required": True, "secure_backup_setup_methods": ("key",)}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,20 +139,24 @@ map "$civmatrix_preflight$civmatrix_needs_token$civmatrix_has_token" $civmatrix_
     return maps + "\n\n" + "\n\n".join(upstreams) + "\n"
 
 
+def client_wellknown(public_baseurl: str) -> dict[str, object]:
+    """The ``/.well-known/matrix/client`` document: where the server is, and Rule 6's encryption policy."""
+    return {"m.homeserver": {"base_url": public_baseurl.rstrip("/")}, "io.element.e2ee": dict(E2EE_WELLKNOWN)}
+
+
 def _location(match: str, body: Sequence[str]) -> str:
     return f"    location {match} {{\n" + "".join(f"        {line}\n" for line in body) + "    }"
 
 
 def _locations(p: Proxy) -> list[str]:
-    base = p.public_baseurl.rstrip("/")
-    client_wellknown = json.dumps({"m.homeserver": {"base_url": base}})
+    wellknown = json.dumps(client_wellknown(p.public_baseurl))
     refuse = f"return 404 {_error('M_UNRECOGNIZED', 'Unrecognized request')};"
     no_federation = f"return 404 {_error('M_NOT_FOUND', 'This server does not federate')};"
     out = [
         _location(
             "= /.well-known/matrix/client",
             # Web clients read it cross-origin (the Matrix spec asks for this header).
-            ["add_header Access-Control-Allow-Origin * always;", f"return 200 {_quote(client_wellknown)};"],
+            ["add_header Access-Control-Allow-Origin * always;", f"return 200 {_quote(wellknown)};"],
         ),
         # Rule 2: no delegation to a federation port; remote servers find nothing to talk to.
         _location("= /.well-known/matrix/server", [no_federation]),

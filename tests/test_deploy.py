@@ -66,7 +66,8 @@ def test_every_yaml_and_json_file_in_deploy_parses() -> None:
 
 
 def test_committed_files_are_what_the_generator_makes() -> None:
-    """deploy/synapse, deploy/nginx and deploy/element-config.json are generated: never hand-edited.
+    """deploy/synapse, deploy/nginx, deploy/element-config.json and deploy/well-known-client.json are generated:
+    never hand-edited.
 
     After a change to provisioner/deploy.py or to the example inputs above, rewrite them with
     ``PYTHONPATH=. .venv/bin/python -m tests.test_deploy`` and review the diff. The test itself never writes:
@@ -318,9 +319,17 @@ def test_nginx_blocks_the_admin_api_and_federation_and_routes_to_workers() -> No
     assert re.search(r"location @synapse_user_directory \{\s*proxy_pass http://synapse_sync;", matrix)
     wellknown = _route(matrix, "/.well-known/matrix/client")
     answer = re.search(r"return 200 '(.*)';", wellknown)
+    # Element is told: ask everyone for a recovery key at first login (a generated one, no passphrase),
+    # and start private rooms encrypted, as the server does.
+    e2ee = {"default": True, "secure_backup_required": True, "secure_backup_setup_methods": ["key"]}
     assert answer and json.loads(answer.group(1)) == {
-        "m.homeserver": {"base_url": EXAMPLE_BASEURL.rstrip("/")}
+        "m.homeserver": {"base_url": EXAMPLE_BASEURL.rstrip("/")},
+        "io.element.e2ee": e2ee,
     }
+    # The same document for the organisation's web site (the server name's host), where Element Web looks.
+    assert json.loads((DEPLOY / "well-known-client.json").read_text(encoding="utf-8")) == json.loads(
+        answer.group(1)
+    )
     assert "ssl_certificate /run/secrets/tls_cert;" in matrix
     hs = yaml.safe_load((DEPLOY / "synapse" / "homeserver.yaml").read_text(encoding="utf-8"))
     assert f"client_max_body_size {hs['max_upload_size']};" in matrix

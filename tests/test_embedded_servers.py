@@ -58,7 +58,9 @@ def test_the_rendered_site_passes_nginx_t_and_serves_well_known(tmp_path: Path) 
     port = free_port()
     nginx = EmbeddedNginx(tmp_path / "nginx", _site(port), port=port)
     with nginx, urllib.request.urlopen(f"http://{LOOPBACK}:{port}/.well-known/matrix/client") as reply:
-        assert json.loads(reply.read()) == {"m.homeserver": {"base_url": f"http://{LOOPBACK}:{port}"}}
+        wellknown = json.loads(reply.read())
+        assert wellknown["m.homeserver"] == {"base_url": f"http://{LOOPBACK}:{port}"}
+        assert wellknown["io.element.e2ee"]["secure_backup_required"] is True
         assert reply.headers["Access-Control-Allow-Origin"] == "*"
     assert not nginx.is_running()
     # Its files stay under its own prefix.

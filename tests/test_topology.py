@@ -436,7 +436,8 @@ def test_outsiders_are_refused_at_the_proxy(stack: Stack) -> None:
     status, flows = _call(url, "GET", "/_matrix/client/v3/login")
     assert status == 200 and {"type": "m.login.password"} in flows["flows"]
     status, wellknown = _call(url, "GET", "/.well-known/matrix/client")
-    assert (status, wellknown) == (200, {"m.homeserver": {"base_url": url}})
+    assert (status, wellknown["m.homeserver"]) == (200, {"base_url": url})
+    assert wellknown["io.element.e2ee"]["secure_backup_required"] is True
     # A wrong directory password is refused by the login module.
     person = stack.directory.samples[0]
     status, reply = _call(
