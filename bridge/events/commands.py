@@ -256,113 +256,154 @@ def _mkdate(y: int, m: int, d: int) -> date:
         ) from None
 
 
+@dataclass(slots=True)
+class _DateParts:
+    """What a date phrase said so far; each setter refuses a part given twice."""
+
+    today: date
+    day: date | None = None
+    at: time | None = None
+    month_day: tuple[int, int] | None = None  # the year not given yet: decided at the end
+
+    def set_day(self, d: date) -> None:
+        self._no_date_yet()
+        self.day = d
+
+    def set_month_day(self, md: tuple[int, int]) -> None:
+        self._no_date_yet()
+        self.month_day = md
+
+    def _no_date_yet(self) -> None:
+        if self.day is not None or self.month_day is not None:
+            raise DateError("дата указана дважды", "the date is given twice")
+
+    def set_time(self, at: time) -> None:
+        if self.at is not None:
+            raise DateError("время указано дважды", "the time is given twice")
+        self.at = at
+
+    def result(self, tz: ZoneInfo, *, need_time: bool) -> datetime:
+        day = self.day
+        if self.month_day is not None:
+            month, d = self.month_day
+            day = _mkdate(self.today.year, month, d) if not (month == 2 and d == 29) else None
+            if day is None or day < self.today:
+                day = _mkdate(self.today.year + 1, month, d)
+        if day is None and self.at is None:
+            raise DateError("не указаны дата и время", "no date or time given")
+        at = self.at
+        if at is None:
+            if need_time:
+                raise DateError("укажите время, например 15:00", "give a time, e.g. 15:00 or 3pm")
+            at = time(23, 59)
+        return datetime.combine(day or self.today, at, tzinfo=tz).astimezone(UTC)
+
+
+# Each form of a date phrase reads the words at ``i`` into the parts and says how many it took (0: not its
+# form). They are tried in the order of _DATE_FORMS; the first that takes the words wins.
+
+
+def _filler(p: _DateParts, words: list[str], i: int) -> int:
+    return 1 if words[i] in _FILLER else 0
+
+
+def _iso(p: _DateParts, words: list[str], i: int) -> int:
+    if not (m := _ISO_DT.match(words[i])):
+        return 0
+    p.set_day(_mkdate(int(m[1]), int(m[2]), int(m[3])))
+    if m[4]:
+        p.set_time(_hour(int(m[4]), int(m[5]), None))
+    return 1
+
+
+def _dotted(p: _DateParts, words: list[str], i: int) -> int:
+    # "03.12" is a date unless the date is known ("завтра 15.00") or it cannot be one ("15.00").
+    m = _DOTTED.match(words[i])
+    if not m or not (m[3] or (p.day is None and p.month_day is None and 1 <= int(m[2]) <= 12)):
+        return 0
+    if m[3]:
+        y = int(m[3]) + (2000 if len(m[3]) == 2 else 0)
+        p.set_day(_mkdate(y, int(m[2]), int(m[1])))
+    else:
+        p.set_month_day((int(m[2]), int(m[1])))
+    return 1
+
+
+def _clock_time(p: _DateParts, words: list[str], i: int) -> int:
+    nxt = words[i + 1] if i + 1 < len(words) else None
+    if m := _HHMM.match(words[i]):
+        if m[3] is None and nxt in ("am", "pm"):  # "3:30 pm"
+            p.set_time(_hour(int(m[1]), int(m[2]), nxt))
+            return 2
+        p.set_time(_hour(int(m[1]), int(m[2]), m[3]))
+        return 1
+    if m := _H_AMPM.match(words[i]):  # "3pm"
+        p.set_time(_hour(int(m[1]), 0, m[2]))
+        return 1
+    return 0
+
+
+def _named_day(p: _DateParts, words: list[str], i: int) -> int:
+    w = words[i]
+    if w in _RELATIVE:
+        p.set_day(p.today + timedelta(days=_RELATIVE[w]))
+    elif w in _WEEKDAYS:  # its next occurrence after today
+        p.set_day(p.today + timedelta(days=(_WEEKDAYS[w] - p.today.weekday()) % 7 or 7))
+    else:
+        return 0
+    return 1
+
+
+def _month_and_day(p: _DateParts, words: list[str], i: int) -> int:
+    w = words[i]
+    nxt = words[i + 1] if i + 1 < len(words) else None
+    if nxt is None:
+        return 0
+    if w in _MONTHS and (dm := _DAY.match(nxt)):  # "december 3"
+        md = (_MONTHS[w], int(dm[1]))
+    elif (dm := _DAY.match(w)) and nxt in _MONTHS:  # "3 декабря"
+        md = (_MONTHS[nxt], int(dm[1]))
+    else:
+        return 0
+    j = i + 2
+    if j < len(words) and (ym := _YEAR.match(words[j])):
+        p.set_day(_mkdate(int(ym[1]), *md))
+        j += 1
+        while j < len(words) and words[j] in ("г", "г.", "года"):
+            j += 1
+    else:
+        p.set_month_day(md)
+    return j - i
+
+
+def _bare_hour(p: _DateParts, words: list[str], i: int) -> int:
+    nxt = words[i + 1] if i + 1 < len(words) else None
+    if not (m := re.match(r"^(\d{1,2})$", words[i])) or nxt not in ("am", "pm"):  # "3 pm"
+        return 0
+    p.set_time(_hour(int(m[1]), 0, nxt))
+    return 2
+
+
+_DATE_FORMS = (_filler, _iso, _dotted, _clock_time, _named_day, _month_and_day, _bare_hour)
+
+
 def parse_when(words: list[str], now: datetime, tz: ZoneInfo, *, need_time: bool) -> datetime:
     """Parse a date-and-time phrase in the organisation's zone; return an aware UTC datetime.
 
     Without a year the next such date is meant; a weekday means its next occurrence after today; a date
     without a time is an error for a start (``need_time``) and the end of that day for a deadline.
     """
-    local_now = now.astimezone(tz)
-    today = local_now.date()
-    day: date | None = None
-    at: time | None = None
-    pending_month_day: tuple[int, int] | None = None  # year not given yet: decide after the loop
+    parts = _DateParts(now.astimezone(tz).date())
     words = [w.lower().strip(",") for w in words if w.strip(",")]
     i = 0
-
-    def set_day(d: date) -> None:
-        nonlocal day
-        if day is not None or pending_month_day is not None:
-            raise DateError("дата указана дважды", "the date is given twice")
-        day = d
-
-    def set_time(t: time) -> None:
-        nonlocal at
-        if at is not None:
-            raise DateError("время указано дважды", "the time is given twice")
-        at = t
-
     while i < len(words):
-        w = words[i]
-        nxt = words[i + 1] if i + 1 < len(words) else None
-        if w in _FILLER:
-            i += 1
-            continue
-        if m := _ISO_DT.match(w):
-            set_day(_mkdate(int(m[1]), int(m[2]), int(m[3])))
-            if m[4]:
-                set_time(_hour(int(m[4]), int(m[5]), None))
-            i += 1
-            continue
-        if (m := _DOTTED.match(w)) and (
-            m[3] or (day is None and pending_month_day is None and 1 <= int(m[2]) <= 12)
-        ):
-            # "03.12" is a date unless the date is known ("завтра 15.00") or it cannot be one ("15.00").
-            if m[3]:
-                y = int(m[3]) + (2000 if len(m[3]) == 2 else 0)
-                set_day(_mkdate(y, int(m[2]), int(m[1])))
-            else:
-                pending_month_day = (int(m[2]), int(m[1]))
-            i += 1
-            continue
-        if m := _HHMM.match(w):
-            ampm = m[3]
-            if ampm is None and nxt in ("am", "pm"):
-                ampm, i = nxt, i + 1
-            set_time(_hour(int(m[1]), int(m[2]), ampm))
-            i += 1
-            continue
-        if m := _H_AMPM.match(w):
-            set_time(_hour(int(m[1]), 0, m[2]))
-            i += 1
-            continue
-        if w in _RELATIVE:
-            set_day(today + timedelta(days=_RELATIVE[w]))
-            i += 1
-            continue
-        if w in _WEEKDAYS:
-            ahead = (_WEEKDAYS[w] - today.weekday()) % 7 or 7
-            set_day(today + timedelta(days=ahead))
-            i += 1
-            continue
-        md: tuple[int, int] | None = None
-        if w in _MONTHS and nxt is not None and (dm := _DAY.match(nxt)):  # "december 3"
-            md = (_MONTHS[w], int(dm[1]))
-        elif (dm := _DAY.match(w)) and nxt is not None and nxt in _MONTHS:  # "3 декабря"
-            md = (_MONTHS[nxt], int(dm[1]))
-        if md is not None:
-            i += 2
-            if i < len(words) and (ym := _YEAR.match(words[i])):
-                set_day(_mkdate(int(ym[1]), *md))
-                i += 1
-                while i < len(words) and words[i] in ("г", "г.", "года"):
-                    i += 1
-            elif day is not None or pending_month_day is not None:
-                raise DateError("дата указана дважды", "the date is given twice")
-            else:
-                pending_month_day = md
-            continue
-        if (m := re.match(r"^(\d{1,2})$", w)) and nxt in ("am", "pm"):
-            set_time(_hour(int(m[1]), 0, nxt))
-            i += 2
-            continue
-        raise DateError(f"не понял «{w}» в дате", f"did not understand “{w}” in the date")
-
-    if pending_month_day is not None:
-        month, d = pending_month_day
-        candidate = _mkdate(today.year, month, d) if not (month == 2 and d == 29) else None
-        if candidate is None or candidate < today:
-            candidate = _mkdate(today.year + 1, month, d)
-        day = candidate
-    if day is None and at is None:
-        raise DateError("не указаны дата и время", "no date or time given")
-    if at is None:
-        if need_time:
-            raise DateError("укажите время, например 15:00", "give a time, e.g. 15:00 or 3pm")
-        at = time(23, 59)
-    if day is None:
-        day = today
-    return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+        for form in _DATE_FORMS:
+            if took := form(parts, words, i):
+                i += took
+                break
+        else:
+            raise DateError(f"не понял «{words[i]}» в дате", f"did not understand “{words[i]}” in the date")
+    return parts.result(tz, need_time=need_time)
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -465,6 +506,11 @@ def parse_command(text: str, now: datetime, tz: ZoneInfo) -> Command | ParseErro
         return RsvpCommand(lang, normalise_id(rest[0].text) if rest else None, answer)
     if head not in _EVENT_WORDS:
         return None
+    return _parse_event_command(head, rest, now, tz)
+
+
+def _parse_event_command(head: str, rest: list[Token], now: datetime, tz: ZoneInfo) -> Command | ParseError:
+    """``!event ...`` / ``!событие ...``: the sub-command is the first word (a quoted title means create)."""
     lang = _EVENT_WORDS[head]
     if not rest:
         return ListEvents(lang) if head in ("!events", "!события") else Help(lang)
