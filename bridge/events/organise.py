@@ -82,22 +82,25 @@ class Organiser:
             tuple((a, labels[a]) for a in Answer),
         )
 
-    async def _managed(self, eid: EventID, room: RoomID, sender: UserID, lang: Lang) -> Event | Text:
-        """The event ``sender`` wants to change, or the refusal: no such event, or not theirs to change."""
+    async def _managed(self, cmd: EditEvent | CancelEvent, room: RoomID, sender: UserID) -> Event | Text:
+        """The event ``sender`` wants to change, or the refusal: no such event, not theirs to change, or
+        cancelled already."""
+        lang, eid = cmd.lang, cmd.event_id
         ev = await self.ctx.store.get_event(eid)
         if ev is None:
             return say(lang, f"Нет события с ID {eid}.", f"No event {eid}.")
         if not await self.audience.may_manage(ev, room, sender):
             return self.audience.not_allowed(lang)
+        if ev.cancelled and isinstance(cmd, CancelEvent):
+            return say(lang, "Событие уже отменено.", "The event is already cancelled.")
+        if ev.cancelled:
+            return say(lang, "Событие отменено, менять нечего.", "The event is cancelled.")
         return ev
 
     async def edit(self, cmd: EditEvent, room: RoomID, sender: UserID, reply: ReplyFn) -> Handled:
-        lang = cmd.lang
-        ev = await self._managed(cmd.event_id, room, sender, lang)
+        ev = await self._managed(cmd, room, sender)
         if isinstance(ev, Text):
             return [reply(ev)], []
-        if ev.cancelled:
-            return [reply(say(lang, "Событие отменено, менять нечего.", "The event is cancelled."))], []
         new = replace(
             ev,
             title=cmd.title if cmd.title is not None else ev.title,
@@ -156,12 +159,9 @@ class Organiser:
         return err
 
     async def cancel(self, cmd: CancelEvent, room: RoomID, sender: UserID, reply: ReplyFn) -> Handled:
-        lang = cmd.lang
-        ev = await self._managed(cmd.event_id, room, sender, lang)
+        ev = await self._managed(cmd, room, sender)
         if isinstance(ev, Text):
             return [reply(ev)], []
-        if ev.cancelled:
-            return [reply(say(lang, "Событие уже отменено.", "The event is already cancelled."))], []
         new = replace(ev, cancelled=True, sequence=ev.sequence + 1)
         notice = render.cancelled(new, self.ctx.tz)
         audience = await self.ctx.store.audience(ev.id)

@@ -7,8 +7,6 @@ responses find their event.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from bridge.events import render
 from bridge.events.answers import BOT_POLL, POLL_ANSWER_IDS, Answers
 from bridge.events.context import Context, Handled
@@ -22,28 +20,19 @@ class Responses:
         self.ctx = ctx
         self.answers = answers
 
-    async def poll_response(
-        self,
-        room: RoomID,
-        sender: UserID,
-        mid: MatrixEventID,
-        poll_event_id: str,
-        answer_ids: Sequence[str],
-        ts: int | None = None,
-    ) -> list[Effect]:
-        """A vote: the person's latest response in this poll decides; an empty or spoiled one takes back an
-        answer that came from this poll."""
+    async def poll_response(self, room: RoomID, poll_event_id: str, vote: Vote) -> list[Effect]:
+        """``vote`` in the poll ``poll_event_id``: the person's latest response in this poll decides; an empty
+        or spoiled one takes back an answer that came from this poll."""
         store = self.ctx.store
+        mid, sender = MatrixEventID(vote.event_id), UserID(vote.sender)
         eid = await store.event_by_poll(poll_event_id)
         ev = None if eid is None else await store.get_event(eid)
         if ev is None:
             await self.ctx.commit(mid, room)
             return []
-        stamp = ts if ts is not None else int(self.ctx.clock.now().timestamp() * 1000)
-        vote = Vote(mid, sender, stamp, tuple(answer_ids))
-        record = PutVote(mid, MatrixEventID(poll_event_id), sender, stamp, vote.selections)
+        record = PutVote(mid, MatrixEventID(poll_event_id), sender, vote.ts, vote.selections)
         earlier = await store.votes(poll_event_id, sender)
-        if ev.cancelled or any((v.ts, v.event_id) > (stamp, mid) for v in earlier):
+        if ev.cancelled or any((v.ts, v.event_id) > (vote.ts, mid) for v in earlier):
             # The poll was ended with the event, or a later response of this person already decided.
             await self.ctx.commit(mid, room, [record])
             return []

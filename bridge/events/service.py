@@ -42,6 +42,7 @@ from bridge.events.commands import (
 from bridge.events.context import Context, Directory, Handled, PeopleSearch, Person, ReplyFn, Settings
 from bridge.events.model import Effect, EventID, MatrixEventID, Reply, RoomID, Source, Text, UserID
 from bridge.events.organise import Organiser
+from bridge.events.poll import Vote
 from bridge.events.queries import WHO_LIMIT, Queries
 from bridge.events.reminder_queue import REMINDER_AHEAD, Queued, ReminderQueue
 from bridge.events.reminders import Due
@@ -145,8 +146,11 @@ class EventService:
         answer_ids: Sequence[str],
         ts: int | None = None,
     ) -> list[Effect]:
-        """A vote, read by the poll rules (``poll`` Rules 2-6)."""
-        return await self.responses.poll_response(room, sender, mid, poll_event_id, answer_ids, ts)
+        """A vote, read by the poll rules (``poll`` Rules 2-6); ``ts`` is its origin_server_ts (ms)."""
+        stamp = ts if ts is not None else int(self.clock.now().timestamp() * 1000)
+        return await self.responses.poll_response(
+            room, poll_event_id, Vote(mid, sender, stamp, tuple(answer_ids))
+        )
 
     async def handle_reaction(
         self, room: RoomID, sender: UserID, mid: MatrixEventID, target: str, key: str
