@@ -43,7 +43,7 @@ from bridge.events.context import Context, Directory, Handled, PeopleSearch, Per
 from bridge.events.model import Effect, EventID, MatrixEventID, Reply, RoomID, Source, Text, UserID
 from bridge.events.organise import Organiser
 from bridge.events.poll import Vote
-from bridge.events.queries import WHO_LIMIT, Queries
+from bridge.events.queries import Queries
 from bridge.events.reminder_queue import REMINDER_AHEAD, Queued, ReminderQueue
 from bridge.events.reminders import Due
 from bridge.events.responses import Responses
@@ -52,7 +52,6 @@ from bridge.events.store import Store
 # The names the runtime and the tests import from here, wherever they are defined.
 __all__ = [
     "REMINDER_AHEAD",
-    "WHO_LIMIT",
     "Directory",
     "EventService",
     "PeopleSearch",
@@ -63,7 +62,7 @@ __all__ = [
 
 
 class EventService:
-    """Routes each input to the part that owns it; holds no state of its own beyond them."""
+    """Routes each input to the part that owns it; its attributes are what the parts share, and the parts."""
 
     def __init__(
         self,
