@@ -123,6 +123,11 @@ ERROR_CASES = [
     ('!event create "unterminated tomorrow', "en", "not closed"),
     ('!event create "X" tomorrow 3pm place', "en", "No value"),
     ("!event edit abcde", "en", "What should change"),
+    # A date keyword with no date, or a date keyword named again, is said, not guessed at: joined, the two
+    # deadlines below would read as "tomorrow 03:12".
+    ("!event edit abcde when", "en", "no date or time given"),
+    ('!событие создать "X" 2026-12-03 15:00 до завтра срок 03.12', "ru", "«срок» второй раз"),
+    ('!event create "X" tomorrow when 3pm', "en", "“when” a second time"),
     ("!event cancel", "en", "Give the event ID"),
 ]
 
@@ -163,6 +168,9 @@ OTHER_CASES = [
     ("!событие сломать", Help("ru", "сломать")),
     ("!event edit ab3cd when tomorrow 16:00 place \"Room 2\"",
      EditEvent("en", "ab3cd", None, msk(2026, 11, 30, 16), "Room 2", None, None)),  # type: ignore[arg-type]
+    # The date of a create may also follow its keyword.
+    ('!event create "X" when 2026-12-03 15:00 place "A"',
+     CreateEvent("en", "X", msk(2026, 12, 3, 15), "A", None, None, None, False)),
     ("!событие изменить ab3cd название \"Новое\" вместимость 12",
      EditEvent("ru", "ab3cd", "Новое", None, None, 12, None)),  # type: ignore[arg-type]
     # Not for this bot: other bots' commands and plain chat are left alone.

@@ -120,6 +120,38 @@ async def test_unreachable_homeserver_keeps_the_entry_and_sends_it_once_later(tm
     assert len(rec.done) == 3
 
 
+def test_send_state_holds_an_entry_in_one_lane_until_it_is_settled_or_the_lane_ends() -> None:
+    import random
+
+    from bridge.matrix.client import RetryPolicy
+
+    st = botmod.SendState(RetryPolicy(base_delay=0.5, multiplier=2.0, max_delay=60.0), random.Random(7))
+    first = Reply(ROOM, MatrixEventID("$a"), plain("one"))
+    lane = st.claim("m1#0", first)
+    assert lane is not None and lane.interactive
+    # The same room's next reply joins the lane (kept in order); a reminder DM opens a lane of its own.
+    second = Reply(ROOM, MatrixEventID("$b"), plain("two"))
+    assert st.claim("m2#0", second) is None
+    other = st.claim("rem:ev1:0:3600:@p1:x", dm(1))
+    assert other is not None and not other.interactive
+    assert st.holds("m1#0") and st.holds("m2#0") and st.holds("rem:ev1:0:3600:@p1:x")
+    assert st.read_limit(False) == botmod.OUTBOX_BATCH + 2  # the held rows are read again, then new ones
+    assert st.head(lane) == ("m1#0", first)
+    assert st.settled(lane) == 1  # one reply still waits
+    assert not st.holds("m1#0") and st.head(lane) == ("m2#0", second)
+    # A lane that ends early lets its entries go: they are still in the outbox and are read again.
+    assert st.closed(lane) is True
+    assert not st.holds("m2#0") and st.holding()
+    assert st.settled(other) == 0 and st.closed(other) is False
+    assert not st.holding() and st.needs_read()
+    # Failed attempts grow the delay, never below the server's retry_after_ms; a settled entry starts over.
+    n1, d1 = st.failed_retryable("m3#0", None)
+    n2, d2 = st.failed_retryable("m3#0", 5000)
+    assert (n1, n2) == (1, 2) and 0.4 <= d1 <= 0.7 and d2 >= 5.0
+    st.failed_final("m3#0")
+    assert st.failed_retryable("m3#0", None)[0] == 1
+
+
 def test_send_rate_counts_only_busy_gaps() -> None:
     rate = botmod.SendRate()
     assert rate.per_second() == botmod.SendRate.DEFAULT  # nothing seen yet: the cautious default

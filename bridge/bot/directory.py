@@ -14,8 +14,8 @@ from typing import Any, cast
 
 from nio import AsyncClient, ProfileGetResponse, RoomGetStateEventResponse, RoomGetStateResponse
 
+from bridge.events.context import Person
 from bridge.events.model import RoomID, UserID
-from bridge.events.service import Person
 from bridge.events.units import SpaceSeen, Unit, build_units
 from bridge.matrix.contract import MARKER_TYPE, PROFILE_FIELD, PROFILE_KEYS
 

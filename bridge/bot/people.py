@@ -29,7 +29,7 @@ def found(person: IndexedPerson) -> FoundPerson:
 
 
 class SnapshotPeople:
-    """Implements :class:`bridge.events.service.PeopleSearch` over the snapshot at ``path``."""
+    """Implements :class:`bridge.events.context.PeopleSearch` over the snapshot at ``path``."""
 
     def __init__(self, path: Path) -> None:
         self.path = path

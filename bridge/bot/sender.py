@@ -7,6 +7,12 @@ Rule 2. A transient failure (:mod:`bridge.bot.failures`) keeps the entry and ret
         the one retry policy (:class:`~bridge.matrix.client.RetryPolicy`), never sooner than the server's
         ``retry_after_ms``; its lane waits, other lanes go on. A permanent failure moves the entry to the
         dead letters with the reason, in one transaction: nothing is ever dropped without a trace.
+Rule 3. An entry read from the outbox is held by the sender until it is settled (accepted, or dead-lettered)
+        or its lane ends; a read passes over held entries, so an entry is in one lane at most, never sent by
+        two at once.
+Rule 4. A lane sends only its head and lets it go only once settled, so a lane never reorders; a lane that
+        ends with entries left (its task failed or was cancelled) lets them go too: they are still in the
+        outbox, and the next read holds them again, in order.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 import aiohttp
 
@@ -94,6 +101,111 @@ class SendRate:
         return min(max(len(self._gaps) / total, 1.0), 1000.0)
 
 
+@dataclass(slots=True)
+class Lane:
+    """The held entries of one lane, oldest first (Rule 4); ``key`` names its kind and room or person."""
+
+    key: str
+    interactive: bool
+    todo: collections.deque[tuple[str, Effect]] = field(default_factory=collections.deque)
+
+
+def is_reminder(oid: str) -> bool:
+    """Reminders are read from the outbox apart from everything else: a backlog of them never has to fit in
+    memory, nor wait in front of a reply."""
+    return oid.startswith(REMINDER_OUTBOX)
+
+
+class SendState:
+    """What the sender holds between reading the outbox and settling each entry: the held entries per group
+    (reminders or not), the lanes, how many entries of each kind wait, and each entry's failed attempts.
+
+    Each method is one transition of Rules 2-4; the sender's tasks change the state only through them.
+    """
+
+    def __init__(self, policy: RetryPolicy, rng: random.Random) -> None:
+        self.policy = policy
+        self._rng = rng
+        self._held: dict[bool, set[str]] = {True: set(), False: set()}  # by group: True for reminders
+        self._more = {True: False, False: False}  # the group's last read was full: the outbox holds more
+        self._lanes: dict[str, Lane] = {}
+        self._waiting = {True: 0, False: 0}  # held per kind (interactive or not), not yet settled
+        self._attempts: dict[str, int] = {}
+
+    # --- reading ------------------------------------------------------------------------------------------
+
+    def read_limit(self, reminders: bool) -> int | None:
+        """How many rows of the group to read (the oldest are the ones held already); ``None``: it is full."""
+        held = len(self._held[reminders])
+        return None if held >= OUTBOX_BATCH else OUTBOX_BATCH + held
+
+    def was_read(self, reminders: bool, rows: int, limit: int) -> None:
+        self._more[reminders] = rows >= limit
+
+    def holds(self, oid: str) -> bool:
+        return oid in self._held[is_reminder(oid)]
+
+    def holding(self) -> bool:
+        return any(self._held.values())
+
+    def needs_read(self) -> bool:
+        """Nothing is held, or a group that has more in the outbox is down to half a batch."""
+        return not self.holding() or any(
+            self._more[g] and len(self._held[g]) <= OUTBOX_BATCH // 2 for g in self._held
+        )
+
+    # --- lanes --------------------------------------------------------------------------------------------
+
+    def claim(self, oid: str, effect: Effect) -> Lane | None:
+        """Hold a newly read entry at the end of its lane; the lane if it is new (its task is to start)."""
+        self._held[is_reminder(oid)].add(oid)
+        interactive = is_interactive(effect)
+        self._waiting[interactive] += 1
+        key = f"{interactive}:{lane_of(effect)}"
+        lane = self._lanes.get(key)
+        if lane is not None:
+            lane.todo.append((oid, effect))
+            return None
+        lane = self._lanes[key] = Lane(key, interactive, collections.deque([(oid, effect)]))
+        return lane
+
+    def head(self, lane: Lane) -> tuple[str, Effect] | None:
+        return lane.todo[0] if lane.todo else None
+
+    def settled(self, lane: Lane) -> int:
+        """The lane's head is accepted or dead-lettered: let it go. Returns how many of its kind wait."""
+        oid, _ = lane.todo.popleft()
+        self._held[is_reminder(oid)].discard(oid)
+        self._waiting[lane.interactive] -= 1
+        return self._waiting[lane.interactive]
+
+    def closed(self, lane: Lane) -> bool:
+        """The lane's task ended: let what is left go (Rule 4). Returns whether anything was left."""
+        for oid, _ in lane.todo:
+            self._held[is_reminder(oid)].discard(oid)
+        self._waiting[lane.interactive] -= len(lane.todo)
+        del self._lanes[lane.key]
+        return bool(lane.todo)
+
+    # --- attempts (Rule 2) --------------------------------------------------------------------------------
+
+    def failed_retryable(self, oid: str, retry_after_ms: int | None) -> tuple[int, float]:
+        """One more failed attempt: its number and the seconds to wait before the next."""
+        n = self._attempts.get(oid, 0)
+        self._attempts[oid] = n + 1
+        return n + 1, max(self.policy.backoff(n, self._rng), (retry_after_ms or 0) / 1000)
+
+    def failed_final(self, oid: str) -> None:
+        self._attempts.pop(oid, None)
+
+    def accepted(self, oid: str) -> None:
+        self._attempts.pop(oid, None)
+
+    def lane_failed_delay(self) -> float:
+        """How long a lane whose task failed waits before its entries are read again."""
+        return self.policy.backoff(0, self._rng)
+
+
 class Sender:
     """Sends what the outbox holds through ``execute``; :meth:`run` is the bot's sender task.
 
@@ -114,10 +226,11 @@ class Sender:
         self.execute = execute
         self.rate = rate or SendRate()
         self.policy = policy or SEND_RETRY
-        self._rng = random.Random()
-        self._attempts: dict[str, int] = {}
+        self.state = SendState(self.policy, random.Random())
         self.wake = asyncio.Event()
         self.idle = asyncio.Event()
+        self._gates = {True: asyncio.Semaphore(INTERACTIVE_LANES), False: asyncio.Semaphore(BACKGROUND_LANES)}
+        self._workers: set[asyncio.Task[None]] = set()
 
     def notify(self) -> None:
         """Something was queued: read the outbox again."""
@@ -134,97 +247,67 @@ class Sender:
         separate lanes and limits, and reminders are read from the outbox apart from everything else, so a
         backlog of thousands of reminders neither holds up a reply nor has to fit in memory at once.
         """
-        # Entries read and not yet deleted, by group: True for reminders, False for everything else.
-        queued: dict[bool, set[str]] = {True: set(), False: set()}
-        more = {True: False, False: False}  # the group's last read was full: the outbox holds more
-        lanes: dict[str, collections.deque[tuple[str, Effect]]] = {}
-        workers: set[asyncio.Task[None]] = set()
-        gates = {True: asyncio.Semaphore(INTERACTIVE_LANES), False: asyncio.Semaphore(BACKGROUND_LANES)}
-        waiting = {True: 0, False: 0}  # entries queued per kind (interactive or not), not yet delivered
-
-        def group(oid: str) -> bool:
-            return oid.startswith(REMINDER_OUTBOX)
-
-        def needs_read() -> bool:
-            return not any(queued.values()) or any(
-                more[g] and len(queued[g]) <= OUTBOX_BATCH // 2 for g in queued
-            )
-
-        async def lane_worker(key: str, interactive: bool) -> None:
-            todo = lanes[key]
-            try:
-                while todo:
-                    oid, effect = todo[0]
-                    async with gates[interactive]:
-                        retry_in = await self.deliver(oid, effect)
-                    if retry_in is not None:
-                        # Kept: tried again later with the same txn id, which dedups what did arrive.
-                        await asyncio.sleep(retry_in)
-                        continue
-                    todo.popleft()
-                    queued[group(oid)].discard(oid)
-                    waiting[interactive] -= 1
-                    if not interactive:
-                        self.rate.delivered(time.monotonic(), waiting[False])
-            except Exception:
-                log.exception("sending lane %s failed; its entries are read again", key)
-                await asyncio.sleep(self.policy.backoff(0, self._rng))
-            finally:
-                # What is left stays in the outbox; forgetting it here lets the next read pick it up.
-                for oid, _ in todo:
-                    queued[group(oid)].discard(oid)
-                waiting[interactive] -= len(todo)
-                del lanes[key]
-                if todo or needs_read():
-                    self.wake.set()
-
-        def enqueue(oid: str, effect: Effect) -> None:
-            queued[group(oid)].add(oid)
-            interactive = is_interactive(effect)
-            waiting[interactive] += 1
-            key = f"{interactive}:{lane_of(effect)}"
-            if key in lanes:
-                lanes[key].append((oid, effect))
-                return
-            lanes[key] = collections.deque([(oid, effect)])
-            task = asyncio.create_task(lane_worker(key, interactive), name=f"bot-lane-{key}")
-            workers.add(task)
-            task.add_done_callback(workers.discard)
-
         try:
             while True:
                 self.wake.clear()
-                dropped = False
-                for g in (False, True):  # everything but reminders first
-                    held = len(queued[g])
-                    if held >= OUTBOX_BATCH:
-                        continue
-                    # The oldest rows are the ones held already; what is new comes after them.
-                    limit = OUTBOX_BATCH + held
-                    rows = await self.store.outbox(limit, reminders=g)
-                    more[g] = len(rows) >= limit
-                    for oid, payload in rows:
-                        if oid in queued[g]:
-                            continue
-                        try:
-                            effect = decode(payload)
-                        except Exception as e:
-                            log.exception("could not read outbox entry %s", oid)
-                            await self._dead(oid, f"unreadable entry: {type(e).__name__}: {e}")
-                            dropped = True
-                            continue
-                        enqueue(oid, effect)
-                if dropped:
+                if await self._read():
                     self.wake.set()  # rows behind the dropped ones did not fit into this read
-                if any(queued.values()) or self.wake.is_set():
+                if self.state.holding() or self.wake.is_set():
                     self.idle.clear()
                 else:
                     self.idle.set()
                 await self.wake.wait()
         finally:
-            for task in list(workers):
+            for task in list(self._workers):
                 task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+            await asyncio.gather(*self._workers, return_exceptions=True)
+
+    async def _read(self) -> bool:
+        """Hold what is new in the outbox and start the lanes it needs; whether an unreadable row was
+        dropped."""
+        dropped = False
+        for reminders in (False, True):  # everything but reminders first
+            limit = self.state.read_limit(reminders)
+            if limit is None:
+                continue
+            rows = await self.store.outbox(limit, reminders=reminders)
+            self.state.was_read(reminders, len(rows), limit)
+            for oid, payload in rows:
+                if self.state.holds(oid):
+                    continue
+                try:
+                    effect = decode(payload)
+                except Exception as e:
+                    log.exception("could not read outbox entry %s", oid)
+                    await self._dead(oid, f"unreadable entry: {type(e).__name__}: {e}")
+                    dropped = True
+                    continue
+                lane = self.state.claim(oid, effect)
+                if lane is not None:
+                    task = asyncio.create_task(self._send_lane(lane), name=f"bot-lane-{lane.key}")
+                    self._workers.add(task)
+                    task.add_done_callback(self._workers.discard)
+        return dropped
+
+    async def _send_lane(self, lane: Lane) -> None:
+        try:
+            while (entry := self.state.head(lane)) is not None:
+                oid, effect = entry
+                async with self._gates[lane.interactive]:
+                    retry_in = await self.deliver(oid, effect)
+                if retry_in is not None:
+                    # Kept: tried again later with the same txn id, which dedups what did arrive.
+                    await asyncio.sleep(retry_in)
+                    continue
+                waiting = self.state.settled(lane)
+                if not lane.interactive:
+                    self.rate.delivered(time.monotonic(), waiting)
+        except Exception:
+            log.exception("sending lane %s failed; its entries are read again", lane.key)
+            await asyncio.sleep(self.state.lane_failed_delay())
+        finally:
+            if self.state.closed(lane) or self.state.needs_read():
+                self.wake.set()
 
     async def deliver(self, oid: str, effect: Effect) -> float | None:
         """Send one outbox entry; ``None`` once it is settled (accepted and deleted, or dead-lettered),
@@ -254,18 +337,16 @@ class Sender:
             log.exception("could not send %s", oid)
             await self._dead(oid, f"{type(e).__name__}: {e}")
             return None
-        self._attempts.pop(oid, None)
+        self.state.accepted(oid)
         await self.store.write([DeleteOutbox(oid)])
         return None
 
     def _retry(self, oid: str, why: str, retry_after_ms: int | None) -> float:
-        n = self._attempts.get(oid, 0)
-        self._attempts[oid] = n + 1
-        delay = max(self.policy.backoff(n, self._rng), (retry_after_ms or 0) / 1000)
-        log.warning("sending %s failed (%s); retry %d in %.1f s", oid, why, n + 1, delay)
+        attempt, delay = self.state.failed_retryable(oid, retry_after_ms)
+        log.warning("sending %s failed (%s); retry %d in %.1f s", oid, why, attempt, delay)
         return delay
 
     async def _dead(self, oid: str, why: str) -> None:
-        self._attempts.pop(oid, None)
+        self.state.failed_final(oid)
         log.error("giving up on %s: %s (kept as a dead letter; see bridge status)", oid, why)
         await self.store.write([DeadLetter(oid, self.clock.now(), why), DeleteOutbox(oid)])

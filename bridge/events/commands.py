@@ -8,8 +8,10 @@ other bots in the room keep their own ``!`` commands.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from enum import Enum
 from zoneinfo import ZoneInfo
 
 from bridge.events.model import MAX_CAPACITY, MAX_TITLE, Answer, EventID, Lang, normalise_id, t
@@ -146,17 +148,6 @@ def tokenize(text: str) -> list[Token]:
 
 # --- keywords -------------------------------------------------------------------------------------
 
-_PLACE = {"place", "where", "location", "venue", "место", "где"}
-_CAPACITY = {"capacity", "limit", "seats", "вместимость", "мест", "места", "лимит"}
-_CAPACITY_AFTER = {"мест", "места", "seats", "people", "человек", "чел", "чел."}
-_DEADLINE = {"deadline", "until", "rsvp", "до", "срок"}
-_DEADLINE_FILLER = {"записи", "регистрации", "ответа", "до", "by"}
-_AUDIENCE = {"audience", "unit", "подразделение", "аудитория", "отдел"}
-_PRIVATE = {"private", "закрытый", "закрыто", "приватно", "приватный"}
-_PRIVATE_FILLER = {"список", "list"}
-_TITLE = {"title", "name", "название", "заголовок"}
-_WHEN = {"when", "date", "time", "start", "когда", "дата", "время", "начало"}
-
 _CREATE = {"create", "new", "add", "создать", "новое", "новый", "добавить"}
 _LIST = {"list", "ls", "список", "все"}
 _SHOW = {"show", "info", "показать", "покажи", "инфо", "кто"}
@@ -265,113 +256,154 @@ def _mkdate(y: int, m: int, d: int) -> date:
         ) from None
 
 
+@dataclass(slots=True)
+class _DateParts:
+    """What a date phrase said so far; each setter refuses a part given twice."""
+
+    today: date
+    day: date | None = None
+    at: time | None = None
+    month_day: tuple[int, int] | None = None  # the year not given yet: decided at the end
+
+    def set_day(self, d: date) -> None:
+        self._no_date_yet()
+        self.day = d
+
+    def set_month_day(self, md: tuple[int, int]) -> None:
+        self._no_date_yet()
+        self.month_day = md
+
+    def _no_date_yet(self) -> None:
+        if self.day is not None or self.month_day is not None:
+            raise DateError("дата указана дважды", "the date is given twice")
+
+    def set_time(self, at: time) -> None:
+        if self.at is not None:
+            raise DateError("время указано дважды", "the time is given twice")
+        self.at = at
+
+    def result(self, tz: ZoneInfo, *, need_time: bool) -> datetime:
+        day = self.day
+        if self.month_day is not None:
+            month, d = self.month_day
+            day = _mkdate(self.today.year, month, d) if not (month == 2 and d == 29) else None
+            if day is None or day < self.today:
+                day = _mkdate(self.today.year + 1, month, d)
+        if day is None and self.at is None:
+            raise DateError("не указаны дата и время", "no date or time given")
+        at = self.at
+        if at is None:
+            if need_time:
+                raise DateError("укажите время, например 15:00", "give a time, e.g. 15:00 or 3pm")
+            at = time(23, 59)
+        return datetime.combine(day or self.today, at, tzinfo=tz).astimezone(UTC)
+
+
+# Each form of a date phrase reads the words at ``i`` into the parts and says how many it took (0: not its
+# form). They are tried in the order of _DATE_FORMS; the first that takes the words wins.
+
+
+def _filler(p: _DateParts, words: list[str], i: int) -> int:
+    return 1 if words[i] in _FILLER else 0
+
+
+def _iso(p: _DateParts, words: list[str], i: int) -> int:
+    if not (m := _ISO_DT.match(words[i])):
+        return 0
+    p.set_day(_mkdate(int(m[1]), int(m[2]), int(m[3])))
+    if m[4]:
+        p.set_time(_hour(int(m[4]), int(m[5]), None))
+    return 1
+
+
+def _dotted(p: _DateParts, words: list[str], i: int) -> int:
+    # "03.12" is a date unless the date is known ("завтра 15.00") or it cannot be one ("15.00").
+    m = _DOTTED.match(words[i])
+    if not m or not (m[3] or (p.day is None and p.month_day is None and 1 <= int(m[2]) <= 12)):
+        return 0
+    if m[3]:
+        y = int(m[3]) + (2000 if len(m[3]) == 2 else 0)
+        p.set_day(_mkdate(y, int(m[2]), int(m[1])))
+    else:
+        p.set_month_day((int(m[2]), int(m[1])))
+    return 1
+
+
+def _clock_time(p: _DateParts, words: list[str], i: int) -> int:
+    nxt = words[i + 1] if i + 1 < len(words) else None
+    if m := _HHMM.match(words[i]):
+        if m[3] is None and nxt in ("am", "pm"):  # "3:30 pm"
+            p.set_time(_hour(int(m[1]), int(m[2]), nxt))
+            return 2
+        p.set_time(_hour(int(m[1]), int(m[2]), m[3]))
+        return 1
+    if m := _H_AMPM.match(words[i]):  # "3pm"
+        p.set_time(_hour(int(m[1]), 0, m[2]))
+        return 1
+    return 0
+
+
+def _named_day(p: _DateParts, words: list[str], i: int) -> int:
+    w = words[i]
+    if w in _RELATIVE:
+        p.set_day(p.today + timedelta(days=_RELATIVE[w]))
+    elif w in _WEEKDAYS:  # its next occurrence after today
+        p.set_day(p.today + timedelta(days=(_WEEKDAYS[w] - p.today.weekday()) % 7 or 7))
+    else:
+        return 0
+    return 1
+
+
+def _month_and_day(p: _DateParts, words: list[str], i: int) -> int:
+    w = words[i]
+    nxt = words[i + 1] if i + 1 < len(words) else None
+    if nxt is None:
+        return 0
+    if w in _MONTHS and (dm := _DAY.match(nxt)):  # "december 3"
+        md = (_MONTHS[w], int(dm[1]))
+    elif (dm := _DAY.match(w)) and nxt in _MONTHS:  # "3 декабря"
+        md = (_MONTHS[nxt], int(dm[1]))
+    else:
+        return 0
+    j = i + 2
+    if j < len(words) and (ym := _YEAR.match(words[j])):
+        p.set_day(_mkdate(int(ym[1]), *md))
+        j += 1
+        while j < len(words) and words[j] in ("г", "г.", "года"):
+            j += 1
+    else:
+        p.set_month_day(md)
+    return j - i
+
+
+def _bare_hour(p: _DateParts, words: list[str], i: int) -> int:
+    nxt = words[i + 1] if i + 1 < len(words) else None
+    if not (m := re.match(r"^(\d{1,2})$", words[i])) or nxt not in ("am", "pm"):  # "3 pm"
+        return 0
+    p.set_time(_hour(int(m[1]), 0, nxt))
+    return 2
+
+
+_DATE_FORMS = (_filler, _iso, _dotted, _clock_time, _named_day, _month_and_day, _bare_hour)
+
+
 def parse_when(words: list[str], now: datetime, tz: ZoneInfo, *, need_time: bool) -> datetime:
     """Parse a date-and-time phrase in the organisation's zone; return an aware UTC datetime.
 
     Without a year the next such date is meant; a weekday means its next occurrence after today; a date
     without a time is an error for a start (``need_time``) and the end of that day for a deadline.
     """
-    local_now = now.astimezone(tz)
-    today = local_now.date()
-    day: date | None = None
-    at: time | None = None
-    pending_month_day: tuple[int, int] | None = None  # year not given yet: decide after the loop
+    parts = _DateParts(now.astimezone(tz).date())
     words = [w.lower().strip(",") for w in words if w.strip(",")]
     i = 0
-
-    def set_day(d: date) -> None:
-        nonlocal day
-        if day is not None or pending_month_day is not None:
-            raise DateError("дата указана дважды", "the date is given twice")
-        day = d
-
-    def set_time(t: time) -> None:
-        nonlocal at
-        if at is not None:
-            raise DateError("время указано дважды", "the time is given twice")
-        at = t
-
     while i < len(words):
-        w = words[i]
-        nxt = words[i + 1] if i + 1 < len(words) else None
-        if w in _FILLER:
-            i += 1
-            continue
-        if m := _ISO_DT.match(w):
-            set_day(_mkdate(int(m[1]), int(m[2]), int(m[3])))
-            if m[4]:
-                set_time(_hour(int(m[4]), int(m[5]), None))
-            i += 1
-            continue
-        if (m := _DOTTED.match(w)) and (
-            m[3] or (day is None and pending_month_day is None and 1 <= int(m[2]) <= 12)
-        ):
-            # "03.12" is a date unless the date is known ("завтра 15.00") or it cannot be one ("15.00").
-            if m[3]:
-                y = int(m[3]) + (2000 if len(m[3]) == 2 else 0)
-                set_day(_mkdate(y, int(m[2]), int(m[1])))
-            else:
-                pending_month_day = (int(m[2]), int(m[1]))
-            i += 1
-            continue
-        if m := _HHMM.match(w):
-            ampm = m[3]
-            if ampm is None and nxt in ("am", "pm"):
-                ampm, i = nxt, i + 1
-            set_time(_hour(int(m[1]), int(m[2]), ampm))
-            i += 1
-            continue
-        if m := _H_AMPM.match(w):
-            set_time(_hour(int(m[1]), 0, m[2]))
-            i += 1
-            continue
-        if w in _RELATIVE:
-            set_day(today + timedelta(days=_RELATIVE[w]))
-            i += 1
-            continue
-        if w in _WEEKDAYS:
-            ahead = (_WEEKDAYS[w] - today.weekday()) % 7 or 7
-            set_day(today + timedelta(days=ahead))
-            i += 1
-            continue
-        md: tuple[int, int] | None = None
-        if w in _MONTHS and nxt is not None and (dm := _DAY.match(nxt)):  # "december 3"
-            md = (_MONTHS[w], int(dm[1]))
-        elif (dm := _DAY.match(w)) and nxt is not None and nxt in _MONTHS:  # "3 декабря"
-            md = (_MONTHS[nxt], int(dm[1]))
-        if md is not None:
-            i += 2
-            if i < len(words) and (ym := _YEAR.match(words[i])):
-                set_day(_mkdate(int(ym[1]), *md))
-                i += 1
-                while i < len(words) and words[i] in ("г", "г.", "года"):
-                    i += 1
-            elif day is not None or pending_month_day is not None:
-                raise DateError("дата указана дважды", "the date is given twice")
-            else:
-                pending_month_day = md
-            continue
-        if (m := re.match(r"^(\d{1,2})$", w)) and nxt in ("am", "pm"):
-            set_time(_hour(int(m[1]), 0, nxt))
-            i += 2
-            continue
-        raise DateError(f"не понял «{w}» в дате", f"did not understand “{w}” in the date")
-
-    if pending_month_day is not None:
-        month, d = pending_month_day
-        candidate = _mkdate(today.year, month, d) if not (month == 2 and d == 29) else None
-        if candidate is None or candidate < today:
-            candidate = _mkdate(today.year + 1, month, d)
-        day = candidate
-    if day is None and at is None:
-        raise DateError("не указаны дата и время", "no date or time given")
-    if at is None:
-        if need_time:
-            raise DateError("укажите время, например 15:00", "give a time, e.g. 15:00 or 3pm")
-        at = time(23, 59)
-    if day is None:
-        day = today
-    return datetime.combine(day, at, tzinfo=tz).astimezone(UTC)
+        for form in _DATE_FORMS:
+            if took := form(parts, words, i):
+                i += took
+                break
+        else:
+            raise DateError(f"не понял «{words[i]}» в дате", f"did not understand “{words[i]}” in the date")
+    return parts.result(tz, need_time=need_time)
 
 
 # --- validation -----------------------------------------------------------------------------------
@@ -474,6 +506,11 @@ def parse_command(text: str, now: datetime, tz: ZoneInfo) -> Command | ParseErro
         return RsvpCommand(lang, normalise_id(rest[0].text) if rest else None, answer)
     if head not in _EVENT_WORDS:
         return None
+    return _parse_event_command(head, rest, now, tz)
+
+
+def _parse_event_command(head: str, rest: list[Token], now: datetime, tz: ZoneInfo) -> Command | ParseError:
+    """``!event ...`` / ``!событие ...``: the sub-command is the first word (a quoted title means create)."""
     lang = _EVENT_WORDS[head]
     if not rest:
         return ListEvents(lang) if head in ("!events", "!события") else Help(lang)
@@ -515,8 +552,8 @@ def _parse_fields(
     create: bool,
     event_id: EventID | None = None,
 ) -> CreateEvent | EditEvent | ParseError:
-    tokens = _number_before_seats(tokens)
-    title: str | None = None
+    tokens = _number_before_keyword(tokens)
+    draft = Draft()
     if create:
         if not tokens or not tokens[0].quoted:
             return ParseError(
@@ -527,108 +564,30 @@ def _parse_fields(
                     'Put the title in quotes: !event create "Meeting" tomorrow 3pm place "Room 301"',
                 ),
             )
-        title = tokens[0].text.strip()
+        draft.title = tokens[0].text.strip()
         tokens = tokens[1:]
-    when_words: list[str] = []
-    place: str | None = None
-    capacity: int | None = None
-    deadline_words: list[str] | None = None
-    unit: str | None = None
-    private = False
-    current: str = "when" if create else ""
-    i = 0
-    while i < len(tokens):
-        tok = tokens[i]
-        w = tok.low
-        if not tok.quoted and w in _PLACE | _CAPACITY | _DEADLINE | _AUDIENCE | _PRIVATE | _TITLE | _WHEN:
-            current = ""
-            value = tokens[i + 1] if i + 1 < len(tokens) else None
-            if w in _PRIVATE:
-                private = True
-                i += 2 if value is not None and value.low in _PRIVATE_FILLER else 1
-                continue
-            if w in _DEADLINE:
-                deadline_words = []
-                current = "deadline"
-                i += 1
-                while i < len(tokens) and tokens[i].low in _DEADLINE_FILLER and not tokens[i].quoted:
-                    i += 1
-                continue
-            if w in _WHEN and not create:
-                current = "when"
-                i += 1
-                continue
-            if value is None:
-                return ParseError(
-                    lang, t(lang, f"После «{tok.text}» нет значения.", f"No value after “{tok.text}”.")
-                )
-            if w in _PLACE:
-                place = value.text.strip()
-            elif w in _CAPACITY:
-                if not re.fullmatch(r"-?\d+", value.text):
-                    return ParseError(
-                        lang,
-                        t(
-                            lang,
-                            f"Вместимость — целое число, а не «{value.text}».",
-                            f"Capacity must be a whole number, not “{value.text}”.",
-                        ),
-                    )
-                capacity = int(value.text)
-            elif w in _AUDIENCE:
-                unit = value.text.strip()
-            elif w in _TITLE:
-                title = value.text.strip()
-            i += 2
-            continue
-        if current == "when":
-            when_words.append(tok.text)
-        elif current == "deadline" and deadline_words is not None:
-            deadline_words.append(tok.text)
-        else:
-            return ParseError(
-                lang,
-                t(
-                    lang,
-                    f"Не понял «{tok.text}». Напишите !событие помощь.",
-                    f"Did not understand “{tok.text}”. Try !event help.",
-                ),
-            )
-        i += 1
-
-    starts_at: datetime | None = None
-    deadline: datetime | None = None
     try:
-        if when_words or create:
-            starts_at = parse_when(when_words, now, tz, need_time=True)
-        if deadline_words is not None:
-            deadline = parse_when(deadline_words, now, tz, need_time=False)
-    except DateError as e:
-        what = t(lang, "Не понял дату: ", "Could not read the date: ")
-        hint = t(
-            lang,
-            " Примеры: 2026-12-03 15:00, 03.12.2026 15:00, 3 декабря 15:00, завтра 15:00, в пятницу 10:00.",
-            " Examples: 2026-12-03 15:00, 03.12.2026 15:00, December 3 3pm, tomorrow 3pm, friday 10am.",
-        )
-        return ParseError(lang, what + t(lang, e.ru, e.en) + "." + hint)
+        d = _read_fields(tokens, draft, now, tz, start=WHEN if create else None)
+    except FieldError as e:
+        return ParseError(lang, t(lang, e.ru, e.en))
     # "до 2026-12-03" with the start on that same day means "before it starts", not "until midnight".
     if (
-        deadline is not None
-        and starts_at is not None
-        and deadline > starts_at
-        and deadline_words is not None
-        and deadline.astimezone(tz).date() == starts_at.astimezone(tz).date()
-        and not any(":" in w or w.lower().endswith(("am", "pm")) for w in deadline_words)
+        d.deadline is not None
+        and d.starts_at is not None
+        and d.deadline > d.starts_at
+        and not d.deadline_has_time
+        and d.deadline.astimezone(tz).date() == d.starts_at.astimezone(tz).date()
     ):
-        deadline = starts_at
-    err = validate(lang, now, title=title, starts_at=starts_at, capacity=capacity, deadline=deadline)
+        d.deadline = d.starts_at
+    err = validate(lang, now, title=d.title, starts_at=d.starts_at, capacity=d.capacity, deadline=d.deadline)
     if err is not None:
         return err
     if create:
-        assert title is not None and starts_at is not None
-        return CreateEvent(lang, title, starts_at, place, capacity, deadline, unit, private)
+        assert d.title is not None and d.starts_at is not None
+        return CreateEvent(lang, d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, d.private)
     assert event_id is not None
-    if title is None and starts_at is None and place is None and capacity is None and deadline is None:
+    # Audience and privacy are set when an event is created; an edit that names only them changes nothing.
+    if (d.title, d.starts_at, d.place, d.capacity, d.deadline) == (None, None, None, None, None):
         return ParseError(
             lang,
             t(
@@ -637,27 +596,213 @@ def _parse_fields(
                 'What should change? E.g. !event edit ID when tomorrow 4pm place "Room 2"',
             ),
         )
-    return EditEvent(lang, event_id, title, starts_at, place, capacity, deadline)
+    return EditEvent(lang, event_id, d.title, d.starts_at, d.place, d.capacity, d.deadline)
 
 
-def _number_before_seats(tokens: list[Token]) -> list[Token]:
-    """Rewrite "40 мест" / "40 seats" into "мест 40" so the keyword loop sees one form."""
+# --- the fields of a create or edit command --------------------------------------------------------
+#
+# One row of FIELDS per field: its keywords in Russian and English, how many tokens it takes, and how it reads
+# them. The loop in _read_fields knows no field by name, so a new field is a new row (and its attribute on
+# Draft and on the command it ends up in).
+
+
+class Takes(Enum):
+    """What follows a field's keyword."""
+
+    NOTHING = "nothing"  # a flag: the keyword alone ("private")
+    ONE = "one"  # the next token, quoted or not ("place "Room 301"")
+    WORDS = "words"  # every token up to the next keyword ("deadline friday 10am")
+
+
+class FieldError(Exception):
+    """A field's value that cannot be read, with the message to show in each language."""
+
+    def __init__(self, ru: str, en: str) -> None:
+        super().__init__(en)
+        self.ru = ru
+        self.en = en
+
+
+@dataclass(slots=True)
+class Draft:
+    """What the fields of one create or edit command said; ``None`` means "not given"."""
+
+    title: str | None = None
+    starts_at: datetime | None = None
+    place: str | None = None
+    capacity: int | None = None
+    deadline: datetime | None = None
+    deadline_has_time: bool = False  # "до 2026-12-03" alone may mean "before it starts" (see _parse_fields)
+    audience: str | None = None
+    private: bool = False
+
+
+Reader = Callable[[Draft, list[str], datetime, ZoneInfo], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Field:
+    """One field of ``!event create`` / ``!event edit``."""
+
+    name: str  # also one of its keywords: "40 мест" is read as "capacity 40"
+    keywords: frozenset[str]  # lower case, Russian and English
+    takes: Takes
+    read: Reader  # stores the value in the draft, or raises FieldError
+    fillers: frozenset[str] = frozenset()  # words skipped right after the keyword ("срок записи до ...")
+    after_number: frozenset[str] = frozenset()  # words that name the field after its number ("40 мест")
+
+
+def _read_title(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.title = words[0].strip()
+
+
+def _read_place(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.place = words[0].strip()
+
+
+def _read_capacity(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    if not re.fullmatch(r"-?\d+", words[0]):
+        raise FieldError(
+            f"Вместимость — целое число, а не «{words[0]}».",
+            f"Capacity must be a whole number, not “{words[0]}”.",
+        )
+    d.capacity = int(words[0])
+
+
+def _read_audience(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.audience = words[0].strip()
+
+
+def _read_private(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.private = True
+
+
+def _read_date(words: list[str], now: datetime, tz: ZoneInfo, *, need_time: bool) -> datetime:
+    try:
+        return parse_when(words, now, tz, need_time=need_time)
+    except DateError as e:
+        raise FieldError(
+            f"Не понял дату: {e.ru}. Примеры: 2026-12-03 15:00, 03.12.2026 15:00, 3 декабря 15:00, "
+            "завтра 15:00, в пятницу 10:00.",
+            f"Could not read the date: {e.en}. Examples: 2026-12-03 15:00, 03.12.2026 15:00, December 3 3pm, "
+            "tomorrow 3pm, friday 10am.",
+        ) from None
+
+
+def _read_start(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.starts_at = _read_date(words, now, tz, need_time=True)
+
+
+def _read_deadline(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.deadline = _read_date(words, now, tz, need_time=False)
+    d.deadline_has_time = any(":" in w or w.lower().endswith(("am", "pm")) for w in words)
+
+
+def _words(*names: str) -> frozenset[str]:
+    return frozenset(" ".join(names).split())
+
+
+WHEN = Field("when", _words("when date time start", "когда дата время начало"), Takes.WORDS, _read_start)
+FIELDS: tuple[Field, ...] = (
+    Field("title", _words("title name", "название заголовок"), Takes.ONE, _read_title),
+    WHEN,  # read before the deadline: a wrong start is the error to show first
+    Field("place", _words("place where location venue", "место где"), Takes.ONE, _read_place),
+    Field(
+        "capacity",
+        _words("capacity limit seats", "вместимость мест места лимит"),
+        Takes.ONE,
+        _read_capacity,
+        after_number=_words("seats people", "мест места человек чел чел."),
+    ),
+    Field(
+        "deadline",
+        _words("deadline until rsvp", "до срок"),
+        Takes.WORDS,
+        _read_deadline,
+        fillers=_words("by", "записи регистрации ответа до"),
+    ),
+    Field("audience", _words("audience unit", "подразделение аудитория отдел"), Takes.ONE, _read_audience),
+    Field(
+        "private",
+        _words("private", "закрытый закрыто приватно приватный"),
+        Takes.NOTHING,
+        _read_private,
+        fillers=_words("list", "список"),
+    ),
+)
+_BY_KEYWORD: dict[str, Field] = {k: f for f in FIELDS for k in f.keywords}
+# A keyword names one field, and each field answers to its own name.
+assert len(_BY_KEYWORD) == sum(len(f.keywords) for f in FIELDS), "a keyword belongs to two fields"
+assert all(f.name in f.keywords for f in FIELDS)
+
+
+def _read_fields(
+    tokens: list[Token], draft: Draft, now: datetime, tz: ZoneInfo, *, start: Field | None
+) -> Draft:
+    """Read the fields into ``draft`` (raises :class:`FieldError`).
+
+    Tokens before the first keyword belong to ``start`` (the date of a create), and those after a
+    ``Takes.WORDS`` keyword to that field until the next keyword; such a field named again after it has
+    words is an error, a ``Takes.ONE`` field named again keeps the last value. Any other token is not
+    understood.
+    """
+    runs: dict[str, list[str]] = {} if start is None else {start.name: []}
+    current = start
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        field = None if tok.quoted else _BY_KEYWORD.get(tok.low)
+        i += 1
+        if field is None:
+            if current is None:
+                raise FieldError(
+                    f"Не понял «{tok.text}». Напишите !событие помощь.",
+                    f"Did not understand “{tok.text}”. Try !event help.",
+                )
+            runs[current.name].append(tok.text)
+            continue
+        while i < len(tokens) and not tokens[i].quoted and tokens[i].low in field.fillers:
+            i += 1
+        current = field if field.takes is Takes.WORDS else None
+        if field.takes is Takes.WORDS:
+            if runs.get(field.name):
+                # Joined, "до завтра ... срок 03.12" would read as "tomorrow 03:12": say so instead.
+                raise FieldError(
+                    f"«{tok.text}» второй раз: это уже указано раньше.",
+                    f"“{tok.text}” a second time: that is given already.",
+                )
+            runs[field.name] = []
+        elif field.takes is Takes.NOTHING:
+            field.read(draft, [], now, tz)
+        elif i < len(tokens):
+            field.read(draft, [tokens[i].text], now, tz)
+            i += 1
+        else:
+            raise FieldError(f"После «{tok.text}» нет значения.", f"No value after “{tok.text}”.")
+    for field in FIELDS:
+        if field.name in runs:
+            field.read(draft, runs[field.name], now, tz)
+    return draft
+
+
+def _number_before_keyword(tokens: list[Token]) -> list[Token]:
+    """Rewrite "40 мест" / "40 seats" into "capacity 40" so that :func:`_read_fields` sees one form."""
     out: list[Token] = []
     i = 0
     while i < len(tokens):
-        t = tokens[i]
+        tok = tokens[i]
         nxt = tokens[i + 1] if i + 1 < len(tokens) else None
-        if (
-            not t.quoted
-            and re.fullmatch(r"-?\d+", t.text)
-            and nxt is not None
-            and not nxt.quoted
-            and nxt.low in _CAPACITY_AFTER
-            and not (out and not out[-1].quoted and out[-1].low in _CAPACITY)
-        ):
-            out += [Token("мест", False), t]
+        field = _number_named_by(tok, nxt)
+        if field is not None and not (out and not out[-1].quoted and out[-1].low in field.keywords):
+            out += [Token(field.name, False), tok]
             i += 2
             continue
-        out.append(t)
+        out.append(tok)
         i += 1
     return out
+
+
+def _number_named_by(tok: Token, nxt: Token | None) -> Field | None:
+    if tok.quoted or nxt is None or nxt.quoted or not re.fullmatch(r"-?\d+", tok.text):
+        return None
+    return next((f for f in FIELDS if nxt.low in f.after_number), None)
