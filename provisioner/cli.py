@@ -418,7 +418,7 @@ def status(obj: Context, units: tuple[str, ...]) -> None:
         sys.exit(exitcodes.DETECTION)
 
 
-def _server_units(observed: Observed, org_name: str) -> list[Unit]:
+def _server_units(observed: Observed) -> list[Unit]:
     """The units as the server has them: each managed space, its path from its topic (the sync writes the
     full path there), its parent from the space that links it."""
     spaces = {k: r for k, r in observed.rooms.items() if r.kind == "space"}
@@ -426,8 +426,10 @@ def _server_units(observed: Observed, org_name: str) -> list[Unit]:
     parent = {by_id[c]: k for k, r in spaces.items() for c in r.children if c in by_id}
     out = []
     for key, r in spaces.items():
-        path = () if key == ROOT_UNIT else tuple(p.strip() for p in (r.topic or r.name or key).split(" / "))
-        out.append(Unit(key, tuple(p for p in path if p and path != (org_name,)), parent.get(key)))
+        # The organisation's own space is not a unit one names: a scope of everything is no --unit at all.
+        if key != ROOT_UNIT:
+            path = tuple(p.strip() for p in (r.topic or r.name or key).split(" / ") if p.strip())
+            out.append(Unit(key, path, parent.get(key) or ROOT_UNIT))
     return out
 
 
@@ -456,7 +458,7 @@ def _last_change(audit_log: str, rooms: set[str], people: set[str]) -> str:
 
 
 def _unit_status(cfg: Config, observed: Observed, units: tuple[str, ...]) -> None:
-    server_units = _server_units(observed, cfg.layout.org_name)
+    server_units = _server_units(observed)
     try:
         scope = unit_scope(units, None, server_units, cfg.directory.base_dn, cfg.layout.org_name)
     except ScopeError as e:
