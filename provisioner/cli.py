@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -19,11 +19,13 @@ from bridge.matrix.client import HomeserverClient
 from bridge.matrix.errors import HomeserverError
 from provisioner import exitcodes, runlock, sync
 from provisioner.config import Config, ConfigError, effective_settings, load_config
-from provisioner.core.actions import Plan, describe
+from provisioner.core.actions import Plan, action_from_dict, describe
 from provisioner.core.desired import Desired, desired_state
 from provisioner.core.directory import interpret
-from provisioner.core.model import DirectorySnapshot
-from provisioner.core.reconcile import RemovalCheck
+from provisioner.core.layout import Layout
+from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Unit
+from provisioner.core.reconcile import Observed, RemovalCheck
+from provisioner.core.scope import ScopeError, UnitScope, ancestors, unit_scope
 from provisioner.ldap_reader import DirectoryError, read_directory
 from provisioner.observe import observe
 
@@ -66,6 +68,28 @@ def read_snapshot(cfg: Config) -> DirectorySnapshot:
     return interpret(result, cfg.directory_policy(), skip_log=False)
 
 
+UNIT_HELP = (
+    "Only this department and the units below it: its path as people see it (any case, ё = е, a unique "
+    "start is enough), its DN or its unit key. Repeatable."
+)
+
+
+def unit_option(fn: Any) -> Any:
+    return click.option("--unit", "units", multiple=True, metavar="PATH", help=UNIT_HELP)(fn)
+
+
+def scope_of(
+    cfg: Config, snap: DirectorySnapshot, units: tuple[str, ...], *, onboarding: bool
+) -> UnitScope | None:
+    """``--unit``, within ``layout.onboarded_units`` when ``onboarding``; a unit not told apart: exit 2."""
+    try:
+        if onboarding:
+            return sync.run_scope(cfg, snap, units)
+        return unit_scope(units, None, snap.units, cfg.directory.base_dn, cfg.layout.org_name)
+    except ScopeError as e:
+        fail(f"{e}; nothing was done", exitcodes.CONFIG)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--config", "config_path", metavar="FILE", help="The YAML config (see config/example.yaml).")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -92,14 +116,27 @@ def _summary(snapshot: DirectorySnapshot) -> dict[str, Any]:
     }
 
 
+def _in_scope(snap: DirectorySnapshot, scope: UnitScope | None) -> DirectorySnapshot:
+    """The people and units of ``scope`` (entries skipped or set aside have no unit: they stay listed)."""
+    if scope is None:
+        return snap
+    return replace(
+        snap,
+        people=tuple(p for p in snap.people if p.unit_key in scope.units),
+        units=tuple(u for u in snap.units if u.key in scope.units),
+    )
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@unit_option
 @click.pass_obj
-def directory(obj: Context, as_json: bool) -> None:
+def directory(obj: Context, as_json: bool, units: tuple[str, ...]) -> None:
     """Read the directory and print what was found (no homeserver needed)."""
     cfg = obj.config()
     d = cfg.directory
     settings = effective_settings(d)
+    onboarded = cfg.layout.onboarded_units
     if not as_json:
         # Before the read: when the read fails, what it was asked is what the operator needs to see.
         click.echo(f"directory {d.uri}, base {d.base_dn}, preset {d.preset}")
@@ -107,15 +144,27 @@ def directory(obj: Context, as_json: bool) -> None:
             click.echo(f"  {name:<16} : {value if value is not None else '(none)'}  [{origin}]")
         for name, dns in (("exclude", d.exclude), ("leavers", d.leavers)):
             click.echo(f"  {name:<16} : {'; '.join(dns) if dns else '(none)'}")
-    snap = read_snapshot(cfg)
+        live = (
+            "all (layout.onboarded_units unset)" if onboarded is None else "; ".join(onboarded) or "none yet"
+        )
+        click.echo(f"  {'onboarded':<16} : {live}")
+    whole = read_snapshot(cfg)
+    scope = scope_of(cfg, whole, units, onboarding=False)
+    snap = _in_scope(whole, scope)
     summary = _summary(snap)
     if as_json:
         summary["settings"] = {name: {"value": value, "from": origin} for name, value, origin in settings}
         summary["exclude"], summary["leavers"] = list(d.exclude), list(d.leavers)
+        summary["onboarded_units"] = list(onboarded) if onboarded is not None else None
+        summary["scope"] = list(scope.named) if scope is not None else None
         summary["skipped_entries"] = [asdict(s) for s in snap.skipped]
         summary["set_aside_entries"] = [asdict(a) for a in snap.set_aside]
         click.echo(json.dumps(summary, ensure_ascii=False, indent=2))
     else:
+        if scope is not None:
+            click.echo(
+                f"  scope        : {scope.label} ({len(scope.units)} units; entries read: the whole base)"
+            )
         click.echo(f"  entries read : {snap.entries_read}")
         enabled, disabled = len(snap.enabled), len(snap.disabled)
         click.echo(f"  people       : {len(snap.people)} ({enabled} enabled, {disabled} disabled)")
@@ -150,12 +199,23 @@ def _layout_json(desired: Desired) -> dict[str, Any]:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output, with every member.")
+@unit_option
 @click.pass_obj
-def layout(obj: Context, as_json: bool) -> None:
+def layout(obj: Context, as_json: bool, units: tuple[str, ...]) -> None:
     """Plan the spaces and rooms from the directory (no homeserver needed)."""
     cfg = obj.config()
     snap = read_snapshot(cfg)
+    scope = scope_of(cfg, snap, units, onboarding=True)
     desired = desired_state(snap, cfg.layout_policy(), taken=_excluded_localparts(cfg))
+    if scope is not None:
+        # Planned whole (names and aliases depend on every unit), shown for the scope and the spaces above it.
+        above = ancestors(scope, desired)
+        desired = replace(desired, layout=Layout(
+            spaces=tuple(sp for sp in desired.layout.spaces if sp.unit_key in scope.units | above),
+            rooms=tuple(r for r in desired.layout.rooms if r.unit_key in scope.units),
+        ))  # fmt: skip
+        if not as_json:
+            click.echo(f"scope: {scope.label}")
     if as_json:
         click.echo(json.dumps(_layout_json(desired), ensure_ascii=False, indent=2))
     else:
@@ -206,15 +266,17 @@ def _print_plan(plan: Plan, check: RemovalCheck, *, lines: int = 5) -> None:
 
 
 def _sync_run(cfg: Config, *, apply: bool, saved: Plan | None, allow: int | None, quiet: bool,
-              full_read: bool) -> sync.RunResult:  # fmt: skip
+              full_read: bool, units: tuple[str, ...]) -> sync.RunResult:  # fmt: skip
     snapshot = read_snapshot(cfg)
     if not snapshot.complete:
         click.echo(f"warning: directory read incomplete ({snapshot.stop_reason}): no removals", err=True)
     try:
         result = asyncio.run(
             sync.run(cfg, apply=apply, saved_plan=saved, allow_removals=allow, progress=not quiet,
-                     snapshot=snapshot, full_read=full_read)
+                     snapshot=snapshot, full_read=full_read, units=units)
         )  # fmt: skip
+    except ScopeError as e:
+        fail(f"{e}; nothing was done", exitcodes.CONFIG)
     except HomeserverError as e:
         fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
     except OSError as e:
@@ -223,7 +285,7 @@ def _sync_run(cfg: Config, *, apply: bool, saved: Plan | None, allow: int | None
 
 
 def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, allow: int | None,
-         quiet: bool, full_read: bool = False) -> None:  # fmt: skip
+         quiet: bool, full_read: bool = False, units: tuple[str, ...] = ()) -> None:  # fmt: skip
     cfg = obj.config(token_required=True)
     saved = None
     if plan_path:
@@ -239,7 +301,9 @@ def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, a
                 held.enter_context(runlock.hold(cfg.sync.state_dir, "run", "sync"))
             except runlock.Locked as e:
                 fail(str(e), exitcodes.LOCKED)
-        result = _sync_run(cfg, apply=apply, saved=saved, allow=allow, quiet=quiet, full_read=full_read)
+        result = _sync_run(
+            cfg, apply=apply, saved=saved, allow=allow, quiet=quiet, full_read=full_read, units=units
+        )
     _print_plan(result.plan, result.removal_check)
     if out:
         with open(out, "w", encoding="utf-8") as fh:
@@ -261,10 +325,11 @@ def _run(obj: Context, *, apply: bool, plan_path: str | None, out: str | None, a
 @main.command()
 @click.option("--out", type=click.Path(dir_okay=False), help="Save the plan as JSON for `sync --plan`.")
 @click.option("--allow-removals", type=click.IntRange(0), default=None, help="Accept up to N removals.")
+@unit_option
 @click.pass_obj
-def plan(obj: Context, out: str | None, allow_removals: int | None) -> None:
+def plan(obj: Context, out: str | None, allow_removals: int | None, units: tuple[str, ...]) -> None:
     """Dry run: what a sync would do (nothing is written to the server)."""
-    _run(obj, apply=False, plan_path=None, out=out, allow=allow_removals, quiet=True)
+    _run(obj, apply=False, plan_path=None, out=out, allow=allow_removals, quiet=True, units=units)
 
 
 @main.command("sync")
@@ -282,20 +347,27 @@ def plan(obj: Context, out: str | None, allow_removals: int | None) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @click.option("--full-read", is_flag=True, help="Read every room and profile again (no cache).")
+@unit_option
 @click.pass_obj
 def sync_cmd(
-    obj: Context, plan_path: str | None, allow_removals: int | None, quiet: bool, full_read: bool
-) -> None:
-    """Make the server match the directory."""
+    obj: Context, plan_path: str | None, allow_removals: int | None, quiet: bool, full_read: bool,
+    units: tuple[str, ...],
+) -> None:  # fmt: skip
+    """Make the server match the directory (with --unit: only those departments)."""
     _run(
-        obj, apply=True, plan_path=plan_path, out=None, allow=allow_removals, quiet=quiet, full_read=full_read
-    )
+        obj, apply=True, plan_path=plan_path, out=None, allow=allow_removals, quiet=quiet,
+        full_read=full_read, units=units,
+    )  # fmt: skip
 
 
 @main.command()
+@unit_option
 @click.pass_obj
-def status(obj: Context) -> None:
-    """The last run, the managed people, and every managed room with its size against the limit."""
+def status(obj: Context, units: tuple[str, ...]) -> None:
+    """The last run, the managed people, and every managed room with its size against the limit.
+
+    With --unit: that unit as the server has it — people, rooms and their sizes, moderators, last change.
+    """
     cfg = obj.config(token_required=True)
     path = os.path.join(cfg.sync.state_dir, "last_run.json")
     try:
@@ -327,6 +399,11 @@ def status(obj: Context) -> None:
         fail(f"homeserver {cfg.homeserver.url}: {e}", exitcodes.HOMESERVER)
     locked = sum(1 for e in observed.registry.values() if e.locked_since is not None)
     click.echo(f"managed people: {len(observed.registry)} ({locked} locked by the provisioner)")
+    if units:
+        _unit_status(cfg, observed, units)
+        if detection_broken:
+            sys.exit(exitcodes.DETECTION)
+        return
     limit = cfg.layout.max_room_size
     over = 0
     for room in sorted(observed.rooms.values(), key=lambda r: (r.kind, r.name or "")):
@@ -339,6 +416,76 @@ def status(obj: Context) -> None:
         # Last, so that everything above is shown: the watch runs and its runs succeed, which is why only
         # this exit code lets monitoring see that leavers wait for the fallback's read, not seconds.
         sys.exit(exitcodes.DETECTION)
+
+
+def _server_units(observed: Observed) -> list[Unit]:
+    """The units as the server has them: each managed space, its path from its topic (the sync writes the
+    full path there), its parent from the space that links it."""
+    spaces = {k: r for k, r in observed.rooms.items() if r.kind == "space"}
+    by_id = {r.room_id: k for k, r in spaces.items()}
+    parent = {by_id[c]: k for k, r in spaces.items() for c in r.children if c in by_id}
+    out = []
+    for key, r in spaces.items():
+        # The organisation's own space is not a unit one names: a scope of everything is no --unit at all.
+        if key != ROOT_UNIT:
+            path = tuple(p.strip() for p in (r.topic or r.name or key).split(" / ") if p.strip())
+            out.append(Unit(key, path, parent.get(key) or ROOT_UNIT))
+    return out
+
+
+def _last_change(audit_log: str, rooms: set[str], people: set[str]) -> str:
+    """The newest audit line about these rooms or people (the log is appended in time order)."""
+    last: dict[str, Any] | None = None
+    try:
+        with open(audit_log, encoding="utf-8") as fh:
+            for line in fh:
+                try:
+                    entry = json.loads(line)
+                    action = entry["action"]
+                except (ValueError, KeyError, TypeError):
+                    continue
+                keys = {action.get(k) for k in ("key", "room_key", "parent_key", "child_key", "user_id")}
+                if keys & (rooms | people):
+                    last = entry
+    except FileNotFoundError:
+        return "never (no audit log yet)"
+    except OSError as e:
+        return f"unknown (cannot read {audit_log}: {e})"
+    if last is None:
+        return "none in the audit log"
+    what = describe(action_from_dict(last["action"]))
+    return f"{_when(last.get('ts'))}, run {last.get('run')}: {what} ({last.get('result')})"
+
+
+def _unit_status(cfg: Config, observed: Observed, units: tuple[str, ...]) -> None:
+    server_units = _server_units(observed)
+    try:
+        scope = unit_scope(units, None, server_units, cfg.directory.base_dn, cfg.layout.org_name)
+    except ScopeError as e:
+        fail(f"{e} (as the server's spaces name it; has the unit been synced?)", exitcodes.CONFIG)
+    assert scope is not None
+    rooms = {
+        k: r
+        for k, r in observed.rooms.items()
+        if (k if r.kind == "space" else k.rpartition("#")[0]) in scope.units
+    }
+    service = {*cfg.exclude, *(u for u in (cfg.bot_user_id,) if u)}
+    powered = {u for r in rooms.values() for u, lvl in r.power_users.items() if lvl >= 100}
+    people = {m for r in rooms.values() if r.kind == "room" for m in r.members} - service - powered
+    locked = sorted(u for u in people if (seen := observed.users.get(u)) is not None and seen.locked)
+    limit = cfg.layout.max_room_size
+    click.echo(f"unit: {scope.label} ({len(scope.units)} units with the ones below it)")
+    click.echo(f"  people: {len(people)} in its rooms ({len(locked)} locked)")
+    for r in sorted(rooms.values(), key=lambda r: (r.kind != "space", r.topic or "", r.name or "")):
+        size = len(r.members)
+        flag = "  OVER LIMIT" if size > limit else ""
+        click.echo(f"  [{r.kind}] {r.name}  #{r.alias}  {size}/{limit}{flag}")
+        mods = sorted(
+            f"{u} ({lvl})" for u, lvl in r.power_users.items() if 0 < lvl < 100 and u not in service
+        )
+        if mods:
+            click.echo(f"      moderators: {', '.join(mods)}")
+    click.echo(f"  last change: {_last_change(cfg.sync.audit_log, set(rooms), people)}")
 
 
 def _when(ts: Any) -> str:

@@ -81,6 +81,8 @@ class LayoutConfig:
     moderator_power_level: int
     room_version: str | None = DEFAULT_ROOM_VERSION
     space_members: str = "tree"
+    # Units live so far (names, paths, DNs or keys, each with the units below it); None: the whole directory.
+    onboarded_units: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,7 +484,7 @@ def _homeserver(r: _Reader, *, token_required: bool) -> HomeserverConfig:
 def _layout(r: _Reader, server_name: str) -> LayoutConfig:
     r.check_known(
         {"max_room_size", "org_name", "alias_prefix", "head_title_pattern", "room_encryption",
-         "moderator_power_level", "room_version", "space_members"}
+         "moderator_power_level", "room_version", "space_members", "onboarded_units"}
     )  # fmt: skip
     version = r.opt_str("room_version", DEFAULT_ROOM_VERSION)
     if version is not None and not re.fullmatch(r"[0-9a-z][0-9a-z.\-]*", version):
@@ -508,7 +510,24 @@ def _layout(r: _Reader, server_name: str) -> LayoutConfig:
         moderator_power_level=r.int_("moderator_power_level", 50, 1, 99),
         room_version=version,
         space_members=r.choice("space_members", "tree", ("tree", "unit")),
+        onboarded_units=_onboarded(r),
     )
+
+
+def _onboarded(r: _Reader) -> tuple[str, ...] | None:
+    """``layout.onboarded_units``: unit names as people see them; matched against the directory when it is
+    read (an unknown or ambiguous one stops the run then, exit 2)."""
+    raw = r.data.get("onboarded_units")
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise r.fail("onboarded_units", "must be a list of units (names, paths or DNs), or null for all")
+    out: list[str] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, str) or not item.strip():
+            raise r.fail("onboarded_units", f"item {i} must be a unit's name, path or DN, not {item!r}")
+        out.append(item.strip())
+    return tuple(out)
 
 
 def _safety(r: _Reader) -> SafetyConfig:

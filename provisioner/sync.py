@@ -11,7 +11,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,7 @@ from provisioner.core.reconcile import (
     trusted,
 )
 from provisioner.core.saved import rail_violations, saved_plan_problem
+from provisioner.core.scope import UnitScope, scope_plan, unit_scope
 from provisioner.core.watch import keep_locked as keep_locked_plan
 from provisioner.ldap_reader import read_directory
 from provisioner.observe import RoomCache, observe, refresh_cache
@@ -54,6 +55,7 @@ class RunResult:
     observed: Observed
     desired: Desired
     removal_check: RemovalCheck
+    scope: UnitScope | None = None  # the departments this run acted on; None: the whole directory
     report: Report | None = None
     exit_code: int = exitcodes.OK
     message: str | None = None
@@ -147,6 +149,17 @@ def managed_count(observed: Observed, snapshot: DirectorySnapshot) -> int:
     return max(len(observed.registry), len(snapshot.people))
 
 
+def run_scope(cfg: Config, snapshot: DirectorySnapshot, units: Sequence[str]) -> UnitScope | None:
+    """The departments a run acts on: ``units`` (``--unit``) within ``layout.onboarded_units``.
+
+    Raises :class:`provisioner.core.scope.ScopeError` (exit 2) for a unit the directory does not have or
+    cannot tell apart, before anything is written.
+    """
+    return unit_scope(
+        units, cfg.layout.onboarded_units, snapshot.units, cfg.directory.base_dn, cfg.layout.org_name
+    )
+
+
 async def run(
     cfg: Config,
     *,
@@ -158,14 +171,17 @@ async def run(
     snapshot: DirectorySnapshot | None = None,
     full_read: bool = False,
     keep_locked: Collection[str] = (),
+    units: Sequence[str] = (),
 ) -> RunResult:
     """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI.
 
     ``keep_locked``: accounts the watch locked while this run was reading (read when planning is done, so a
     live set works): never unlocked by this run (``core.watch.keep_locked``).
+    ``units``: act only on these departments (``core.scope``); ``layout.onboarded_units`` always applies.
     """
     if snapshot is None:
         snapshot = interpret(await read_directory(cfg.directory), cfg.directory_policy())
+    scope = run_scope(cfg, snapshot, units)
     token = cfg.homeserver.admin_token
     assert token is not None, "load the config with token_required=True"
     async with HomeserverClient(
@@ -178,7 +194,14 @@ async def run(
         plan_now = saved_plan.created_at if saved_plan is not None else now
         plan, observed, desired, policy = await make_plan(cfg, client, snapshot, now=plan_now, cache=cache)
         plan = keep_locked_plan(plan, keep_locked, cfg.homeserver.server_name)
-        result = RunResult(plan, snapshot, observed, desired, RemovalCheck(0, 0, True, None))
+        managed = managed_count(observed, snapshot)
+        if scope is not None:
+            protected = {*policy.exclude, policy.provisioner, *policy.service_accounts, policy.bot or ""}
+            scoped = scope_plan(
+                plan, scope, desired, observed, server_name=cfg.homeserver.server_name, protected=protected
+            )
+            plan, managed = scoped.plan, scoped.people
+        result = RunResult(plan, snapshot, observed, desired, RemovalCheck(0, 0, True, None), scope)
         if saved_plan is not None:
             problem = saved_plan_problem(saved_plan, plan) or _saved_rails(
                 saved_plan, snapshot, observed, policy
@@ -192,7 +215,7 @@ async def run(
             result.plan = plan
         check = check_removals(
             plan,
-            managed_count(observed, snapshot),
+            managed,
             max_removals=cfg.safety.max_removals,
             max_percent=cfg.safety.max_removal_percent,
             allow=allow_removals,
@@ -280,6 +303,7 @@ def write_last_run(cfg: Config, result: RunResult, run_id: str) -> None:
         },
         "planned": result.plan.counts(),
         "held_removals": result.plan.held_removals,
+        "scope": result.scope.label if result.scope is not None else None,
         "done": dict(report.done) if report else {},
         "failed": report.failed[:100] if report else [],
         "seconds": report.seconds if report else 0.0,

@@ -47,6 +47,7 @@ from provisioner.core.actions import Action, LockUser, Plan, SaveRegistry
 from provisioner.core.directory import Scope, interpret, set_aside
 from provisioner.core.model import DirectorySnapshot, RawEntry
 from provisioner.core.reconcile import Observed, ObservedUser, check_removals
+from provisioner.core.scope import ScopeError
 from provisioner.core.watch import (
     Decision,
     Detection,
@@ -480,6 +481,11 @@ class Watch:
         except DirectoryError as e:
             self._record_run(kind, exitcodes.DIRECTORY, str(e), started)
             return exitcodes.DIRECTORY
+        except ScopeError as e:
+            # layout.onboarded_units names a unit the directory no longer has: nothing is applied until the
+            # config is fixed, and the status says why.
+            self._record_run(kind, exitcodes.CONFIG, str(e), started)
+            return exitcodes.CONFIG
         except (HomeserverError, OSError) as e:
             self._record_run(
                 kind, exitcodes.HOMESERVER, f"homeserver {self.cfg.homeserver.url}: {e}", started

@@ -289,3 +289,11 @@ def _person(
 
 def units_by_key(units: Iterable[Unit]) -> dict[str, Unit]:
     return {u.key: u for u in units}
+
+
+def unit_path_of_dn(dn: str, base_dn: str) -> tuple[str, ...] | None:
+    """The unit path a DN names below ``base_dn`` (its ``ou``/``o`` names, top first); None outside the base.
+
+    Raises :class:`~provisioner.core.dn.DNError` when either is not a DN.
+    """
+    return _unit_path_from_dn(parse_dn(dn), parse_dn(base_dn))
