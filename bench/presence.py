@@ -173,62 +173,103 @@ async def one_side(
         subject = sorted(set(biggest) - {admin_id})[0]
         out["online"] = len(people) - 1
         out["room_mates"] = len(set(biggest) - {admin_id, subject})
-        conn = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(connector=conn) as session:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
             tokens = {u: await admin_login(session, hs, admin, u) for u in people}
-            traffic, ready = Traffic(), []
             pid = hs.pid
             assert pid is not None
-            me0, hs0, t_start = time.process_time(), cpu_seconds(pid), time.monotonic()
-            tasks = []
-            for user in (u for u in people if u != subject):
-                tasks.append(
-                    asyncio.create_task(client(session, hs.public_url, user, tokens[user], traffic, ready))
-                )
-                await asyncio.sleep(ramp / len(people))
-            while len(ready) < len(tasks) and time.monotonic() - t_start < 600:
-                await asyncio.sleep(0.5)
-            await quiet(traffic)
-            storm = traffic.since(t_start)
-            out["storm"] = {
-                "seconds": round(time.monotonic() - t_start, 1),
-                "initial_syncs": len(ready),
-                "sync_responses": len(storm),
-                "presence_events_delivered": sum(len(s) for _, _, s in storm),
-                "synapse_cpu_s": round(cpu_seconds(pid) - hs0, 1),
-                "loadgen_cpu_s": round(time.process_time() - me0, 1),
-            }
-            # Idle baseline over the same window as one change.
-            window = 3.0
-            i0, it = cpu_seconds(pid), time.monotonic()
-            await asyncio.sleep(window)
-            idle_cpu = (cpu_seconds(pid) - i0) / (time.monotonic() - it) * window
-            per_change: list[dict[str, float]] = []
-            for k in range(changes):
-                state = "unavailable" if k % 2 == 0 else "online"
-                c0, w0 = cpu_seconds(pid), time.monotonic()
-                url = f"{hs.public_url}/_matrix/client/v3/presence/{urllib.parse.quote(subject)}/status"
-                async with session.put(
-                    url, json={"presence": state}, headers={"Authorization": f"Bearer {tokens[subject]}"}
-                ) as resp:
-                    assert resp.status == 200, await resp.text()
-                await asyncio.sleep(window)
-                got = traffic.since(w0, w0 + window)
-                per_change.append(
-                    {
-                        "woken_with_it": sum(1 for _, _, s in got if subject in s),
-                        "sync_responses": len(got),
-                        "synapse_cpu_ms": 1000 * max(0.0, cpu_seconds(pid) - c0 - idle_cpu),
-                    }
-                )
-            out["idle_synapse_cpu_ms_per_3s"] = round(1000 * idle_cpu, 1)
-            out["per_change"] = {k: round(mean(c[k] for c in per_change), 1) for k in per_change[0]}
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            side = Side(session, hs.public_url, pid, tokens, subject)
+            try:
+                out["storm"] = await side.storm(ramp)
+                out.update(await side.changes(changes))
+            finally:
+                await side.stop()
         return out
     finally:
         hs.stop()
+
+
+@dataclass
+class Side:
+    """One side's clients: every person but ``subject`` long-polling, and the subject's presence changes."""
+
+    session: aiohttp.ClientSession
+    base: str
+    pid: int  # Synapse's
+    tokens: dict[str, str]
+    subject: str
+    traffic: Traffic = field(default_factory=Traffic)
+    ready: list[str] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def storm(self, ramp: float) -> dict[str, Any]:
+        """Everyone comes online over ``ramp`` seconds; measured until the long polls are quiet."""
+        me0, hs0, t0 = time.process_time(), cpu_seconds(self.pid), time.monotonic()
+        others = [u for u in self.tokens if u != self.subject]
+        for user in others:
+            poll = client(self.session, self.base, user, self.tokens[user], self.traffic, self.ready)
+            self.tasks.append(asyncio.create_task(poll))
+            await asyncio.sleep(ramp / len(others))
+        while len(self.ready) < len(self.tasks) and time.monotonic() - t0 < 600:
+            await asyncio.sleep(0.5)
+        await quiet(self.traffic)
+        storm = self.traffic.since(t0)
+        return {
+            "seconds": round(time.monotonic() - t0, 1),
+            "initial_syncs": len(self.ready),
+            "sync_responses": len(storm),
+            "presence_events_delivered": sum(len(s) for _, _, s in storm),
+            "synapse_cpu_s": round(cpu_seconds(self.pid) - hs0, 1),
+            "loadgen_cpu_s": round(time.process_time() - me0, 1),
+        }
+
+    async def changes(self, count: int, window: float = 3.0) -> dict[str, Any]:
+        """``count`` presence changes of the subject, ``window`` apart, less Synapse's idle CPU."""
+        i0, it = cpu_seconds(self.pid), time.monotonic()
+        await asyncio.sleep(window)
+        idle_cpu = (cpu_seconds(self.pid) - i0) / (time.monotonic() - it) * window
+        url = f"{self.base}/_matrix/client/v3/presence/{urllib.parse.quote(self.subject)}/status"
+        per_change: list[dict[str, float]] = []
+        for k in range(count):
+            c0, w0 = cpu_seconds(self.pid), time.monotonic()
+            await put_presence(
+                self.session, url, self.tokens[self.subject], "unavailable" if k % 2 == 0 else "online"
+            )
+            await asyncio.sleep(window)
+            got = self.traffic.since(w0, w0 + window)
+            per_change.append(
+                {
+                    "woken_with_it": sum(1 for _, _, s in got if self.subject in s),
+                    "sync_responses": len(got),
+                    "synapse_cpu_ms": 1000 * max(0.0, cpu_seconds(self.pid) - c0 - idle_cpu),
+                }
+            )
+        return {
+            "idle_synapse_cpu_ms_per_3s": round(1000 * idle_cpu, 1),
+            "per_change": {k: round(mean(c[k] for c in per_change), 1) for k in per_change[0]},
+        }
+
+    async def stop(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+
+
+async def put_presence(session: aiohttp.ClientSession, url: str, token: str, state: str) -> None:
+    """One presence change; a loaded box may refuse a connection for a while, so a few tries."""
+    text = ""
+    for attempt in range(5):
+        try:
+            async with session.put(
+                url, json={"presence": state}, headers={"Authorization": f"Bearer {token}"},
+                timeout=aiohttp.ClientTimeout(total=60),
+            ) as resp:  # fmt: skip
+                if resp.status == 200:
+                    return
+                text = await resp.text()
+        except (aiohttp.ClientError, TimeoutError) as e:
+            text = repr(e)
+        await asyncio.sleep(1 + attempt)
+    raise RuntimeError(f"PUT presence failed 5 times: {text}")
 
 
 def mean(values: Iterable[float]) -> float:
