@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from bridge.events import render
+from bridge.events import invitations, render
 from bridge.events.audience import Audience
 from bridge.events.commands import CancelEvent, CreateEvent, EditEvent, ParseError, validate
 from bridge.events.context import Context, Handled, ReplyFn, say
+from bridge.events.invitations import Invitations
 from bridge.events.model import (
     Announce,
     Answer,
@@ -34,22 +35,43 @@ from bridge.events.units import Unit
 log = logging.getLogger(__name__)
 
 
+# ``audience none`` / ``подразделение нет``: announced in no room, only to the people invited.
+NO_AUDIENCE = frozenset({"none", "nobody", "нет", "никому", "никто"})
+
+
 class Organiser:
-    def __init__(self, ctx: Context, audience: Audience) -> None:
+    def __init__(self, ctx: Context, audience: Audience, invitations: Invitations) -> None:
         self.ctx = ctx
         self.audience = audience
+        self.invitations = invitations
 
     async def create(self, cmd: CreateEvent, room: RoomID, sender: UserID, reply: ReplyFn) -> Handled:
         lang = cmd.lang
         if not await self.ctx.is_moderator(room, sender):
             return [reply(self.audience.not_allowed(lang))], []
-        target = await self.audience.resolve(cmd.audience_unit, room, lang)
-        if isinstance(target, Text):
-            return [reply(target)], []
-        unit, found = target
-        rooms, skipped = await self.audience.announcing(found, room, sender)
-        if not rooms:
-            return [reply(self.audience.not_allowed(lang))], []
+        required = await self.invitations.resolve([*cmd.invite, *cmd.required], room, sender, lang)
+        optional = await self.invitations.resolve(cmd.optional, room, sender, lang)
+        if isinstance(required, Text) or isinstance(optional, Text):
+            return [reply(required if isinstance(required, Text) else optional)], []  # type: ignore[arg-type]
+        invitation_only = (cmd.audience_unit or "").strip().lower() in NO_AUDIENCE
+        if invitation_only and not (required or optional):
+            refusal = say(
+                lang,
+                "Событие без подразделения — только для приглашённых: укажите, кого пригласить.",
+                "An event with no audience is for invitees only: say whom to invite.",
+            )
+            return [reply(refusal)], []
+        unit: Unit | None = None
+        rooms: list[RoomID] = []
+        skipped: list[RoomID] = []
+        if not invitation_only:
+            target = await self.audience.resolve(cmd.audience_unit, room, lang)
+            if isinstance(target, Text):
+                return [reply(target)], []
+            unit, found = target
+            rooms, skipped = await self.audience.announcing(found, room, sender)
+            if not rooms:
+                return [reply(self.audience.not_allowed(lang))], []
         ev = Event(
             id=new_event_id(await self.ctx.store.event_ids()),
             title=cmd.title,
@@ -67,8 +89,13 @@ class Organiser:
         )
         writes: list[Write] = [PutEvent(ev), *(PutAudience(ev.id, r) for r in rooms)]
         effects: list[Effect] = [self.announce(ev, r) for r in rooms]
-        if room not in rooms or skipped or len(rooms) > 1:
-            effects.append(reply(_announced_to(ev.id, unit, len(rooms), len(skipped), lang)))
+        invited, invite_writes, new = await self.invitations.invite(ev, required, optional, sender)
+        effects += invited
+        writes += invite_writes
+        if invitation_only:
+            effects.append(reply(invitations.invited_reply(lang, ev, new, new)))
+        elif room not in rooms or skipped or len(rooms) > 1 or new:
+            effects.append(reply(_announced_to(ev.id, unit, len(rooms), len(skipped), lang, new)))
         log.info("event %s created by %s in %s for %d rooms", ev.id, sender, room, len(rooms))
         return effects, writes
 
@@ -83,19 +110,9 @@ class Organiser:
         )
 
     async def _managed(self, cmd: EditEvent | CancelEvent, room: RoomID, sender: UserID) -> Event | Text:
-        """The event ``sender`` wants to change, or the refusal: no such event, not theirs to change, or
-        cancelled already."""
-        lang, eid = cmd.lang, cmd.event_id
-        ev = await self.ctx.store.get_event(eid)
-        if ev is None:
-            return say(lang, f"Нет события с ID {eid}.", f"No event {eid}.")
-        if not await self.audience.may_manage(ev, room, sender):
-            return self.audience.not_allowed(lang)
-        if ev.cancelled and isinstance(cmd, CancelEvent):
-            return say(lang, "Событие уже отменено.", "The event is already cancelled.")
-        if ev.cancelled:
-            return say(lang, "Событие отменено, менять нечего.", "The event is cancelled.")
-        return ev
+        return await self.audience.managed(
+            cmd.event_id, room, sender, cmd.lang, cancel=isinstance(cmd, CancelEvent)
+        )
 
     async def edit(self, cmd: EditEvent, room: RoomID, sender: UserID, reply: ReplyFn) -> Handled:
         ev = await self._managed(cmd, room, sender)
@@ -177,15 +194,22 @@ class Organiser:
         return effects, [PutEvent(new), DropQueuedReminders(ev.id)]
 
 
-def _announced_to(eid: EventID, unit: Unit | None, rooms: int, skipped: int, lang: Lang) -> Text:
-    """What the organiser is told when the announcement went beyond the room they wrote in."""
+def _announced_to(
+    eid: EventID, unit: Unit | None, rooms: int, skipped: int, lang: Lang, invited: int
+) -> Text:
+    """What the organiser is told when the announcement went beyond the room they wrote in, or people were
+    invited."""
     where = render.plural(lang, rooms, render.ROOMS_WORD[lang])
+    people = render.plural(lang, invited, render.PEOPLE_WORD[lang])
+    also = t(lang, f" Приглашения отправлены: {people}.", f" Invitations sent: {people}.") if invited else ""
     whom = f" «{unit.label}»" if unit is not None and lang == "ru" else ""
     whom_en = f" “{unit.label}”" if unit is not None else ""
     return say(
         lang,
         f"Событие {eid} создано и объявлено подразделению{whom} в {where}."
-        + (f" Пропущены (вы там не модератор): {skipped}." if skipped else ""),
+        + (f" Пропущены (вы там не модератор): {skipped}." if skipped else "")
+        + also,
         f"Event {eid} created and announced to{whom_en or ' the unit'} in {where}."
-        + (f" Skipped (you are not a moderator there): {skipped}." if skipped else ""),
+        + (f" Skipped (you are not a moderator there): {skipped}." if skipped else "")
+        + also,
     )

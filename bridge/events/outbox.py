@@ -21,6 +21,7 @@ from bridge.events.model import (
     Effect,
     EndPoll,
     EventID,
+    Invitation,
     MatrixEventID,
     Reply,
     RoomID,
@@ -60,6 +61,8 @@ def encode(effect: Effect) -> str:
             d = {"t": "end_poll", "event": eid, "room": room, "body": body}
         case UpdateTally(eid, room):
             d = {"t": "tally", "event": eid, "room": room}
+        case Invitation(eid, user, text):
+            d = {"t": "invitation", "event": eid, "user": user, "text": _text(text)}
         case _:
             assert_never(effect)
     return json.dumps(d, ensure_ascii=False, sort_keys=True)
@@ -93,4 +96,6 @@ def decode(payload: str) -> Effect:
             return EndPoll(EventID(d["event"]), RoomID(d["room"]), d["body"])
         case "tally":
             return UpdateTally(EventID(d["event"]), RoomID(d["room"]))
+        case "invitation":
+            return Invitation(EventID(d["event"]), UserID(d["user"]), text(d["text"]))
     raise ValueError(f"unknown effect kind {d['t']!r}")
