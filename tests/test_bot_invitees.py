@@ -21,10 +21,12 @@ from bridge.events.commands import (
     CheckIn,
     CloseList,
     CreateEvent,
+    EditEvent,
     InviteEvent,
     MyEvents,
     NudgeEvent,
     ParseError,
+    UninviteEvent,
     parse_command,
     split_people,
 )
@@ -106,10 +108,24 @@ def test_parse_invitations_and_the_attendance_commands() -> None:
     assert p("!пришёл ab3cd") == CheckIn("ru", E) and p("!here") == CheckIn("en", None)
     assert p("!событие отметить ab3cd Иванов, Петров") == CheckIn("ru", E, ("Иванов", "Петров"))
     assert p("!мои") == MyEvents("ru") and p("!my") == MyEvents("en")
+    assert p("!событие отозвать ab3cd Иванов") == UninviteEvent("ru", E, ("Иванов",))
+    # An edit may now change only the audience or the privacy.
+    edit = p('!событие изменить ab3cd подразделение "Финансы" открытый список')
+    assert isinstance(edit, EditEvent) and (edit.audience_unit, edit.private, edit.title) == (
+        "Финансы",
+        False,
+        None,
+    )
+    edit = p("!event edit ab3cd private")
+    assert isinstance(edit, EditEvent) and edit.private is True and edit.audience_unit is None
+    assert isinstance(p('!event edit ab3cd title "New"'), EditEvent)
+    created = p('!event create "X" tomorrow 3pm')
+    assert isinstance(created, CreateEvent) and created.private is False
     for bad, says in [
         ("!event invite ab3cd", "Whom to invite"),
         ("!event invite", "Give the event ID"),
-        ("!event checkin ab3cd", "Whom to mark"),
+        ("!event checkin ab3cd", "Whom?"),
+        ("!event uninvite ab3cd", "Whom?"),
         ("!event edit ab3cd invite Ivanov", "!event invite ab3cd"),
         ("!event nudge ab3cd more", "Usage"),
         ("!event invite ab3cd Ivanov invite Petrov", "a second time"),
@@ -395,3 +411,63 @@ async def test_a_store_from_before_invitations_is_migrated(tmp_path: Path) -> No
         assert await s.invitees(E) == [] and await s.checkins(E) == []
     finally:
         await s.close()
+
+
+async def test_edits_reach_only_the_people_they_concern(store: Store, tmp_path: Path) -> None:  # noqa: F811
+    from bridge.events.model import EndPoll, RoomNotice
+    from tests.test_bot_service import ROOM2
+
+    snap = tmp_path / "search.json"
+    write_snapshot(snap, [IVANOV, FEDOROV], generated_at=1.0)
+    svc = EventService(store, ManualClock(T0), Settings(MSK), FakeDirectory(), SnapshotPeople(snap))  # type: ignore[arg-type]
+    eff = await say(svc, '!событие создать "Совет" завтра 15:00 пригласить Фёдоров')
+    eid = next(e.event_id for e in eff if isinstance(e, Invitation))
+    await svc.poll_posted(eid, ROOM, MatrixEventID("$poll-room"))
+    await say(svc, f"!иду {eid}", sender=UserID("@a:x"))
+
+    # Privacy: only the organiser hears of it.
+    eff = await say(svc, f"!событие изменить {eid} закрытый список")
+    assert [type(e) for e in eff] == [Reply] and "теперь закрыт" in replies(eff)
+    assert (await store.get_event(eid)).private  # type: ignore[union-attr]
+
+    # Audience: the unit "Налоги" (ROOM2) instead of this room: ROOM2 gets the announcement, ROOM a notice
+    # and the end of its poll; nobody is messaged directly; the answer given stays.
+    eff = await say(svc, f'!событие изменить {eid} подразделение "Налоги"')
+    assert [e.room_id for e in eff if isinstance(e, Announce)] == [ROOM2]
+    assert [e.room_id for e in eff if isinstance(e, RoomNotice)] == [ROOM]
+    assert [(e.room_id, e.poll) for e in eff if isinstance(e, EndPoll)] == [(ROOM, "$poll-room")]
+    assert not [e for e in eff if isinstance(e, DirectMessage | Invitation)]
+    assert [r for r, _ in await store.audience(eid)] == [ROOM2]
+    assert [a.user_id for a in await store.answers(eid)] == ["@a:x"]
+    assert await store.event_by_poll("$poll-room") is None  # votes in the withdrawn poll no longer count
+
+    # A time change reaches the rooms, who answered and who is invited.
+    eff = await say(svc, f"!событие изменить {eid} когда завтра 16:00")
+    assert sorted(e.user_id for e in eff if isinstance(e, DirectMessage)) == ["@a:x", "@fedorov.pa:x"]
+
+    # Required → optional: only that person is told. Uninvite: only them.
+    eff = await say(svc, f"!событие пригласить {eid} необязательно Фёдоров")
+    assert [(type(e), e.user_id) for e in eff if isinstance(e, DirectMessage)] == [
+        (DirectMessage, "@fedorov.pa:x")
+    ]
+    assert "по желанию" in next(e.text.body for e in eff if isinstance(e, DirectMessage))
+    eff = await say(svc, f"!событие отозвать {eid} Фёдоров, Иванов")  # Ivanov was never invited
+    assert [e.user_id for e in eff if isinstance(e, DirectMessage)] == ["@fedorov.pa:x"]
+    assert "отозвано: Фёдоров Пётр Алексеевич" in replies(eff) and await store.invitees(eid) == []
+
+    # No audience is allowed only with invitees.
+    eff = await say(svc, f"!событие изменить {eid} подразделение нет")
+    assert "только для приглашённых, а их нет" in replies(eff)
+
+
+async def test_cancelling_tells_the_invitees_too(store: Store, tmp_path: Path) -> None:  # noqa: F811
+    snap = tmp_path / "search.json"
+    write_snapshot(snap, [IVANOV, FEDOROV], generated_at=1.0)
+    svc = EventService(store, ManualClock(T0), Settings(MSK), FakeDirectory(), SnapshotPeople(snap))  # type: ignore[arg-type]
+    eff = await say(
+        svc, '!событие создать "Совет" завтра 15:00 подразделение нет пригласить Фёдоров, ivanov.ii'
+    )
+    eid = next(e.event_id for e in eff if isinstance(e, Invitation))
+    await say(svc, f"!иду {eid}", sender=UserID("@ivanov.ii:x"))
+    eff = await say(svc, f"!событие отменить {eid}")
+    assert sorted(e.user_id for e in eff if isinstance(e, DirectMessage)) == ["@fedorov.pa:x", "@ivanov.ii:x"]

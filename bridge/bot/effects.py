@@ -132,8 +132,8 @@ class Effects:
                 await self.send(dm, "m.room.message", notice(text), txn)
                 for i, f in enumerate(files):
                     await self._upload(dm, f, f"{txn}.{i}")
-            case EndPoll(eid, room, text):
-                poll = dict(await self.store.audience(eid)).get(room)
+            case EndPoll(eid, room, text, known):
+                poll = known or dict(await self.store.audience(eid)).get(room)
                 if poll is not None:
                     await self.send(room, POLL_END, poll_end_content(poll, text), txn)
             case UpdateTally():

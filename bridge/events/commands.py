@@ -89,6 +89,17 @@ class EditEvent:
     place: str | None
     capacity: int | None
     deadline: datetime | None
+    audience_unit: str | None = None  # a new audience: announced in the rooms it adds, withdrawn from others
+    private: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UninviteEvent:
+    """``!event uninvite ID people``: withdraw invitations; answers already given stay."""
+
+    lang: Lang
+    event_id: EventID
+    people: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +169,7 @@ Command = (
     | CheckIn
     | CloseList
     | MyEvents
+    | UninviteEvent
 )
 
 
@@ -216,6 +228,7 @@ _EDIT = {"edit", "change", "update", "изменить", "правка", "ред
 _CANCEL = {"cancel", "delete", "отменить", "отмена", "удалить"}
 _HELP = {"help", "?", "помощь", "справка"}
 _INVITE = {"invite", "пригласить"}
+_UNINVITE = {"uninvite", "отозвать", "исключить"}
 _NUDGE = {"nudge", "напомнить", "поторопить"}
 _CHECKIN = {"checkin", "check-in", "отметить"}
 _CLOSE = {"close", "закрыть"}
@@ -615,11 +628,11 @@ def _parse_event_command(head: str, rest: list[Token], now: datetime, tz: ZoneIn
         if eid is None:
             return ParseError(lang, t(lang, "Укажите ID события.", "Give the event ID."))
         return CancelEvent(lang, eid)
-    if word in _EDIT | _INVITE | _NUDGE | _CHECKIN | _CLOSE and not args:
+    if word in _EDIT | _INVITE | _UNINVITE | _NUDGE | _CHECKIN | _CLOSE and not args:
         return ParseError(lang, t(lang, "Укажите ID события.", "Give the event ID."))
     if word in _EDIT:
         return _parse_fields(lang, args[1:], now, tz, create=False, event_id=normalise_id(args[0].text))
-    if word not in _INVITE | _NUDGE | _CHECKIN | _CLOSE:
+    if word not in _INVITE | _UNINVITE | _NUDGE | _CHECKIN | _CLOSE:
         return Help(lang, unknown=sub.text)
     eid = normalise_id(args[0].text)
     if word in _NUDGE | _CLOSE:
@@ -630,9 +643,9 @@ def _parse_event_command(head: str, rest: list[Token], now: datetime, tz: ZoneIn
         return _parse_invite(lang, eid, args[1:], now, tz)
     items = split_people([a.text for a in args[1:]])
     if not items:
-        return ParseError(lang, t(lang, f"Кого отметить? {head} {sub.text} ID Иванов, Петров",
-                                  f"Whom to mark? {head} {sub.text} ID Ivanov, Petrov"))  # fmt: skip
-    return CheckIn(lang, eid, items)
+        return ParseError(lang, t(lang, f"Кого? {head} {sub.text} ID Иванов, Петров",
+                                  f"Whom? {head} {sub.text} ID Ivanov, Petrov"))  # fmt: skip
+    return CheckIn(lang, eid, items) if word in _CHECKIN else UninviteEvent(lang, eid, items)
 
 
 def _parse_invite(
@@ -697,7 +710,7 @@ def _parse_fields(
     if create:
         assert d.title is not None and d.starts_at is not None
         return CreateEvent(
-            lang, d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, d.private,
+            lang, d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, bool(d.private),
             d.invite, d.required, d.optional,
         )  # fmt: skip
     assert event_id is not None
@@ -710,8 +723,7 @@ def _parse_fields(
                 f"To invite people to an event: !event invite {event_id} Ivanov, Petrov",
             ),
         )
-    # Audience and privacy are set when an event is created; an edit that names only them changes nothing.
-    if (d.title, d.starts_at, d.place, d.capacity, d.deadline) == (None, None, None, None, None):
+    if (d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, d.private) == (None,) * 7:
         return ParseError(
             lang,
             t(
@@ -720,7 +732,9 @@ def _parse_fields(
                 'What should change? E.g. !event edit ID when tomorrow 4pm place "Room 2"',
             ),
         )
-    return EditEvent(lang, event_id, d.title, d.starts_at, d.place, d.capacity, d.deadline)
+    return EditEvent(
+        lang, event_id, d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, d.private
+    )
 
 
 # --- the fields of a create or edit command --------------------------------------------------------
@@ -758,7 +772,7 @@ class Draft:
     deadline: datetime | None = None
     deadline_has_time: bool = False  # "до 2026-12-03" alone may mean "before it starts" (see _parse_fields)
     audience: str | None = None
-    private: bool = False
+    private: bool | None = None  # None: not said (a new event is public, an edit keeps it)
     invite: tuple[str, ...] = ()
     required: tuple[str, ...] = ()
     optional: tuple[str, ...] = ()
@@ -802,6 +816,10 @@ def _read_audience(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> N
 
 def _read_private(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
     d.private = True
+
+
+def _read_public(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.private = False
 
 
 def split_people(words: list[str]) -> tuple[str, ...]:
@@ -898,6 +916,13 @@ FIELDS: tuple[Field, ...] = (
         _words("private", "закрытый закрыто приватно приватный"),
         Takes.NOTHING,
         _read_private,
+        fillers=_words("list", "список"),
+    ),
+    Field(
+        "public",
+        _words("public open", "открытый открыто открытая"),
+        Takes.NOTHING,
+        _read_public,
         fillers=_words("list", "список"),
     ),
     INVITE,

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 from bridge.events import render
 from bridge.events.audience import Audience
-from bridge.events.commands import CheckIn, CloseList, InviteEvent, MyEvents, NudgeEvent
+from bridge.events.commands import CheckIn, CloseList, InviteEvent, MyEvents, NudgeEvent, UninviteEvent
 from bridge.events.context import Context, Handled, ReplyFn, say
 from bridge.events.invitees import (
     Candidates,
@@ -40,7 +40,15 @@ from bridge.events.model import (
     attendance,
 )
 from bridge.events.outbox import encode
-from bridge.events.store import MarkNudged, PutCheckin, PutEvent, PutInvitee, PutOutbox, Write
+from bridge.events.store import (
+    DeleteInvitee,
+    MarkNudged,
+    PutCheckin,
+    PutEvent,
+    PutInvitee,
+    PutOutbox,
+    Write,
+)
 from bridge.events.units import Found, match_unit
 
 log = logging.getLogger(__name__)
@@ -136,6 +144,8 @@ class Invitations:
             if before is None:
                 new += 1
                 effects.append(Invitation(ev.id, user, render.invitation(ev, self.ctx.tz, required=need)))
+            else:  # required became optional or back: only this person is told
+                effects.append(DirectMessage(user, render.invitation_changed(ev, required=need)))
         log.info("event %s: %d invited by %s (%d new)", ev.id, len(wanted), sender, new)
         return effects, writes, new
 
@@ -154,6 +164,24 @@ class Invitations:
         everyone = len({r.user_id for r in [*req, *opt]})
         effects.append(reply(invited_reply(lang, ev, new, everyone)))
         return effects, writes
+
+    async def uninvite(self, cmd: UninviteEvent, room: RoomID, sender: UserID, reply: ReplyFn) -> Handled:
+        """Withdraw invitations: each person named who was invited is told, and nobody else."""
+        lang = cmd.lang
+        ev = await self.audience.managed(cmd.event_id, room, sender, lang)
+        if isinstance(ev, Text):
+            return [reply(ev)], []
+        people = await self.resolve(cmd.people, room, sender, lang)
+        if isinstance(people, Text):
+            return [reply(people)], []
+        invited = {i.user_id for i in await self.ctx.store.invitees(ev.id)}
+        gone = [p for p in people if p.user_id in invited]
+        effects: list[Effect] = [DirectMessage(p.user_id, render.uninvited(ev)) for p in gone]
+        writes: list[Write] = [DeleteInvitee(ev.id, p.user_id) for p in gone]
+        body, html = render.pills([(p.user_id, p.display_name) for p in gone])
+        head = t_lang(lang, f"Приглашение на {ev.id} отозвано: ", f"Invitation to {ev.id} withdrawn: ")
+        text = Text(head + (body or "—"), render.esc(head) + (html or "—"))
+        return [*effects, reply(text)], writes
 
     # --- who has not answered, nudges ----------------------------------------------------------------------
 

@@ -239,6 +239,8 @@ class EndPoll:
     event_id: EventID
     room_id: RoomID
     text: str
+    # The poll to end, when the room is no longer the event's (its record is gone by the time this is sent).
+    poll: MatrixEventID | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,13 +23,21 @@ from bridge.events.model import (
     RoomNotice,
     Rsvp,
     Text,
+    UpdateTally,
     UserID,
     attendance,
     new_event_id,
     t,
 )
 from bridge.events.rsvp import recompute_after_edit
-from bridge.events.store import DropQueuedReminders, PutAudience, PutEvent, Write
+from bridge.events.store import (
+    DeleteAudience,
+    DropAnchors,
+    DropQueuedReminders,
+    PutAudience,
+    PutEvent,
+    Write,
+)
 from bridge.events.units import Unit
 
 log = logging.getLogger(__name__)
@@ -115,6 +123,9 @@ class Organiser:
         )
 
     async def edit(self, cmd: EditEvent, room: RoomID, sender: UserID, reply: ReplyFn) -> Handled:
+        """Details people see (title, time, place, capacity, deadline) are told to every room of the event and
+        everyone who answered or was invited; a new audience only to the rooms it adds or drops; privacy only
+        to the organiser."""
         ev = await self._managed(cmd, room, sender)
         if isinstance(ev, Text):
             return [reply(ev)], []
@@ -125,27 +136,84 @@ class Organiser:
             place=cmd.place if cmd.place is not None else ev.place,
             capacity=cmd.capacity if cmd.capacity is not None else ev.capacity,
             deadline=cmd.deadline or ev.deadline,
+            private=cmd.private if cmd.private is not None else ev.private,
             sequence=ev.sequence + 1,
         )
         answers = await self.ctx.store.answers(ev.id)
         err = self._edit_refusal(cmd, ev, new, answers)
         if err is not None:
             return [reply(render.plain(err.message))], []
-        notice = render.changed(ev, new, self.ctx.tz)
+        effects: list[Effect] = []
+        writes: list[Write] = []
+        if cmd.audience_unit is not None:
+            moved = await self._move_audience(cmd.audience_unit, new, room, sender, cmd.lang)
+            if isinstance(moved, Text):
+                return [reply(moved)], []
+            new, effects, writes, summary = moved
+            effects.append(reply(summary))
         rooms = await self.ctx.rooms(ev)
-        effects: list[Effect] = [RoomNotice(r, notice) for r in rooms]
-        effects += [DirectMessage(a.user_id, notice) for a in answers if a.user_id != sender]
-        effects += [
-            DirectMessage(p.user_id, render.promoted_dm(new, self.ctx.tz))
-            for p in recompute_after_edit(ev, new, answers)
-        ]
-        if room not in rooms:
-            effects.append(reply(notice))
-        writes: list[Write] = [PutEvent(new)]
+        if _seen_details(ev) != _seen_details(new):
+            notice = render.changed(ev, new, self.ctx.tz)
+            invited = {i.user_id for i in await self.ctx.store.invitees(ev.id)}
+            people = sorted(({a.user_id for a in answers} | invited) - {sender})
+            effects += [RoomNotice(r, notice) for r in rooms]
+            effects += [DirectMessage(u, notice) for u in people]
+            effects += [
+                DirectMessage(p.user_id, render.promoted_dm(new, self.ctx.tz))
+                for p in recompute_after_edit(ev, new, answers)
+            ]
+            if room not in rooms:
+                effects.append(reply(notice))
+        if new.private != ev.private:
+            effects.append(reply(say(
+                cmd.lang,
+                "Список имён теперь закрыт: его видят организатор и модераторы." if new.private
+                else "Список имён теперь открыт всем.",
+                "The list of names is now private to the organiser and moderators." if new.private
+                else "The list of names is now open to everyone.",
+            )))  # fmt: skip
+        writes.append(PutEvent(new))
         if new.starts_at != ev.starts_at:
             # Reminders queued for the old time would name the wrong time; the new time re-arms them.
             writes.append(DropQueuedReminders(ev.id))
         return effects, writes
+
+    async def _move_audience(
+        self, query: str, ev: Event, room: RoomID, sender: UserID, lang: Lang
+    ) -> tuple[Event, list[Effect], list[Write], Text] | Text:
+        """``ev`` announced to a new audience: the rooms it adds get the announcement, the rooms it drops a
+        notice and the end of their poll; answers already given stay counted."""
+        unit: Unit | None = None
+        target: list[RoomID] = []
+        if query.strip().lower() in NO_AUDIENCE:
+            if not await self.ctx.store.invitees(ev.id):
+                return say(lang, "Без подразделения событие только для приглашённых, а их нет.",
+                           "With no audience the event is for invitees only, and it has none.")  # fmt: skip
+        else:
+            resolved = await self.audience.resolve(query, room, lang)
+            if isinstance(resolved, Text):
+                return resolved
+            unit, found = resolved
+            target, _ = await self.audience.announcing(found, room, sender)
+            if not target:
+                return self.audience.not_allowed(lang)
+        new = replace(ev, audience_unit=unit.key if unit is not None else None)
+        old = dict(await self.ctx.store.audience(ev.id))
+        added = [r for r in target if r not in old]
+        dropped = [r for r in old if r not in target]
+        gone = render.withdrawn(new)
+        effects: list[Effect] = [self.announce(new, r) for r in added]
+        effects += [RoomNotice(r, gone) for r in dropped]
+        effects += [EndPoll(ev.id, r, gone.body, poll) for r in dropped if (poll := old[r]) is not None]
+        effects += [UpdateTally(ev.id, r) for r in target if r in old]
+        writes: list[Write] = [PutAudience(ev.id, r) for r in added]
+        writes += [w for r in dropped for w in (DeleteAudience(ev.id, r), DropAnchors(ev.id, r))]
+        summary = say(
+            lang,
+            f"Аудитория {ev.id}: объявлено в новых комнатах — {len(added)}, снято — {len(dropped)}.",
+            f"Audience of {ev.id}: announced in {len(added)} new rooms, withdrawn from {len(dropped)}.",
+        )
+        return new, effects, writes, summary
 
     def _edit_refusal(self, cmd: EditEvent, ev: Event, new: Event, answers: list[Rsvp]) -> ParseError | None:
         """Why ``ev`` edited into ``new`` cannot stand, if it cannot: the fields checked as for a new event,
@@ -184,14 +252,17 @@ class Organiser:
         audience = await self.ctx.store.audience(ev.id)
         effects: list[Effect] = [RoomNotice(r, notice) for r, _ in audience]
         effects += [EndPoll(ev.id, r, notice.body) for r, poll in audience if poll is not None]
-        effects += [
-            DirectMessage(a.user_id, notice)
-            for a in await self.ctx.store.answers(ev.id)
-            if a.user_id != sender
-        ]
+        told = {a.user_id for a in await self.ctx.store.answers(ev.id)}
+        told |= {i.user_id for i in await self.ctx.store.invitees(ev.id)}  # invited, answered or not
+        effects += [DirectMessage(u, notice) for u in sorted(told - {sender})]
         if room not in [r for r, _ in audience]:
             effects.append(reply(notice))
         return effects, [PutEvent(new), DropQueuedReminders(ev.id)]
+
+
+def _seen_details(ev: Event) -> tuple[object, ...]:
+    """What people were told about an event and are told again when it changes."""
+    return (ev.title, ev.starts_at, ev.place, ev.capacity, ev.deadline)
 
 
 def _announced_to(

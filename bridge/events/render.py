@@ -296,6 +296,8 @@ def help_text(lang: Lang, unknown: str | None = None) -> Text:
         '!событие пригласить ID Иванов, "Петров Отдел ЖКХ", @login:server [необязательно Сидоров] — '
         "личное приглашение с ответом в одно нажатие; при создании: пригласить …; подразделение нет — "
         "только для приглашённых",
+        '!событие изменить ID подразделение "Название" | закрытый список | открытый список · '
+        "!событие отозвать ID Иванов",
         "!событие напомнить ID — тем, кто не ответил · !пришёл ID — отметиться · "
         "!событие отметить ID Иванов · !событие закрыть ID — закрыть список",
         "!мои — ваши предстоящие события во всех комнатах",
@@ -311,6 +313,7 @@ def help_text(lang: Lang, unknown: str | None = None) -> Text:
         "!going ID · !maybe ID · !notgoing ID — or answer the poll / react ✅ ❔ ❌",
         '!event invite ID Ivanov, "Petrov Housing", @login:server [optional Sidorov] — a direct '
         "invitation answered in one tap; on create: invite …; audience none — invitees only",
+        '!event edit ID audience "Unit" | private | public · !event uninvite ID Ivanov',
         "!event nudge ID — those who have not answered · !here ID — check in · "
         "!event checkin ID Ivanov · !event close ID — close the list",
         "!my — your upcoming events across all rooms",
@@ -576,3 +579,39 @@ def my_events(events: Sequence[tuple[Event, Answer | None, bool | None]], tz: Zo
         body.append(hint)
         htm.append(esc(hint))
     return Text("\n".join(body), "".join(htm))
+
+
+def withdrawn(event: Event) -> Text:
+    """To a room the event is no longer announced in (its audience was edited)."""
+    lang = event.lang
+    return plain(
+        t(
+            lang,
+            f"Событие «{event.title}» ({event.id}) больше не объявлено в этой комнате. "
+            "Данные ответы сохраняются.",
+            f"“{event.title}” ({event.id}) is no longer announced in this room. Answers given still stand.",
+        )
+    )
+
+
+def uninvited(event: Event) -> Text:
+    lang = event.lang
+    return plain(
+        t(
+            lang,
+            f"Приглашение на «{event.title}» ({event.id}) отозвано организатором.",
+            f"The organiser withdrew your invitation to “{event.title}” ({event.id}).",
+        )
+    )
+
+
+def invitation_changed(event: Event, *, required: bool) -> Text:
+    lang = event.lang
+    now = t(lang, "обязательно", "required") if required else t(lang, "по желанию", "optional")
+    return plain(
+        t(
+            lang,
+            f"Ваше участие в «{event.title}» ({event.id}) теперь: {now}.",
+            f"Your attendance at “{event.title}” ({event.id}) is now {now}.",
+        )
+    )

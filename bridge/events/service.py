@@ -42,6 +42,7 @@ from bridge.events.commands import (
     ParseError,
     RsvpCommand,
     ShowEvent,
+    UninviteEvent,
     Who,
     parse_command,
 )
@@ -132,6 +133,8 @@ class EventService:
                 return await self.organiser.cancel(cmd, room, sender, reply)
             case InviteEvent():
                 return await self.invitations.invite_command(cmd, room, sender, reply)
+            case UninviteEvent():
+                return await self.invitations.uninvite(cmd, room, sender, reply)
             case NudgeEvent():
                 return await self.invitations.nudge(cmd, room, sender, reply)
             case CloseList():

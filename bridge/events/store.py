@@ -226,6 +226,22 @@ class DeleteInvitee:
 
 
 @dataclass(frozen=True, slots=True)
+class DeleteAudience:
+    """The event is no longer announced in ``room_id`` (its audience was edited)."""
+
+    event_id: EventID
+    room_id: RoomID
+
+
+@dataclass(frozen=True, slots=True)
+class DropAnchors:
+    """Reactions to the event's messages in ``room_id`` no longer answer it (pair with DeleteAudience)."""
+
+    event_id: EventID
+    room_id: RoomID
+
+
+@dataclass(frozen=True, slots=True)
 class MarkNudged:
     event_id: EventID
     user_id: UserID
@@ -259,6 +275,8 @@ Write = (
     | DropQueuedReminders
     | PutInvitee
     | DeleteInvitee
+    | DeleteAudience
+    | DropAnchors
     | MarkNudged
     | PutCheckin
 )
@@ -404,6 +422,10 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
             )
         case DeleteInvitee(eid, user):
             return ("DELETE FROM invitees WHERE event_id = ? AND user_id = ?", (eid, user))
+        case DeleteAudience(eid, room):
+            return ("DELETE FROM audience WHERE event_id = ? AND room_id = ?", (eid, room))
+        case DropAnchors(eid, room):
+            return ("DELETE FROM anchors WHERE event_id = ? AND room_id = ?", (eid, room))
         case MarkNudged(eid, user, at):
             return (
                 "UPDATE invitees SET nudged_at = ? WHERE event_id = ? AND user_id = ?",
