@@ -327,7 +327,7 @@ async def test_invite_answer_nudge_checkin_export(store: Store, tmp_path: Path) 
     clock.set(ev0.deadline - timedelta(hours=24))
     queued = await svc.queue_due_reminders()
     assert queued.nudges == 1
-    outbox = [decode(p) for _, p in await store.outbox(reminders=False)]
+    outbox = [decode(p) for _, p in await store.outbox()]
     nudges = [e for e in outbox if isinstance(e, Invitation) and "ещё не ответили" in e.text.body]
     assert [e.user_id for e in nudges] == ["@fedorov.pa:x", "@fedorov.pa:x"]  # the command's, then this one
     assert (await svc.queue_due_reminders()).nudges == 0  # a restart or a second look sends none again
@@ -341,7 +341,7 @@ async def test_invite_answer_nudge_checkin_export(store: Store, tmp_path: Path) 
     eff = await say(svc, f"!пришёл {eid}", sender=UserID("@ivanov.ii:x"))
     assert "незадолго до начала" in replies(eff)
     clock.set(ev0.starts_at - timedelta(minutes=10))
-    eff = await say(svc, f"!пришёл {eid}", sender=UserID("@ivanov.ii:x"))
+    eff = await say(svc, "!пришёл", sender=UserID("@ivanov.ii:x"))  # the only open check-in of the room
     assert "Отметил" in replies(eff)
     eff = await say(svc, f"!событие отметить {eid} Иванова Мария")
     assert "Отметил присутствие" in replies(eff) and "Иванова Мария Сергеевна" in replies(eff)
@@ -463,11 +463,23 @@ async def test_edits_reach_only_the_people_they_concern(store: Store, tmp_path: 
 async def test_cancelling_tells_the_invitees_too(store: Store, tmp_path: Path) -> None:  # noqa: F811
     snap = tmp_path / "search.json"
     write_snapshot(snap, [IVANOV, FEDOROV], generated_at=1.0)
-    svc = EventService(store, ManualClock(T0), Settings(MSK), FakeDirectory(), SnapshotPeople(snap))  # type: ignore[arg-type]
-    eff = await say(
-        svc, '!событие создать "Совет" завтра 15:00 подразделение нет пригласить Фёдоров, ivanov.ii'
-    )
+    clock = ManualClock(T0)
+    svc = EventService(store, clock, Settings(MSK), FakeDirectory(), SnapshotPeople(snap))  # type: ignore[arg-type]
+    create = '!событие создать "Совет" 2026-12-03 15:00 подразделение нет пригласить Фёдоров, ivanov.ii'
+    eff = await say(svc, create)
     eid = next(e.event_id for e in eff if isinstance(e, Invitation))
     await say(svc, f"!иду {eid}", sender=UserID("@ivanov.ii:x"))
+
+    async def queued_nudges() -> list[object]:
+        return [
+            e
+            for _, p in await store.outbox()
+            if isinstance(e := decode(p), Invitation) and "ещё не" in e.text.body
+        ]
+
+    # The automatic nudge to Fedorov is queued 24 h before the start (no deadline); cancelling drops it unsent.
+    clock.set(datetime(2026, 12, 2, 12, 0, tzinfo=UTC))
+    assert (await svc.queue_due_reminders()).nudges == 1 and len(await queued_nudges()) == 1
     eff = await say(svc, f"!событие отменить {eid}")
+    assert await queued_nudges() == []
     assert sorted(e.user_id for e in eff if isinstance(e, DirectMessage)) == ["@fedorov.pa:x", "@ivanov.ii:x"]

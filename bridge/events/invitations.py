@@ -48,6 +48,7 @@ from bridge.events.store import (
     PutInvitee,
     PutOutbox,
     Write,
+    reminder_outbox_prefix,
 )
 from bridge.events.units import Found, match_unit
 
@@ -236,7 +237,8 @@ class Invitations:
             text = render.invitation(ev, self.ctx.tz, required=True, nudge=True)
             for i in targets:
                 # The id names the nudge's moment: queued twice (a crash before the mark), sent once.
-                oid = f"nudge:{ev.id}:{moment}:{i.user_id}"
+                # Under the event's reminder prefix: a cancellation or a new time drops it unsent.
+                oid = f"{reminder_outbox_prefix(ev.id)}nudge:{moment}:{i.user_id}"
                 writes += [PutOutbox(oid, now, encode(Invitation(ev.id, i.user_id, text))),
                            MarkNudged(ev.id, i.user_id, now)]  # fmt: skip
         if writes:
@@ -253,6 +255,26 @@ class Invitations:
         return min(later, key=lambda e: auto_nudge_at(e, before), default=None)
 
     # --- check-in -------------------------------------------------------------------------------------------
+
+    async def checkin_target(self, room: RoomID, sender: UserID, lang: Lang) -> Event | Text:
+        """The event a ``!here`` without an ID means: the only one of this room (or, in a direct chat, of
+        this person) whose check-in is open now."""
+        s = self.ctx.settings
+        now = self.ctx.clock.now()
+        since = now - s.checkin_after
+        candidates = await self.ctx.store.upcoming_in_room(room, since)
+        if not candidates:
+            candidates = await self.ctx.store.upcoming_for(sender, since)
+        open_now = [
+            e for e in candidates if checkin_refusal(e, now, s.checkin_before, s.checkin_after) is None
+        ]
+        if len(open_now) == 1:
+            return open_now[0]
+        if not open_now:
+            return say(lang, "Сейчас отметиться не на что: укажите ID события.",
+                       "No check-in is open here now: give the event ID.")  # fmt: skip
+        ids = ", ".join(e.id for e in open_now)
+        return say(lang, f"Укажите ID события: {ids}", f"Which event? Give its ID: {ids}")
 
     async def checkin(self, cmd: CheckIn, ev: Event, room: RoomID, sender: UserID, reply: ReplyFn) -> Handled:
         lang = cmd.lang

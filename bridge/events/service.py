@@ -142,7 +142,11 @@ class EventService:
             case MyEvents():
                 return await self.invitations.mine(cmd, room, sender, reply)
             case CheckIn(lang, eid):
-                found = await self.queries.resolve(eid, room, lang)
+                found = (
+                    await self.queries.resolve(eid, room, lang)
+                    if eid is not None
+                    else await self.invitations.checkin_target(room, sender, lang)
+                )
                 if isinstance(found, Text):
                     return [reply(found)], []
                 return await self.invitations.checkin(cmd, found, room, sender, reply)
