@@ -62,6 +62,7 @@ from bridge.events.outbox import decode, encode
 from bridge.events.render import FoundPerson
 from bridge.events.service import EventService, Settings
 from bridge.events.store import SetDmRoom, Store, open_sqlite
+from bridge.events.units import Unit
 from bridge.search.snapshot import IndexedPerson, write_snapshot
 from tests.test_bot_service import MOD, ROOM, FakeDirectory, store  # noqa: F401  # the store fixture
 
@@ -483,3 +484,24 @@ async def test_cancelling_tells_the_invitees_too(store: Store, tmp_path: Path) -
     eff = await say(svc, f"!событие отменить {eid}")
     assert await queued_nudges() == []
     assert sorted(e.user_id for e in eff if isinstance(e, DirectMessage)) == ["@fedorov.pa:x", "@ivanov.ii:x"]
+
+
+async def test_a_unit_by_name_invites_everyone_in_its_rooms(store: Store, tmp_path: Path) -> None:  # noqa: F811
+    from tests.test_bot_service import ROOM2
+
+    snap = tmp_path / "search.json"
+    # Someone whose department is "Налоги": the search would find him by that word too.
+    tax = IndexedPerson("@tax:x", "Налогов Олег", "tax", department=("Финансы", "Налоги"))
+    write_snapshot(snap, [IVANOV, tax], generated_at=1.0)
+    directory = FakeDirectory()
+    directory.joined = {ROOM2: [UserID("@tax:x"), UserID("@b:x")]}
+    svc = EventService(store, ManualClock(T0), Settings(MSK), directory, SnapshotPeople(snap))  # type: ignore[arg-type]
+    eff = await say(svc, '!событие создать "Сверка" завтра 15:00 пригласить "Финансы / Налоги", Иванов')
+    assert sorted(e.user_id for e in eff if isinstance(e, Invitation)) == ["@b:x", "@ivanov.ii:x", "@tax:x"]
+    # Two units of the same name: their paths, nobody invited.
+    directory.tree.append(Unit("ou:tax2", ("Мэрия", "Налоги")))
+    eff = await say(svc, '!событие создать "Сверка" завтра 15:00 пригласить Налоги')
+    assert "Финансы / Налоги" in replies(eff) and "Мэрия / Налоги" in replies(eff)
+    assert not [e for e in eff if isinstance(e, Invitation)]
+    eff = await say(svc, '!событие создать "Сверка" завтра 15:00 пригласить Нет-такого')
+    assert "Не нашёл «Нет-такого»" in replies(eff)

@@ -50,7 +50,7 @@ from bridge.events.store import (
     Write,
     reminder_outbox_prefix,
 )
-from bridge.events.units import Found, match_unit
+from bridge.events.units import Ambiguous, Found, Unit, fold, match_unit, parts
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,15 @@ class Invitations:
                 if named is not None:
                     return [Resolved(user, named.display_name)]
             return [Resolved(user, (await self.ctx.directory.person(user, room)).display_name)]
+        units = await self.ctx.directory.units()
+        # A unit's whole name or path means the unit, though the search would also find people by their
+        # department ("Отдел ЖКХ"); a name with more words ("Иванов Отдел ЖКХ") is a person.
+        typed = parts(item)
+        exact = [u for u in units if typed and tuple(fold(p) for p in u.path)[-len(typed) :] == typed]
+        if len(exact) == 1:
+            return await self._unit_members(exact[0], item, lang)
+        if exact and isinstance(match := match_unit(item, units), Ambiguous):
+            return render.unit_refusal(lang, match, None)  # "Отдел ЖКХ" of which Управа: their paths
         if people is not None:
             hits, more = await people.find(item, SEARCH_LIMIT)
             picked = pick(item, hits, more)
@@ -110,18 +119,27 @@ class Invitations:
             person = await self.ctx.directory.person(user, room)
             if person.display_name:
                 return [Resolved(user, person.display_name)]
-        match = match_unit(item, await self.ctx.directory.units())
+        match = match_unit(item, units)
         if isinstance(match, Found):
-            members: dict[UserID, str] = {}
-            for r in await self.ctx.directory.unit_rooms(match.unit.key):
-                members.update(dict(await self.ctx.directory.members(r)))
-            if members:
-                return [Resolved(u, n) for u, n in sorted(members.items())]
+            return await self._unit_members(match.unit, item, lang)
         return say(
             lang,
             f"Не нашёл «{item}» ни среди сотрудников, ни среди подразделений.",
             f"Found nobody and no unit for “{item}”.",
         )
+
+    async def _unit_members(self, unit: Unit, item: str, lang: Lang) -> list[Resolved] | Text:
+        """Everyone in the rooms of ``unit`` and its sub-units, as the server lists them now."""
+        members: dict[UserID, str] = {}
+        for r in await self.ctx.directory.unit_rooms(unit.key):
+            members.update(dict(await self.ctx.directory.members(r)))
+        if not members:
+            return say(
+                lang,
+                f"В подразделении «{unit.label}» нет комнат с участниками, где есть бот.",
+                f"Unit “{unit.label}” has no rooms with members that the bot is in.",
+            )
+        return [Resolved(u, n) for u, n in sorted(members.items())]
 
     # --- inviting -------------------------------------------------------------------------------------------
 
