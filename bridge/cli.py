@@ -146,18 +146,23 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
     remind_maybe = bot.get("remind_maybe", False)
     if not isinstance(remind_maybe, bool):
         raise err("must be true or false", "bot.remind_maybe")
-    durations: dict[str, timedelta | None] = {}
-    for key, default in (("nudge_before", "24h"), ("checkin_before", "30m"), ("checkin_after", "3h")):
+
+    def positive(key: str, default: str, *, may_be_off: bool = False) -> timedelta | None:
         value = bot.get(key, default)
-        if key == "nudge_before" and value in ("off", False, None):
-            durations[key] = None
-            continue
+        if may_be_off and value in ("off", False):
+            return None
         try:
-            durations[key] = parse_duration(value)
+            span = parse_duration(value)
         except ValueError as e:
-            raise err(str(e) + ("; or off" if key == "nudge_before" else ""), f"bot.{key}") from None
-        if durations[key] <= timedelta(0):  # type: ignore[operator]
+            raise err(str(e) + ("; or off" if may_be_off else ""), f"bot.{key}") from None
+        if span <= timedelta(0):
             raise err("must be positive", f"bot.{key}")
+        return span
+
+    nudge_before = positive("nudge_before", "24h", may_be_off=True)
+    checkin_before = positive("checkin_before", "30m")
+    checkin_after = positive("checkin_after", "3h")
+    assert checkin_before is not None and checkin_after is not None
     store = opt_str("store", "civmatrix-bot.db")
     assert store is not None
     if "://" not in store and "=" not in store:
@@ -179,9 +184,9 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
         moderator_level=level,
         reminder_offsets=offsets,
         remind_maybe=remind_maybe,
-        nudge_before=durations["nudge_before"],
-        checkin_before=durations["checkin_before"] or timedelta(minutes=30),
-        checkin_after=durations["checkin_after"] or timedelta(hours=3),
+        nudge_before=nudge_before,
+        checkin_before=checkin_before,
+        checkin_after=checkin_after,
         search_index=search_index,
     )
 
