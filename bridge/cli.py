@@ -19,6 +19,9 @@ frozen :class:`~bridge.bot.config.BotConfig`. Errors name the file and the dotte
 * ``moderator_level``: power level needed to create, edit and cancel events (default 50).
 * ``reminder_offsets``: list like ``["24h", "1h"]`` (units ``d``, ``h``, ``m``, ``s``; default 24h and 1h).
 * ``remind_maybe``: also remind people who answered "maybe" (default false).
+* ``nudge_before``: when the automatic nudge reaches required invitees without an answer, before the deadline
+  (or the start); a duration (default ``24h``) or ``off``.
+* ``checkin_before`` / ``checkin_after``: the check-in window around the start (default ``30m`` / ``3h``).
 
 Relative paths are relative to the config file.
 """
@@ -56,6 +59,9 @@ BOT_KEYS = {
     "moderator_level",
     "reminder_offsets",
     "remind_maybe",
+    "nudge_before",
+    "checkin_before",
+    "checkin_after",
     "crypto_store_dir",
 }
 
@@ -140,6 +146,23 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
     remind_maybe = bot.get("remind_maybe", False)
     if not isinstance(remind_maybe, bool):
         raise err("must be true or false", "bot.remind_maybe")
+
+    def positive(key: str, default: str, *, may_be_off: bool = False) -> timedelta | None:
+        value = bot.get(key, default)
+        if may_be_off and value in ("off", False):
+            return None
+        try:
+            span = parse_duration(value)
+        except ValueError as e:
+            raise err(str(e) + ("; or off" if may_be_off else ""), f"bot.{key}") from None
+        if span <= timedelta(0):
+            raise err("must be positive", f"bot.{key}")
+        return span
+
+    nudge_before = positive("nudge_before", "24h", may_be_off=True)
+    checkin_before = positive("checkin_before", "30m")
+    checkin_after = positive("checkin_after", "3h")
+    assert checkin_before is not None and checkin_after is not None
     store = opt_str("store", "civmatrix-bot.db")
     assert store is not None
     if "://" not in store and "=" not in store:
@@ -161,6 +184,9 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
         moderator_level=level,
         reminder_offsets=offsets,
         remind_maybe=remind_maybe,
+        nudge_before=nudge_before,
+        checkin_before=checkin_before,
+        checkin_after=checkin_after,
         search_index=search_index,
     )
 

@@ -27,6 +27,25 @@ def test_defaults(tmp_path: Path) -> None:
     assert cfg.timezone == "Europe/Moscow" and cfg.moderator_level == 50 and not cfg.remind_maybe
     assert cfg.reminder_offsets == (timedelta(hours=24), timedelta(hours=1))
     assert cfg.store == str(tmp_path / "civmatrix-bot.db") and cfg.crypto_store_dir == tmp_path / "bot-crypto"
+    assert (cfg.nudge_before, cfg.checkin_before, cfg.checkin_after) == (
+        timedelta(hours=24),
+        timedelta(minutes=30),
+        timedelta(hours=3),
+    )
+
+
+def test_attendance_keys(tmp_path: Path) -> None:
+    cfg = parse_config(base(tmp_path, nudge_before="2d", checkin_before="1h", checkin_after=900),
+                       str(tmp_path / "c.yaml"), env={})  # fmt: skip
+    assert (cfg.nudge_before, cfg.checkin_before, cfg.checkin_after) == (
+        timedelta(days=2),
+        timedelta(hours=1),
+        timedelta(minutes=15),
+    )
+    assert (
+        parse_config(base(tmp_path, nudge_before="off"), str(tmp_path / "c.yaml"), env={}).nudge_before
+        is None
+    )
 
 
 def test_all_keys(tmp_path: Path) -> None:
@@ -67,6 +86,9 @@ def test_token_from_environment(tmp_path: Path) -> None:
         ({"reminder_offsets": ["soon"]}, "bot.reminder_offsets"),
         ({"reminder_offsets": "24h"}, "bot.reminder_offsets"),
         ({"remind_maybe": "yes"}, "bot.remind_maybe"),
+        ({"nudge_before": "soon"}, "bot.nudge_before"),
+        ({"checkin_before": "off"}, "bot.checkin_before"),
+        ({"checkin_after": 0}, "bot.checkin_after"),
         ({"access_token_file": "missing.token"}, "bot.access_token_file"),
         ({"colour": "red"}, "bot"),
     ],

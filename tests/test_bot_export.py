@@ -50,10 +50,12 @@ def test_csv() -> None:
         "Статус",
         "Время ответа",
         "Matrix ID",
+        "Приглашение",
+        "Присутствие",
     ]
     # A leading "=" or "+" would be run as a formula by Excel ("+7 495 …" gives #NULL!): quoted.
     assert rows[1] == ["Иванов Иван", "'=HYPERLINK(1)", "Префектура ЦАО / Управа района Арбат", "'+7 495 123-45-67",
-                       "Иду", "идёт", "2026-11-29 10:00", "@ivanov:x"]  # fmt: skip
+                       "Иду", "идёт", "2026-11-29 10:00", "@ivanov:x", "", ""]  # fmt: skip
     assert rows[2][:6] == ["Петров, Пётр", "Главный специалист", "Финансы", "", "Иду", "лист ожидания"]
     assert rows[3][0] == "sid" and rows[3][4:6] == ["Не иду", "не идёт"]
     english = list(csv.reader(io.StringIO(attendance_csv(ev(lang="en"), ANSWERS, MSK).decode("utf-8-sig"))))
@@ -107,9 +109,14 @@ def test_html_injection_is_escaped_everywhere() -> None:
         render.promoted_dm(e, MSK),
         render.rsvp_reply(e, "en", "waitlisted", 1, False, MSK),
         render.refused(e, "ru", "deadline", MSK),
-    ]
+        render.invitation(e, MSK, required=True),
+        render.show(e, attendance(1, [r]), MSK, "ru", names_visible=True,
+                    roster=render.Roster(unanswered=(("@x:x", EVIL),), attended=(("@x:x", EVIL),), checkin=True)),
+    ]  # fmt: skip
     for t in texts:
-        assert "<img" not in t.html and "<a href" not in t.html, t.html
+        # The only links are the mention pills the bot makes itself (a matrix.to link, the name escaped).
+        html = t.html.replace('<a href="https://matrix.to/#/@x:x">', "")
+        assert "<img" not in html and "<a href" not in html, t.html
         assert "&lt;img" in t.html
         assert EVIL in t.body or "<img" in t.body  # the plain body keeps the text as typed
 

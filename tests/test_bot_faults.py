@@ -98,6 +98,20 @@ async def test_every_message_arrives_exactly_once_through_500_502_503_429(
         await until(
             lambda: [s for s in bob.notices(sender=bot_id) if s.room_id != room], "bob's direct message"
         )
+        # An invitation is a message and three reactions under it, each send failed once on the way.
+        invite = await mod.say(room, f"!event invite {eid} {alice.user_id}")
+        commands.append((mod, invite))
+
+        def invitation_and_reactions() -> tuple[list[Any], list[Any]]:
+            notes = [
+                s
+                for s in alice.notices(sender=bot_id)
+                if s.room_id != room and "invited" in s.content["body"]
+            ]
+            taps = [s for s in alice.seen if s.sender == bot_id and s.type == "m.reaction"]
+            return notes, taps
+
+        await until(lambda: len(invitation_and_reactions()[1]) >= 3, "the invitation and its reactions")
         await settled(mod, room, bot_id, bot)
         # Each reply, the announcement, the poll and the direct message: exactly once.
         for who, cmd in commands:
@@ -108,6 +122,14 @@ async def test_every_message_arrives_exactly_once_through_500_502_503_429(
         direct = [s for s in bob.notices(sender=bot_id) if s.room_id != room]
         assert len(direct) == 1 and "waitlist" in direct[0].content["body"]
         assert len(dm_rooms(bob, bot_id, {room})) == 1  # the lost createRoom answer opened no second chat
+        notes, taps = invitation_and_reactions()
+        assert len(notes) == 1 and sorted(s.content["m.relates_to"]["key"] for s in taps) == [
+            "✅",
+            "❌",
+            "❔",
+        ]
+        assert {s.content["m.relates_to"]["event_id"] for s in taps} == {notes[0].event_id}
+        assert len(dm_rooms(alice, bot_id, {room})) == 1
         # The faults really happened, of every kind, before and after Synapse took the request.
         kinds = {status for status, _ in proxy.injected}
         assert kinds == {500, 502, 503, 429} and any(after for _, after in proxy.injected), proxy.injected

@@ -2,7 +2,8 @@
 
 ``tests/interop/element_client.mjs`` is a person in Element: it decrypts the bot's poll, votes in it (the
 MSC3381 shape Element sends), reacts to the announcement, sends a command and decrypts the bot's reply, then
-accepts the bot's direct chat and decrypts the reminder there. The versions are pinned by
+accepts the bot's direct chat and decrypts the reminder there; invited by id to an event for invitees only,
+it decrypts the invitation in that chat and answers with one tap on the bot's ✅. The versions are pinned by
 ``tests/interop/package-lock.json``; ``npm ci`` installs them into that directory (``node_modules`` is not
 kept in the tree) the first time the test runs.
 """
@@ -113,6 +114,23 @@ async def test_element_stack_reads_and_answers_the_bot(synapse: SynapseHandle, t
         done = await asyncio.wait_for(anext(steps), 90)
         assert done["step"] == "done" and done["encrypted"] and done["room"] != room
         assert "⏰ Reminder: “Interop check” in 24 hours" in done["reminder"] and "Room 7" in done["reminder"]
+
+        # Invited by Matrix id: the invitation comes in the same encrypted direct chat, the tap counts.
+        await mod.say(room, f'!event create "Interop invite" {day} 16:00 audience none invite {js.user_id}')
+        invited = await asyncio.wait_for(anext(steps), 90)
+        assert invited["step"] == "invited" and invited["encrypted"] and invited["roomEncrypted"]
+        assert invited["room"] == done["room"] and invited["offered"] in ("✅", "❔", "❌")
+        assert "You are invited: “Interop invite”" in invited["invitation"]
+        eid2 = invited["invitation"].split("[", 1)[1].split("]", 1)[0]
+
+        async def tapped() -> list[Any]:
+            return [(r.user_id, r.answer.value, r.source.value) for r in await bot.store.answers(eid2)]
+
+        for _ in range(150):
+            if await tapped():
+                break
+            await asyncio.sleep(0.2)
+        assert await tapped() == [(js.user_id, "going", "reaction")]
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     finally:
         if proc.returncode is None:

@@ -56,6 +56,7 @@ class FakeDirectory:
         self.levels: dict[tuple[RoomID, UserID], int] = {(ROOM, MOD): 100, (ROOM2, MOD): 50}
         self.tree = [Unit("ou:fin", ("Финансы",)), Unit("ou:tax", ("Финансы", "Налоги"))]
         self.rooms: dict[str, list[RoomID]] = {"ou:fin": [ROOM], "ou:tax": [ROOM2]}
+        self.joined: dict[RoomID, list[UserID]] = {}
 
     async def power_level(self, room: RoomID, user: UserID) -> int:
         return self.levels.get((room, user), 0)
@@ -74,6 +75,9 @@ class FakeDirectory:
             u.key for u in self.tree if u.key == unit or (subunits and u.key == "ou:tax" and unit == "ou:fin")
         ]
         return sorted(r for k in keys for r in self.rooms.get(k, []))
+
+    async def members(self, room: RoomID) -> list[tuple[UserID, str]]:
+        return [(u, u[1:].split(":")[0].title()) for u in self.joined.get(room, [])]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

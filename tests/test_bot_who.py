@@ -88,8 +88,9 @@ def test_reply_lists_what_a_person_sees() -> None:
     text = who_reply("ru", "Иванов", people, more=True)
     line = text.body.splitlines()[1]
     assert "Иванов Иван" in line and "Начальник отдела" in line and "Префектура / Отдел ЖКХ" in line
-    assert "123-45" in line and "https://matrix.to/#/@ivanov.ii:city.test" in line
-    assert 'href="https://matrix.to/#/@ivanov.ii:city.test"' in text.html
+    # A person, not a login: the name in the body, a mention pill with that name in the HTML.
+    assert "123-45" in line and "@ivanov" not in line and "matrix.to" not in line
+    assert '<a href="https://matrix.to/#/@ivanov.ii:city.test">Иванов Иван</a>' in text.html
     assert "уточните" in text.body
 
 
@@ -136,7 +137,7 @@ async def test_who_answers_from_the_snapshot_index(store: Store, tmp_path: Path)
     svc = service(store, SnapshotPeople(snap))
     body = await ask(svc, "!кто иванов")
     assert "Иванов Иван Иванович — Начальник отдела — Префектура ЮАО / Отдел ЖКХ — +7 (495) 123-45-67" in body
-    assert "https://matrix.to/#/@ivanov.ii:city.test" in body
+    assert "@ivanov.ii" not in body  # the name, never the bare login
     assert "Иванова Мария Сергеевна" in body and "Фёдоров" not in body
     assert "ivanov.ii@" not in body  # no internal keys or login beyond the Matrix link
     assert "Фёдоров Пётр Алексеевич — Специалист — ГБУ МФЦ / Единый контакт-центр" in await ask(
@@ -184,7 +185,7 @@ async def test_who_caps_the_list(store: Store, tmp_path: Path) -> None:
     ]
     write_snapshot(snap, many, generated_at=1.0)
     body = await ask(service(store, SnapshotPeople(snap)), "!who Петров")
-    assert 5 <= body.count("https://matrix.to/#/") <= 10
+    assert 5 <= body.count("• Петров Пётр") <= 10
     assert "narrow the search" in body
 
 

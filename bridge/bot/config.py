@@ -29,4 +29,7 @@ class BotConfig:
     remind_maybe: bool = False
     sync_timeout_ms: int = 30_000
     retry: RetryPolicy = BOT_RETRY
+    nudge_before: timedelta | None = timedelta(hours=24)  # the automatic nudge of invitees; None: off
+    checkin_before: timedelta = timedelta(minutes=30)
+    checkin_after: timedelta = timedelta(hours=3)
     search_index: Path | None = None  # the directory search snapshot (search.index), for !who

@@ -12,7 +12,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, cast
 
-from nio import AsyncClient, ProfileGetResponse, RoomGetStateEventResponse, RoomGetStateResponse
+from nio import (
+    AsyncClient,
+    JoinedMembersResponse,
+    ProfileGetResponse,
+    RoomGetStateEventResponse,
+    RoomGetStateResponse,
+)
 
 from bridge.events.context import Person
 from bridge.events.model import RoomID, UserID
@@ -159,6 +165,18 @@ class MatrixDirectory:
             if m is not None and m.kind == "room" and (m.unit == unit or room in below):
                 out.append(RoomID(room))
         return out
+
+    async def members(self, room: RoomID) -> list[tuple[UserID, str]]:
+        """Read from the server each time: the members of a unit's room are who a unit invitation reaches
+        now, not when the bot last synced the room (the sync lazy-loads members)."""
+        resp = await self.client.joined_members(room)
+        if not isinstance(resp, JoinedMembersResponse):
+            return []
+        return [
+            (UserID(m.user_id), m.display_name or "")
+            for m in resp.members
+            if m.user_id != self.client.user_id
+        ]
 
     async def warm(self) -> None:
         """Read the space tree now (after the first sync), so no command waits for it."""

@@ -38,6 +38,7 @@ from bridge.events.model import (
     Effect,
     EndPoll,
     EventID,
+    Invitation,
     MatrixEventID,
     Reply,
     RoomID,
@@ -61,6 +62,8 @@ TALLY_EVERY = 5.0
 # State the bot puts in every direct chat it creates, naming the person: the record of that chat on the
 # server, found again after a crash that fell between creating the room and writing it down.
 DM_MARKER = "org.civmatrix.bot_dm"
+# The one-tap answers under an invitation, in the order of the answers (going, maybe, not going).
+INVITATION_REACTIONS = ("✅", "❔", "❌")
 
 
 def failed(what: str, resp: object) -> SendFailed:
@@ -129,14 +132,27 @@ class Effects:
                 await self.send(dm, "m.room.message", notice(text), txn)
                 for i, f in enumerate(files):
                     await self._upload(dm, f, f"{txn}.{i}")
-            case EndPoll(eid, room, text):
-                poll = dict(await self.store.audience(eid)).get(room)
+            case EndPoll(eid, room, text, known):
+                poll = known or dict(await self.store.audience(eid)).get(room)
                 if poll is not None:
                     await self.send(room, POLL_END, poll_end_content(poll, text), txn)
             case UpdateTally():
                 await self._edit_tally(effect, txn)
+            case Invitation(eid, user, text):
+                await self._invite(eid, user, text, txn)
             case _:
                 assert_never(effect)
+
+    async def _invite(self, eid: EventID, user: UserID, text: Text, txn: str) -> None:
+        """The invitation in the person's direct chat, recorded as an anchor of the event, then the bot's own
+        answer reactions on it: in Element a tap on a reaction adds the person's, which the bot counts.
+        Each step has its own transaction id, so a retry after a failure in between repeats none."""
+        dm = await self._dm_room(user)
+        message = await self.send(dm, "m.room.message", notice(text), txn + ".t")
+        await self.service.announcement_posted(eid, RoomID(dm), MatrixEventID(message))
+        for i, key in enumerate(INVITATION_REACTIONS):
+            relates = {"rel_type": "m.annotation", "event_id": message, "key": key}
+            await self.send(dm, "m.reaction", {"m.relates_to": relates}, f"{txn}.r{i}")
 
     async def _edit_tally(self, effect: UpdateTally, txn: str) -> None:
         """Replace the announcement's text with the count now (``m.replace``), at most every

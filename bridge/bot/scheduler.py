@@ -46,7 +46,7 @@ class ReminderScheduler:
             # Cleared before looking, not before sleeping: a wake-up that arrives while we look is kept.
             self._wake.clear()
             queued = await self.service.queue_due_reminders(self.rate.per_second())
-            if queued.items:
+            if queued.items or queued.nudges:
                 self.queued()
             times = [queued.next_release, await self.service.next_reminder_at(REMINDER_AHEAD)]
             nxt = min((t for t in times if t is not None), default=None)

@@ -30,7 +30,16 @@ import aiohttp
 
 from bridge.bot.failures import Defer, NotInRoom, SendFailed
 from bridge.events.clock import Clock, SystemClock
-from bridge.events.model import Announce, DirectMessage, DirectUpload, Effect, Reply, UpdateTally, Upload
+from bridge.events.model import (
+    Announce,
+    DirectMessage,
+    DirectUpload,
+    Effect,
+    Invitation,
+    Reply,
+    UpdateTally,
+    Upload,
+)
 from bridge.events.outbox import decode
 from bridge.events.store import REMINDER_OUTBOX, DeadLetter, DeleteOutbox, Store
 from bridge.matrix.client import RetryPolicy
@@ -62,7 +71,7 @@ def lane_of(effect: Effect) -> str:
     if isinstance(effect, UpdateTally):
         return f"tally:{effect.room_id}"
     user = getattr(effect, "user_id", None)
-    if isinstance(effect, DirectMessage | DirectUpload) and user:
+    if isinstance(effect, DirectMessage | DirectUpload | Invitation) and user:
         return f"dm:{user}"
     return f"room:{getattr(effect, 'room_id', '')}"
 

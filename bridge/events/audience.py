@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from bridge.events import render
 from bridge.events.context import Context, say
-from bridge.events.model import Event, Lang, RoomID, Text, UserID
+from bridge.events.model import Event, EventID, Lang, RoomID, Text, UserID
 from bridge.events.units import Found, Unit, is_here, match_unit
 
 
@@ -67,6 +67,22 @@ class Audience:
             else:
                 skipped.append(r)
         return rooms, skipped
+
+    async def managed(
+        self, eid: EventID, room: RoomID, sender: UserID, lang: Lang, *, cancel: bool = False
+    ) -> Event | Text:
+        """The event ``sender`` wants to change, or the refusal: no such event, not theirs to change, or
+        cancelled already."""
+        ev = await self.ctx.store.get_event(eid)
+        if ev is None:
+            return say(lang, f"Нет события с ID {eid}.", f"No event {eid}.")
+        if not await self.may_manage(ev, room, sender):
+            return self.not_allowed(lang)
+        if ev.cancelled and cancel:
+            return say(lang, "Событие уже отменено.", "The event is already cancelled.")
+        if ev.cancelled:
+            return say(lang, "Событие отменено, менять нечего.", "The event is cancelled.")
+        return ev
 
     async def may_manage(self, ev: Event, room: RoomID, sender: UserID) -> bool:
         if sender == ev.organiser:

@@ -29,6 +29,53 @@ class CreateEvent:
     deadline: datetime | None
     audience_unit: str | None
     private: bool
+    # People named as the directory search finds them, @mentions, logins or units (see ``invitees``).
+    invite: tuple[str, ...] = ()  # required, like ``required``
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InviteEvent:
+    """``!event invite ID people``: invite more people to an event (``invite``/``required`` are required)."""
+
+    lang: Lang
+    event_id: EventID
+    invite: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NudgeEvent:
+    """``!event nudge ID``: remind the required invitees who have not answered, once per person and while."""
+
+    lang: Lang
+    event_id: EventID
+
+
+@dataclass(frozen=True, slots=True)
+class CheckIn:
+    """``!here ID`` (``people`` empty: the sender) or ``!event checkin ID people`` (the organiser)."""
+
+    lang: Lang
+    event_id: EventID | None
+    people: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CloseList:
+    """``!event close ID``: the attendance list is final; check-ins are refused from now on."""
+
+    lang: Lang
+    event_id: EventID
+
+
+@dataclass(frozen=True, slots=True)
+class MyEvents:
+    """``!my`` / ``!мои``: the sender's upcoming events across all rooms, with their answer."""
+
+    lang: Lang
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +89,17 @@ class EditEvent:
     place: str | None
     capacity: int | None
     deadline: datetime | None
+    audience_unit: str | None = None  # a new audience: announced in the rooms it adds, withdrawn from others
+    private: bool | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UninviteEvent:
+    """``!event uninvite ID people``: withdraw invitations; answers already given stay."""
+
+    lang: Lang
+    event_id: EventID
+    people: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +155,21 @@ class ParseError:
 
 
 Command = (
-    CreateEvent | EditEvent | CancelEvent | ListEvents | ShowEvent | ExportEvent | RsvpCommand | Help | Who
+    CreateEvent
+    | EditEvent
+    | CancelEvent
+    | ListEvents
+    | ShowEvent
+    | ExportEvent
+    | RsvpCommand
+    | Help
+    | Who
+    | InviteEvent
+    | NudgeEvent
+    | CheckIn
+    | CloseList
+    | MyEvents
+    | UninviteEvent
 )
 
 
@@ -155,6 +227,11 @@ _EXPORT = {"export", "csv", "экспорт", "выгрузить", "выгру�
 _EDIT = {"edit", "change", "update", "изменить", "правка", "редактировать"}
 _CANCEL = {"cancel", "delete", "отменить", "отмена", "удалить"}
 _HELP = {"help", "?", "помощь", "справка"}
+_INVITE = {"invite", "пригласить"}
+_UNINVITE = {"uninvite", "отозвать", "исключить"}
+_NUDGE = {"nudge", "напомнить", "поторопить"}
+_CHECKIN = {"checkin", "check-in", "отметить"}
+_CLOSE = {"close", "закрыть"}
 
 _EVENT_WORDS: dict[str, Lang] = {
     "!event": "en",
@@ -179,6 +256,14 @@ _RSVP_WORDS: dict[str, tuple[Lang, Answer]] = {
 }
 _HELP_WORDS: dict[str, Lang] = {"!help": "en", "!помощь": "ru", "!справка": "ru"}
 _WHO_WORDS: dict[str, Lang] = {"!who": "en", "!кто": "ru"}
+_HERE_WORDS: dict[str, Lang] = {
+    "!here": "en",
+    "!пришёл": "ru",
+    "!пришел": "ru",
+    "!пришла": "ru",
+    "!здесь": "ru",
+}
+_MY_WORDS: dict[str, Lang] = {"!my": "en", "!мои": "ru"}
 
 
 # --- dates ----------------------------------------------------------------------------------------
@@ -499,6 +584,13 @@ def parse_command(text: str, now: datetime, tz: ZoneInfo) -> Command | ParseErro
         head, rest = "!notgoing", rest[1:]
     if head in _HELP_WORDS:
         return Help(_HELP_WORDS[head])
+    if head in _MY_WORDS:
+        return MyEvents(_MY_WORDS[head])
+    if head in _HERE_WORDS:
+        lang = _HERE_WORDS[head]
+        if len(rest) > 1:
+            return ParseError(lang, t(lang, f"Формат: {head} ID", f"Usage: {head} ID"))
+        return CheckIn(lang, normalise_id(rest[0].text) if rest else None)
     if head in _RSVP_WORDS:
         lang, answer = _RSVP_WORDS[head]
         if len(rest) > 1:
@@ -536,11 +628,44 @@ def _parse_event_command(head: str, rest: list[Token], now: datetime, tz: ZoneIn
         if eid is None:
             return ParseError(lang, t(lang, "Укажите ID события.", "Give the event ID."))
         return CancelEvent(lang, eid)
+    if word in _EDIT | _INVITE | _UNINVITE | _NUDGE | _CHECKIN | _CLOSE and not args:
+        return ParseError(lang, t(lang, "Укажите ID события.", "Give the event ID."))
     if word in _EDIT:
-        if not args:
-            return ParseError(lang, t(lang, "Укажите ID события.", "Give the event ID."))
         return _parse_fields(lang, args[1:], now, tz, create=False, event_id=normalise_id(args[0].text))
-    return Help(lang, unknown=sub.text)
+    if word not in _INVITE | _UNINVITE | _NUDGE | _CHECKIN | _CLOSE:
+        return Help(lang, unknown=sub.text)
+    eid = normalise_id(args[0].text)
+    if word in _NUDGE | _CLOSE:
+        if len(args) > 1:
+            return ParseError(lang, t(lang, f"Формат: {head} {sub.text} ID", f"Usage: {head} {sub.text} ID"))
+        return NudgeEvent(lang, eid) if word in _NUDGE else CloseList(lang, eid)
+    if word in _INVITE:
+        return _parse_invite(lang, eid, args[1:], now, tz)
+    items = split_people([a.text for a in args[1:]])
+    if not items:
+        return ParseError(lang, t(lang, f"Кого? {head} {sub.text} ID Иванов, Петров",
+                                  f"Whom? {head} {sub.text} ID Ivanov, Petrov"))  # fmt: skip
+    return CheckIn(lang, eid, items) if word in _CHECKIN else UninviteEvent(lang, eid, items)
+
+
+def _parse_invite(
+    lang: Lang, eid: EventID, tokens: list[Token], now: datetime, tz: ZoneInfo
+) -> InviteEvent | ParseError:
+    try:
+        d = _read_fields(tokens, Draft(), now, tz, start=INVITE)
+    except FieldError as e:
+        return ParseError(lang, t(lang, e.ru, e.en))
+    if not (d.invite or d.required or d.optional):
+        return ParseError(
+            lang,
+            t(
+                lang,
+                "Кого пригласить? Например: !событие пригласить ID Иванов, «Петров Отдел ЖКХ» "
+                "необязательно Сидоров",
+                'Whom to invite? E.g. !event invite ID Ivanov, "Petrov Housing" optional Sidorov',
+            ),
+        )
+    return InviteEvent(lang, eid, d.invite, d.required, d.optional)
 
 
 def _parse_fields(
@@ -584,10 +709,21 @@ def _parse_fields(
         return err
     if create:
         assert d.title is not None and d.starts_at is not None
-        return CreateEvent(lang, d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, d.private)
+        return CreateEvent(
+            lang, d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, bool(d.private),
+            d.invite, d.required, d.optional,
+        )  # fmt: skip
     assert event_id is not None
-    # Audience and privacy are set when an event is created; an edit that names only them changes nothing.
-    if (d.title, d.starts_at, d.place, d.capacity, d.deadline) == (None, None, None, None, None):
+    if d.invite or d.required or d.optional:
+        return ParseError(
+            lang,
+            t(
+                lang,
+                f"Пригласить людей к событию: !событие пригласить {event_id} Иванов, Петров",
+                f"To invite people to an event: !event invite {event_id} Ivanov, Petrov",
+            ),
+        )
+    if (d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, d.private) == (None,) * 7:
         return ParseError(
             lang,
             t(
@@ -596,7 +732,9 @@ def _parse_fields(
                 'What should change? E.g. !event edit ID when tomorrow 4pm place "Room 2"',
             ),
         )
-    return EditEvent(lang, event_id, d.title, d.starts_at, d.place, d.capacity, d.deadline)
+    return EditEvent(
+        lang, event_id, d.title, d.starts_at, d.place, d.capacity, d.deadline, d.audience, d.private
+    )
 
 
 # --- the fields of a create or edit command --------------------------------------------------------
@@ -634,7 +772,10 @@ class Draft:
     deadline: datetime | None = None
     deadline_has_time: bool = False  # "до 2026-12-03" alone may mean "before it starts" (see _parse_fields)
     audience: str | None = None
-    private: bool = False
+    private: bool | None = None  # None: not said (a new event is public, an edit keeps it)
+    invite: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
 
 
 Reader = Callable[[Draft, list[str], datetime, ZoneInfo], None]
@@ -677,6 +818,51 @@ def _read_private(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> No
     d.private = True
 
 
+def _read_public(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.private = False
+
+
+def split_people(words: list[str]) -> tuple[str, ...]:
+    """The people a field names: a quoted token is one ("Иванов Отдел ЖКХ"), an @mention is one, and other
+    words run together up to a comma ("Иванов Иван, Петров" is two)."""
+    items: list[str] = []
+    run: list[str] = []
+
+    def flush() -> None:
+        if run:
+            items.append(" ".join(run))
+            run.clear()
+
+    for w in words:
+        if " " in w.strip():  # only a quoted token has a space inside
+            flush()
+            items.append(w.strip())
+            continue
+        pieces = w.split(",")
+        for j, piece in enumerate(pieces):
+            if piece.startswith("@"):
+                flush()
+                items.append(piece)
+            elif piece:
+                run.append(piece)
+            if j < len(pieces) - 1:
+                flush()
+    flush()
+    return tuple(dict.fromkeys(items))
+
+
+def _read_invite(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.invite = split_people(words)
+
+
+def _read_required(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.required = split_people(words)
+
+
+def _read_optional(d: Draft, words: list[str], now: datetime, tz: ZoneInfo) -> None:
+    d.optional = split_people(words)
+
+
 def _read_date(words: list[str], now: datetime, tz: ZoneInfo, *, need_time: bool) -> datetime:
     try:
         return parse_when(words, now, tz, need_time=need_time)
@@ -703,6 +889,9 @@ def _words(*names: str) -> frozenset[str]:
 
 
 WHEN = Field("when", _words("when date time start", "когда дата время начало"), Takes.WORDS, _read_start)
+INVITE = Field(
+    "invite", _words("invite invitees", "пригласить приглашены участники"), Takes.WORDS, _read_invite
+)
 FIELDS: tuple[Field, ...] = (
     Field("title", _words("title name", "название заголовок"), Takes.ONE, _read_title),
     WHEN,  # read before the deadline: a wrong start is the error to show first
@@ -729,6 +918,16 @@ FIELDS: tuple[Field, ...] = (
         _read_private,
         fillers=_words("list", "список"),
     ),
+    Field(
+        "public",
+        _words("public open", "открытый открыто открытая"),
+        Takes.NOTHING,
+        _read_public,
+        fillers=_words("list", "список"),
+    ),
+    INVITE,
+    Field("required", _words("required", "обязательно обязательные"), Takes.WORDS, _read_required),
+    Field("optional", _words("optional", "необязательно желающие"), Takes.WORDS, _read_optional),
 )
 _BY_KEYWORD: dict[str, Field] = {k: f for f in FIELDS for k in f.keywords}
 # A keyword names one field, and each field answers to its own name.

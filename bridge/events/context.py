@@ -28,6 +28,10 @@ class Settings:
     reminder_offsets: tuple[timedelta, ...] = DEFAULT_OFFSETS
     remind_maybe: bool = False
     uid_domain: str = "civmatrix.local"
+    nudge_before: timedelta | None = timedelta(hours=24)  # the automatic nudge (invitees Rule 3); None: off
+    nudge_every: timedelta = timedelta(hours=12)  # the least time between two nudges of one person
+    checkin_before: timedelta = timedelta(minutes=30)  # check-in opens this long before the start
+    checkin_after: timedelta = timedelta(hours=3)  # and closes this long after it (invitees Rule 4)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +59,10 @@ class Directory(Protocol):
 
     async def unit_rooms(self, unit: str, *, subunits: bool = True) -> list[RoomID]:
         """The joined rooms of unit ``unit`` (a key): all its shards, and those of its sub-units."""
+        ...
+
+    async def members(self, room: RoomID) -> Sequence[tuple[UserID, str]]:
+        """The joined members of ``room`` with their display names (the bot itself not among them)."""
         ...
 
 

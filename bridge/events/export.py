@@ -8,21 +8,43 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from bridge.events.model import Event, Lang, Rsvp, attendance
-from bridge.events.render import ANSWER_LABELS
+from bridge.events.model import Checkin, Event, Invitee, Lang, Rsvp, attendance
+from bridge.events.render import ANSWER_LABELS, person_name
 
 CSV_HEADER: dict[Lang, tuple[str, ...]] = {
-    "ru": ("ФИО", "Должность", "Подразделение", "Телефон", "Ответ", "Статус", "Время ответа", "Matrix ID"),
-    "en": ("Name", "Title", "Department", "Phone", "Answer", "Status", "Answered at", "Matrix ID"),
+    "ru": ("ФИО", "Должность", "Подразделение", "Телефон", "Ответ", "Статус", "Время ответа", "Matrix ID",
+           "Приглашение", "Присутствие"),
+    "en": ("Name", "Title", "Department", "Phone", "Answer", "Status", "Answered at", "Matrix ID",
+           "Invitation", "Attendance"),
+}  # fmt: skip
+INVITATION_LABELS: dict[Lang, dict[bool, str]] = {
+    "ru": {True: "обязательно", False: "по желанию"},
+    "en": {True: "required", False: "optional"},
 }
+# invitees Rule 5: a registered person who did not check in is a no-show; anyone checked in attended.
+PRESENCE_LABELS: dict[Lang, dict[str, str]] = {
+    "ru": {"attended": "пришёл", "no_show": "не пришёл"},
+    "en": {"attended": "attended", "no_show": "no-show"},
+}
+NO_ANSWER: dict[Lang, str] = {"ru": "нет ответа", "en": "no answer"}
 STATUS_LABELS: dict[Lang, dict[str, str]] = {
     "ru": {"confirmed": "идёт", "waitlisted": "лист ожидания", "maybe": "возможно", "not_going": "не идёт"},
     "en": {"confirmed": "going", "waitlisted": "waitlist", "maybe": "maybe", "not_going": "not going"},
 }
 
 
-def attendance_csv(event: Event, answers: Sequence[Rsvp], tz: ZoneInfo) -> bytes:
-    """One row per person who answered, confirmed first, then waitlist, maybe, not going.
+def attendance_csv(
+    event: Event,
+    answers: Sequence[Rsvp],
+    tz: ZoneInfo,
+    invitees: Sequence[Invitee] = (),
+    checkins: Sequence[Checkin] = (),
+) -> bytes:
+    """One row per person who answered, confirmed first, then waitlist, maybe, not going; then the invitees
+    without an answer ("нет ответа"), then people who checked in without answering.
+
+    The last two columns: whether the person was invited (required or optional) and, once anyone checked in,
+    whether they attended or, registered as going, did not come.
 
     What a person reads in the directory: name, job title, the department's path as in space names, phone,
     then the answer, the status it gives (a "going" may be on the waitlist) and when it was given, in the
@@ -36,6 +58,15 @@ def attendance_csv(event: Event, answers: Sequence[Rsvp], tz: ZoneInfo) -> bytes
     w.writerow(CSV_HEADER[event.lang])
     labels = ANSWER_LABELS[event.lang]
     status_labels = STATUS_LABELS[event.lang]
+    invited = {i.user_id: INVITATION_LABELS[event.lang][i.required] for i in invitees}
+    came = {c.user_id for c in checkins}
+    presence = PRESENCE_LABELS[event.lang]
+
+    def present(user: str, registered: bool) -> str:
+        if user in came:
+            return presence["attended"]
+        return presence["no_show"] if registered and (came or event.checkin_closed) else ""
+
     groups = (
         ("confirmed", att.confirmed),
         ("waitlisted", att.waitlist),
@@ -54,8 +85,20 @@ def attendance_csv(event: Event, answers: Sequence[Rsvp], tz: ZoneInfo) -> bytes
                     status_labels[status],
                     r.answered_at.astimezone(tz).strftime("%Y-%m-%d %H:%M"),
                     r.user_id,
+                    invited.get(r.user_id, ""),
+                    present(r.user_id, status == "confirmed"),
                 )
             )
+    answered = {r.user_id for r in answers}
+    for i in invitees:
+        if i.user_id not in answered:
+            w.writerow((_cell(person_name(i.user_id, i.display_name)), "", "", "", "", NO_ANSWER[event.lang],
+                        "", i.user_id, invited[i.user_id], present(i.user_id, False)))  # fmt: skip
+    listed = answered | set(invited)
+    for c in checkins:
+        if c.user_id not in listed:
+            w.writerow((_cell(person_name(c.user_id, c.display_name)), "", "", "", "", "", "", c.user_id, "",
+                        presence["attended"]))  # fmt: skip
     return ("\ufeff" + buf.getvalue()).encode("utf-8")
 
 

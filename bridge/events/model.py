@@ -71,6 +71,7 @@ class Event:
     cancelled: bool = False
     sequence: int = 0  # bumped on every edit; the .ics SEQUENCE
     timezone: str = "Europe/Moscow"
+    checkin_closed: bool = False  # the organiser closed the attendance list: no more check-ins
 
     @property
     def ends_at(self) -> datetime:
@@ -91,6 +92,30 @@ class Rsvp:
     department: str = ""  # the unit's path as people see it ("Департамент финансов / Отдел налогов")
     job_title: str = ""
     phone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Invitee:
+    """A person the organiser named: their answer counts in the one tally like anyone's (Rule 1); being
+    invited only adds that they are expected to answer (``required``) and may be nudged."""
+
+    event_id: EventID
+    user_id: UserID
+    required: bool
+    display_name: str
+    invited_at: datetime
+    nudged_at: datetime | None = None  # the last nudge (by command or automatic): the rate limit's clock
+
+
+@dataclass(frozen=True, slots=True)
+class Checkin:
+    """``user_id`` was there: marked by themselves (``by`` is them) or by the organiser."""
+
+    event_id: EventID
+    user_id: UserID
+    at: datetime
+    by: UserID
+    display_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,6 +202,17 @@ class Announce:
 
 
 @dataclass(frozen=True, slots=True)
+class Invitation:
+    """A direct message about ``event_id`` to ``user_id`` with one-tap answers: the bot reacts to its own
+    message with the answer reactions, so a tap adds the person's; their reactions there count like the
+    room's (the message is recorded as an anchor of the event)."""
+
+    event_id: EventID
+    user_id: UserID
+    text: Text
+
+
+@dataclass(frozen=True, slots=True)
 class Attachment:
     filename: str
     mimetype: str
@@ -203,6 +239,8 @@ class EndPoll:
     event_id: EventID
     room_id: RoomID
     text: str
+    # The poll to end, when the room is no longer the event's (its record is gone by the time this is sent).
+    poll: MatrixEventID | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,4 +253,6 @@ class UpdateTally:
     room_id: RoomID
 
 
-Effect = Reply | RoomNotice | DirectMessage | Announce | Upload | DirectUpload | EndPoll | UpdateTally
+Effect = (
+    Reply | RoomNotice | DirectMessage | Announce | Upload | DirectUpload | EndPoll | UpdateTally | Invitation
+)

@@ -21,6 +21,7 @@ from bridge.events.model import (
     Effect,
     EndPoll,
     EventID,
+    Invitation,
     MatrixEventID,
     Reply,
     RoomID,
@@ -56,10 +57,12 @@ def encode(effect: Effect) -> str:
             d = {"t": "upload", "room": room, "files": _files(files)}
         case DirectUpload(user, text, files):
             d = {"t": "dm_upload", "user": user, "text": _text(text), "files": _files(files)}
-        case EndPoll(eid, room, body):
-            d = {"t": "end_poll", "event": eid, "room": room, "body": body}
+        case EndPoll(eid, room, body, poll):
+            d = {"t": "end_poll", "event": eid, "room": room, "body": body} | ({"poll": poll} if poll else {})
         case UpdateTally(eid, room):
             d = {"t": "tally", "event": eid, "room": room}
+        case Invitation(eid, user, text):
+            d = {"t": "invitation", "event": eid, "user": user, "text": _text(text)}
         case _:
             assert_never(effect)
     return json.dumps(d, ensure_ascii=False, sort_keys=True)
@@ -90,7 +93,15 @@ def decode(payload: str) -> Effect:
         case "dm_upload":
             return DirectUpload(UserID(d["user"]), text(d["text"]), files(d["files"]))
         case "end_poll":
-            return EndPoll(EventID(d["event"]), RoomID(d["room"]), d["body"])
+            poll = d.get("poll")
+            return EndPoll(
+                EventID(d["event"]),
+                RoomID(d["room"]),
+                d["body"],
+                None if poll is None else MatrixEventID(poll),
+            )
         case "tally":
             return UpdateTally(EventID(d["event"]), RoomID(d["room"]))
+        case "invitation":
+            return Invitation(EventID(d["event"]), UserID(d["user"]), text(d["text"]))
     raise ValueError(f"unknown effect kind {d['t']!r}")

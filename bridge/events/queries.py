@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bridge.events import export, render
 from bridge.events.context import Context, Handled, ReplyFn, say
+from bridge.events.invitations import Invitations
 from bridge.events.model import (
     Attachment,
     DirectUpload,
@@ -21,8 +22,9 @@ WHO_LIMIT = 8
 
 
 class Queries:
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, invitations: Invitations) -> None:
         self.ctx = ctx
+        self.invitations = invitations
 
     async def resolve(self, eid: EventID | None, room: RoomID, lang: Lang) -> Event | Text:
         """The event a command names, or the only upcoming one of the room; else what to tell the person."""
@@ -60,7 +62,10 @@ class Queries:
     async def show(self, ev: Event, room: RoomID, sender: UserID, lang: Lang) -> Text:
         answers = await self.ctx.store.answers(ev.id)
         visible = await self._privileged(ev, room, sender) or not ev.private
-        return render.show(ev, attendance(ev.capacity, answers), self.ctx.tz, lang, names_visible=visible)
+        roster = await self.invitations.roster(ev)
+        return render.show(
+            ev, attendance(ev.capacity, answers), self.ctx.tz, lang, names_visible=visible, roster=roster
+        )
 
     async def export(self, ev: Event, room: RoomID, sender: UserID, lang: Lang, reply: ReplyFn) -> Handled:
         answers = await self.ctx.store.answers(ev.id)
@@ -72,8 +77,13 @@ class Queries:
             )
             return [reply(refusal)], []
         tz = self.ctx.tz
+        invitees, checkins = await self.ctx.store.invitees(ev.id), await self.ctx.store.checkins(ev.id)
         files = (
-            Attachment(f"{ev.id}-attendance.csv", "text/csv", export.attendance_csv(ev, answers, tz)),
+            Attachment(
+                f"{ev.id}-attendance.csv",
+                "text/csv",
+                export.attendance_csv(ev, answers, tz, invitees, checkins),
+            ),
             Attachment(
                 f"{ev.id}.ics",
                 "text/calendar",

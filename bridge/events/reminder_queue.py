@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from bridge.events.context import Context
+from bridge.events.invitations import Invitations
+from bridge.events.invitees import auto_nudge_at
 from bridge.events.model import Event
 from bridge.events.outbox import encode
 from bridge.events.reminders import Due, due, next_due, release
@@ -20,11 +22,15 @@ REMINDER_AHEAD = timedelta(seconds=30)
 class Queued:
     items: list[Due]
     next_release: datetime | None  # when a reminder held back for now (Rule 5) is released
+    nudges: int = 0  # automatic nudges put into the outbox
 
 
 class ReminderQueue:
-    def __init__(self, ctx: Context) -> None:
+    """Reminders, and the automatic nudges of invitees that the same scheduler wakes for."""
+
+    def __init__(self, ctx: Context, invitations: Invitations) -> None:
         self.ctx = ctx
+        self.invitations = invitations
 
     async def due(self, ahead: timedelta = timedelta(0)) -> list[Due]:
         now = self.ctx.clock.now()
@@ -68,7 +74,8 @@ class ReminderQueue:
                 writes.append(PutOutbox(oid, now, encode(d.effect)))
                 writes += [MarkReminder(m, now) for m in d.marks]
             await self.ctx.store.write(writes)
-        return Queued(items, later)
+        nudges = await self.invitations.queue_auto_nudges()
+        return Queued(items, later, nudges)
 
     async def next_at(self, ahead: timedelta = timedelta(0)) -> datetime | None:
         """When to look again: the first due moment later than ``now + ahead``, minus ``ahead``.
@@ -81,4 +88,8 @@ class ReminderQueue:
         for offset in self.ctx.settings.reminder_offsets:
             candidates += await self.ctx.store.first_starting_after(after + offset)
         nxt = next_due(candidates, after, self.ctx.settings.reminder_offsets)
-        return None if nxt is None else nxt - ahead
+        times = [] if nxt is None else [nxt - ahead]
+        nudge = await self.invitations.next_auto_nudge()
+        if nudge is not None and self.ctx.settings.nudge_before is not None:
+            times.append(auto_nudge_at(nudge, self.ctx.settings.nudge_before))
+        return min(times, default=None)

@@ -137,11 +137,48 @@ def poll_question(event: Event, tz: ZoneInfo) -> str:
     return f"{event.title} — {when(event.starts_at, tz, event.lang)} ({note}) [{event.id}]"
 
 
-def _names(rs: Sequence[Rsvp]) -> str:
-    return ", ".join(r.display_name or r.user_id for r in rs)
+def person_name(user_id: str, display_name: str) -> str:
+    """What people read for a person: the display name; without one, the login (never ``@login:server``)."""
+    return display_name.strip() or user_id[1:].split(":", 1)[0]
 
 
-def show(event: Event, att: Attendance, tz: ZoneInfo, lang: Lang, *, names_visible: bool) -> Text:
+def pill(user_id: str, display_name: str) -> tuple[str, str]:
+    """A person in ``body`` (the name) and ``formatted_body`` (a mention pill: a matrix.to link whose text
+    is the name, which Element shows as the person's avatar and name)."""
+    name = person_name(user_id, display_name)
+    return name, f'<a href="{esc(matrix_to(user_id))}">{esc(name)}</a>'
+
+
+def pills(people: Sequence[tuple[str, str]]) -> tuple[str, str]:
+    """Several people, as :func:`pill`, comma-separated: ``people`` are (user id, display name)."""
+    parts = [pill(u, n) for u, n in people]
+    return ", ".join(b for b, _ in parts), ", ".join(h for _, h in parts)
+
+
+def _names(rs: Sequence[Rsvp]) -> tuple[str, str]:
+    return pills([(r.user_id, r.display_name) for r in rs])
+
+
+@dataclass(frozen=True, slots=True)
+class Roster:
+    """What ``show`` adds for an event with named attendees: required invitees without an answer, and the
+    attendance once people check in (``invitees`` Rule 5). People are (user id, display name)."""
+
+    unanswered: tuple[tuple[str, str], ...] = ()
+    attended: tuple[tuple[str, str], ...] = ()
+    no_show: tuple[tuple[str, str], ...] = ()
+    checkin: bool = False  # the check-in has begun (someone checked in, or the list was closed)
+
+
+def show(
+    event: Event,
+    att: Attendance,
+    tz: ZoneInfo,
+    lang: Lang,
+    *,
+    names_visible: bool,
+    roster: Roster | None = None,
+) -> Text:
     d_body, d_html = _details(event, tz, lang)
     rows: list[tuple[str, Sequence[Rsvp]]] = [
         (t(lang, "Идут", "Going"), att.confirmed),
@@ -158,13 +195,23 @@ def show(event: Event, att: Attendance, tz: ZoneInfo, lang: Lang, *, names_visib
     ]
     body += d_body
     htm += d_html
-    for label, rs in rows:
-        if not rs and label == rows[1][0]:
+    people_rows: list[tuple[str, list[tuple[str, str]]]] = [
+        (label, [(r.user_id, r.display_name) for r in rs]) for label, rs in rows
+    ]
+    if roster is not None:
+        if roster.unanswered:
+            people_rows.append((t(lang, "Не ответили", "No answer yet"), list(roster.unanswered)))
+        if roster.checkin:
+            people_rows.append((t(lang, "Пришли", "Attended"), list(roster.attended)))
+            people_rows.append((t(lang, "Не пришли", "No-show"), list(roster.no_show)))
+    for label, ps in people_rows:
+        if not ps and label == rows[1][0]:
             continue
-        line = f"{label}: {len(rs)}"
-        if names_visible and rs:
-            body.append(f"{line} — {_names(rs)}")
-            htm.append(f"<b>{esc(line)}</b> — {esc(_names(rs))}")
+        line = f"{label}: {len(ps)}"
+        if names_visible and ps:
+            names_body, names_html = pills(ps)
+            body.append(f"{line} — {names_body}")
+            htm.append(f"<b>{esc(line)}</b> — {names_html}")
         else:
             body.append(line)
             htm.append(f"<b>{esc(line)}</b>")
@@ -216,13 +263,9 @@ def who_reply(lang: Lang, term: str, people: Sequence[FoundPerson], more: bool) 
     plain, rich = [head], [f"<p>{esc(head)}</p><ul>"]
     for p in people:
         extra = [x for x in (p.title, p.department, p.phone) if x]
-        link = matrix_to(p.user_id)
-        plain.append(" — ".join([f"• {p.display_name}", *extra]) + f" {link}")
-        rich.append(
-            f'<li><a href="{esc(link)}">{esc(p.display_name)}</a>'
-            + "".join(f" — {esc(x)}" for x in extra)
-            + "</li>"
-        )
+        name_body, name_html = pill(p.user_id, p.display_name)
+        plain.append(" — ".join([f"• {name_body}", *extra]))
+        rich.append(f"<li>{name_html}" + "".join(f" — {esc(x)}" for x in extra) + "</li>")
     rich.append("</ul>")
     if more:
         tail = t(
@@ -250,6 +293,14 @@ def help_text(lang: Lang, unknown: str | None = None) -> Text:
         '[подразделение "Название или путь" | подразделение здесь] [закрытый список]',
         "!событие список | показать ID | экспорт ID | изменить ID когда завтра 16:00 | отменить ID",
         "!иду ID · !возможно ID · !не иду ID — или ответьте в опросе / реакцией ✅ ❔ ❌",
+        '!событие пригласить ID Иванов, "Петров Отдел ЖКХ", @login:server [необязательно Сидоров] — '
+        "личное приглашение с ответом в одно нажатие; при создании: пригласить …; подразделение нет — "
+        "только для приглашённых",
+        '!событие изменить ID подразделение "Название" | закрытый список | открытый список · '
+        "!событие отозвать ID Иванов",
+        "!событие напомнить ID — тем, кто не ответил · !пришёл ID — отметиться · "
+        "!событие отметить ID Иванов · !событие закрыть ID — закрыть список",
+        "!мои — ваши предстоящие события во всех комнатах",
         "!кто Иванов — найти коллегу: имя, должность, отдел, телефон",
         "Даты: 03.12.2026 15:00, 3 декабря 15:00, завтра 15:00, послезавтра 10:00, в пятницу 10:00",
         "Без «подразделение» событие объявляется во всех комнатах подразделения этой комнаты; "
@@ -260,6 +311,12 @@ def help_text(lang: Lang, unknown: str | None = None) -> Text:
         '[audience "unit name or path" | audience here] [private]',
         "!event list | show ID | export ID | edit ID when tomorrow 4pm | cancel ID",
         "!going ID · !maybe ID · !notgoing ID — or answer the poll / react ✅ ❔ ❌",
+        '!event invite ID Ivanov, "Petrov Housing", @login:server [optional Sidorov] — a direct '
+        "invitation answered in one tap; on create: invite …; audience none — invitees only",
+        '!event edit ID audience "Unit" | private | public · !event uninvite ID Ivanov',
+        "!event nudge ID — those who have not answered · !here ID — check in · "
+        "!event checkin ID Ivanov · !event close ID — close the list",
+        "!my — your upcoming events across all rooms",
         "!who Ivanov — find a colleague: name, title, department, phone",
         "Dates: 2026-12-03 15:00, December 3 3pm, tomorrow 3pm, today 17:30, friday 10am",
         "Without “audience” the event is announced in every room of this room's unit; "
@@ -445,3 +502,116 @@ def unit_refusal(lang: Lang, match: Ambiguous | NotFound, here: Unit | None) -> 
         lines.append(t(lang, "Может быть:", "Did you mean:"))
         lines += [f"• {u.label}" for u in match.suggestions]
     return plain("\n".join(lines))
+
+
+def invitation(event: Event, tz: ZoneInfo, *, required: bool, nudge: bool = False) -> Text:
+    """The direct message an invitee gets: the event, whether they are expected, and the one-tap answers
+    (the bot's own reactions under it)."""
+    lang = event.lang
+    d_body, d_html = _details(event, tz, lang)
+    if nudge:
+        head = t(
+            lang, f"⏳ Вы ещё не ответили: «{event.title}»", f"⏳ You have not answered yet: “{event.title}”"
+        )
+    else:
+        head = t(lang, f"📨 Вас пригласили: «{event.title}»", f"📨 You are invited: “{event.title}”")
+    need = (
+        t(lang, "Ваше участие обязательно.", "Your attendance is required.")
+        if required
+        else t(lang, "Участие по желанию.", "Attendance is optional.")
+    )
+    how = t(
+        lang,
+        f"Ответьте одним нажатием на реакцию ниже: ✅ иду / ❔ возможно / ❌ не иду — или командой "
+        f"!иду {event.id}. Считается последний ответ.",
+        f"Answer with one tap on a reaction below: ✅ going / ❔ maybe / ❌ not going — or with "
+        f"!going {event.id}. Your latest answer counts.",
+    )
+    body = [f"{head} [{event.id}]", need, *d_body, how]
+    htm = [f"<b>{esc(head)}</b> [<code>{event.id}</code>]", esc(need), *d_html, esc(how)]
+    return Text("\n".join(body), "<br>".join(htm))
+
+
+def candidates(lang: Lang, item: str, people: Sequence[FoundPerson], more: bool) -> tuple[str, str]:
+    """The people a name matches, for the organiser to pick one by a longer name or the login."""
+    head = t(lang, f"«{item}» — это несколько человек:", f"“{item}” matches several people:")
+    body, htm = [head], [f"{esc(head)}<ul>"]
+    for p in people:
+        extra = [x for x in (p.title, p.department) if x]
+        login = p.user_id[1:].split(":", 1)[0]
+        name_body, name_html = pill(p.user_id, p.display_name)
+        body.append(" — ".join([f"• {name_body}", *extra, login]))
+        htm.append(f"<li>{name_html}" + "".join(f" — {esc(x)}" for x in [*extra, login]) + "</li>")
+    if more:
+        body.append(t(lang, "… и другие", "… and more"))
+        htm.append(f"<li>{esc(t(lang, '… и другие', '… and more'))}</li>")
+    htm.append("</ul>")
+    return "\n".join(body), "".join(htm)
+
+
+def my_events(events: Sequence[tuple[Event, Answer | None, bool | None]], tz: ZoneInfo, lang: Lang) -> Text:
+    """``!my``: each upcoming event with the person's answer; the flag says whether they were invited as
+    required (``True``), optional (``False``) or not invited (``None``)."""
+    if not events:
+        return plain(t(lang, "У вас нет предстоящих событий.", "You have no upcoming events."))
+    head = t(lang, "Ваши предстоящие события:", "Your upcoming events:")
+    body, htm = [head], [f"<b>{esc(head)}</b><ul>"]
+    for ev, answer, required in events:
+        said = ANSWER_LABELS[lang][answer] if answer is not None else t(lang, "нет ответа", "no answer")
+        invited = {
+            True: t(lang, "приглашены, обязательно", "invited, required"),
+            False: t(lang, "приглашены, по желанию", "invited, optional"),
+            None: "",
+        }[required]
+        tail = f"{said}" + (f" ({invited})" if invited else "")
+        body.append(f"{ev.id} — {ev.title} — {when(ev.starts_at, tz, lang)} — {tail}")
+        htm.append(
+            f"<li><code>{ev.id}</code> — {esc(ev.title)} — {esc(when(ev.starts_at, tz, lang))} — "
+            f"<b>{esc(tail)}</b></li>"
+        )
+    htm.append("</ul>")
+    if any(a is None for _, a, _ in events):
+        hint = t(
+            lang,
+            "Ответить: !иду ID · !возможно ID · !не иду ID",
+            "Answer: !going ID · !maybe ID · !notgoing ID",
+        )
+        body.append(hint)
+        htm.append(esc(hint))
+    return Text("\n".join(body), "".join(htm))
+
+
+def withdrawn(event: Event) -> Text:
+    """To a room the event is no longer announced in (its audience was edited)."""
+    lang = event.lang
+    return plain(
+        t(
+            lang,
+            f"Событие «{event.title}» ({event.id}) больше не объявлено в этой комнате. "
+            "Данные ответы сохраняются.",
+            f"“{event.title}” ({event.id}) is no longer announced in this room. Answers given still stand.",
+        )
+    )
+
+
+def uninvited(event: Event) -> Text:
+    lang = event.lang
+    return plain(
+        t(
+            lang,
+            f"Приглашение на «{event.title}» ({event.id}) отозвано организатором.",
+            f"The organiser withdrew your invitation to “{event.title}” ({event.id}).",
+        )
+    )
+
+
+def invitation_changed(event: Event, *, required: bool) -> Text:
+    lang = event.lang
+    now = t(lang, "обязательно", "required") if required else t(lang, "по желанию", "optional")
+    return plain(
+        t(
+            lang,
+            f"Ваше участие в «{event.title}» ({event.id}) теперь: {now}.",
+            f"Your attendance at “{event.title}” ({event.id}) is now {now}.",
+        )
+    )

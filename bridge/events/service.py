@@ -11,6 +11,7 @@ Every handler writes its state changes *and* the "processed" mark of the Matrix 
 - ``answers``: an answer from any source, decided, stored and counted;
 - ``responses``: poll votes, reactions and their redactions;
 - ``audience``: who an event is for, and who may act on it;
+- ``invitations``: named attendees: invitations, who has not answered, nudges, check-in, a person's events;
 - ``reminder_queue``: reminders moved into the outbox when due;
 - ``context``: what they share (store, clock, settings, the ports to Matrix).
 """
@@ -27,19 +28,26 @@ from bridge.events.audience import Audience
 from bridge.events.clock import Clock
 from bridge.events.commands import (
     CancelEvent,
+    CheckIn,
+    CloseList,
     Command,
     CreateEvent,
     EditEvent,
     ExportEvent,
     Help,
+    InviteEvent,
     ListEvents,
+    MyEvents,
+    NudgeEvent,
     ParseError,
     RsvpCommand,
     ShowEvent,
+    UninviteEvent,
     Who,
     parse_command,
 )
 from bridge.events.context import Context, Directory, Handled, PeopleSearch, Person, ReplyFn, Settings
+from bridge.events.invitations import Invitations
 from bridge.events.model import Effect, EventID, MatrixEventID, Reply, RoomID, Source, Text, UserID
 from bridge.events.organise import Organiser
 from bridge.events.poll import Vote
@@ -79,11 +87,12 @@ class EventService:
         self.people = people  # None: the config has no search: section
         self.ctx = Context(store, clock, settings, directory, people)
         self.audience = Audience(self.ctx)
-        self.organiser = Organiser(self.ctx, self.audience)
-        self.queries = Queries(self.ctx)
+        self.invitations = Invitations(self.ctx, self.audience)
+        self.organiser = Organiser(self.ctx, self.audience, self.invitations)
+        self.queries = Queries(self.ctx, self.invitations)
         self.answers = Answers(self.ctx)
         self.responses = Responses(self.ctx, self.answers)
-        self.reminders = ReminderQueue(self.ctx)
+        self.reminders = ReminderQueue(self.ctx, self.invitations)
 
     # --- messages -------------------------------------------------------------------------------------------
 
@@ -122,6 +131,25 @@ class EventService:
                 return await self.organiser.edit(cmd, room, sender, reply)
             case CancelEvent():
                 return await self.organiser.cancel(cmd, room, sender, reply)
+            case InviteEvent():
+                return await self.invitations.invite_command(cmd, room, sender, reply)
+            case UninviteEvent():
+                return await self.invitations.uninvite(cmd, room, sender, reply)
+            case NudgeEvent():
+                return await self.invitations.nudge(cmd, room, sender, reply)
+            case CloseList():
+                return await self.invitations.close(cmd, room, sender, reply)
+            case MyEvents():
+                return await self.invitations.mine(cmd, room, sender, reply)
+            case CheckIn(lang, eid):
+                found = (
+                    await self.queries.resolve(eid, room, lang)
+                    if eid is not None
+                    else await self.invitations.checkin_target(room, sender, lang)
+                )
+                if isinstance(found, Text):
+                    return [reply(found)], []
+                return await self.invitations.checkin(cmd, found, room, sender, reply)
             case ShowEvent(lang, eid) | ExportEvent(lang, eid) | RsvpCommand(lang, eid):
                 ev = await self.queries.resolve(eid, room, lang)
                 if isinstance(ev, Text):

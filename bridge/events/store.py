@@ -20,8 +20,10 @@ from typing import Any, Protocol, TypeVar, assert_never
 
 from bridge.events.model import (
     Answer,
+    Checkin,
     Event,
     EventID,
+    Invitee,
     Lang,
     MatrixEventID,
     RoomID,
@@ -39,7 +41,7 @@ SCHEMA = [
         id TEXT PRIMARY KEY, title TEXT NOT NULL, starts_at BIGINT NOT NULL, place TEXT, capacity INTEGER,
         deadline BIGINT, organiser TEXT NOT NULL, origin_room TEXT NOT NULL, audience_unit TEXT,
         private INTEGER NOT NULL, lang TEXT NOT NULL, created_at BIGINT NOT NULL, cancelled INTEGER NOT NULL,
-        sequence INTEGER NOT NULL, timezone TEXT NOT NULL)""",
+        sequence INTEGER NOT NULL, timezone TEXT NOT NULL, checkin_closed INTEGER NOT NULL DEFAULT 0)""",
     "CREATE INDEX IF NOT EXISTS events_start ON events (starts_at)",
     """CREATE TABLE IF NOT EXISTS audience (
         event_id TEXT NOT NULL, room_id TEXT NOT NULL, poll_event_id TEXT,
@@ -74,11 +76,24 @@ SCHEMA = [
         matrix_event_id TEXT PRIMARY KEY, poll_event_id TEXT NOT NULL, sender TEXT NOT NULL,
         ts BIGINT NOT NULL, selections TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS poll_votes_poll ON poll_votes (poll_event_id, sender)",
+    # The people an organiser named, and who was there. Added after the first release: an older store gets
+    # these tables on open (CREATE ... IF NOT EXISTS), with nothing in them.
+    """CREATE TABLE IF NOT EXISTS invitees (
+        event_id TEXT NOT NULL, user_id TEXT NOT NULL, required INTEGER NOT NULL, display_name TEXT NOT NULL,
+        invited_at BIGINT NOT NULL, nudged_at BIGINT, PRIMARY KEY (event_id, user_id))""",
+    "CREATE INDEX IF NOT EXISTS invitees_user ON invitees (user_id)",
+    """CREATE TABLE IF NOT EXISTS checkins (
+        event_id TEXT NOT NULL, user_id TEXT NOT NULL, at BIGINT NOT NULL, by_user TEXT NOT NULL,
+        display_name TEXT NOT NULL, PRIMARY KEY (event_id, user_id))""",
+    "CREATE INDEX IF NOT EXISTS answers_user ON answers (user_id)",
 ]
 
 # Columns added after a table first shipped: (table, column, definition). A store created by an older
 # version gets them on open; CREATE TABLE IF NOT EXISTS alone would leave its tables as they were.
-COLUMNS_ADDED = [("answers", "phone", "TEXT NOT NULL DEFAULT ''")]
+COLUMNS_ADDED = [
+    ("answers", "phone", "TEXT NOT NULL DEFAULT ''"),
+    ("events", "checkin_closed", "INTEGER NOT NULL DEFAULT 0"),
+]
 
 
 # --- write operations --------------------------------------------------------------------------------------
@@ -197,6 +212,49 @@ class DropQueuedReminders:
     event_id: EventID
 
 
+@dataclass(frozen=True, slots=True)
+class PutInvitee:
+    """Invite, or change required/optional; an earlier nudge is kept (the rate limit must hold)."""
+
+    invitee: Invitee
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteInvitee:
+    event_id: EventID
+    user_id: UserID
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteAudience:
+    """The event is no longer announced in ``room_id`` (its audience was edited)."""
+
+    event_id: EventID
+    room_id: RoomID
+
+
+@dataclass(frozen=True, slots=True)
+class DropAnchors:
+    """Reactions to the event's messages in ``room_id`` no longer answer it (pair with DeleteAudience)."""
+
+    event_id: EventID
+    room_id: RoomID
+
+
+@dataclass(frozen=True, slots=True)
+class MarkNudged:
+    event_id: EventID
+    user_id: UserID
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PutCheckin:
+    """The first mark stands: marking someone again changes nothing."""
+
+    checkin: Checkin
+
+
 Write = (
     PutEvent
     | PutAudience
@@ -215,6 +273,12 @@ Write = (
     | PutVote
     | DeleteVote
     | DropQueuedReminders
+    | PutInvitee
+    | DeleteInvitee
+    | DeleteAudience
+    | DropAnchors
+    | MarkNudged
+    | PutCheckin
 )
 
 
@@ -248,17 +312,19 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
         case PutEvent(e):
             return (
                 """INSERT INTO events (id, title, starts_at, place, capacity, deadline, organiser,
-                    origin_room, audience_unit, private, lang, created_at, cancelled, sequence, timezone)
-                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    origin_room, audience_unit, private, lang, created_at, cancelled, sequence, timezone,
+                    checkin_closed)
+                   VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                    ON CONFLICT (id) DO UPDATE SET title = excluded.title, starts_at = excluded.starts_at,
                     place = excluded.place, capacity = excluded.capacity, deadline = excluded.deadline,
                     audience_unit = excluded.audience_unit, private = excluded.private,
-                    cancelled = excluded.cancelled, sequence = excluded.sequence""",
+                    cancelled = excluded.cancelled, sequence = excluded.sequence,
+                    checkin_closed = excluded.checkin_closed""",
                 (
                     e.id, e.title, _ms(e.starts_at), e.place, e.capacity,
                     None if e.deadline is None else _ms(e.deadline), e.organiser, e.origin_room,
                     e.audience_unit, int(e.private), e.lang, _ms(e.created_at), int(e.cancelled), e.sequence,
-                    e.timezone,
+                    e.timezone, int(e.checkin_closed),
                 ),
             )  # fmt: skip
         case PutAudience(eid, room):
@@ -346,14 +412,40 @@ def _sql_for(w: Write) -> tuple[str, tuple[Any, ...]]:
         case DropQueuedReminders(eid):
             prefix = reminder_outbox_prefix(eid)
             return ("DELETE FROM outbox WHERE substr(id, 1, ?) = ?", (len(prefix), prefix))
+        case PutInvitee(i):
+            return (
+                """INSERT INTO invitees (event_id, user_id, required, display_name, invited_at, nudged_at)
+                   VALUES (?, ?, ?, ?, ?, NULL)
+                   ON CONFLICT (event_id, user_id) DO UPDATE SET required = excluded.required,
+                    display_name = excluded.display_name""",
+                (i.event_id, i.user_id, int(i.required), i.display_name, _ms(i.invited_at)),
+            )
+        case DeleteInvitee(eid, user):
+            return ("DELETE FROM invitees WHERE event_id = ? AND user_id = ?", (eid, user))
+        case DeleteAudience(eid, room):
+            return ("DELETE FROM audience WHERE event_id = ? AND room_id = ?", (eid, room))
+        case DropAnchors(eid, room):
+            return ("DELETE FROM anchors WHERE event_id = ? AND room_id = ?", (eid, room))
+        case MarkNudged(eid, user, at):
+            return (
+                "UPDATE invitees SET nudged_at = ? WHERE event_id = ? AND user_id = ?",
+                (_ms(at), eid, user),
+            )
+        case PutCheckin(c):
+            return (
+                "INSERT INTO checkins (event_id, user_id, at, by_user, display_name) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT DO NOTHING",
+                (c.event_id, c.user_id, _ms(c.at), c.by, c.display_name),
+            )
         case _:
             assert_never(w)
 
 
 _EVENT_COLS = (
     "id, title, starts_at, place, capacity, deadline, organiser, origin_room, audience_unit, private, lang, "
-    "created_at, cancelled, sequence, timezone"
+    "created_at, cancelled, sequence, timezone, checkin_closed"
 )
+_INVITEE_COLS = "event_id, user_id, required, display_name, invited_at, nudged_at"
 _ANSWER_COLS = (
     "event_id, user_id, answer, answered_at, seq, source, source_event_id, room_id, display_name, "
     "department, job_title, phone"
@@ -378,7 +470,12 @@ def _event(row: Sequence[Any]) -> Event:
         cancelled=bool(row[12]),
         sequence=row[13],
         timezone=row[14],
+        checkin_closed=bool(row[15]),
     )
+
+
+def _invitee(row: Sequence[Any]) -> Invitee:
+    return Invitee(EventID(row[0]), UserID(row[1]), bool(row[2]), row[3], _dt1(row[4]), _dt(row[5]))
 
 
 def _answer(row: Sequence[Any]) -> Rsvp:
@@ -674,6 +771,40 @@ class Store:
             "SELECT poll_event_id, sender FROM poll_votes WHERE matrix_event_id = ?", (matrix_event_id,)
         )
         return (MatrixEventID(rows[0][0]), UserID(rows[0][1])) if rows else None
+
+    async def invitees(self, eid: EventID) -> list[Invitee]:
+        rows = await self._rows(
+            f"SELECT {_INVITEE_COLS} FROM invitees WHERE event_id = ? ORDER BY invited_at, user_id", (eid,)
+        )
+        return [_invitee(r) for r in rows]
+
+    async def checkins(self, eid: EventID) -> list[Checkin]:
+        rows = await self._rows(
+            "SELECT event_id, user_id, at, by_user, display_name FROM checkins WHERE event_id = ? "
+            "ORDER BY at, user_id",
+            (eid,),
+        )
+        return [Checkin(EventID(r[0]), UserID(r[1]), _dt1(r[2]), UserID(r[3]), r[4]) for r in rows]
+
+    async def invited_events(self, now: datetime) -> list[Event]:
+        """Events not cancelled and not started that have invitees (the automatic nudge looks at these)."""
+        rows = await self._rows(
+            f"SELECT {_EVENT_COLS} FROM events WHERE cancelled = 0 AND starts_at > ? "
+            "AND id IN (SELECT event_id FROM invitees) ORDER BY starts_at, id",
+            (_ms(now),),
+        )
+        return [_event(r) for r in rows]
+
+    async def upcoming_for(self, user: UserID, now: datetime) -> list[Event]:
+        """Events not cancelled and not started that ``user`` is invited to or answered, in any room."""
+        rows = await self._rows(
+            f"""SELECT {_EVENT_COLS} FROM events WHERE cancelled = 0 AND starts_at > ?
+                AND (id IN (SELECT event_id FROM invitees WHERE user_id = ?)
+                     OR id IN (SELECT event_id FROM answers WHERE user_id = ?))
+                ORDER BY starts_at, id""",
+            (_ms(now), user, user),
+        )
+        return [_event(r) for r in rows]
 
     async def get_value(self, key: str) -> str | None:
         rows = await self._rows("SELECT value FROM kv WHERE key = ?", (key,))

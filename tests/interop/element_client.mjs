@@ -7,7 +7,10 @@
 //   2. decrypts the bot's poll, votes "not going" in it, reacts ❔ to the announcement, sends "!going ID",
 //      and decrypts the bot's reply (which must say which of the two answers counts)
 //   3. prints {"step": "going", ...}; the test moves the bot's clock to the reminder, and the bot writes
-//   4. joins the direct chat the bot opens, decrypts the reminder, prints {"step": "done", ...}
+//   4. joins the direct chat the bot opens, decrypts the reminder, prints {"step": "done", ...}; the test's
+//      moderator then invites this person by Matrix id to an event for invitees only
+//   5. decrypts the invitation in the direct chat, taps ✅ under it (a reaction, encrypted like everything
+//      in that chat), prints {"step": "invited", ...}
 
 import * as sdk from "matrix-js-sdk";
 import { logger } from "matrix-js-sdk/lib/logger.js";
@@ -86,5 +89,29 @@ const reminder = await waitFor(
     (ev) => fromBot(ev) && ev.getRoomId() !== roomId && body(ev).includes("Reminder"),
 );
 out({ step: "done", reminder: body(reminder), encrypted: reminder.isEncrypted(), room: reminder.getRoomId() });
+
+const invitation = await waitFor(
+    "invitation",
+    (ev) => fromBot(ev) && ev.getRoomId() !== roomId && body(ev).includes("You are invited"),
+);
+// The bot's own ✅ is there to tap; tapping it in Element sends this.
+const offered = await waitFor(
+    "the bot's reactions",
+    (ev) => fromBot(ev) && ev.getType() === "m.reaction" && ev.getContent()?.["m.relates_to"]?.event_id === invitation.getId(),
+    invitation.getRoomId(),
+);
+const tap = await client.sendEvent(invitation.getRoomId(), "m.reaction", {
+    "m.relates_to": { rel_type: "m.annotation", event_id: invitation.getId(), key: "✅" },
+});
+const dmRoom = client.getRoom(invitation.getRoomId());
+out({
+    step: "invited",
+    invitation: body(invitation),
+    encrypted: invitation.isEncrypted(),
+    room: invitation.getRoomId(),
+    offered: offered.getContent()["m.relates_to"].key,
+    roomEncrypted: Boolean(dmRoom?.hasEncryptionStateEvent()),
+    tap: tap.event_id,
+});
 client.stopClient();
 process.exit(0);
