@@ -178,7 +178,8 @@ def create_room_body(a: CreateRoom, *, server: str, parent_room_id: str | None) 
     space = a.room_kind == "space"
     initial: list[dict[str, Any]] = [
         {"type": MARKER_TYPE, "state_key": "",
-         "content": {"kind": a.room_kind, "unit": a.unit_key, "shard": a.shard, "version": 1}},
+         "content": {"kind": a.room_kind, "unit": a.unit_key, "shard": a.shard, "version": 1,
+                     "raised": dict(a.raised)}},
         # Public only until the initial joins are done (one event per join); closed right after.
         {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "public"}},
         {"type": "m.room.history_visibility", "state_key": "",
@@ -339,6 +340,14 @@ class Executor:
             return True
         return not any(e.type == "m.room.create" for e in state)
 
+    async def _record_raised(self, room_id: str, raised: Mapping[str, int]) -> None:
+        """Write the levels the provisioner gave into the room's marker, keeping what else it says."""
+        marker = dict(await self._marker(room_id) or {})
+        if marker.get("raised") == dict(raised):
+            return
+        marker["raised"] = dict(raised)
+        await self.client.send_state(room_id, MARKER_TYPE, "", marker)
+
     async def _marker(self, room_id: str) -> Mapping[str, Any] | None:
         try:
             return await self.client.get_state(room_id, MARKER_TYPE, "")
@@ -353,13 +362,22 @@ class Executor:
             await self.client.send_state(room_id, "m.room.topic", "", {"topic": a.topic})
         if a.alias is not None:
             await self._move_alias(room_id, f"#{a.alias}:{self.server}")
+        if a.raised is not None:
+            # Recorded before a raise and after a lowering: a run killed in between leaves the record
+            # covering every level the provisioner gave, so it never takes a hand-set level for its own.
+            await self._record_raised(room_id, {**dict(a.raised), **dict(a.lowered)})
         if a.power_users is not None:
             current = dict(await self.client.get_state(room_id, "m.room.power_levels", "") or {})
             raw_users = current.get("users")
             users: dict[str, Any] = dict(raw_users) if isinstance(raw_users, dict) else {}
+            for u, level in a.lowered:
+                if users.get(u) == level:  # changed by hand since the plan: left as it is
+                    del users[u]
             users.update(dict(a.power_users))
             current["users"] = users
             await self.client.send_state(room_id, "m.room.power_levels", "", current)
+        if a.raised is not None and a.lowered:
+            await self._record_raised(room_id, dict(a.raised))
         if a.join_rule is not None:
             await self.client.send_state(room_id, "m.room.join_rules", "", {"join_rule": a.join_rule})
         if a.history_visibility is not None:

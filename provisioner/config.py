@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import yaml
 
+from bridge.matrix.contract import ModeratorLevelError, moderator_level
 from bridge.matrix.secrets import SecretError, read_secret
 from bridge.search.config import SearchConfigError, index_path
 from provisioner.core.policy import AttributeMap, DepartmentFrom, DirectoryPolicy, LayoutPolicy
@@ -479,7 +480,7 @@ def _homeserver(r: _Reader, *, token_required: bool) -> HomeserverConfig:
     )
 
 
-def _layout(r: _Reader, server_name: str) -> LayoutConfig:
+def _layout(r: _Reader, server_name: str, moderator: int) -> LayoutConfig:
     r.check_known(
         {"max_room_size", "org_name", "alias_prefix", "head_title_pattern", "room_encryption",
          "moderator_power_level", "room_version", "space_members"}
@@ -505,7 +506,7 @@ def _layout(r: _Reader, server_name: str) -> LayoutConfig:
         alias_prefix=prefix,
         head_title_pattern=pattern,
         room_encryption=r.bool_("room_encryption", True),
-        moderator_power_level=r.int_("moderator_power_level", 50, 1, 99),
+        moderator_power_level=moderator,
         room_version=version,
         space_members=r.choice("space_members", "tree", ("tree", "unit")),
     )
@@ -579,7 +580,11 @@ def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = N
             raise ConfigError(f"is not a Matrix user ID like @admin:{hs.server_name}: {item!r}", path,
                               f"exclude[{i}]")  # fmt: skip
         exclude.add(item)
-    layout = _layout(root.section("layout"), hs.server_name)
+    try:
+        moderator = moderator_level(root.data)
+    except ModeratorLevelError as e:
+        raise ConfigError(e.message, path, e.key) from None
+    layout = _layout(root.section("layout"), hs.server_name, moderator)
     bot = root.data.get("bot")
     if isinstance(bot, dict) and bot.get("user_id") and layout.max_room_size < 3:
         raise ConfigError(

@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 REGISTRY_SHARDS = 64
 # Bumped when what the cache holds per room changes, so an older cache is read as no cache:
 # 2 added the room version, 3 the history visibility (a cache without it would hide world-readable rooms
-# from the sync that closes them). Branches that each took 2 for one of them meet at 3.
-CACHE_VERSION = 3
+# from the sync that closes them). Branches that each took 2 for one of them meet at 3. 4 added the levels the
+# provisioner raised (the marker's record) and what a room is for.
+CACHE_VERSION = 4
 
 
 def registry_shard(anchor: str) -> int:
@@ -65,6 +66,12 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     join_rule = by_type.get(("m.room.join_rules", ""), {}).get("join_rule")
     visibility = by_type.get(("m.room.history_visibility", ""), {}).get("history_visibility")
     version = by_type.get(("m.room.create", ""), {}).get("room_version", "1")
+    raised_raw = marker.get("raised")
+    raised = (
+        {str(u): int(v) for u, v in raised_raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if isinstance(raised_raw, dict)
+        else None
+    )
     return ObservedRoom(
         room_id=room_id,
         kind=kind,
@@ -78,6 +85,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
         children=children,
         history_visibility=visibility if isinstance(visibility, str) else None,
         room_version=str(version),
+        raised=raised,
     )
 
 
@@ -120,6 +128,7 @@ def _room_to_json(room: ObservedRoom) -> dict[str, Any]:
         "alias": room.alias, "join_rule": room.join_rule, "power_users": dict(room.power_users),
         "members": sorted(room.members), "children": sorted(room.children),
         "history_visibility": room.history_visibility, "room_version": room.room_version,
+        "raised": dict(room.raised) if room.raised is not None else None, "purpose": room.purpose,
     }  # fmt: skip
 
 
@@ -130,6 +139,7 @@ def _room_from_json(d: dict[str, Any]) -> ObservedRoom:
         power_users={str(k): int(v) for k, v in d["power_users"].items()},
         members=frozenset(d["members"]), children=frozenset(d["children"]),
         history_visibility=d.get("history_visibility"), room_version=d["room_version"],
+        raised=d["raised"], purpose=d["purpose"],
     )  # fmt: skip
 
 
