@@ -149,12 +149,22 @@ class AuditLog:
             self._fh = None
 
 
-def power_levels_content(users: Iterable[tuple[str, int]], *, space: bool) -> dict[str, Any]:
-    """Only the provisioner (100) may change what the sync manages; heads (50) moderate."""
+# What a reader of an announcement channel may still send: answers to the bot's polls, reactions (one way
+# to answer), and taking either back.
+READER_EVENTS = ("m.reaction", "m.poll.response", "org.matrix.msc3381.poll.response", "m.room.redaction")
+
+
+def power_levels_content(
+    users: Iterable[tuple[str, int]], *, space: bool, post_level: int | None = None
+) -> dict[str, Any]:
+    """Only the provisioner (100) may change what the sync manages; heads (50) moderate. With
+    ``post_level`` (announcement channels) only those at that level post; everyone may still answer."""
+    events_default = 100 if space else (post_level or 0)
+    readers = dict.fromkeys(READER_EVENTS, 0) if post_level else {}
     return {
         "users": dict(users),
         "users_default": 0,
-        "events_default": 100 if space else 0,
+        "events_default": events_default,
         "state_default": 50,
         "invite": 50,
         "kick": 50,
@@ -164,7 +174,7 @@ def power_levels_content(users: Iterable[tuple[str, int]], *, space: bool) -> di
             "m.room.name": 100, "m.room.topic": 100, "m.room.avatar": 50, "m.room.canonical_alias": 100,
             "m.room.power_levels": 100, "m.room.history_visibility": 100, "m.room.encryption": 100,
             "m.room.join_rules": 100, "m.room.tombstone": 100, "m.room.server_acl": 100,
-            "m.space.child": 100, "m.space.parent": 100, MARKER_TYPE: 100,
+            "m.space.child": 100, "m.space.parent": 100, MARKER_TYPE: 100, **readers,
         },
     }  # fmt: skip
 
@@ -178,8 +188,8 @@ def create_room_body(a: CreateRoom, *, server: str, parent_room_id: str | None) 
     space = a.room_kind == "space"
     initial: list[dict[str, Any]] = [
         {"type": MARKER_TYPE, "state_key": "",
-         "content": {"kind": a.room_kind, "unit": a.unit_key, "shard": a.shard, "version": 1,
-                     "raised": dict(a.raised)}},
+         "content": {"kind": a.purpose if a.purpose != "unit" else a.room_kind, "unit": a.unit_key,
+                     "shard": a.shard, "version": 1, "raised": dict(a.raised)}},
         # Public only until the initial joins are done (one event per join); closed right after.
         {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "public"}},
         {"type": "m.room.history_visibility", "state_key": "",
@@ -204,7 +214,9 @@ def create_room_body(a: CreateRoom, *, server: str, parent_room_id: str | None) 
         "preset": "public_chat",  # not private_chat: that would turn on E2EE by server default in spaces
         "visibility": "private",  # never listed in the room directory
         "room_alias_name": a.alias,
-        "power_level_content_override": power_levels_content(a.power_users, space=space),
+        "power_level_content_override": power_levels_content(
+            a.power_users, space=space, post_level=a.post_level
+        ),
         "initial_state": initial,
     }
     if space:

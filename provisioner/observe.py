@@ -22,6 +22,7 @@ from bridge.matrix.client import HomeserverClient, RoomSummary, StateEvent
 from bridge.matrix.contract import MARKER_TYPE, META_TYPE, PROFILE_KEYS, REGISTRY_TYPE
 from bridge.matrix.errors import MNotFound
 from provisioner.core.actions import RoomKind
+from provisioner.core.layout import ANNOUNCE_PREFIX
 from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, RegistryEntry
 
 log = logging.getLogger(__name__)
@@ -48,9 +49,12 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     if not marker or not isinstance(marker.get("unit"), str):
         return None
     kind: RoomKind = "space" if marker.get("kind") == "space" else "room"
+    purpose = str(marker["kind"]) if marker.get("kind") in ("group", "announcements") else "unit"
     unit = str(marker["unit"])
     shard = marker.get("shard")
     key = unit if kind == "space" else f"{unit}#{shard if isinstance(shard, int) else 1}"
+    if purpose == "announcements":
+        key = ANNOUNCE_PREFIX + unit
     pl = by_type.get(("m.room.power_levels", ""), {})
     users_pl = pl.get("users") if isinstance(pl.get("users"), dict) else {}
     assert isinstance(users_pl, dict)
@@ -86,6 +90,7 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
         history_visibility=visibility if isinstance(visibility, str) else None,
         room_version=str(version),
         raised=raised,
+        purpose=purpose,
     )
 
 

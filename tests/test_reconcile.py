@@ -140,6 +140,7 @@ def simulate(plan: Plan, observed: Observed, now: float = 1000.0) -> Observed:
                     frozenset({PROV}),
                     frozenset(),
                     raised=dict(a.raised),
+                    purpose=a.purpose,
                 )
             case UpdateRoom():
                 r = rooms[a.key]

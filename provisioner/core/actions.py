@@ -77,6 +77,9 @@ class CreateRoom:
     room_version: str | None = None  # layout.room_version; None: the server's default
     # The levels given to people (the provisioner's own excluded), recorded in the marker: see UpdateRoom.
     raised: tuple[tuple[str, int], ...] = ()
+    purpose: str = "unit"  # the marker's kind for rooms: "unit" rooms say "room"; "group", "announcements"
+    # Announcement channels: the level needed to post (heads, moderators, the bot); None: anyone may.
+    post_level: int | None = None
 
 
 # Every managed room and space: members read its history, nobody without a token reads anything

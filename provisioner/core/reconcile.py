@@ -55,7 +55,7 @@ from provisioner.core.actions import (
 )
 from provisioner.core.desired import Desired
 from provisioner.core.identity import base_localpart
-from provisioner.core.layout import RoomPlan, SpacePlan
+from provisioner.core.layout import GROUP_PREFIX, RoomPlan, SpacePlan
 from provisioner.core.model import DirectorySnapshot, Person
 
 PROFILE_FIELDS = ("title", "department", "phone", "email")
@@ -182,6 +182,8 @@ def fingerprint(snapshot: DirectorySnapshot, observed: Observed) -> str:
     for p in sorted(snapshot.people, key=lambda p: p.anchor):
         h.update(repr((p.anchor, p.login, p.display_name, p.unit_key, p.disabled, profile_of(p))).encode())
     h.update(repr((snapshot.complete, len(snapshot.units))).encode())
+    for g in snapshot.groups:
+        h.update(repr((g.key, g.name, g.rules, g.members)).encode())
     for uid in sorted(observed.users):
         u = observed.users[uid]
         h.update(repr((uid, u.displayname, u.locked, u.deactivated, u.admin)).encode())
@@ -427,6 +429,22 @@ class _Target:
         return {u: lvl for u, lvl in self.power if u != provisioner}
 
 
+def previous_placements(observed: Observed) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Who sits where now: user ID → their department room's key, and a group room's base key → user ID →
+    shard, so that the layout keeps everyone where they are (layout rule 3)."""
+    units: dict[str, str] = {}
+    groups: dict[str, dict[str, int]] = defaultdict(dict)
+    for key, room in observed.rooms.items():
+        if room.kind != "room":
+            continue
+        if room.purpose == "unit":
+            units.update(dict.fromkeys(room.members, key))
+        elif room.purpose == "group" and key.startswith(GROUP_PREFIX):
+            base, _, shard = key.rpartition("#")
+            groups[base].update(dict.fromkeys(room.members, int(shard) if shard.isdigit() else 1))
+    return units, dict(groups)
+
+
 def _creator_listed(policy: SyncPolicy, room: ObservedRoom | None) -> bool:
     """Whether the provisioner (the creator) belongs in ``power_levels.users``: by the room's own version."""
     if room is not None and room.room_version is not None:
@@ -443,6 +461,12 @@ def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
     for m in plan.moderators:
         if m in members:
             users.setdefault(m, policy.moderator_level)
+    for m, level in plan.levels:
+        if m in members and m != policy.provisioner:
+            users[m] = max(users.get(m, 0), level)
+    announcements = isinstance(plan, RoomPlan) and plan.purpose == "announcements"
+    if announcements and policy.bot:
+        users[policy.bot] = policy.moderator_level  # the bot posts the unit's events there
     # The bot sits in every room, and in every space people join (not in spaces only linked into the tree):
     # it finds a unit's rooms by reading the spaces' state, and spaces are members-only (nothing readable
     # without joining), so a space it is not in is a unit it cannot announce to. In tree mode the top space
@@ -452,7 +476,7 @@ def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
     power, wanted = tuple(sorted(users.items())), frozenset(members)
     if isinstance(plan, SpacePlan):
         return _Target(plan.unit_key, kind, plan, plan.parent_key, power, wanted)
-    return _Target(plan.key, kind, plan, plan.unit_key, power, wanted)
+    return _Target(plan.key, kind, plan, plan.parent, power, wanted)
 
 
 def _rooms(s: _Scope, out: _Builder) -> None:
@@ -462,7 +486,7 @@ def _rooms(s: _Scope, out: _Builder) -> None:
         for child in space.children:
             linked_from[child].add(space.key)
     targets = [_target(s, "space", p) for p in s.desired.layout.spaces]
-    targets += [_target(s, "room", p) for p in s.desired.layout.rooms]
+    targets += [_target(s, "room", p) for p in s.desired.layout.all_rooms]
     for t in targets:
         obs_room = s.observed.rooms.get(t.key)
         if obs_room is None:
@@ -481,6 +505,9 @@ def _new_room(s: _Scope, out: _Builder, t: _Target) -> None:
             name=p.name, alias=p.alias, topic=p.topic, parent_key=t.parent_key, power_users=t.power,
             encrypted=s.policy.encrypted and t.kind == "room", room_version=s.policy.room_version,
             raised=tuple(sorted(t.granted(s.policy.provisioner).items())),
+            purpose=p.purpose if isinstance(p, RoomPlan) else "unit",
+            post_level=s.policy.moderator_level if isinstance(p, RoomPlan) and p.purpose == "announcements"
+            else None,
         )
     )  # fmt: skip
     if t.parent_key is not None:
@@ -581,15 +608,20 @@ def _room_links(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom, li
 def _room_members(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
     """Missing members joined; managed accounts that no longer belong kicked (rule 2)."""
     out.joins.extend(Join(t.key, t.kind, m) for m in sorted(t.members - obs_room.members))
+    purpose = t.plan.purpose if isinstance(t.plan, RoomPlan) else "unit"
     for m in sorted((obs_room.members - t.members) & s.managed):
-        cause = "left or disabled" if m not in s.in_layout else "moved to another room"
+        cause = "left or disabled" if m not in s.in_layout else _MOVED[purpose]
         out.kick(s, Kick(t.key, t.kind, m, cause))
+
+
+_MOVED = {"unit": "moved to another room", "group": "no longer in the group",
+          "announcements": "no longer in the unit"}  # fmt: skip
 
 
 def _removed_rooms(s: _Scope, out: _Builder) -> None:
     """Managed rooms the layout no longer has (unit gone, shard emptied): emptied, unlinked, history kept."""
     layout = s.desired.layout
-    desired_keys = {sp.unit_key for sp in layout.spaces} | {r.key for r in layout.rooms}
+    desired_keys = {sp.unit_key for sp in layout.spaces} | {r.key for r in layout.all_rooms}
     for key, obs_room in sorted(s.observed.rooms.items()):
         if key in desired_keys:
             continue
