@@ -16,7 +16,8 @@ frozen :class:`~bridge.bot.config.BotConfig`. Errors name the file and the dotte
 * ``store``: SQLite file path (default ``civmatrix-bot.db``) or a PostgreSQL DSN (``postgresql://...``).
 * ``crypto_store_dir``: where the end-to-end keys live (default ``bot-crypto``); back it up with the store.
 * ``timezone``: the organisation's zone for dates people type (default ``Europe/Moscow``).
-* ``moderator_level``: power level needed to create, edit and cancel events (default 50).
+* ``moderator_level``: the older name of ``layout.moderator_power_level``, the level that creates, edits and
+  cancels events (default 50); when both are set they must agree.
 * ``reminder_offsets``: list like ``["24h", "1h"]`` (units ``d``, ``h``, ``m``, ``s``; default 24h and 1h).
 * ``remind_maybe``: also remind people who answered "maybe" (default false).
 * ``nudge_before``: when the automatic nudge reaches required invitees without an answer, before the deadline
@@ -45,6 +46,7 @@ from bridge.bot.app import open_bot
 from bridge.bot.config import TOKEN_ENV, BotConfig
 from bridge.events.reminders import DEFAULT_OFFSETS
 from bridge.events.store import LAST_SYNC_KEY, open_store
+from bridge.matrix.contract import ModeratorLevelError, moderator_level
 from bridge.matrix.secrets import SecretError, read_secret
 from bridge.search.config import SearchConfigError, index_path
 
@@ -129,9 +131,10 @@ def parse_config(raw: Mapping[str, Any], path: str, *, env: Mapping[str, str] | 
         raise err(
             f"unknown time zone {tz_name!r} (use an IANA name like Europe/Moscow)", "bot.timezone"
         ) from None
-    level = bot.get("moderator_level", 50)
-    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 100:
-        raise err("must be a whole number from 0 to 100", "bot.moderator_level")
+    try:
+        level = moderator_level(raw)  # layout.moderator_power_level, or its older name bot.moderator_level
+    except ModeratorLevelError as e:
+        raise err(e.message, e.key) from None
     offsets_raw = bot.get("reminder_offsets")
     offsets: tuple[timedelta, ...] = DEFAULT_OFFSETS
     if offsets_raw is not None:

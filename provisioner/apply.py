@@ -149,12 +149,22 @@ class AuditLog:
             self._fh = None
 
 
-def power_levels_content(users: Iterable[tuple[str, int]], *, space: bool) -> dict[str, Any]:
-    """Only the provisioner (100) may change what the sync manages; heads (50) moderate."""
+# What a reader of an announcement channel may still send: answers to the bot's polls, reactions (one way
+# to answer), and taking either back.
+READER_EVENTS = ("m.reaction", "m.poll.response", "org.matrix.msc3381.poll.response", "m.room.redaction")
+
+
+def power_levels_content(
+    users: Iterable[tuple[str, int]], *, space: bool, post_level: int | None = None
+) -> dict[str, Any]:
+    """Only the provisioner (100) may change what the sync manages; heads (50) moderate. With
+    ``post_level`` (announcement channels) only those at that level post; everyone may still answer."""
+    events_default = 100 if space else (post_level or 0)
+    readers = dict.fromkeys(READER_EVENTS, 0) if post_level else {}
     return {
         "users": dict(users),
         "users_default": 0,
-        "events_default": 100 if space else 0,
+        "events_default": events_default,
         "state_default": 50,
         "invite": 50,
         "kick": 50,
@@ -164,7 +174,7 @@ def power_levels_content(users: Iterable[tuple[str, int]], *, space: bool) -> di
             "m.room.name": 100, "m.room.topic": 100, "m.room.avatar": 50, "m.room.canonical_alias": 100,
             "m.room.power_levels": 100, "m.room.history_visibility": 100, "m.room.encryption": 100,
             "m.room.join_rules": 100, "m.room.tombstone": 100, "m.room.server_acl": 100,
-            "m.space.child": 100, "m.space.parent": 100, MARKER_TYPE: 100,
+            "m.space.child": 100, "m.space.parent": 100, MARKER_TYPE: 100, **readers,
         },
     }  # fmt: skip
 
@@ -178,7 +188,8 @@ def create_room_body(a: CreateRoom, *, server: str, parent_room_id: str | None) 
     space = a.room_kind == "space"
     initial: list[dict[str, Any]] = [
         {"type": MARKER_TYPE, "state_key": "",
-         "content": {"kind": a.room_kind, "unit": a.unit_key, "shard": a.shard, "version": 1}},
+         "content": {"kind": a.purpose if a.purpose != "unit" else a.room_kind, "unit": a.unit_key,
+                     "shard": a.shard, "version": 1, "raised": dict(a.raised)}},
         # Public only until the initial joins are done (one event per join); closed right after.
         {"type": "m.room.join_rules", "state_key": "", "content": {"join_rule": "public"}},
         {"type": "m.room.history_visibility", "state_key": "",
@@ -203,7 +214,9 @@ def create_room_body(a: CreateRoom, *, server: str, parent_room_id: str | None) 
         "preset": "public_chat",  # not private_chat: that would turn on E2EE by server default in spaces
         "visibility": "private",  # never listed in the room directory
         "room_alias_name": a.alias,
-        "power_level_content_override": power_levels_content(a.power_users, space=space),
+        "power_level_content_override": power_levels_content(
+            a.power_users, space=space, post_level=a.post_level
+        ),
         "initial_state": initial,
     }
     if space:
@@ -339,6 +352,14 @@ class Executor:
             return True
         return not any(e.type == "m.room.create" for e in state)
 
+    async def _record_raised(self, room_id: str, raised: Mapping[str, int]) -> None:
+        """Write the levels the provisioner gave into the room's marker, keeping what else it says."""
+        marker = dict(await self._marker(room_id) or {})
+        if marker.get("raised") == dict(raised):
+            return
+        marker["raised"] = dict(raised)
+        await self.client.send_state(room_id, MARKER_TYPE, "", marker)
+
     async def _marker(self, room_id: str) -> Mapping[str, Any] | None:
         try:
             return await self.client.get_state(room_id, MARKER_TYPE, "")
@@ -353,13 +374,22 @@ class Executor:
             await self.client.send_state(room_id, "m.room.topic", "", {"topic": a.topic})
         if a.alias is not None:
             await self._move_alias(room_id, f"#{a.alias}:{self.server}")
+        if a.raised is not None:
+            # Recorded before a raise and after a lowering: a run killed in between leaves the record
+            # covering every level the provisioner gave, so it never takes a hand-set level for its own.
+            await self._record_raised(room_id, {**dict(a.raised), **dict(a.lowered)})
         if a.power_users is not None:
             current = dict(await self.client.get_state(room_id, "m.room.power_levels", "") or {})
             raw_users = current.get("users")
             users: dict[str, Any] = dict(raw_users) if isinstance(raw_users, dict) else {}
+            for u, level in a.lowered:
+                if users.get(u) == level:  # changed by hand since the plan: left as it is
+                    del users[u]
             users.update(dict(a.power_users))
             current["users"] = users
             await self.client.send_state(room_id, "m.room.power_levels", "", current)
+        if a.raised is not None and a.lowered:
+            await self._record_raised(room_id, dict(a.raised))
         if a.join_rule is not None:
             await self.client.send_state(room_id, "m.room.join_rules", "", {"join_rule": a.join_rule})
         if a.history_visibility is not None:

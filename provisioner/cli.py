@@ -22,6 +22,7 @@ from provisioner.config import Config, ConfigError, effective_settings, load_con
 from provisioner.core.actions import Plan, action_from_dict, describe
 from provisioner.core.desired import Desired, desired_state
 from provisioner.core.directory import interpret
+from provisioner.core.groups import GroupError
 from provisioner.core.layout import Layout
 from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Unit
 from provisioner.core.reconcile import Observed, RemovalCheck
@@ -63,9 +64,11 @@ class Context:
 def read_snapshot(cfg: Config) -> DirectorySnapshot:
     try:
         result = asyncio.run(read_directory(cfg.directory))
+        return interpret(result, cfg.directory_policy(), skip_log=False)
+    except GroupError as e:  # a group the config names that the directory does not hold: fix the config
+        fail(f"{cfg.path}: {e}", exitcodes.CONFIG)
     except DirectoryError as e:
         fail(str(e), exitcodes.DIRECTORY)
-    return interpret(result, cfg.directory_policy(), skip_log=False)
 
 
 UNIT_HELP = (

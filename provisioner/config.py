@@ -7,6 +7,7 @@ operator can fix it without reading code. Secrets come only from ``*_file`` keys
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -16,9 +17,18 @@ from typing import Any, Literal
 
 import yaml
 
+from bridge.matrix.contract import ModeratorLevelError, moderator_level
 from bridge.matrix.secrets import SecretError, read_secret
 from bridge.search.config import SearchConfigError, index_path
-from provisioner.core.policy import AttributeMap, DepartmentFrom, DirectoryPolicy, LayoutPolicy
+from provisioner.core.policy import (
+    AnnouncementPolicy,
+    AttributeMap,
+    DepartmentFrom,
+    DirectoryPolicy,
+    GroupPolicy,
+    GroupRule,
+    LayoutPolicy,
+)
 from provisioner.ldap_common import is_filter
 
 Preset = Literal["openldap", "active_directory"]
@@ -62,6 +72,37 @@ class DirectoryConfig:
     # Subtrees out of scope, and containers of leavers (see provisioner.core.directory.Scope).
     exclude: tuple[str, ...] = ()
     leavers: tuple[str, ...] = ()
+    # The groups: section, here because the directory read is what reads them.
+    groups: GroupsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GroupSelector:
+    """One ``groups.map`` entry: which groups (a DN, or a filter under a base) and what they give."""
+
+    key: str  # "groups.map[0]", for messages
+    dn: str | None
+    base: str | None
+    filter: str | None
+    rule: GroupRule
+
+
+@dataclass(frozen=True, slots=True)
+class GroupsConfig:
+    object_filter: str  # what a group is
+    name_attribute: str
+    member_attributes: tuple[str, ...]
+    nesting: str  # client | server | none
+    max_depth: int
+    cycles: str  # report | error
+    selectors: tuple[GroupSelector, ...]
+
+    def policy(self, anchor: str) -> GroupPolicy:
+        named = tuple(u for s in self.selectors for u in (s.rule.units or ()))
+        return GroupPolicy(
+            anchor=anchor, name_attribute=self.name_attribute, member_attributes=self.member_attributes,
+            nesting=self.nesting, max_depth=self.max_depth, cycles=self.cycles, named_units=named,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +124,7 @@ class LayoutConfig:
     space_members: str = "tree"
     # Units live so far (names, paths, DNs or keys, each with the units below it); None: the whole directory.
     onboarded_units: tuple[str, ...] | None = None
+    announcements: AnnouncementPolicy | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +183,7 @@ class Config:
             department_separator=d.department_separator,
             exclude=d.exclude,
             leavers=d.leavers,
+            groups=d.groups.policy(d.attributes.anchor) if d.groups else None,
         )
 
     def layout_policy(self) -> LayoutPolicy:
@@ -154,6 +197,11 @@ class Config:
             # The provisioner, and the bot if there is one, stay in every managed room.
             reserved_seats=2 if self.bot_user_id else 1,
             space_members=self.layout.space_members,
+            group_rules=tuple(s.rule for s in self.directory.groups.selectors)
+            if self.directory.groups
+            else (),
+            announcements=self.layout.announcements,
+            moderator_level=self.layout.moderator_power_level,
         )
 
 
@@ -256,6 +304,7 @@ _TOP_KEYS = {
     "demo",
     "watch",
     "search",
+    "groups",
 }
 CHANGE_DETECTION = ("auto", "csn", "usn", "none")
 _USER_ID = re.compile(r"^@[a-z0-9._=\-/+]+:[A-Za-z0-9.\-:\[\]]+$")
@@ -481,10 +530,10 @@ def _homeserver(r: _Reader, *, token_required: bool) -> HomeserverConfig:
     )
 
 
-def _layout(r: _Reader, server_name: str) -> LayoutConfig:
+def _layout(r: _Reader, server_name: str, moderator: int) -> LayoutConfig:
     r.check_known(
         {"max_room_size", "org_name", "alias_prefix", "head_title_pattern", "room_encryption",
-         "moderator_power_level", "room_version", "space_members", "onboarded_units"}
+         "moderator_power_level", "room_version", "space_members", "onboarded_units", "announcements"}
     )  # fmt: skip
     version = r.opt_str("room_version", DEFAULT_ROOM_VERSION)
     if version is not None and not re.fullmatch(r"[0-9a-z][0-9a-z.\-]*", version):
@@ -507,10 +556,11 @@ def _layout(r: _Reader, server_name: str) -> LayoutConfig:
         alias_prefix=prefix,
         head_title_pattern=pattern,
         room_encryption=r.bool_("room_encryption", True),
-        moderator_power_level=r.int_("moderator_power_level", 50, 1, 99),
+        moderator_power_level=moderator,
         room_version=version,
         space_members=r.choice("space_members", "tree", ("tree", "unit")),
         onboarded_units=_onboarded(r),
+        announcements=_announcements(r.section("announcements")) if r.data.get("announcements") else None,
     )
 
 
@@ -528,6 +578,93 @@ def _onboarded(r: _Reader) -> tuple[str, ...] | None:
             raise r.fail("onboarded_units", f"item {i} must be a unit's name, path or DN, not {item!r}")
         out.append(item.strip())
     return tuple(out)
+
+
+def _announcements(r: _Reader) -> AnnouncementPolicy:
+    r.check_known({"units", "min_members", "max_members", "name_suffix"})
+    return AnnouncementPolicy(
+        units=r.choice("units", "top", ("top", "all")),
+        min_members=r.int_("min_members", 0, 0, 10_000_000),
+        max_members=r.int_("max_members", 10_000, 2, 100_000),
+        name_suffix=r.str_("name_suffix", "Объявления"),
+    )
+
+
+GROUP_OBJECTS = "(|(objectClass=groupOfNames)(objectClass=groupOfUniqueNames)(objectClass=group))"
+
+
+def _groups(r: _Reader, directory: DirectoryConfig, moderator: int) -> GroupsConfig:
+    """The groups: section; DNs are checked for form and place here, for existence by the read."""
+    r.check_known({"object_filter", "name_attribute", "member_attributes", "nesting", "max_depth", "cycles",
+                   "map"})  # fmt: skip
+    flt = r.str_("object_filter", GROUP_OBJECTS)
+    if not is_filter(flt):
+        raise r.fail("object_filter", f"is not an LDAP filter in parentheses: {flt!r}")
+    members = r.data.get("member_attributes", ["member", "uniqueMember"])
+    if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members):
+        raise r.fail("member_attributes", f"must be a list of attribute names, not {members!r}")
+    nesting_default = "server" if directory.preset == "active_directory" else "client"
+    raw_map = r.data.get("map")
+    if not isinstance(raw_map, list) or not raw_map:
+        raise r.fail("map", "must be a list of groups to map (each with dn, or base and/or filter)")
+    selectors = tuple(
+        _group_selector(_Reader(item, r.path, f"{r.key('map')}[{i}]", r.base_dir), i, directory, moderator)
+        for i, item in enumerate(raw_map)
+    )
+    return GroupsConfig(
+        object_filter=flt,
+        name_attribute=r.str_("name_attribute", "cn"),
+        member_attributes=tuple(m.lower() for m in members),
+        nesting=r.choice("nesting", nesting_default, ("client", "server", "none")),
+        max_depth=r.int_("max_depth", 8, 1, 100),
+        cycles=r.choice("cycles", "report", ("report", "error")),
+        selectors=selectors,
+    )
+
+
+def _group_selector(r: _Reader, index: int, directory: DirectoryConfig, moderator: int) -> GroupSelector:
+    from provisioner.core.dn import DNError, parse_dn, relative_to
+
+    r.check_known({"dn", "base", "filter", "room", "level", "units"})
+    dn, base, flt = r.opt_str("dn"), r.opt_str("base"), r.opt_str("filter")
+    if dn is not None and (base is not None or flt is not None):
+        raise r.fail("dn", "names one group: give either dn, or base and/or filter, not both")
+    if dn is None and base is None and flt is None:
+        raise r.fail(
+            "dn", "is missing: give the group's dn, or a base (every group under it) and/or a filter"
+        )
+    for name, value in (("dn", dn), ("base", base)):
+        if value is None:
+            continue
+        try:
+            inside = relative_to(parse_dn(value), parse_dn(directory.base_dn))
+        except DNError as e:
+            raise r.fail(name, f"is not a valid DN: {e}") from None
+        if inside is None:
+            raise r.fail(name, f"{value!r} is not under directory.base_dn {directory.base_dn!r}")
+    if flt is not None and not is_filter(flt):
+        raise r.fail("filter", f"is not an LDAP filter in parentheses: {flt!r}")
+    room = r.bool_("room", False)
+    level = r.data.get("level")
+    units_raw = r.data.get("units", "own")
+    if level is None and "units" not in r.data and not room:
+        raise r.fail("room", "the entry gives nothing: set room: true and/or level (with units)")
+    if level is not None:
+        level = r.int_("level", moderator, 1, 99)
+    elif "units" in r.data:
+        level = moderator
+    units: tuple[str, ...] | None
+    if units_raw == "own":
+        units = None
+    elif (
+        isinstance(units_raw, list) and units_raw and all(isinstance(u, str) and u.strip() for u in units_raw)
+    ):
+        units = tuple(u.strip() for u in units_raw)
+    else:
+        raise r.fail(
+            "units", f'must be own or a list of unit paths like ["Департамент транспорта"], not {units_raw!r}'
+        )
+    return GroupSelector(r.prefix, dn, base, flt, GroupRule(index, room, level, units))
 
 
 def _safety(r: _Reader) -> SafetyConfig:
@@ -598,7 +735,11 @@ def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = N
             raise ConfigError(f"is not a Matrix user ID like @admin:{hs.server_name}: {item!r}", path,
                               f"exclude[{i}]")  # fmt: skip
         exclude.add(item)
-    layout = _layout(root.section("layout"), hs.server_name)
+    try:
+        moderator = moderator_level(root.data)
+    except ModeratorLevelError as e:
+        raise ConfigError(e.message, path, e.key) from None
+    layout = _layout(root.section("layout"), hs.server_name, moderator)
     bot = root.data.get("bot")
     if isinstance(bot, dict) and bot.get("user_id") and layout.max_room_size < 3:
         raise ConfigError(
@@ -610,11 +751,15 @@ def parse_config(data: Any, path: str = "<config>", *, base_dir: Path | None = N
         search_index = index_path(root.data, path, base_dir=root.base_dir)
     except SearchConfigError as e:
         raise ConfigError(e.message, path, e.key) from None
+    directory = _directory(root.section("directory"))
+    if root.data.get("groups") is not None:
+        groups = _groups(root.section("groups"), directory, moderator)
+        directory = dataclasses.replace(directory, groups=groups)
     return Config(
         path=path,
         search_index=str(search_index) if search_index else None,
         homeserver=hs,
-        directory=_directory(root.section("directory")),
+        directory=directory,
         layout=layout,
         safety=_safety(root.section("safety")),
         sync=_sync(root.section("sync")),

@@ -11,15 +11,16 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import ldap3
 from ldap3.core import exceptions as lex
 
-from provisioner.config import DirectoryConfig
+from provisioner.config import DirectoryConfig, GroupsConfig
 from provisioner.core.directory import ReadResult
+from provisioner.core.groups import GroupError, GroupRead, member_dns, norm
 from provisioner.core.model import RawEntry
 from provisioner.ldap_common import (
     BINARY_ANCHORS,
@@ -29,6 +30,7 @@ from provisioner.ldap_common import (
     LDAP_SIZELIMIT_EXCEEDED,
     LDAP_TIMELIMIT_EXCEEDED,
     decode_value,
+    escape_value,
     person_filter,
 )
 
@@ -172,8 +174,13 @@ class _Ldap3Backend:
             desc = self.conn.result.get("description")
             raise DirectoryConfigError(f"cannot read base DN {self.cfg.base_dn!r}: {desc} ({code})")
 
-    def paged(self, flt: str, attributes: Sequence[str]) -> Iterator[_Page]:
-        """Yield pages; the last page carries the reason the read stopped early, if it did."""
+    def paged(
+        self, flt: str, attributes: Sequence[str], base: str | None = None, *, one: bool = False
+    ) -> Iterator[_Page]:
+        """Yield pages; the last page carries the reason the read stopped early, if it did.
+
+        ``base``: search there instead of the base DN; ``one``: that entry only, and none if it is missing.
+        """
         assert self.conn is not None
         conn = self.conn
         cookie: Any = None
@@ -182,9 +189,9 @@ class _Ldap3Backend:
         while True:
             try:
                 conn.search(
-                    self.cfg.base_dn,
+                    base or self.cfg.base_dn,
                     flt,
-                    ldap3.SUBTREE,
+                    ldap3.BASE if one else ldap3.SUBTREE,
                     attributes=list(attributes),
                     paged_size=self.cfg.page_size,
                     paged_cookie=cookie,
@@ -203,7 +210,8 @@ class _Ldap3Backend:
                 attrs: dict[str, tuple[str, ...]] = {}
                 for k, vals in raw.items():
                     name = k.lower()
-                    if name in wanted and vals:
+                    # "member;range=0-1499" is kept: a partial member list must be seen as partial.
+                    if (name in wanted or name.split(";", 1)[0] in wanted) and vals:
                         attrs[name] = tuple(decode_value(name, v) for v in vals)
                 entries.append(RawEntry(item["dn"], attrs))
             total += len(entries)
@@ -218,7 +226,12 @@ class _Ldap3Backend:
                 yield _Page(entries, f"an administrative limit stopped the read after {total} entries")
                 return
             if code == LDAP_NO_SUCH_OBJECT:
-                raise DirectoryConfigError(f"base DN {self.cfg.base_dn!r} does not exist in the directory")
+                if one:
+                    yield _Page([], None)
+                    return
+                raise DirectoryConfigError(
+                    f"base DN {base or self.cfg.base_dn!r} does not exist in the directory"
+                )
             if code not in (0, None):
                 desc = conn.result.get("description")
                 if total == 0 and code in (2, 53, 87):
@@ -290,7 +303,9 @@ class PythonLdapBackend:
                 self.conn.unbind_s()
             self.conn = None
 
-    def paged(self, flt: str, attributes: Sequence[str]) -> Iterator[_Page]:
+    def paged(
+        self, flt: str, attributes: Sequence[str], base: str | None = None, *, one: bool = False
+    ) -> Iterator[_Page]:
         import ldap
         from ldap.controls import SimplePagedResultsControl
 
@@ -301,14 +316,21 @@ class PythonLdapBackend:
         while True:
             try:
                 msgid = self.conn.search_ext(
-                    self.cfg.base_dn, ldap.SCOPE_SUBTREE, flt, wanted, serverctrls=[control]
+                    base or self.cfg.base_dn,
+                    ldap.SCOPE_BASE if one else ldap.SCOPE_SUBTREE,
+                    flt,
+                    wanted,
+                    serverctrls=[control],
                 )
                 _rtype, data, _msgid, controls = self.conn.result3(msgid)
             except ldap.FILTER_ERROR:
                 raise DirectoryConfigError(f"invalid LDAP filter {flt!r}") from None
             except ldap.NO_SUCH_OBJECT:
+                if one:
+                    yield _Page([], None)
+                    return
                 raise DirectoryConfigError(
-                    f"base DN {self.cfg.base_dn!r} does not exist in the directory"
+                    f"base DN {base or self.cfg.base_dn!r} does not exist in the directory"
                 ) from None
             except ldap.SIZELIMIT_EXCEEDED:
                 yield _Page([], f"the server's size limit stopped the read after {total} entries")
@@ -394,13 +416,17 @@ class DirectoryReader:
     def __exit__(self, *exc: object) -> None:
         self.backend.close()
 
-    def _paged(self, flt: str, attributes: Sequence[str]) -> Iterator[_Page]:
-        return self.backend.paged(flt, attributes)
+    def _paged(
+        self, flt: str, attributes: Sequence[str], base: str | None = None, *, one: bool = False
+    ) -> Iterator[_Page]:
+        return self.backend.paged(flt, attributes, base, one=one)
 
-    def search_all(self, flt: str, attributes: Sequence[str]) -> tuple[list[RawEntry], str | None]:
+    def search_all(
+        self, flt: str, attributes: Sequence[str], base: str | None = None, *, one: bool = False
+    ) -> tuple[list[RawEntry], str | None]:
         out: list[RawEntry] = []
         reason: str | None = None
-        for page in self._paged(flt, attributes):
+        for page in self._paged(flt, attributes, base, one=one):
             out.extend(page.entries)
             reason = page.stop_reason
         return out, reason
@@ -426,13 +452,100 @@ class DirectoryReader:
             if dis_reason:
                 # Not knowing who is disabled is as dangerous as not knowing who left: mark incomplete.
                 reason = f"reading disabled accounts: {dis_reason}"
+        groups = GroupRead()
+        if cfg.groups is not None and reason is None:
+            groups, reason = _GroupReader(self, cfg.groups, {norm(e.dn) for e in people}).read()
         return ReadResult(
             people=people,
             units=units,
             disabled_dns=frozenset(e.dn for e in disabled),
             complete=reason is None,
             stop_reason=reason,
+            groups=groups,
         )
+
+
+class _GroupReader:
+    """The groups the config maps, and (client nesting) the groups nested in them, level by level."""
+
+    def __init__(self, reader: DirectoryReader, cfg: GroupsConfig, person_dns: set[str]) -> None:
+        self.reader, self.cfg, self.person_dns = reader, cfg, person_dns
+        self.attributes = sorted({reader.cfg.attributes.anchor, cfg.name_attribute, *cfg.member_attributes})
+        self.entries: dict[str, RawEntry] = {}
+        self.reason: str | None = None
+
+    def _search(self, flt: str, base: str | None, *, one: bool = False) -> list[RawEntry]:
+        found, why = self.reader.search_all(flt, self.attributes, base, one=one)
+        if why and self.reason is None:
+            # Members not read are not members who left: the run holds its removals.
+            self.reason = f"reading groups: {why}"
+        return found
+
+    def read(self) -> tuple[GroupRead, str | None]:
+        selected: dict[str, list[int]] = {}
+        for sel in self.cfg.selectors:
+            if sel.dn is not None:
+                found = self._search(self.cfg.object_filter, sel.dn, one=True)
+                if not found:
+                    raise GroupError(
+                        f"{sel.key}.dn: {sel.dn} does not exist in the directory, or is not a group "
+                        f"(groups.object_filter {self.cfg.object_filter})"
+                    )
+            else:
+                flt = f"(&{self.cfg.object_filter}{sel.filter or ''})"
+                try:
+                    found = self._search(flt, sel.base)
+                except DirectoryConfigError as e:
+                    raise GroupError(f"{sel.key}: {e}") from None
+                if not found:
+                    log.warning("%s selects no group (%s under %s)", sel.key, flt, sel.base or "the base DN")
+            for group in found:
+                self.entries[norm(group.dn)] = group
+                selected.setdefault(norm(group.dn), []).append(sel.rule.index)
+        server = self._server_members(selected) if self.cfg.nesting == "server" else None
+        if self.cfg.nesting == "client":
+            self._nested()
+        read = GroupRead(
+            entries=tuple(self.entries.values()),
+            selected={dn: tuple(ix) for dn, ix in selected.items()},
+            server_members=server,
+        )
+        return read, self.reason
+
+    def _nested(self) -> None:
+        """Groups named as members, one level at a time, one level past max_depth so that the core sees
+        (and names) a nesting too deep rather than members silently missing."""
+        tried: set[str] = set(self.entries)
+        level = list(self.entries.values())
+        for _ in range(self.cfg.max_depth + 1):
+            wanted = {
+                norm(v): v
+                for e in level
+                for v in member_dns(e, self.cfg.member_attributes)
+                if norm(v) not in self.person_dns and norm(v) not in tried
+            }
+            tried |= set(wanted)
+            level = [
+                e for dn in sorted(wanted) for e in self._search(self.cfg.object_filter, wanted[dn], one=True)
+            ]
+            for e in level:
+                self.entries[norm(e.dn)] = e
+            if not level:
+                return
+
+    def _server_members(self, selected: Mapping[str, list[int]]) -> dict[str, tuple[str, ...]]:
+        """Every member of each mapped group, nested ones included, resolved by the server (Active
+        Directory's LDAP_MATCHING_RULE_IN_CHAIN): no member attribute is read, so no ranged reads either."""
+        people = self.reader.cfg.filter
+        out: dict[str, tuple[str, ...]] = {}
+        for dn in selected:
+            entry_dn = self.entries[dn].dn
+            flt = f"(&{people}(memberOf:1.2.840.113556.1.4.1941:={escape_value(entry_dn)}))"
+            found, why = self.reader.search_all(flt, ["1.1"])
+            if why and self.reason is None:
+                self.reason = f"reading the members of {entry_dn}: {why}"
+            out[dn] = tuple(e.dn for e in found)
+        return out
 
 
 def read_directory_sync(cfg: DirectoryConfig) -> ReadResult:

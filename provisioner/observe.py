@@ -22,6 +22,7 @@ from bridge.matrix.client import HomeserverClient, RoomSummary, StateEvent
 from bridge.matrix.contract import MARKER_TYPE, META_TYPE, PROFILE_KEYS, REGISTRY_TYPE
 from bridge.matrix.errors import MNotFound
 from provisioner.core.actions import RoomKind
+from provisioner.core.layout import ANNOUNCE_PREFIX
 from provisioner.core.reconcile import Observed, ObservedRoom, ObservedUser, RegistryEntry
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,9 @@ log = logging.getLogger(__name__)
 REGISTRY_SHARDS = 64
 # Bumped when what the cache holds per room changes, so an older cache is read as no cache:
 # 2 added the room version, 3 the history visibility (a cache without it would hide world-readable rooms
-# from the sync that closes them). Branches that each took 2 for one of them meet at 3.
-CACHE_VERSION = 3
+# from the sync that closes them). Branches that each took 2 for one of them meet at 3. 4 added the levels the
+# provisioner raised (the marker's record) and what a room is for.
+CACHE_VERSION = 4
 
 
 def registry_shard(anchor: str) -> int:
@@ -47,9 +49,12 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     if not marker or not isinstance(marker.get("unit"), str):
         return None
     kind: RoomKind = "space" if marker.get("kind") == "space" else "room"
+    purpose = str(marker["kind"]) if marker.get("kind") in ("group", "announcements") else "unit"
     unit = str(marker["unit"])
     shard = marker.get("shard")
     key = unit if kind == "space" else f"{unit}#{shard if isinstance(shard, int) else 1}"
+    if purpose == "announcements":
+        key = ANNOUNCE_PREFIX + unit
     pl = by_type.get(("m.room.power_levels", ""), {})
     users_pl = pl.get("users") if isinstance(pl.get("users"), dict) else {}
     assert isinstance(users_pl, dict)
@@ -65,6 +70,12 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
     join_rule = by_type.get(("m.room.join_rules", ""), {}).get("join_rule")
     visibility = by_type.get(("m.room.history_visibility", ""), {}).get("history_visibility")
     version = by_type.get(("m.room.create", ""), {}).get("room_version", "1")
+    raised_raw = marker.get("raised")
+    raised = (
+        {str(u): int(v) for u, v in raised_raw.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if isinstance(raised_raw, dict)
+        else None
+    )
     return ObservedRoom(
         room_id=room_id,
         kind=kind,
@@ -78,6 +89,8 @@ def _room_from_state(room_id: str, state: tuple[StateEvent, ...]) -> ObservedRoo
         children=children,
         history_visibility=visibility if isinstance(visibility, str) else None,
         room_version=str(version),
+        raised=raised,
+        purpose=purpose,
     )
 
 
@@ -120,6 +133,7 @@ def _room_to_json(room: ObservedRoom) -> dict[str, Any]:
         "alias": room.alias, "join_rule": room.join_rule, "power_users": dict(room.power_users),
         "members": sorted(room.members), "children": sorted(room.children),
         "history_visibility": room.history_visibility, "room_version": room.room_version,
+        "raised": dict(room.raised) if room.raised is not None else None, "purpose": room.purpose,
     }  # fmt: skip
 
 
@@ -130,6 +144,7 @@ def _room_from_json(d: dict[str, Any]) -> ObservedRoom:
         power_users={str(k): int(v) for k, v in d["power_users"].items()},
         members=frozenset(d["members"]), children=frozenset(d["children"]),
         history_visibility=d.get("history_visibility"), room_version=d["room_version"],
+        raised=d["raised"], purpose=d["purpose"],
     )  # fmt: skip
 
 

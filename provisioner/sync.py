@@ -33,6 +33,7 @@ from provisioner.core.reconcile import (
     check_removals,
     fingerprint,
     previous_identities,
+    previous_placements,
     reconcile,
     trusted,
 )
@@ -115,15 +116,14 @@ async def make_plan(
     )
     previous, taken = previous_identities(snapshot, observed, cfg.homeserver.server_name)
     taken |= {u[1:].split(":", 1)[0] for u in (*cfg.exclude, who.user_id, policy.bot or "@:")} - {""}
-    previous_rooms = {
-        m: key for key, room in observed.rooms.items() if room.kind == "room" for m in room.members
-    }
+    previous_rooms, previous_groups = previous_placements(observed)
     desired = desired_state(
         snapshot,
         cfg.layout_policy(),
         previous_localparts=previous,
         taken=taken,
         previous_rooms=previous_rooms,
+        previous_groups=previous_groups,
     )
     plan = reconcile(desired, observed, snapshot, policy, now=now)
     return plan, observed, desired, policy

@@ -139,6 +139,8 @@ def simulate(plan: Plan, observed: Observed, now: float = 1000.0) -> Observed:
                     dict(a.power_users),
                     frozenset({PROV}),
                     frozenset(),
+                    raised=dict(a.raised),
+                    purpose=a.purpose,
                 )
             case UpdateRoom():
                 r = rooms[a.key]
@@ -150,6 +152,7 @@ def simulate(plan: Plan, observed: Observed, now: float = 1000.0) -> Observed:
                     join_rule=a.join_rule if a.join_rule is not None else r.join_rule,
                     history_visibility=a.history_visibility or r.history_visibility,
                     power_users=dict(a.power_users) if a.power_users is not None else r.power_users,
+                    raised=dict(a.raised) if a.raised is not None else r.raised,
                 )
             case LinkChild(parent_key=p, child_key=c):
                 rooms[p] = dataclasses.replace(rooms[p], children=rooms[p].children | {rooms[c].room_id})

@@ -24,17 +24,19 @@ def _marker(kind: object) -> str:
     return json.dumps({"type": MARKER_TYPE, "state_key": "", "content": {"kind": kind, "unit": "ou:x"}})
 
 
-def test_only_markers_of_kind_space_are_kept_out() -> None:
+def test_only_markers_of_kind_space_or_announcements_are_kept_out() -> None:
     rows = [
         ("!top:x", _marker("space")),
         ("!unit:x", _marker("space").encode()),  # PostgreSQL hands JSON back as text, SQLite may as bytes
+        ("!news:x", _marker("announcements")),
         ("!room:x", _marker("room")),
+        ("!group:x", _marker("group")),
         ("!odd:x", _marker(None)),
         ("!broken:x", "{not json"),
         ("!list:x", "[]"),
         ("!nocontent:x", json.dumps({"type": MARKER_TYPE})),
     ]
-    assert managed_spaces(rows) == {"!top:x", "!unit:x"}
+    assert managed_spaces(rows) == {"!top:x", "!unit:x", "!news:x"}
 
 
 @pytest.mark.parametrize(

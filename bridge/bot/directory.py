@@ -31,6 +31,8 @@ PERSON_TTL = 600.0
 # The space tree changes when the sync reorganises units; a marker change seen in a sync drops it at once.
 TREE_TTL = 300.0
 SHARD_SUFFIX = re.compile(r"\s*\(\d+/\d+\)$")  # "Отдел (2/3)": the second of three rooms of one unit
+# "announcements": a unit's channel that its whole subtree reads; announcing to the unit goes there alone.
+MARKER_KINDS = ("room", "space", "announcements")
 
 
 @dataclass(slots=True)
@@ -89,7 +91,7 @@ class MatrixDirectory:
         marker: Marker | None = None
         if isinstance(resp, RoomGetStateEventResponse):
             c = cast(dict[str, Any], resp.content)
-            if isinstance(c.get("unit"), str) and c.get("kind") in ("room", "space"):
+            if isinstance(c.get("unit"), str) and c.get("kind") in MARKER_KINDS:
                 marker = Marker(str(c["kind"]), str(c["unit"]))
         self._markers[room] = marker
         return marker
@@ -160,11 +162,15 @@ class MatrixDirectory:
             below.add(space)
             todo += tree.children.get(space, ())
         out: list[RoomID] = []
+        channel: list[RoomID] = []
         for room in sorted(self.client.rooms):
             m = await self.marker(room)
             if m is not None and m.kind == "room" and (m.unit == unit or room in below):
                 out.append(RoomID(room))
-        return out
+            elif m is not None and m.kind == "announcements" and m.unit == unit:
+                channel.append(RoomID(room))
+        # The unit's channel holds everyone its rooms and its sub-units' rooms hold: one post reaches them.
+        return channel if channel and subunits else out
 
     async def members(self, room: RoomID) -> list[tuple[UserID, str]]:
         """Read from the server each time: the members of a unit's room are who a unit invitation reaches
@@ -254,7 +260,7 @@ def _room_info(
     for ev in events:
         etype, content = ev.get("type"), ev.get("content") or {}
         if etype == MARKER_TYPE and ev.get("state_key") == "":
-            if isinstance(content.get("unit"), str) and content.get("kind") in ("room", "space"):
+            if isinstance(content.get("unit"), str) and content.get("kind") in MARKER_KINDS:
                 marker = Marker(str(content["kind"]), str(content["unit"]))
         elif etype == "m.room.name" and isinstance(content.get("name"), str):
             name = content["name"]

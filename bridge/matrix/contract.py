@@ -6,6 +6,7 @@ module imports nothing, so the pure core may use it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 # State event the provisioner puts in every room and space it manages (content: unit key, kind, shard).
@@ -40,3 +41,40 @@ CREATOR_POWER_VERSIONS: Final = frozenset({"12", "org.matrix.hydra.11"})
 # timestamp: two createRoom calls with the same content in the same millisecond (the sync creates rooms in
 # parallel) would collide on one room ID, which Synapse resolves only after failing to store the room.
 CREATE_NONCE: Final = "org.civmatrix.nonce"
+
+# The one power level that makes a moderator: the sync gives it to heads and group moderators, and the event
+# bot lets people at or above it create events. ``layout.moderator_power_level`` is where it is set;
+# ``bot.moderator_level`` is its older name, still read, and must agree when both are set.
+DEFAULT_MODERATOR_LEVEL: Final = 50
+MODERATOR_KEY: Final = "layout.moderator_power_level"
+MODERATOR_ALIAS: Final = "bot.moderator_level"
+
+
+class ModeratorLevelError(ValueError):
+    """The moderator level is set wrong: ``key`` names the setting, ``message`` what to do."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.message, self.key = message, key
+
+
+def moderator_level(raw: object) -> int:
+    """The moderator level a whole config file (its loaded YAML) sets, read the same way by both sides."""
+    sections = raw if isinstance(raw, Mapping) else {}
+    found: dict[str, int] = {}
+    for key in (MODERATOR_KEY, MODERATOR_ALIAS):
+        section, name = key.split(".")
+        part = sections.get(section)
+        if not isinstance(part, Mapping) or part.get(name) is None:
+            continue
+        value = part[name]
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 99:
+            raise ModeratorLevelError(f"must be a whole number from 1 to 99, not {value!r}", key)
+        found[key] = value
+    if len(set(found.values())) > 1:
+        raise ModeratorLevelError(
+            f"is {found[MODERATOR_ALIAS]} but {MODERATOR_KEY} is {found[MODERATOR_KEY]}: the sync gives one "
+            f"level and the bot checks it, so they must agree; drop {MODERATOR_ALIAS} (its older name)",
+            MODERATOR_ALIAS,
+        )
+    return next(iter(found.values()), DEFAULT_MODERATOR_LEVEL)

@@ -75,6 +75,11 @@ class CreateRoom:
     encrypted: bool
     cause: str = "new unit or shard"
     room_version: str | None = None  # layout.room_version; None: the server's default
+    # The levels given to people (the provisioner's own excluded), recorded in the marker: see UpdateRoom.
+    raised: tuple[tuple[str, int], ...] = ()
+    purpose: str = "unit"  # the marker's kind for rooms: "unit" rooms say "room"; "group", "announcements"
+    # Announcement channels: the level needed to post (heads, moderators, the bot); None: anyone may.
+    post_level: int | None = None
 
 
 # Every managed room and space: members read its history, nobody without a token reads anything
@@ -84,7 +89,13 @@ MEMBERS_ONLY = "shared"
 
 @dataclass(frozen=True, slots=True)
 class UpdateRoom:
-    """Changed name, topic, alias, power levels, join rule or history visibility; ``None``: unchanged."""
+    """Changed name, topic, alias, power levels, join rule or history visibility; ``None``: unchanged.
+
+    ``lowered`` are users whose level the provisioner itself raised (with that level) and who no longer
+    hold the role: their entry leaves ``power_levels.users`` (back to the default). ``raised`` is the new
+    record of the levels the provisioner gave, kept in the marker state so that it never lowers a level an
+    administrator set by hand; ``None``: the record is unchanged.
+    """
 
     kind: ClassVar[str] = "update_room"
     key: str
@@ -95,6 +106,8 @@ class UpdateRoom:
     join_rule: str | None = None
     history_visibility: str | None = None
     cause: str = "changed in the directory"
+    lowered: tuple[tuple[str, int], ...] = ()
+    raised: tuple[tuple[str, int], ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +220,7 @@ def describe(action: Action) -> str:
         case UpdateRoom(key=k, name=n, topic=t, alias=a, power_users=p, join_rule=j, history_visibility=h):
             what = [x for x, v in (("name", n), ("topic", t), ("alias", a), ("power levels", p),
                                    ("join rule", j), ("history visibility", h)) if v is not None]  # fmt: skip
+            what += [f"lower {u} from {lvl} ({action.cause})" for u, lvl in action.lowered]
             return f"update {k}: {', '.join(what)}"
         case LinkChild(parent_key=p, child_key=c):
             return f"link {c} under {p}"
@@ -244,6 +258,10 @@ class Plan:
 
     def removals(self) -> int:
         return sum(1 for a in self.actions if a.kind in REMOVALS)
+
+    def lowerings(self) -> int:
+        """Power levels taken back: each is a right someone loses, held by the same rails as removals."""
+        return sum(len(a.lowered) for a in self.actions if isinstance(a, UpdateRoom))
 
     def _content(self) -> dict[str, Any]:
         return {

@@ -25,6 +25,7 @@ def desired_state(
     previous_localparts: Mapping[str, str] | None = None,
     taken: Iterable[str] = (),
     previous_rooms: Mapping[str, str] | None = None,
+    previous_groups: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Desired:
     """IDs for everyone read, and the layout of the enabled people.
 
@@ -36,5 +37,7 @@ def desired_state(
     )
     server = policy.server_name
     people = {f"@{localparts[p.anchor]}:{server}": p for p in snapshot.people}
-    layout = plan_layout(snapshot.enabled, snapshot.units, localparts, policy, previous_rooms)
+    layout = plan_layout(
+        snapshot.enabled, snapshot.units, localparts, policy, previous_rooms, snapshot.groups, previous_groups
+    )
     return Desired(localparts=localparts, people=people, layout=layout)

@@ -7,11 +7,21 @@ import logging
 import unicodedata
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from provisioner.core.dn import DN, DNError, Subtrees, normalize_dn, parse_dn, relative_to, split_first_rdn
+from provisioner.core.groups import GroupRead, resolve_groups, unit_keys_for
 from provisioner.core.identity import clean_text, display_name
-from provisioner.core.model import ROOT_UNIT, DirectorySnapshot, Person, RawEntry, SetAside, Skipped, Unit
+from provisioner.core.model import (
+    ROOT_UNIT,
+    DirectorySnapshot,
+    Group,
+    Person,
+    RawEntry,
+    SetAside,
+    Skipped,
+    Unit,
+)
 from provisioner.core.phones import join_values
 from provisioner.core.policy import DirectoryPolicy
 
@@ -32,6 +42,7 @@ class ReadResult:
     disabled_dns: frozenset[str]
     complete: bool
     stop_reason: str | None
+    groups: GroupRead = field(default_factory=GroupRead)
 
 
 def path_key(path: Sequence[str]) -> str:
@@ -201,14 +212,24 @@ def interpret(result: ReadResult, policy: DirectoryPolicy, *, skip_log: bool = T
             continue
         seen_anchor[read.anchor] = entry.dn
         people.append(read)
+    groups: tuple[Group, ...] = ()
+    notes: tuple[str, ...] = ()
+    unit_list = tuple(sorted(index.units(), key=lambda u: u.path))
+    if policy.groups is not None:
+        groups, notes = resolve_groups(result.groups, people, policy.groups)
+        unit_keys_for(policy.groups.named_units, unit_list)  # a unit named that does not exist stops here
+        for note in notes:
+            log.warning("%s", note)
     return DirectorySnapshot(
         people=tuple(people),
-        units=tuple(sorted(index.units(), key=lambda u: u.path)),
+        units=unit_list,
         skipped=tuple(skipped),
         complete=result.complete,
         stop_reason=result.stop_reason,
         entries_read=len(result.people),
         set_aside=aside,
+        groups=groups,
+        notes=notes,
     )
 
 

@@ -13,7 +13,12 @@ Invariants (tested as properties):
    the user directory) and kept out of presence (``exclude_rooms_from_presence``).
 6. A space's or room's moderators are among its members: a unit's head moderates the shard they sit in and
    the spaces they join, never a room they are not in (a power level outlives any membership, and a head
-   whose people were moved away must not moderate where they went).
+   whose people were moved away must not moderate where they went). Levels a group gives follow the same
+   rule: in the rooms and spaces of the member's own unit, or of the named units and below, where they sit.
+7. A group mapped to a room gets rooms of its enabled members, split and kept stable like a unit's; they
+   hang under no space (a working group crosses departments) and are named after the group.
+8. An announcement channel of a unit holds everyone in the unit's subtree in one room, never split (one
+   post reaches the unit); its heads and the levels given there are its only posters besides the bot.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from provisioner.core.groups import unit_keys_for
 from provisioner.core.identity import short_hash, transliterate
-from provisioner.core.model import ROOT_UNIT, Person, Unit
+from provisioner.core.model import ROOT_UNIT, Group, Person, Unit
+from provisioner.core.policy import AnnouncementPolicy
 from provisioner.core.policy import LayoutPolicy as LayoutPolicy  # re-exported for the layout's callers
 
 MAX_NAME = 120
@@ -43,6 +50,7 @@ class SpacePlan:
     members: tuple[str, ...]  # user IDs that join the space
     moderators: tuple[str, ...]
     children: tuple[str, ...]  # keys of child spaces and rooms (rooms as "unit#shard")
+    levels: tuple[tuple[str, int], ...] = ()  # levels groups give here (members only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +64,29 @@ class RoomPlan:
     topic: str
     members: tuple[str, ...]
     moderators: tuple[str, ...]
+    levels: tuple[tuple[str, int], ...] = ()  # levels groups give here (members only)
+    purpose: str = "unit"  # "unit" (a department room), "group", "announcements"
+
+    @property
+    def parent(self) -> str | None:
+        """The space it hangs under: its unit's; a group's room crosses units and hangs under none."""
+        return None if self.purpose == "group" else self.unit_key
+
+
+GROUP_PREFIX = "group:"
+ANNOUNCE_PREFIX = "announce:"
 
 
 @dataclass(frozen=True, slots=True)
 class Layout:
     spaces: tuple[SpacePlan, ...]
     rooms: tuple[RoomPlan, ...]
+    group_rooms: tuple[RoomPlan, ...] = ()
+    announcements: tuple[RoomPlan, ...] = ()
+
+    @property
+    def all_rooms(self) -> tuple[RoomPlan, ...]:
+        return self.rooms + self.group_rooms + self.announcements
 
     def room_of(self) -> dict[str, str]:
         """User ID → key of their department room."""
@@ -225,11 +250,14 @@ def plan_layout(
     localparts: Mapping[str, str],
     policy: LayoutPolicy,
     previous_rooms: Mapping[str, str] | None = None,
+    groups: Sequence[Group] = (),
+    previous_groups: Mapping[str, Mapping[str, int]] | None = None,
 ) -> Layout:
     """The desired spaces and rooms.
 
     ``people`` are the enabled people; ``localparts`` maps their anchors to localparts; ``previous_rooms``
-    maps user IDs to the room key they are in now (read from the server), for stable assignment.
+    maps user IDs to the department room key they are in now (read from the server), for stable assignment;
+    ``previous_groups`` maps a group room's base key to its members' shards now.
     """
     capacity = policy.max_room_size - policy.reserved_seats
     if capacity < 1:
@@ -237,10 +265,13 @@ def plan_layout(
             f"layout.max_room_size {policy.max_room_size} leaves no seat after {policy.reserved_seats} "
             "service accounts"
         )
-    tree = _tree(people, units, localparts, policy)
+    tree = _tree(people, units, localparts, policy, groups)
     rooms = [r for key in tree.live for r in _unit_rooms(tree, key, capacity, previous_rooms or {})]
     spaces = _spaces(tree, rooms, capacity, tree_mode=policy.space_members == "tree")
-    return _unique_aliases(Layout(spaces=tuple(spaces), rooms=tuple(rooms)))
+    group_rooms = _group_rooms(tree, groups, policy, capacity, previous_groups or {})
+    channels = _announcements(tree, policy.announcements) if policy.announcements else []
+    layout = Layout(tuple(spaces), tuple(rooms), tuple(group_rooms), tuple(channels))
+    return _unique_aliases(layout)
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +281,10 @@ class _Tree:
     units: Mapping[str, Unit]
     live: tuple[str, ...]  # units with members and all their ancestors, in path order
     members: Mapping[str, Sequence[str]]  # unit key → user IDs of its direct members
-    sort_key: Mapping[str, str]  # user ID → how their name sorts
+    sort_key: Mapping[str, str]  # user ID → how their name sorts (enabled people only)
+    localparts: Mapping[str, str]  # anchor → localpart
     heads: Mapping[str, set[str]]  # unit key → user IDs of its heads (moderators)
+    levels: Mapping[str, Mapping[str, int]]  # unit key → user ID → level a group gives there
     names: Mapping[str, str]
     aliases: Mapping[str, str]
     org_name: str
@@ -261,7 +294,11 @@ class _Tree:
 
 
 def _tree(
-    people: Sequence[Person], units: Sequence[Unit], localparts: Mapping[str, str], policy: LayoutPolicy
+    people: Sequence[Person],
+    units: Sequence[Unit],
+    localparts: Mapping[str, str],
+    policy: LayoutPolicy,
+    groups: Sequence[Group] = (),
 ) -> _Tree:
     user_of = {a: f"@{lp}:{policy.server_name}" for a, lp in localparts.items()}
     all_units: dict[str, Unit] = {ROOT_UNIT: Unit(ROOT_UNIT, (), None)}
@@ -288,7 +325,9 @@ def _tree(
         live=tuple(sorted(live, key=lambda k: (all_units[k].path, k))),
         members=members,
         sort_key=sort_key,
+        localparts=localparts,
         heads=_heads(people, user_of, policy.head_title_pattern),
+        levels=_group_levels(people, all_units, user_of, groups, policy),
         names=_names(all_units, policy.org_name),
         aliases=_aliases(all_units, policy.alias_prefix),
         org_name=policy.org_name,
@@ -320,9 +359,61 @@ def _unit_rooms(tree: _Tree, key: str, capacity: int, previous_rooms: Mapping[st
             topic=tree.topic(key),
             members=tuple(sorted(shard_members)),
             moderators=tuple(sorted(tree.heads.get(key, set()).intersection(shard_members))),
+            levels=_levels_among(tree, key, shard_members),
         )
         for i, shard_members in enumerate(shards, start=1)
     ]
+
+
+def _levels_among(tree: _Tree, unit_key: str, members: Iterable[str]) -> tuple[tuple[str, int], ...]:
+    given = tree.levels.get(unit_key, {})
+    return tuple(sorted((m, given[m]) for m in set(members) if m in given))
+
+
+def _group_levels(
+    people: Sequence[Person],
+    units: Mapping[str, Unit],
+    user_of: Mapping[str, str],
+    groups: Sequence[Group],
+    policy: LayoutPolicy,
+) -> dict[str, dict[str, int]]:
+    """Unit key → user ID → the level groups give there (the highest, when several do).
+
+    A rule with ``units: own`` gives it in the member's own unit; one with named units, in every unit from
+    the member's own up to a named one, when the member sits below (or in) it.
+    """
+    rules = {r.index: r for r in policy.group_rules if r.level is not None}
+    named = unit_keys_for(sorted({u for r in rules.values() for u in (r.units or ())}), list(units.values()))
+    unit_of = {p.anchor: p.unit_key if p.unit_key in units else ROOT_UNIT for p in people}
+    out: dict[str, dict[str, int]] = defaultdict(dict)
+    for g in groups:
+        for ix in g.rules:
+            rule = rules.get(ix)
+            if rule is None or rule.level is None:
+                continue
+            targets = {named[u] for u in rule.units} if rule.units is not None else None
+            for anchor in g.members:
+                uid, own = user_of.get(anchor), unit_of.get(anchor)
+                if uid is None or own is None:
+                    continue
+                for key in _units_up_to(units, own, targets):
+                    out[key][uid] = max(out[key].get(uid, 0), rule.level)
+    return out
+
+
+def _units_up_to(units: Mapping[str, Unit], own: str, targets: set[str] | None) -> list[str]:
+    """``own`` alone (no targets), or ``own`` and its ancestors up to the nearest target (none if no
+    target is among them)."""
+    if targets is None:
+        return [own]
+    chain: list[str] = []
+    k: str | None = own
+    while k is not None:
+        chain.append(k)
+        if k in targets:
+            return chain
+        k = units[k].parent_key if k in units and k != ROOT_UNIT else None
+    return []
 
 
 def _tree_members(tree: _Tree) -> dict[str, set[str]]:
@@ -368,9 +459,79 @@ def _spaces(tree: _Tree, rooms: Sequence[RoomPlan], capacity: int, *, tree_mode:
                 moderators=tuple(sorted(tree.heads.get(key, set()).intersection(members))),
                 children=tuple(sorted(children.get(key, []), key=lambda k: tree.units[k].path))
                 + tuple(rooms_by_unit.get(key, [])),
+                levels=_levels_among(tree, key, members),
             )
         )
     return spaces
+
+
+def _group_rooms(
+    tree: _Tree,
+    groups: Sequence[Group],
+    policy: LayoutPolicy,
+    capacity: int,
+    previous: Mapping[str, Mapping[str, int]],
+) -> list[RoomPlan]:
+    """Rooms of the groups mapped to one (rule 7): enabled members, split by ``capacity`` like a unit."""
+    with_room = {r.index for r in policy.group_rules if r.room}
+    enabled = tree.sort_key  # user ID → sort name, for enabled people only
+    user_of = {a: f"@{lp}:{policy.server_name}" for a, lp in tree.localparts.items()}
+    out: list[RoomPlan] = []
+    for g in sorted(groups, key=lambda g: (g.name.casefold(), g.key)):
+        if not with_room.intersection(g.rules):
+            continue
+        members = sorted({u for a in g.members if (u := user_of.get(a)) is not None and u in enabled})
+        if not members:
+            continue
+        base = GROUP_PREFIX + g.key
+        shards = assign_shards(members, capacity, previous.get(base, {}), enabled)
+        name, n = shorten(g.name), len(shards)
+        alias = ".".join(x for x in (policy.alias_prefix, "group", slugify(g.name)) if x)
+        out += [
+            RoomPlan(
+                key=room_key(base, i),
+                unit_key=base,
+                shard=i,
+                shard_count=n,
+                name=name if n == 1 else f"{name} ({i}/{n})",
+                alias=alias if i == 1 else f"{alias}-{i}",
+                topic=g.name,
+                members=tuple(sorted(ms)),
+                moderators=(),
+                purpose="group",
+            )
+            for i, ms in enumerate(shards, start=1)
+        ]
+    return out
+
+
+def _announcements(tree: _Tree, policy: AnnouncementPolicy) -> list[RoomPlan]:
+    """One channel per unit the policy picks (rule 8): its whole subtree reads, its heads post."""
+    below = _tree_members(tree)
+    out: list[RoomPlan] = []
+    for key in tree.live:
+        unit = tree.units[key]
+        if key == ROOT_UNIT or (policy.units == "top" and len(unit.path) != 1):
+            continue  # never the whole organisation: a room everyone is in fans presence out to everyone
+        members = below.get(key, set())
+        if not members or len(members) < policy.min_members or len(members) > policy.max_members:
+            continue
+        out.append(
+            RoomPlan(
+                key=ANNOUNCE_PREFIX + key,
+                unit_key=key,
+                shard=0,
+                shard_count=1,
+                name=shorten(f"{tree.names[key]} — {policy.name_suffix}"),
+                alias=f"{tree.aliases[key]}.announcements",
+                topic=tree.topic(key),
+                members=tuple(sorted(members)),
+                moderators=tuple(sorted(tree.heads.get(key, set()).intersection(members))),
+                levels=_levels_among(tree, key, members),
+                purpose="announcements",
+            )
+        )
+    return out
 
 
 def _unique_aliases(layout: Layout) -> Layout:
@@ -378,8 +539,8 @@ def _unique_aliases(layout: Layout) -> Layout:
     центр 2" beside the second room of "Контакт-центр"; a sub-unit named "Space"): the unit's own alias (its
     first room's) wins, then a space's, and the derived one that loses gets a hash."""
     claims: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    for r in layout.rooms:
-        claims[r.alias].append((0 if r.shard == 1 else 2, r.key))
+    for r in layout.all_rooms:
+        claims[r.alias].append((0 if r.shard == 1 and r.purpose == "unit" else 2, r.key))
     for sp in layout.spaces:
         claims[sp.alias].append((1, f"space:{sp.unit_key}"))
     renamed = {
@@ -394,4 +555,6 @@ def _unique_aliases(layout: Layout) -> Layout:
             replace(sp, alias=renamed.get(f"space:{sp.unit_key}", sp.alias)) for sp in layout.spaces
         ),
         rooms=tuple(replace(r, alias=renamed.get(r.key, r.alias)) for r in layout.rooms),
+        group_rooms=tuple(replace(r, alias=renamed.get(r.key, r.alias)) for r in layout.group_rooms),
+        announcements=tuple(replace(r, alias=renamed.get(r.key, r.alias)) for r in layout.announcements),
     )

@@ -62,6 +62,17 @@ class Person:
 
 
 @dataclass(frozen=True, slots=True)
+class Group:
+    """A directory group a ``groups.map`` entry selected, its members (anchors) with nesting resolved."""
+
+    key: str  # the group's anchor (entryUUID, objectGUID): stable across renames and moves
+    dn: str
+    name: str
+    rules: tuple[int, ...]  # indexes of the groups.map entries that selected it
+    members: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Skipped:
     dn: str
     reason: str
@@ -94,6 +105,8 @@ class DirectorySnapshot:
     stop_reason: str | None
     entries_read: int
     set_aside: tuple[SetAside, ...] = ()
+    groups: tuple[Group, ...] = ()
+    notes: tuple[str, ...] = ()  # worth an operator's eye, not an error (a group cycle cut)
 
     @property
     def enabled(self) -> tuple[Person, ...]:

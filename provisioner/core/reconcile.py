@@ -16,6 +16,13 @@ Rules (each tested):
    are made) ``public``.
 7. A full read's profiles (``Observed.profiles``) that differ from the directory are written again, even
    when the registry's hash says they were written: people may overwrite fields an admin set (MSC4133).
+8. Power levels follow the directory both ways, but only the provisioner's own: a level is lowered (its
+   entry removed, back to ``users_default``) only when the room's marker records that the provisioner gave
+   exactly that level and the person no longer holds the role (no longer a head, out of the group, out of
+   the room). Server admins, the service accounts and levels changed by hand since are never lowered; an
+   untrusted read lowers nobody (held like removals). A marker from before the record existed counts the
+   directory's people at exactly the moderator level as the provisioner's: until then only the provisioner
+   (level 100, the only one allowed to change power levels in its rooms) could have set them.
 """
 
 from __future__ import annotations
@@ -48,7 +55,7 @@ from provisioner.core.actions import (
 )
 from provisioner.core.desired import Desired
 from provisioner.core.identity import base_localpart
-from provisioner.core.layout import RoomPlan, SpacePlan
+from provisioner.core.layout import GROUP_PREFIX, RoomPlan, SpacePlan
 from provisioner.core.model import DirectorySnapshot, Person
 
 PROFILE_FIELDS = ("title", "department", "phone", "email")
@@ -78,6 +85,10 @@ class ObservedRoom:
     children: frozenset[str]  # room IDs linked with m.space.child
     history_visibility: str | None = None
     room_version: str | None = None  # from m.room.create; None when not read
+    # The levels the provisioner gave, as recorded in the marker (``None``: a marker from before the record).
+    raised: Mapping[str, int] | None = None
+    # What the marker says the room is for: "unit" (a department room or space), "group", "announcements".
+    purpose: str = "unit"
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +182,8 @@ def fingerprint(snapshot: DirectorySnapshot, observed: Observed) -> str:
     for p in sorted(snapshot.people, key=lambda p: p.anchor):
         h.update(repr((p.anchor, p.login, p.display_name, p.unit_key, p.disabled, profile_of(p))).encode())
     h.update(repr((snapshot.complete, len(snapshot.units))).encode())
+    for g in snapshot.groups:
+        h.update(repr((g.key, g.name, g.rules, g.members)).encode())
     for uid in sorted(observed.users):
         u = observed.users[uid]
         h.update(repr((uid, u.displayname, u.locked, u.deactivated, u.admin)).encode())
@@ -411,6 +424,26 @@ class _Target:
     power: tuple[tuple[str, int], ...]
     members: frozenset[str]
 
+    def granted(self, provisioner: str) -> dict[str, int]:
+        """The levels the provisioner gives people here (its own 100 is not a grant)."""
+        return {u: lvl for u, lvl in self.power if u != provisioner}
+
+
+def previous_placements(observed: Observed) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """Who sits where now: user ID → their department room's key, and a group room's base key → user ID →
+    shard, so that the layout keeps everyone where they are (layout rule 3)."""
+    units: dict[str, str] = {}
+    groups: dict[str, dict[str, int]] = defaultdict(dict)
+    for key, room in observed.rooms.items():
+        if room.kind != "room":
+            continue
+        if room.purpose == "unit":
+            units.update(dict.fromkeys(room.members, key))
+        elif room.purpose == "group" and key.startswith(GROUP_PREFIX):
+            base, _, shard = key.rpartition("#")
+            groups[base].update(dict.fromkeys(room.members, int(shard) if shard.isdigit() else 1))
+    return units, dict(groups)
+
 
 def _creator_listed(policy: SyncPolicy, room: ObservedRoom | None) -> bool:
     """Whether the provisioner (the creator) belongs in ``power_levels.users``: by the room's own version."""
@@ -428,6 +461,12 @@ def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
     for m in plan.moderators:
         if m in members:
             users.setdefault(m, policy.moderator_level)
+    for m, level in plan.levels:
+        if m in members and m != policy.provisioner:
+            users[m] = max(users.get(m, 0), level)
+    announcements = isinstance(plan, RoomPlan) and plan.purpose == "announcements"
+    if announcements and policy.bot:
+        users[policy.bot] = policy.moderator_level  # the bot posts the unit's events there
     # The bot sits in every room, and in every space people join (not in spaces only linked into the tree):
     # it finds a unit's rooms by reading the spaces' state, and spaces are members-only (nothing readable
     # without joining), so a space it is not in is a unit it cannot announce to. In tree mode the top space
@@ -437,7 +476,7 @@ def _target(s: _Scope, kind: RoomKind, plan: SpacePlan | RoomPlan) -> _Target:
     power, wanted = tuple(sorted(users.items())), frozenset(members)
     if isinstance(plan, SpacePlan):
         return _Target(plan.unit_key, kind, plan, plan.parent_key, power, wanted)
-    return _Target(plan.key, kind, plan, plan.unit_key, power, wanted)
+    return _Target(plan.key, kind, plan, plan.parent, power, wanted)
 
 
 def _rooms(s: _Scope, out: _Builder) -> None:
@@ -447,7 +486,7 @@ def _rooms(s: _Scope, out: _Builder) -> None:
         for child in space.children:
             linked_from[child].add(space.key)
     targets = [_target(s, "space", p) for p in s.desired.layout.spaces]
-    targets += [_target(s, "room", p) for p in s.desired.layout.rooms]
+    targets += [_target(s, "room", p) for p in s.desired.layout.all_rooms]
     for t in targets:
         obs_room = s.observed.rooms.get(t.key)
         if obs_room is None:
@@ -465,6 +504,10 @@ def _new_room(s: _Scope, out: _Builder, t: _Target) -> None:
             key=t.key, room_kind=t.kind, unit_key=p.unit_key, shard=p.shard if isinstance(p, RoomPlan) else 0,
             name=p.name, alias=p.alias, topic=p.topic, parent_key=t.parent_key, power_users=t.power,
             encrypted=s.policy.encrypted and t.kind == "room", room_version=s.policy.room_version,
+            raised=tuple(sorted(t.granted(s.policy.provisioner).items())),
+            purpose=p.purpose if isinstance(p, RoomPlan) else "unit",
+            post_level=s.policy.moderator_level if isinstance(p, RoomPlan) and p.purpose == "announcements"
+            else None,
         )
     )  # fmt: skip
     if t.parent_key is not None:
@@ -474,17 +517,71 @@ def _new_room(s: _Scope, out: _Builder, t: _Target) -> None:
         out.closes.append(UpdateRoom(t.key, join_rule="invite", cause="closed after the initial joins"))
 
 
+def _recorded(s: _Scope, obs_room: ObservedRoom) -> dict[str, int]:
+    """The levels the provisioner gave in this room (rule 8): the marker's record, or for a marker from
+    before the record, the directory's people at exactly the moderator level."""
+    if obs_room.raised is not None:
+        return dict(obs_room.raised)
+    level = s.policy.moderator_level
+    return {u: lvl for u, lvl in obs_room.power_users.items() if lvl == level and u in s.managed}
+
+
+@dataclass(frozen=True, slots=True)
+class _PowerChange:
+    set_to: dict[str, int]  # entries to write
+    lowered: dict[str, int]  # entries to remove, with the level the provisioner had given
+    record: dict[str, int]  # the record after this run
+    held: int  # lowerings held back by an untrusted read
+
+
+def _power_change(s: _Scope, t: _Target, obs_room: ObservedRoom) -> _PowerChange:
+    """Raise who should be raised; lower (rule 8) who the provisioner raised and who no longer should be."""
+    current, recorded = obs_room.power_users, _recorded(s, obs_room)
+    want = t.granted(s.policy.provisioner)
+    set_to: dict[str, int] = {}
+    record: dict[str, int] = {}
+    for u, lvl in want.items():
+        have = current.get(u, 0)
+        if have < lvl or (recorded.get(u) == have != lvl):
+            set_to[u] = lvl
+            record[u] = lvl
+        elif recorded.get(u) == have:
+            record[u] = have
+    lowered: dict[str, int] = {}
+    held = 0
+    for u, lvl in recorded.items():
+        if u in want or current.get(u) != lvl or u in s.protected or _is_admin(s, u):
+            continue  # still holds the role, or changed by hand since, or never the provisioner's to lower
+        if s.trusted:
+            lowered[u] = lvl
+        else:
+            held += 1
+            record[u] = lvl
+    return _PowerChange(set_to, lowered, record, held)
+
+
+def _is_admin(s: _Scope, user_id: str) -> bool:
+    seen = s.observed.users.get(user_id)
+    return seen is not None and seen.admin
+
+
 def _room_settings(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
-    """Name, topic, alias and power levels; moderators are raised, never lowered; open rooms closed;
-    world-readable ones made members-only."""
+    """Name, topic, alias and power levels (rule 8); open rooms closed; world-readable ones made
+    members-only."""
     p = t.plan
-    want_power = {u: lvl for u, lvl in t.power if obs_room.power_users.get(u, 0) < lvl}
+    pc = _power_change(s, t, obs_room)
+    out.held += pc.held
+    record_changed = pc.record != (obs_room.raised or {}) and bool(pc.set_to or pc.lowered)
+    kept = {u: lvl for u, lvl in obs_room.power_users.items() if u not in pc.lowered}
     upd = UpdateRoom(
         t.key,
         name=p.name if obs_room.name != p.name else None,
         topic=p.topic if obs_room.topic != p.topic else None,
         alias=p.alias if obs_room.alias != p.alias else None,
-        power_users=tuple(sorted({**obs_room.power_users, **want_power}.items())) if want_power else None,
+        power_users=tuple(sorted({**kept, **pc.set_to}.items())) if pc.set_to or pc.lowered else None,
+        lowered=tuple(sorted(pc.lowered.items())),
+        raised=tuple(sorted(pc.record.items())) if record_changed else None,
+        cause="no longer holds the role" if pc.lowered else "changed in the directory",
     )
     if any(x is not None for x in (upd.name, upd.topic, upd.alias, upd.power_users)):
         out.updates.append(upd)
@@ -511,15 +608,20 @@ def _room_links(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom, li
 def _room_members(s: _Scope, out: _Builder, t: _Target, obs_room: ObservedRoom) -> None:
     """Missing members joined; managed accounts that no longer belong kicked (rule 2)."""
     out.joins.extend(Join(t.key, t.kind, m) for m in sorted(t.members - obs_room.members))
+    purpose = t.plan.purpose if isinstance(t.plan, RoomPlan) else "unit"
     for m in sorted((obs_room.members - t.members) & s.managed):
-        cause = "left or disabled" if m not in s.in_layout else "moved to another room"
+        cause = "left or disabled" if m not in s.in_layout else _MOVED[purpose]
         out.kick(s, Kick(t.key, t.kind, m, cause))
+
+
+_MOVED = {"unit": "moved to another room", "group": "no longer in the group",
+          "announcements": "no longer in the unit"}  # fmt: skip
 
 
 def _removed_rooms(s: _Scope, out: _Builder) -> None:
     """Managed rooms the layout no longer has (unit gone, shard emptied): emptied, unlinked, history kept."""
     layout = s.desired.layout
-    desired_keys = {sp.unit_key for sp in layout.spaces} | {r.key for r in layout.rooms}
+    desired_keys = {sp.unit_key for sp in layout.spaces} | {r.key for r in layout.all_rooms}
     for key, obs_room in sorted(s.observed.rooms.items()):
         if key in desired_keys:
             continue
@@ -544,6 +646,9 @@ def check_removals(
     """The deletion threshold: people who lose access (locked, or kicked without joining elsewhere)."""
     joined = {a.user_id for a in plan.actions if isinstance(a, Join)}
     losing = {a.user_id for a in plan.actions if isinstance(a, LockUser | DeactivateUser)}
+    # A power level taken back is a right lost: a directory that suddenly shows no heads must not demote
+    # every moderator in one run any more than it may lock everyone.
+    losing |= {u for a in plan.actions if isinstance(a, UpdateRoom) for u, _ in a.lowered}
     # Leaving a space takes no conversation away (a unit moved in the tree leaves the spaces above it).
     losing |= {
         a.user_id
@@ -551,6 +656,11 @@ def check_removals(
         if isinstance(a, Kick) and a.room_kind == "room" and a.user_id not in joined
     }
     n = len(losing)
+    what = (
+        "remove or lower the power of"
+        if any(isinstance(a, UpdateRoom) and a.lowered for a in plan.actions)
+        else "remove"
+    )
     limit_pct = max_percent / 100 * managed_count if managed_count else float("inf")
     over = n > max_removals or n > limit_pct
     if over and allow is not None and n <= allow:
@@ -560,7 +670,7 @@ def check_removals(
             n,
             managed_count,
             False,
-            f"this run would remove {n} people (limit: {max_removals} or {max_percent:g}% of {managed_count} "
+            f"this run would {what} {n} people (limit: {max_removals} or {max_percent:g}% of {managed_count} "
             f"managed); nothing was applied. Check the directory, then rerun with --allow-removals {n}",
         )
     return RemovalCheck(n, managed_count, True, None)

@@ -8,7 +8,7 @@ Rules (each tested):
    depend on the digest being secret.
 4. The rails run on the saved actions, not on a fresh plan: the removal threshold (``check_removals``), the
    protected accounts (``exclude``, the provisioner, the bot, server admins) and "an untrusted read removes
-   nobody" (:func:`rail_violations`).
+   nobody" (:func:`rail_violations`); a power level lowered counts as a removal for all of them.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from provisioner.core.actions import (
     LockUser,
     Plan,
     UnlockUser,
+    UpdateRoom,
     UpdateUser,
 )
 from provisioner.core.reconcile import ObservedUser
@@ -76,6 +77,12 @@ def rail_violations(
     removals = [a for a in actions if a.kind in REMOVALS]
     if removals and not is_trusted:
         out.append(f"{len(removals)} removals although the directory read is not trusted ({why_untrusted})")
+    lowered = [(a.key, u) for a in actions if isinstance(a, UpdateRoom) for u, _ in a.lowered]
+    if lowered and not is_trusted:
+        out.append(f"{len(lowered)} power levels lowered although the directory read is not trusted")
+    for key, who in lowered:
+        if who in protected or ((seen := users.get(who)) is not None and seen.admin):
+            out.append(f"lowering {who} in {key}, an account the provisioner never lowers")
     for a in actions:
         uid = _target(a)
         if uid is None:

@@ -11,7 +11,8 @@ process after each sync that creates a space, and nobody would remember it.
 This module makes the exclusion follow the server itself. Loaded in every Synapse process (``modules:``
 of the shared ``homeserver.yaml``; workers read it too), it asks the database every
 ``interval_seconds`` which rooms are spaces carrying the provisioner's marker state
-(:data:`bridge.matrix.contract.MARKER_TYPE` with ``kind: space``), and hands that set, together with any
+(:data:`bridge.matrix.contract.MARKER_TYPE` with ``kind: space``, or ``kind: announcements``: a unit's
+announcement channel holds its whole subtree too), and hands that set, together with any
 ``exclude_rooms_from_presence`` of the config file, to the two places that consult it:
 
 * the presence handler (``BasePresenceHandler``: which users a change is routed to, who is woken, and the
@@ -20,9 +21,9 @@ of the shared ``homeserver.yaml``; workers read it too), it asks the database ev
 
 Both hold it as a frozenset read on every use, so replacing the attribute takes effect at the next
 presence change, with no restart and no lost connection. The cost is one small query per interval per
-process: spaces are found in ``room_stats_state`` (one row per room, a few hundred at 25,000 people) and
-only their marker is read. Rooms that are not spaces — department rooms, DMs, anything people create —
-keep presence: two people who share a room see each other, two who share only spaces do not.
+process: the markers of the managed rooms are read (one row per room, a few hundred at 25,000 people).
+Rooms that are neither — department rooms, group rooms, DMs, anything people create — keep presence: two
+people who share a room see each other, two who share only spaces or a channel do not.
 
 The attributes are private to Synapse (there is no module API for this: the presence router can only add
 recipients). A Synapse upgrade that renames them is reported with an ERROR at the first refresh and
@@ -47,16 +48,20 @@ _TARGETS: tuple[tuple[str, str], ...] = (
     ("presence event source", "_rooms_to_exclude_from_presence"),
 )
 
+# Every managed room's marker (a few hundred rows at 25,000 people); the kind is read from its content.
 _SPACES_SQL = (
-    "SELECT c.room_id, j.json FROM room_stats_state AS s"
-    " JOIN current_state_events AS c ON c.room_id = s.room_id AND c.type = ? AND c.state_key = ''"
+    "SELECT c.room_id, j.json FROM current_state_events AS c"
     " JOIN event_json AS j ON j.event_id = c.event_id"
-    " WHERE s.room_type = 'm.space'"
+    " WHERE c.type = ? AND c.state_key = ''"
 )
+# Rooms that hold a whole subtree: the spaces, and the units' announcement channels (read-only rooms of up
+# to announcements.max_members people, where a presence change would otherwise reach every reader).
+EXCLUDED_KINDS = frozenset({"space", "announcements"})
 
 
 def managed_spaces(rows: Iterable[tuple[str, str | bytes]]) -> frozenset[str]:
-    """The room IDs whose marker event (``rows`` of room ID and event JSON) says ``kind: space``.
+    """The room IDs whose marker event (``rows`` of room ID and event JSON) says ``kind: space`` or
+    ``kind: announcements``.
 
     A marker that cannot be read is skipped: a room the module cannot classify keeps presence, which
     is Synapse's default and never hides anyone.
@@ -68,7 +73,7 @@ def managed_spaces(rows: Iterable[tuple[str, str | bytes]]) -> frozenset[str]:
         except (TypeError, ValueError):
             continue
         content = event.get("content") if isinstance(event, dict) else None
-        if isinstance(content, dict) and content.get("kind") == "space":
+        if isinstance(content, dict) and content.get("kind") in EXCLUDED_KINDS:
             found.add(room_id)
     return frozenset(found)
 
