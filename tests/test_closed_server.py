@@ -31,7 +31,9 @@ from provisioner.synapse.access import (
 )
 from provisioner.synapse.config import (
     DEVICE_TOKEN_PATH,
+    PRESENCE_MODULE,
     REGISTRATION_SECRET_FILE,
+    SPACE_BROWSING_MODULE,
     TEST_RATE_LIMITS,
     SynapseError,
     check_config,
@@ -461,7 +463,11 @@ def test_config_with_a_login_module_passes_synapse_check(tmp_path: Path) -> None
         },
     }
     config = _render(tmp_path, modules=[ldap])
-    assert config["modules"] == [ldap]
+    # The caller's modules first, then the two every rendered config loads for the space tree.
+    assert config["modules"] == [
+        ldap,
+        *({"module": m, "config": {}} for m in (PRESENCE_MODULE, SPACE_BROWSING_MODULE)),
+    ]
     check_config(write_homeserver_config(tmp_path, config))
 
 

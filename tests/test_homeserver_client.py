@@ -327,8 +327,9 @@ async def test_token_never_logged(synapse: SynapseHandle, caplog: pytest.LogCapt
 async def test_real_429_is_waited_out_and_the_exempt_admin_never_sees_one(
     fresh_synapse: Callable[..., SynapseHandle],
 ) -> None:
-    # Tight message limits so Synapse's own 429 (with retry_after_ms) shows up within a second.
-    handle = fresh_synapse(rate_limits={"rc_message": {"per_second": 10, "burst_count": 2}})
+    # Tight message limits so Synapse's own 429 (with retry_after_ms) shows up after two messages, however
+    # slow a loaded machine makes each send (at 10/s a send slower than 0.1 s never met the limit).
+    handle = fresh_synapse(rate_limits={"rc_message": {"per_second": 1, "burst_count": 2}})
     person = handle.register(unique_localpart("chatty"), "secret-pass-7")
     async with (
         HomeserverClient(handle.public_url, person.access_token) as client,

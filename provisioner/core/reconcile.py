@@ -648,7 +648,16 @@ def check_removals(
     losing = {a.user_id for a in plan.actions if isinstance(a, LockUser | DeactivateUser)}
     # A power level taken back is a right lost: a directory that suddenly shows no heads must not demote
     # every moderator in one run any more than it may lock everyone.
-    losing |= {u for a in plan.actions if isinstance(a, UpdateRoom) for u, _ in a.lowered}
+    # Someone leaving the room in the same run (moved to another shard or unit) is judged by the kick
+    # rule below: the level goes with the membership, it is not a second loss.
+    leaving = {(a.room_key, a.user_id) for a in plan.actions if isinstance(a, Kick)}
+    losing |= {
+        u
+        for a in plan.actions
+        if isinstance(a, UpdateRoom)
+        for u, _ in a.lowered
+        if (a.key, u) not in leaving
+    }
     # Leaving a space takes no conversation away (a unit moved in the tree leaves the spaces above it).
     losing |= {
         a.user_id
