@@ -792,7 +792,7 @@ def print_report(args: argparse.Namespace, rate: Rate, load_before: str, results
                   + ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in st["request_seconds"].items()))  # fmt: skip
     for side, r in results.items():
         for s in r.get("steps", []):
-            bad = {n: c for n, c in s["requests"].items() if set(c) - {200}}
+            bad = {n: c for n, c in s["requests"].items() if {int(k) for k in c} - {200}}  # str once in JSON
             slow = ", ".join(f"{k} {v['p50']}/{v['p99']}" for k, v in s["request_seconds"].items())
             print(f"\n{side}, {s['online']} online: per request p50/p99 s: {slow}"
                   + (f"; answers other than 200: {json.dumps(bad)}" if bad else ""))  # fmt: skip
