@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import tempfile
 import time
@@ -45,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 import yaml
 
+from bench.proc import cpu_seconds
 from provisioner.config import load_config
 from provisioner.embedded.slapd import EmbeddedSlapd
 from provisioner.embedded.synapse import EmbeddedSynapse
@@ -52,14 +52,8 @@ from provisioner.sample import generate_directory
 from provisioner.synapse.config import TEST_RATE_LIMITS
 from provisioner.sync import run as sync_run
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 # Element's lazy-loading filter, in short.
 FILTER = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}})
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 def write_cfg(d: Path, ldap: EmbeddedSlapd, hs: EmbeddedSynapse, token: str) -> Path:
@@ -133,18 +127,18 @@ async def admin_login(session: aiohttp.ClientSession, hs: EmbeddedSynapse, admin
         return str(body["access_token"])
 
 
-def rooms_of(hs: EmbeddedSynapse, admin: str) -> dict[str, list[str]]:
-    """Department rooms (not spaces) with their members, read from the server."""
+def rooms_of(admin_url: str, admin: str, *, spaces: bool = False) -> dict[str, list[str]]:
+    """Department rooms (or, with ``spaces``, the spaces) with their members, read from the server."""
     from tests.closed_probes import http
 
     out: dict[str, list[str]] = {}
-    status, listed = http("GET", f"{hs.admin_url}/_synapse/admin/v1/rooms?limit=1000", None, admin)
+    status, listed = http("GET", f"{admin_url}/_synapse/admin/v1/rooms?limit=10000", None, admin)
     assert status == 200, listed
     for room in listed["rooms"]:
-        if room.get("room_type") == "m.space":
+        if (room.get("room_type") == "m.space") != spaces:
             continue
         rid = urllib.parse.quote(room["room_id"])
-        status, members = http("GET", f"{hs.admin_url}/_synapse/admin/v1/rooms/{rid}/members", None, admin)
+        status, members = http("GET", f"{admin_url}/_synapse/admin/v1/rooms/{rid}/members", None, admin)
         if status == 200:
             out[room["room_id"]] = list(members["members"])
     return out
@@ -166,7 +160,7 @@ async def one_side(
         out: dict[str, Any] = {"sync_s": round(time.monotonic() - t0, 1)}
         if scoped:  # the module polls every 10 s; let it see the spaces before anyone is online
             await asyncio.sleep(12)
-        rooms = rooms_of(hs, admin)
+        rooms = rooms_of(hs.admin_url, admin)
         admin_id = f"@admin:{hs.server_name}"
         people = sorted({m for ms in rooms.values() for m in ms} - {admin_id})
         biggest = max(rooms.values(), key=len)

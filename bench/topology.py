@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import yaml
 from nio import AsyncClient, RoomCreateResponse, RoomSendResponse
 
+from bench.proc import cpu_seconds
 from provisioner import proxy
 from provisioner.embedded.nginx import EmbeddedNginx
 from provisioner.embedded.ports import LOOPBACK, free_port
@@ -55,19 +56,6 @@ from provisioner.synapse.config import TEST_RATE_LIMITS
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVER = "example.test"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and of its reaped children (cutime + cstime) and live descendants."""
-    total = 0.0
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        total += sum(int(x) for x in fields[11:15]) / TICKS
-    with contextlib.suppress(OSError):
-        for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-            total += cpu_seconds(int(child))
-    return total
 
 
 class Shape:
@@ -86,7 +74,8 @@ class Shape:
 
 
 class Single(Shape):
-    def __init__(self, root: Path, name: str, postgres: EmbeddedPostgres | None) -> None:
+    def __init__(self, root: Path, name: str, postgres: EmbeddedPostgres | None, **synapse: Any) -> None:
+        """``synapse``: more of :class:`EmbeddedSynapse`'s arguments (modules, the civmatrix modules off)."""
         self.name = name
         self.postgres = postgres
         database = None
@@ -99,7 +88,7 @@ class Single(Shape):
         self.public_url = f"http://{LOOPBACK}:{port}"
         self.synapse = EmbeddedSynapse(root / "synapse", database=database, behind_proxy=True,
                                        public_baseurl=self.public_url + "/", rate_limits=TEST_RATE_LIMITS,
-                                       log_level="WARNING")  # fmt: skip
+                                       log_level="WARNING", **synapse)  # fmt: skip
         self.admin_url = self.synapse.admin_url
         site = proxy.Proxy("_", self.public_url, (f"{LOOPBACK}:{port}",),
                            proxy.Upstream(proxy.MAIN, (f"{LOOPBACK}:{self.synapse.public_port}",)))  # fmt: skip
@@ -134,9 +123,10 @@ class Single(Shape):
 
 
 class Workers(Shape):
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, **topology: Any) -> None:
+        """``topology``: more of :class:`Topology`'s arguments (the login module, sync workers)."""
         self.name = "workers"
-        self.topology = Topology(root, server_name=SERVER, overrides=TEST_RATE_LIMITS)
+        self.topology = Topology(root, server_name=SERVER, overrides=TEST_RATE_LIMITS, **topology)
         self.public_url, self.admin_url = self.topology.public_url, self.topology.admin_url
 
     def start(self) -> None:
@@ -158,7 +148,7 @@ class Workers(Shape):
         self.topology.wait_for_background_updates()
 
 
-def write_cfg(d: Path, ldap: EmbeddedSlapd, shape: Shape, token: str, bot: RegisteredAccount) -> Path:
+def write_cfg(d: Path, ldap: EmbeddedSlapd, shape: Shape, token: str, bot: RegisteredAccount | None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     (d / "token").write_text(token)
     data: dict[str, Any] = {

@@ -73,9 +73,12 @@ def main_config(run_dir: Path, site: str) -> str:
         f"{_worker_user(run_dir)}"
         "daemon off;\n"
         "worker_processes 1;\n"
+        # Every person online holds a long poll open: a client connection and one to Synapse, so nginx's
+        # default of 1,024 connections would turn people away from about 500 online (bench/online.py).
+        "worker_rlimit_nofile 65536;\n"
         f"pid {run_dir / 'nginx.pid'};\n"
         f"error_log {run_dir / ERROR_LOG} warn;\n"
-        "events {\n    worker_connections 1024;\n}\n"
+        "events {\n    worker_connections 16384;\n}\n"
         "http {\n"
         f"    access_log {run_dir / ACCESS_LOG};\n"
         f"{temp}"

@@ -139,6 +139,7 @@ class EmbeddedSynapse(Server):
         shared_secret_registration: bool = True,
         rate_limits: Mapping[str, Any] | None = None,
         overrides: Mapping[str, Any] | None = None,
+        refuse_admin_on_public: bool = True,
         presence_scope: bool = True,
         space_browsing: bool = True,
         log_level: str = "INFO",
@@ -168,6 +169,7 @@ class EmbeddedSynapse(Server):
             shared_secret_registration=shared_secret_registration,
             rate_limits=rate_limits,
             overrides=overrides,
+            refuse_admin_on_public=refuse_admin_on_public,
             presence_scope=presence_scope,
             space_browsing=space_browsing,
         )
