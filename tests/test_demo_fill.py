@@ -80,3 +80,23 @@ def test_the_full_sync_after_the_first_scope_takes_nothing_away_and_converges() 
     assert set(phased.users) == set(direct.users)
     big_room = next(k for k, r in after_first.rooms.items() if r.kind == "room" and k.startswith("u:big"))
     assert after_first.rooms[big_room].members <= phased.rooms[big_room].members
+
+
+def test_the_progress_line_counts_the_executors_actions_and_estimates_what_is_left() -> None:
+    from provisioner.apply import Progress
+    from provisioner.demo_fill import Fill
+
+    now = [100.0]
+    fill = Fill(CFG, clock=lambda: now[0])
+    assert fill.line() == "filling in the rest of the city: reading the directory and the server…"
+    bar = fill._counter(400)
+    bar.began = 100.0
+    for ok in [True] * 99 + [False]:
+        bar.step(ok)
+    now[0] = 110.0  # 100 actions in 10 s: 300 left at 10/s
+    assert fill.line() == (
+        "filling in the rest of the city: 100/400 actions (25 %), 10.0/s, about 30 s left, 1 failed"
+    )
+    now[0] = 200.0  # 1/s: 300 s left
+    assert fill.line().endswith("1.0/s, about 5 min left, 1 failed")
+    assert isinstance(fill.bar, Progress) and not fill.bar.enabled  # the executor's counter prints nothing
