@@ -17,17 +17,19 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 import yaml
 
-from provisioner import exitcodes, proxy
+from provisioner import exitcodes, proxy, runlock
 from provisioner.config import Config, load_config
+from provisioner.demo_fill import Fill, first_scope, read_snapshot
 from provisioner.embedded.nginx import EmbeddedNginx, NginxError
 from provisioner.embedded.ports import LOOPBACK, free_port, free_ports, port_is_free
 from provisioner.embedded.postgres import PostgresError
@@ -35,6 +37,7 @@ from provisioner.embedded.redis import RedisError
 from provisioner.embedded.slapd import EmbeddedSlapd, SlapdError, ssha
 from provisioner.embedded.synapse import EmbeddedSynapse, RegisteredAccount, admin_request
 from provisioner.embedded.topology import Topology
+from provisioner.ldap_reader import DirectoryError
 from provisioner.sample import SampleDirectory, generate_directory
 from provisioner.synapse.config import SynapseError
 
@@ -77,6 +80,10 @@ class DemoState:
     workers: bool = False
     # Added with the directory search service (bridge search); 0 in an older directory (picked on resume).
     search_port: int = 0
+    # The banner's people are in (their units synced first) / a fill of the whole city has finished once. A
+    # directory made before these existed was synced whole before its banner: both true.
+    first_in: bool = True
+    city_in: bool = True
 
     @classmethod
     def load(cls, path: Path) -> DemoState | None:
@@ -283,6 +290,8 @@ def _new_state(root: Path, people: int, seed: int, workers: bool) -> tuple[DemoS
         nginx_port=ports[3],
         workers=workers,
         search_port=ports[4],
+        first_in=False,
+        city_in=False,
     )
     return state, directory
 
@@ -310,10 +319,12 @@ def _load_state(
 
 
 def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, workers: bool = False) -> int:
-    """Bring everything up, sync, start the bot, print how to log in; wait for Ctrl-C unless ``once``."""
-    from provisioner import sync
+    """Bring everything up, sync the banner's people, start the bot and the search, print how to log in, fill
+    in the rest of the city in the background, then start the watch and wait for Ctrl-C; ``once`` returns
+    when the city is in."""
     from provisioner.synapse.auth import module_config_from
 
+    started = time.monotonic()
     root = root.resolve()
     with demo_lock(root):
         state_path = root / STATE_FILE
@@ -332,6 +343,7 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, work
         slapd.start()
         processes: dict[str, subprocess.Popen[bytes]] = {}
         servers: _Single | _Workers | None = None
+        fill: Fill | None = None
         try:
             if fresh:
                 # The demo's sample employees get a known password, so a person can log in from Element.
@@ -368,27 +380,15 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, work
                 (root / "secrets" / "bot_token").write_text(bot.access_token)
             cfg = load_config(cfg_path, token_required=True)
             servers.wait_for_background_updates()
-            _say("syncing the directory into Matrix…")
-            result = asyncio.run(sync.run(cfg, apply=True, progress=True))
-            if result.report is not None:
-                done = (
-                    ", ".join(f"{k} {v}" for k, v in sorted(result.report.done.items()))
-                    or "nothing to change"
-                )
-                _say(f"sync finished in {result.report.seconds:.0f} s: {done}")
-            if result.exit_code not in (exitcodes.OK, exitcodes.PARTIAL):
-                raise DemoError(f"the sync stopped: {result.message}")
-            if not any(s.get("note") == SPLIT_NOTE for s in state.samples):
-                split = _split_unit_person(result, {s["login"] for s in state.samples})
-                if split is not None:
-                    _set_demo_password(slapd, [split["dn"]])
-                    state.samples.append(split)
-                    state.save(state_path)
+            if not state.first_in:
+                _first_sync(cfg, state)
+                state.first_in = True
+                state.save(state_path)
+            user_ids = _sample_user_ids(cfg, state)
             processes["bot"] = _start_child(root, cfg, "bot")
             if search:
                 processes["search"] = _start_child(root, cfg, "search")
             token = cfg.homeserver.admin_token or ""
-            user_ids = {p.login: uid for uid, p in result.desired.people.items()}
             findable = _wait_until_findable(servers.public_url, token, state.samples[-1], user_ids)
             by_title = _title_query(state.samples[-1]) if search else None
             if by_title and not _wait_until_findable(
@@ -399,15 +399,27 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, work
                 s["login"]: _joined(servers.admin_url, token, user_ids.get(s["login"], ""))
                 for s in state.samples
             }
-            _print_welcome(state, cfg, servers, findable=findable, joined=joined, by_title=by_title)
+            # Started before the banner so that the banner can say it is running; it holds the run lock.
+            fill = Fill(cfg)
+            fill.start()
+            banner_at = time.monotonic() - started
+            _print_welcome(state, cfg, servers, findable=findable, joined=joined, by_title=by_title,
+                           banner_at=banner_at, fill=not once)  # fmt: skip
             if once:
+                _show_fill(fill, started, lambda: False)
+                _city_done(fill, state, state_path, slapd, started, banner_at)
                 return exitcodes.OK
-            processes["watch"] = _start_child(root, cfg, "watch")
-            _say("the directory watch is running (state/watch.log): a person deleted or disabled in LDAP is "
-                 "locked within seconds, a hire appears in their room.")  # fmt: skip
-            _wait_for_ctrl_c(processes)
+            stop = _on_ctrl_c()
+            if _show_fill(fill, started, stop.is_set, processes):
+                _city_done(fill, state, state_path, slapd, started, banner_at)
+                processes["watch"] = _start_child(root, cfg, "watch")
+                _say("the directory watch is running (state/watch.log): a person deleted or disabled in LDAP "
+                     "is locked within seconds, a hire appears in their room.")  # fmt: skip
+                _wait_for_ctrl_c(processes, stop)
             return exitcodes.OK
         finally:
+            if fill is not None:
+                fill.stop()
             for proc in processes.values():
                 _stop_process(proc)
             if servers is not None:
@@ -417,6 +429,118 @@ def run_demo(root: Path, *, people: int, seed: int = 1, once: bool = False, work
 
 
 SPLIT_NOTE = "split unit"
+# How often the progress line is redrawn on a terminal, and written as a new line in a log.
+TTY_EVERY = 1.0
+LOG_EVERY = 30.0
+
+
+def _first_sync(cfg: Config, state: DemoState) -> None:
+    """The banner's people's units, whole, with their rooms and the spaces above them, before anyone else."""
+    from provisioner import sync
+
+    _say("syncing the people the banner names first (their units, rooms and the spaces above them)…")
+    try:
+        snapshot = asyncio.run(read_snapshot(cfg))
+    except DirectoryError as e:
+        raise DemoError(f"the demo's directory could not be read: {e}") from None
+    policy = cfg.layout_policy()
+    capacity = policy.max_room_size - policy.reserved_seats
+    scoped = first_scope(snapshot, {s["login"] for s in state.samples}, capacity)
+    try:
+        with runlock.hold(cfg.sync.state_dir, "run", "demo: the banner's people first"):
+            result = asyncio.run(sync.run(cfg, apply=True, progress=True, snapshot=scoped))
+    except runlock.Locked as e:
+        raise DemoError(str(e)) from None
+    if result.report is not None:
+        done = ", ".join(f"{k} {v}" for k, v in sorted(result.report.done.items())) or "nothing to change"
+        _say(f"the banner's {len(scoped.enabled)} people synced in {result.report.seconds:.0f} s: {done}")
+    if result.exit_code not in (exitcodes.OK, exitcodes.PARTIAL):
+        raise DemoError(f"the sync stopped: {result.message}")
+    ids = {p.login: uid for uid, p in result.desired.people.items()}
+    for sample in state.samples:
+        if sample["login"] in ids:
+            sample["user_id"] = ids[sample["login"]]
+
+
+def _sample_user_ids(cfg: Config, state: DemoState) -> dict[str, str]:
+    """Login → Matrix ID of the banner's people, as the first sync recorded them."""
+    from provisioner import sync
+
+    ids = {s["login"]: s["user_id"] for s in state.samples if s.get("user_id")}
+    if len(ids) == len(state.samples):
+        return ids
+    # A directory made before the IDs were recorded: a plan (nothing applied) knows them.
+    result = asyncio.run(sync.run(cfg, apply=False, progress=False))
+    return {p.login: uid for uid, p in result.desired.people.items()}
+
+
+def _show_fill(
+    fill: Fill,
+    started: float,
+    stopped: Callable[[], bool],
+    processes: dict[str, subprocess.Popen[bytes]] | None = None,
+) -> bool:
+    """Show the fill's progress on one line until it ends (True) or ``stopped()`` (False).
+
+    On a terminal the line is redrawn in place; in a log (output not a terminal) a line every LOG_EVERY s.
+    """
+    tty = sys.stdout.isatty()
+    every = TTY_EVERY if tty else LOG_EVERY
+    shown = -every
+    width = 0
+    while not fill.finished.wait(0.25):
+        if stopped():
+            if tty and width:
+                sys.stdout.write("\n")
+            return False
+        if processes is not None and _check_children(processes, "\n" if tty and width else "") and tty:
+            width = 0  # the warning took the line
+        now = time.monotonic()
+        if now - shown >= every:
+            shown = now
+            line = f"[{now - started:5.0f} s] {fill.line()}"
+            if tty:
+                sys.stdout.write("\r" + line.ljust(width))
+                sys.stdout.flush()
+                width = len(line)
+            else:
+                _say(line)
+    if tty and width:
+        sys.stdout.write("\r" + " " * width + "\r")
+    return True
+
+
+def _city_done(
+    fill: Fill, state: DemoState, state_path: Path, slapd: EmbeddedSlapd, started: float, banner_at: float
+) -> None:
+    """Say how the fill ended; the first full success is remembered (the banner says so on the next start),
+    and names someone in the second room of a unit larger than one room, now that the unit is split."""
+    out = fill.outcome
+    assert out is not None
+    total = time.monotonic() - started
+    if out.exit_code == exitcodes.OK:
+        _say(
+            f"the whole city is in: {out.people} people, {out.rooms} rooms and {out.spaces} spaces, after "
+            f"{total:.0f} s (the banner after {banner_at:.0f} s; the fill took {out.seconds:.0f} s)"
+        )
+        split = None
+        if fill.result is not None and not any(s.get("note") == SPLIT_NOTE for s in state.samples):
+            split = _split_unit_person(fill.result, {s["login"] for s in state.samples})
+        if split is not None:
+            _set_demo_password(slapd, [split["dn"]])
+            state.samples.append(split)
+            _say(f"  {_split_line(split)} Log in as {split['login']} / {DEMO_PASSWORD} to see it.")
+        elif not any(s.get("note") == SPLIT_NOTE for s in state.samples):
+            _say("  No unit at this size is larger than one room.")
+        if not state.city_in or split is not None:
+            state.city_in = True
+            state.save(state_path)
+    elif out.exit_code == exitcodes.PARTIAL:
+        _say(f"the city is in, after {total:.0f} s, except what failed: {out.error}; the directory watch "
+             "retries it")  # fmt: skip
+    else:
+        _say(f"warning: filling in the city stopped after {total:.0f} s: {out.error}; the directory watch "
+             "retries it, or run the same command again")  # fmt: skip
 
 
 def _set_demo_password(slapd: EmbeddedSlapd, dns: list[str]) -> None:
@@ -438,6 +562,14 @@ def _split_unit_person(result: Any, taken: set[str]) -> dict[str, str] | None:
                 return {"login": person.login, "name": person.display_name, "title": person.title or "",
                         "dn": person.dn, "note": SPLIT_NOTE}  # fmt: skip
     return None
+
+
+def _split_line(split: dict[str, str], seats: int | None = None) -> str:
+    size = f" ({seats} seats)" if seats else ""
+    return (
+        f"{split['name']} ({split['login']}) works in a unit larger than one room{size}: they sit in one of "
+        "its rooms, and in the unit's space with everyone else."
+    )
 
 
 def _title_query(colleague: dict[str, str]) -> str | None:
@@ -536,22 +668,33 @@ def _stop_process(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def _wait_for_ctrl_c(processes: dict[str, subprocess.Popen[bytes]]) -> None:
-    stop = False
+def _on_ctrl_c() -> threading.Event:
+    """Ctrl-C (or SIGTERM) sets the event instead of raising in the middle of whatever runs."""
+    stop = threading.Event()
 
     def handler(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
+        stop.set()
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
-    while not stop:
-        for which, proc in list(processes.items()):
-            if proc.poll() is not None:
-                what, log_name, _ = _CHILDREN[which]
-                _say(f"warning: {what} exited with code {proc.returncode} (see {log_name})")
-                del processes[which]
-        time.sleep(0.5)
+    return stop
+
+
+def _check_children(processes: dict[str, subprocess.Popen[bytes]], prefix: str = "") -> bool:
+    """Warn about (and forget) children that exited; True if any did. ``prefix`` ends a progress line."""
+    warned = False
+    for which, proc in list(processes.items()):
+        if proc.poll() is not None:
+            what, log_name, _ = _CHILDREN[which]
+            _say(f"{prefix}warning: {what} exited with code {proc.returncode} (see {log_name})")
+            del processes[which]
+            warned = True
+    return warned
+
+
+def _wait_for_ctrl_c(processes: dict[str, subprocess.Popen[bytes]], stop: threading.Event) -> None:
+    while not stop.wait(0.5):
+        _check_children(processes)
 
 
 def _print_welcome(
@@ -562,6 +705,8 @@ def _print_welcome(
     findable: bool,
     joined: dict[str, list[str]],
     by_title: str | None = None,
+    banner_at: float = 0.0,
+    fill: bool = True,
 ) -> None:
     url = servers.public_url
     first = state.samples[0] if state.samples else {"login": "?", "name": "?", "title": "?"}
@@ -582,13 +727,14 @@ def _print_welcome(
         ],
     ]
     if split is not None:
-        lines.append(
-            f"  {split['name']} ({split['login']}) works in a unit larger than one room "
-            f"({cfg.layout.max_room_size} seats): they sit in one of its rooms, and in the unit's space "
-            "with everyone else."
-        )
-    else:
+        lines.append(f"  {_split_line(split, cfg.layout.max_room_size)}")
+    elif state.city_in:
         lines.append(f"  No unit at this size is larger than one room ({cfg.layout.max_room_size} seats).")
+    else:
+        lines.append(
+            f"  Where a unit is larger than one room ({cfg.layout.max_room_size} seats), the line «the whole "
+            "city is in» names someone in its second room."
+        )
     if findable:
         lines.append(
             f"  Colleagues are found by surname in 'Start chat': «{_surname(colleague['name'])}» finds "
@@ -605,9 +751,25 @@ def _print_welcome(
         )
     lines += [
         f"  The event bot is @{BOT_LOCALPART}:{SERVER_NAME} (try `!event help` in a room).",
-        "  Press Ctrl-C to stop; the same command resumes with everything kept.",
-        "",
+        f"  Ready {banner_at:.0f} s after the command: the people above, their units' rooms, the spaces "
+        "above them, the bot and the search.",
     ]
+    if state.city_in:
+        lines.append(
+            f"  The rest of the city ({state.people} people) is in from before; a full sync checks it "
+            "against the directory now."
+        )
+    else:
+        lines.append(
+            f"  Still filling in: the rest of the city ({state.people} people in all). Until the line "
+            "«the whole city is in» they are not all in their rooms, spaces and the search yet."
+        )
+    if fill:
+        lines += [
+            "  The directory watch (a leaver locked within seconds, a hire in their room) starts after that.",
+            "  Press Ctrl-C to stop; the same command resumes with everything kept.",
+        ]
+    lines.append("")
     _say("\n".join(lines))
 
 

@@ -172,12 +172,15 @@ async def run(
     full_read: bool = False,
     keep_locked: Collection[str] = (),
     units: Sequence[str] = (),
+    progress_bar: Callable[[int], Progress] | None = None,
 ) -> RunResult:
     """Plan (and with ``apply`` carry out) one sync. Raises DirectoryError / HomeserverError to the CLI.
 
     ``keep_locked``: accounts the watch locked while this run was reading (read when planning is done, so a
     live set works): never unlocked by this run (``core.watch.keep_locked``).
     ``units``: act only on these departments (``core.scope``); ``layout.onboarded_units`` always applies.
+    ``progress_bar``: makes the counter for a plan of that many actions, for a caller that shows the progress
+    itself (the demo's one-line display) instead of ``progress``'s bar on stderr.
     """
     if snapshot is None:
         snapshot = interpret(await read_directory(cfg.directory), cfg.directory_policy())
@@ -230,7 +233,11 @@ async def run(
             return result
         run_id = uuid.uuid4().hex[:12]
         audit = AuditLog(cfg.sync.audit_log, run_id)
-        bar = Progress(len(plan.actions), enabled=progress) if plan.actions else None
+        bar: Progress | None = None
+        if progress_bar is not None:
+            bar = progress_bar(len(plan.actions))
+        elif plan.actions:
+            bar = Progress(len(plan.actions), enabled=progress)
         executor = Executor(
             client,
             observed,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -202,3 +203,102 @@ def test_demo_with_workers_prints_a_login_that_works_through_the_proxy() -> None
         assert other.returncode != 0 and "--workers" in other.stderr and "Traceback" not in other.stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_banner_people_log_in_find_and_message_before_the_city_is_in(tmp_path):
+    """Issue 20: the banner comes once its people are in, before the rest of the city; the rest fills in the
+    background with a progress line and says when it is done; then the watch starts."""
+    import queue
+    import threading
+
+    root = tmp_path / "demo"
+    cmd = [*demo_cmd(root)[:-1], "150"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env())
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    out = ""
+
+    def read_until(marker: str, seconds: float) -> None:
+        nonlocal out
+        deadline = time.time() + seconds
+        while marker not in out and time.time() < deadline:
+            with contextlib.suppress(queue.Empty):
+                out += lines.get(timeout=1)
+        assert marker in out, out[-3000:]
+
+    def drain() -> None:
+        nonlocal out
+        with contextlib.suppress(queue.Empty):
+            while True:
+                out += lines.get_nowait()
+
+    try:
+        read_until("Press Ctrl-C", 600)
+        banner = out
+        assert "Still filling in: the rest of the city (150 people in all)" in banner
+        assert re.search(r"Ready \d+ s after the command", banner)
+        url = re.search(r"Homeserver URL : (http://\S+)", banner).group(1)
+        user, password = re.search(r"Log in as\s+: (\S+)\s+/\s+(\S+)", banner).groups()
+        status, body = login(url, user, password)
+        assert status == 200, body
+        token = body["access_token"]
+        colleague, surname = re.findall(r"^\s{6}(\S+)\s+(\S+) ", banner, re.MULTILINE)[-1]
+        target = f"@{colleague}:example.test"
+        found = call(url, "POST", "/_matrix/client/v3/user_directory/search", token,
+                     {"search_term": surname, "limit": 20})  # fmt: skip
+        assert target in {r["user_id"] for r in found["results"]}, (surname, found)
+        room = call(url, "POST", "/_matrix/client/v3/createRoom", token,
+                    {"preset": "trusted_private_chat", "is_direct": True, "invite": [target]})["room_id"]  # fmt: skip
+        call(url, "PUT", f"/_matrix/client/v3/rooms/{room}/send/m.room.message/t1", token,
+             {"msgtype": "m.text", "body": "Добрый день! Совещание в 15:00."})  # fmt: skip
+        status, other = login(url, colleague, password)
+        assert status == 200, other
+        synced = call(url, "GET", "/_matrix/client/v3/sync?timeout=0", other["access_token"])
+        assert room in synced["rooms"]["invite"]
+        # All of that happened while the rest of the city was still filling in.
+        drain()
+        assert "the whole city is in:" not in out, out[len(banner) :]
+        admin = (root / "secrets" / "admin_token").read_text().strip()
+        state = json.loads((root / "demo.json").read_text())
+        users = call(f"http://127.0.0.1:{state['admin_port']}", "GET",
+                     "/_synapse/admin/v2/users?limit=1&guests=false", admin)["total"]  # fmt: skip
+        # The banner's units came first: far from everyone had an account when the banner was printed.
+        assert users < 140, users
+        # A manual sync meanwhile is refused by the run lock, and told who holds it.
+        manual = subprocess.run([sys.executable, "-m", "provisioner.cli", "--config", str(root / "civmatrix.yaml"),
+                                 "sync"], capture_output=True, text=True, timeout=120, env=env(), cwd=root)  # fmt: skip
+        drain()
+        if "the whole city is in:" not in out:
+            assert manual.returncode != 0 and "demo: filling in the city" in manual.stderr, manual.stderr
+        read_until("the whole city is in:", 900)
+        assert re.search(r"filling in the rest of the city: \d+/\d+ actions", out)
+        done = re.search(r"the whole city is in: (\d+) people, (\d+) rooms and (\d+) spaces, after (\d+) s "
+                         r"\(the banner after (\d+) s", out)  # fmt: skip
+        assert done, out[-2000:]
+        assert int(done.group(5)) < int(done.group(4))
+        users = call(f"http://127.0.0.1:{state['admin_port']}", "GET",
+                     "/_synapse/admin/v2/users?limit=1&guests=false", admin)["total"]  # fmt: skip
+        # Everyone the line counts, plus the admin and the bot.
+        assert users == int(done.group(1)) + 2, (users, done.group(0))
+        read_until("the directory watch is running", 60)
+        # Everyone is findable now, not only the banner's units: the account created last, by its surname.
+        newest = call(f"http://127.0.0.1:{state['admin_port']}", "GET",
+                      "/_synapse/admin/v2/users?limit=1&guests=false&order_by=creation_ts&dir=b", admin)["users"][0]  # fmt: skip
+        assert newest["name"] not in {
+            f"@{login}:example.test" for login in re.findall(r"^\s{8}(\S+):", banner, re.M)
+        }
+        # The search service reloads the snapshot the fill wrote within seconds (in a thread, off its loop).
+        hits: dict = {"results": []}
+        for _ in range(60):
+            hits = call(url, "POST", "/_matrix/client/v3/user_directory/search", token,
+                        {"search_term": newest["displayname"].split()[0], "limit": 50})  # fmt: skip
+            if newest["name"] in {r["user_id"] for r in hits["results"]}:
+                break
+            time.sleep(1)
+        assert newest["name"] in {r["user_id"] for r in hits["results"]}, (newest, hits)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    drain()
+    assert proc.returncode == 0, out[-2000:]
+    assert "demo stopped" in out
