@@ -42,9 +42,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiohttp
-import yaml
 
 from bench.proc import cpu_seconds
+from bench.watch import write_cfg
 from provisioner.config import load_config
 from provisioner.embedded.slapd import EmbeddedSlapd
 from provisioner.embedded.synapse import EmbeddedSynapse
@@ -54,23 +54,6 @@ from provisioner.sync import run as sync_run
 
 # Element's lazy-loading filter, in short.
 FILTER = json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 10}}})
-
-
-def write_cfg(d: Path, ldap: EmbeddedSlapd, hs: EmbeddedSynapse, token: str) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "token").write_text(token)
-    data = {
-        "homeserver": {"url": hs.admin_url, "server_name": hs.server_name, "admin_token_file": "token"},
-        "directory": {"uri": ldap.uri, "bind_dn": ldap.service_dn,
-                      "bind_password_file": str(ldap.service_password_file), "base_dn": ldap.suffix,
-                      "disabled_filter": "(employeeType=disabled)"},
-        "layout": {"max_room_size": 200, "org_name": "Правительство Москвы", "space_members": "tree"},
-        "sync": {"concurrency": 16, "state_dir": "state"},
-        "exclude": [f"@admin:{hs.server_name}"],
-    }  # fmt: skip
-    path = d / "civmatrix.yaml"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True))
-    return path
 
 
 @dataclass
@@ -153,7 +136,8 @@ async def one_side(
     hs.start()
     try:
         admin = hs.create_admin("admin").access_token
-        cfg = load_config(write_cfg(work / f"cfg-{name}", ldap, hs, admin), token_required=True)
+        (work / f"cfg-{name}").mkdir(parents=True, exist_ok=True)
+        cfg = load_config(write_cfg(work / f"cfg-{name}", ldap, hs, admin, "tree"), token_required=True)
         t0 = time.monotonic()
         result = await sync_run(cfg, apply=True, progress=False)
         assert result.exit_code == 0, result.message
