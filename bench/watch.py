@@ -68,15 +68,24 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def write_cfg(d: Path, ldap: EmbeddedSlapd, hs: EmbeddedSynapse, token: str, space_members: str) -> Path:
+def write_cfg(
+    d: Path,
+    ldap: EmbeddedSlapd,
+    hs: EmbeddedSynapse,
+    token: str,
+    space_members: str,
+    *,
+    disabled_filter: str = "(employeeType=disabled)",
+    max_removal_percent: float = 10,
+) -> Path:
     (d / "token").write_text(token)
     data = {
         "homeserver": {"url": hs.admin_url, "server_name": hs.server_name, "admin_token_file": "token"},
         "directory": {"uri": ldap.uri, "bind_dn": ldap.service_dn,
                       "bind_password_file": str(ldap.service_password_file), "base_dn": ldap.suffix,
-                      "disabled_filter": "(employeeType=disabled)"},
+                      "disabled_filter": disabled_filter},
         "layout": {"max_room_size": 200, "org_name": "Правительство Москвы", "space_members": space_members},
-        "safety": {"max_removals": 500, "max_removal_percent": 10},
+        "safety": {"max_removals": 500, "max_removal_percent": max_removal_percent},
         "sync": {"concurrency": 16, "state_dir": "state"},
         "exclude": [f"@admin:{hs.server_name}"],
     }  # fmt: skip

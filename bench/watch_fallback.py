@@ -36,9 +36,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import yaml
 
-from bench.watch import cpu_seconds, http, pct
+from bench.watch import cpu_seconds, http, pct, write_cfg
 from provisioner.config import load_config, parse_config
 from provisioner.core.directory import interpret
 from provisioner.core.identity import base_localpart
@@ -129,17 +128,7 @@ def end_to_end(work: Path, people: int, n: int, spread: float, seed: int) -> dic
     watch: subprocess.Popen[bytes] | None = None
     try:
         admin = hs.create_admin("admin").access_token
-        (work / "token").write_text(admin)
-        cfg_path = work / "civmatrix.yaml"
-        cfg_path.write_text(yaml.safe_dump({
-            "homeserver": {"url": hs.admin_url, "server_name": hs.server_name, "admin_token_file": "token"},
-            "directory": {"uri": ldap.uri, "bind_dn": ldap.service_dn, "base_dn": ldap.suffix,
-                          "bind_password_file": str(ldap.service_password_file), "disabled_filter": DISABLED},
-            "layout": {"max_room_size": 200, "org_name": "Правительство Москвы"},
-            "safety": {"max_removals": 500, "max_removal_percent": 50},
-            "sync": {"concurrency": 16, "state_dir": "state"},
-            "exclude": [f"@admin:{hs.server_name}"],
-        }, allow_unicode=True))  # fmt: skip
+        cfg_path = write_cfg(work, ldap, hs, admin, "tree", disabled_filter=DISABLED, max_removal_percent=50)
         cfg = load_config(cfg_path)
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         cli = [sys.executable, "-m", "provisioner.cli", "--config", str(cfg_path)]
