@@ -21,7 +21,7 @@ from provisioner.sample import generate_directory
 from tests.fixtures.synapse import _start
 from tests.helpers import write_config
 from tests.test_watch_detect import runbook_syncprov_ldif
-from tests.test_watch_live import World, refused, wait_for
+from tests.test_watch_live import World, refused, wait_for, watching
 
 pytestmark = [pytest.mark.slapd, pytest.mark.synapse]
 
@@ -44,15 +44,10 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     path = write_config(tmp, ldap, hs_url=hs.url, token=hs.admin_token, layout={"max_room_size": 30},
                         safety={"max_removals": 8, "max_removal_percent": 50},
                         extra={"watch": WATCH})  # fmt: skip
-    w = World(ldap, hs, path)
-    w.proc = w.start_watch()
     try:
-        wait_for("the first full sync", lambda: w.status().get("last_run", {}).get("exit_code") == 0, 300)
-        yield w
+        with watching(World(ldap, hs, path)) as w:
+            yield w
     finally:
-        if w.proc.poll() is None:
-            w.proc.terminate()
-            w.proc.wait(30)
         hs.server.stop()
         ldap.stop()
 

@@ -7,6 +7,7 @@ while it runs and waits for what a person would see. Order matters: the threshol
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -120,7 +121,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                         directory=scope,
                         safety={"max_removals": 8, "max_removal_percent": 50, "min_directory_fraction": 0.5},
                         extra={"watch": WATCH})  # fmt: skip
-    w = World(ldap, hs, path)
+    try:
+        with watching(World(ldap, hs, path)) as w:
+            yield w
+    finally:
+        hs.server.stop()
+        ldap.stop()
+
+
+@contextlib.contextmanager
+def watching(w: World) -> Iterator[World]:
+    """``w`` with its watch process running past its first full sync; the watch is stopped (SIGTERM) after."""
     w.proc = w.start_watch()
     try:
         wait_for("the first full sync", lambda: w.status().get("last_run", {}).get("exit_code") == 0, 300)
@@ -129,8 +140,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         if w.proc.poll() is None:
             w.proc.send_signal(signal.SIGTERM)
             w.proc.wait(30)
-        hs.server.stop()
-        ldap.stop()
 
 
 def refused(hs: SynapseHandle, token: str) -> str | None:
